@@ -1,0 +1,203 @@
+"""A real single-node Slurm (slurmctld + slurmd + munge) for the tests, following
+`../shared/notes/slurm-single-node.md`.
+
+`SlurmCluster().start()` is idempotent: when a cluster configured by this module already answers
+(`scontrol ping`), it is reused and left running at `stop()`; otherwise munged (if not running),
+slurmctld and slurmd are started from a private config under `/tmp/halting_lab_slurm/` (nothing in
+`/etc/slurm` is touched) and stopped again by `stop()`. Clients find the cluster through
+`SLURM_CONF`, which `env()` returns and `start()` exports into `os.environ`.
+
+`unavailable()` gives the reason the cluster cannot be started here (not root, daemons missing), or
+None. Run as a script for manual work: `python tests/slurm_cluster.py start|stop|status`.
+"""
+from __future__ import annotations
+import fcntl, os, pwd, shutil, socket, subprocess, sys, time
+from pathlib import Path
+
+BASE = Path(os.environ.get('HALTING_LAB_SLURM_DIR', '/tmp/halting_lab_slurm'))
+DAEMONS = ('slurmctld', 'slurmd', 'munged', 'sbatch', 'scontrol', 'squeue')
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or next((str(p) for d in ('/usr/sbin', '/sbin', '/usr/bin')
+                                      if (p := Path(d) / name).exists()), None)
+
+
+def unavailable() -> str | None:
+    "Why a real Slurm cannot be started here, or None."
+    missing = [d for d in DAEMONS if not _which(d)]
+    if missing:
+        return f'Slurm/munge not installed (missing {", ".join(missing)}; `make sysdeps` as root installs them)'
+    if os.geteuid() != 0:
+        return 'starting slurmctld/slurmd/munged needs root (CI runs as root)'
+    return None
+
+
+def _mem_mb() -> int:
+    for line in Path('/proc/meminfo').read_text().splitlines():
+        if line.startswith('MemTotal:'):
+            return int(line.split()[1]) // 1024
+    return 4096
+
+
+class SlurmCluster:
+    def __init__(self, base: Path = BASE):
+        self.base = Path(base)
+        self.conf = self.base / 'etc' / 'slurm.conf'
+        self.host = socket.gethostname().split('.')[0]
+        self.started_here = False
+        self.munged_pid: int | None = None
+
+    # -- config ---------------------------------------------------------------------------
+    def env(self) -> dict:
+        return {**os.environ, 'SLURM_CONF': str(self.conf)}
+
+    def _write_conf(self):
+        for d in ('etc', 'state', 'spool', 'log', 'run'):
+            (self.base / d).mkdir(parents=True, exist_ok=True)
+        cpus, mem = os.cpu_count() or 1, max(1024, int(_mem_mb() * 0.85))
+        b = self.base
+        text = f"""# written by tests/slurm_cluster.py
+ClusterName=halting_lab_test
+SlurmctldHost={self.host}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=cred_expire=10
+StateSaveLocation={b}/state
+SlurmdSpoolDir={b}/spool
+SlurmctldPidFile={b}/run/slurmctld.pid
+SlurmdPidFile={b}/run/slurmd.pid
+SlurmctldLogFile={b}/log/slurmctld.log
+SlurmdLogFile={b}/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1024
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=5,bf_interval=5
+DependencyParameters=kill_invalid_depend
+MailProg=/bin/true
+ReturnToService=2
+MinJobAge=300
+KillWait=10
+InactiveLimit=0
+Waittime=0
+MaxArraySize=1001
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} State=UNKNOWN
+PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
+"""
+        if not self.conf.exists() or self.conf.read_text() != text:
+            self.conf.write_text(text)
+
+    # -- helpers --------------------------------------------------------------------------
+    def _run(self, *cmd, check=False, timeout=30):
+        return subprocess.run(list(cmd), env=self.env(), capture_output=True, text=True,
+                              check=check, timeout=timeout)
+
+    def responding(self) -> bool:
+        if not self.conf.exists():
+            return False
+        try:
+            r = self._run('scontrol', 'ping', timeout=10)
+        except subprocess.TimeoutExpired:
+            return False
+        return r.returncode == 0 and 'UP' in r.stdout
+
+    def node_ready(self) -> bool:
+        r = self._run('sinfo', '-h', '-N', '-o', '%T', timeout=10)
+        st = r.stdout.strip().lower()
+        return r.returncode == 0 and bool(st) and all(s.rstrip('*') in ('idle', 'mixed', 'allocated') for s in st.split())
+
+    def _munged_running(self) -> bool:
+        return self._run('pgrep', '-x', 'munged').returncode == 0
+
+    def _start_munge(self):
+        key = Path('/etc/munge/munge.key')
+        try:
+            mu = pwd.getpwnam('munge')
+        except KeyError:
+            mu = None
+        if not key.exists():
+            key.parent.mkdir(parents=True, exist_ok=True)
+            key.write_bytes(os.urandom(1024))
+            os.chmod(key, 0o400)
+            if mu: os.chown(key, mu.pw_uid, mu.pw_gid)
+        if self._munged_running():
+            return
+        for d in ('/run/munge', '/var/log/munge', '/var/lib/munge'):
+            Path(d).mkdir(parents=True, exist_ok=True)
+            if mu: os.chown(d, mu.pw_uid, mu.pw_gid)
+        if mu:
+            cmd = ['runuser', '-u', 'munge', '--', _which('munged')]
+        else:
+            cmd = [_which('munged'), '--force']
+        subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+        for _ in range(50):
+            pid = Path('/run/munge/munged.pid')
+            if pid.exists():
+                self.munged_pid = int(pid.read_text().split()[0]); break
+            time.sleep(0.1)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self, timeout: float = 60) -> 'SlurmCluster':
+        if (why := unavailable()):
+            raise RuntimeError(why)
+        self.base.mkdir(parents=True, exist_ok=True)
+        with open(self.base / '.lock', 'w') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            os.environ['SLURM_CONF'] = str(self.conf)
+            if self.responding() and self.node_ready():
+                return self
+            self._write_conf()
+            self._start_munge()
+            if not self.responding():
+                self._run(_which('slurmctld'), '-f', str(self.conf), check=True)
+            if self._run('pgrep', '-x', 'slurmd').returncode != 0:
+                self._run(_which('slurmd'), '-f', str(self.conf), '-N', self.host, check=True)
+            self.started_here = True
+            t0 = time.time()
+            while time.time() - t0 < timeout:
+                if self.responding() and self.node_ready():
+                    return self
+                time.sleep(0.5)
+            log = (self.base / 'log' / 'slurmctld.log')
+            tail = log.read_text()[-2000:] if log.exists() else ''
+            raise RuntimeError(f'Slurm did not come up within {timeout:.0f}s; slurmctld.log tail:\n{tail}')
+
+    def stop(self, force: bool = False):
+        if not (self.started_here or force):
+            return
+        self._run('scancel', '--user', pwd.getpwuid(os.getuid()).pw_name)
+        self._run('scontrol', 'shutdown')
+        for _ in range(50):
+            if not self.responding() and self._run('pgrep', '-x', 'slurmd').returncode != 0:
+                break
+            time.sleep(0.2)
+        for name in ('slurmd.pid', 'slurmctld.pid'):   # the daemons we started, by pid
+            p = self.base / 'run' / name
+            if p.exists():
+                try: os.kill(int(p.read_text().split()[0]), 15)
+                except (ProcessLookupError, ValueError): pass
+        if self.munged_pid:
+            try: os.kill(self.munged_pid, 15)
+            except ProcessLookupError: pass
+        self.started_here = False
+
+
+if __name__ == '__main__':
+    c = SlurmCluster()
+    what = sys.argv[1] if len(sys.argv) > 1 else 'status'
+    if what == 'start':
+        t = time.time(); c.start(); print(f'up in {time.time() - t:.1f}s; export SLURM_CONF={c.conf}')
+    elif what == 'stop':
+        c.munged_pid = int(Path('/run/munge/munged.pid').read_text().split()[0]) if Path('/run/munge/munged.pid').exists() else None
+        c.stop(force=True); print('stopped')
+    else:
+        print('responding' if c.responding() else 'down', unavailable() or '')

@@ -1,0 +1,217 @@
+"Grid navigation (seed 003): A*, augmentation, data, model, trainer (checkpoints, early stopping, resume, NaN)."
+import json, os, random, re, subprocess, sys
+from collections import deque
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+
+from halting_lab.core import dihedral_transform
+from halting_lab.tasks import nav as T
+from halting_lab.models.nav_mixer import NavTRM, NavConfig, create_model, count_parameters
+from halting_lab.train import nav as N
+from halting_lab.cli import main as cli_main
+
+
+def bfs_dist(walls, goal):
+    "Independent reference: BFS distance of every cell to `goal` (-1 = unreachable)."
+    n, m = walls.shape
+    d = -np.ones((n, m), int); d[goal] = 0; q = deque([goal])
+    while q:
+        r, c = q.popleft()
+        for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            rr, cc = r + dr, c + dc
+            if 0 <= rr < n and 0 <= cc < m and not walls[rr, cc] and d[rr, cc] < 0:
+                d[rr, cc] = d[r, c] + 1; q.append((rr, cc))
+    return d
+
+
+def random_grid(rng, n):
+    return np.array([[rng.random() < rng.choice([0.1, 0.3, 0.5]) for _ in range(n)] for _ in range(n)])
+
+
+def test_astar_matches_bfs():
+    rng = random.Random(0)
+    for _ in range(400):
+        n = rng.choice([3, 5, 8, 11]); walls = random_grid(rng, n)
+        free = [tuple(map(int, c)) for c in np.argwhere(~walls)]
+        if len(free) < 2: continue
+        s, g = rng.sample(free, 2)
+        d = bfs_dist(walls, g); p = T.astar(walls, s, g)
+        if d[s] < 0: assert p is None; continue
+        assert p is not None and p[0] == s and p[-1] == g and len(p) - 1 == d[s]
+        for a, b in zip(p, p[1:]):
+            assert abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1 and not walls[b]
+
+
+def test_episode_labels_follow_shortest_paths():
+    rng = random.Random(1)
+    for _ in range(150):
+        walls, s, g = T.random_problem(rng, 8)
+        d = bfs_dist(walls, g); ep = T.episode(walls, s, g)
+        assert len(ep) == d[s] + 1 and ep[-1] == (g, T.STAY)
+        for pos, a in ep[:-1]:
+            nxt = T.step(walls, pos, a); assert d[nxt] == d[pos] - 1
+            # canonical tie-break: no earlier action in (up, down, left, right) is also optimal
+            for b in range(a):
+                nb = T.step(walls, pos, b); assert nb == pos or d[nb] != d[pos] - 1
+
+
+def _onehot(pos, n):
+    x = np.zeros((n, n), int); x[pos] = 1; return x
+
+
+def test_augmentation_maps_actions():
+    "Applying the transformed action in the transformed grid = transforming the original next state."
+    rng = random.Random(2)
+    for _ in range(60):
+        walls, s, g = T.random_problem(rng, 7)
+        for pos, a in T.episode(walls, s, g):
+            nxt = T.step(walls, pos, a)
+            tokens = T.encode_state(walls, pos, g)
+            for t in range(8):
+                w2, p2, g2 = T.decode_state(dihedral_transform(tokens, t))
+                nxt2 = T.step(w2, p2, int(T.ACTION_MAP[t, a]))
+                want = tuple(int(v) for v in np.argwhere(dihedral_transform(_onehot(nxt, 7), t))[0])
+                assert nxt2 == want
+
+
+def test_generated_data_valid_and_deterministic(tmp_path):
+    ps = T.generate_dataset(400, 50, grid_size=6, augment=True, seed=5, output_dir=tmp_path / 'a', progress=False)
+    T.generate_dataset(400, 50, grid_size=6, augment=True, seed=5, output_dir=tmp_path / 'b', progress=False)
+    tr = T.load_split(ps['train']); tr_b = T.load_split(tmp_path / 'b' / 'train.pt')
+    assert len(tr['actions']) == 8 * 400 and tr['grids'].dtype == torch.uint8
+    for k in ('grids', 'actions', 'agent', 'goal', 'transform'): assert torch.equal(tr[k], tr_b[k])
+    other = T.build_split(400, grid_size=6, seed=6, progress=False)
+    assert not torch.equal(other['grids'], tr['grids'][:400])
+    for i in range(0, len(tr['actions']), 7):  # every sample: goal reachable, label optimal in its own grid
+        walls, pos, goal = T.decode_state(tr['grids'][i].numpy())
+        d = bfs_dist(walls, goal); a = int(tr['actions'][i])
+        assert d[pos] >= 0
+        assert (a == T.STAY) == (pos == goal)
+        if a != T.STAY: assert d[T.step(walls, pos, a)] == d[pos] - 1
+    te = T.load_split(ps['test']); assert len(te['actions']) == 50 and int(te['transform'].max()) == 0
+
+
+def test_model_params_and_halting_output():
+    for dim, target in [(32, 15e3), (64, 50e3), (128, 200e3), (256, 800e3)]:
+        assert 0.7 * target <= count_parameters(create_model(dim=dim)) <= 1.3 * target
+    m = create_model(grid_size=6, dim=16, n_sup=3).eval()
+    x = torch.randint(0, 2, (4, 36)); x[:, 0] = T.AGENT; x[:, 5] = T.GOAL
+    out = m({'inputs': x}, return_steps=True)
+    assert out.logits.shape == (4, 1, 5) and out.step_logits.shape == (3, 4, 1, 5)
+    assert torch.equal(out.halting_steps, torch.full((4, 1), 3.0))
+    assert torch.allclose(out.step_logits[-1], out.logits)
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp('navdata')
+    T.generate_dataset(600, 200, grid_size=5, seed=0, output_dir=d, progress=False)
+    return d
+
+
+def _train(data, ck, **kw):
+    args = dict(train_path=str(data / 'train.pt'), val_path=str(data / 'test.pt'),
+                dim=16, depth=1, dropout=0.1, epochs=4, patience=10, lr=3e-3)
+    if 'resume' in kw: args = {}  # a resumed run takes its settings from the checkpoint
+    return N.train_nav(command='pytest', checkpoint_dir=str(ck), quiet=True, threads=1, **{**args, **kw})
+
+
+def test_checkpoint_keys_history_and_seed_snippet(data, tmp_path):
+    s = _train(data, tmp_path / 'exp001' / 'checkpoints', epochs=3)
+    ck_dir = tmp_path / 'exp001' / 'checkpoints'
+    for e in (1, 2, 3): assert (ck_dir / f'checkpoint_epoch_{e}.pt').exists()
+    for name in ('best.pt', 'checkpoint_epoch_3.pt'):
+        ck = torch.load(ck_dir / name, map_location='cpu', weights_only=False)
+        assert {'epoch', 'model_state_dict', 'optimizer_state_dict', 'val_acc', 'val_loss', 'config'} <= set(ck)
+        assert {'grid_size', 'dim', 'depth', 'dropout'} <= set(ck['config']) and ck['config']['model_type'] == 'nav_trm'
+        # the seed's loading recipe
+        m = create_model(grid_size=ck['config']['grid_size'], dim=ck['config']['dim'], depth=ck['config']['depth'],
+                         dropout=ck['config']['dropout'])
+        m.load_state_dict(ck['model_state_dict'])
+    h = json.loads((ck_dir / 'history.json').read_text())
+    for k in ('train_loss', 'train_acc', 'val_loss', 'val_acc'): assert isinstance(h[k], list) and len(h[k]) == 3
+    assert max(h['val_acc']) == pytest.approx(s['best_val_acc'])
+    seed_snippet = r"""
+for exp in experiments/exp*/; do
+    echo "=== $exp ==="
+    python -c "
+import json
+with open('${exp}checkpoints/history.json') as f:
+    h = json.load(f)
+    print(f'Best val acc: {max(h[\"val_acc\"]):.4f}')
+    print(f'Final val acc: {h[\"val_acc\"][-1]:.4f}')
+"
+done
+"""  # the seed's "Comparing Experiments" loop, unchanged
+    (tmp_path / 'experiments').mkdir(); (tmp_path / 'exp001').rename(tmp_path / 'experiments' / 'exp001')
+    env = {**os.environ, 'PATH': f'{Path(sys.executable).parent}:{os.environ["PATH"]}'}
+    out = subprocess.run(['bash', '-c', seed_snippet], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    assert re.search(r'Best val acc: 0\.\d{4}\nFinal val acc: 0\.\d{4}', out.stdout)
+
+
+def test_early_stopping_triggers(data, tmp_path):
+    s = _train(data, tmp_path, lr=0.0, weight_decay=0.0, epochs=20, patience=2)  # nothing can improve
+    assert s['stopped_early'] and s['epochs_run'] == 3 and s['best_epoch'] == 1
+    assert not (tmp_path / 'checkpoint_epoch_4.pt').exists() and (tmp_path / 'checkpoint_epoch_3.pt').exists()
+
+
+def test_resume_equals_uninterrupted(data, tmp_path):
+    full = _train(data, tmp_path / 'full', epochs=4, patience=2)
+    res = _train(data, tmp_path / 'res', resume=str(tmp_path / 'full' / 'checkpoint_epoch_2.pt'))
+    a = torch.load(tmp_path / 'full' / 'checkpoint_epoch_4.pt', weights_only=False)
+    b = torch.load(tmp_path / 'res' / 'checkpoint_epoch_4.pt', weights_only=False)
+    for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), k
+    for k in ('train_loss', 'train_acc', 'val_loss', 'val_acc', 'best'): assert a['history'][k] == b['history'][k]
+    assert a['bad_epochs'] == b['bad_epochs'] and a['best'] == b['best']
+    assert b['train_args']['patience'] == 2  # the resumed run kept its own settings
+    # an interrupted run (stopped after epoch 2) resumed in place continues the same way
+    _train(data, tmp_path / 'cut', epochs=2, patience=2)
+    _train(data, tmp_path / 'cut', epochs=4, resume=str(tmp_path / 'cut' / 'checkpoint_epoch_2.pt'))
+    c = torch.load(tmp_path / 'cut' / 'checkpoint_epoch_4.pt', weights_only=False)
+    for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], c['model_state_dict'][k]), k
+
+
+def test_tiny_training_beats_chance(data, tmp_path):
+    s = _train(data, tmp_path, dim=32, depth=2, epochs=6, dropout=0.0)
+    assert s['best_val_acc'] > 0.45  # chance is 0.2
+
+
+def test_nan_loss_stops_without_poisoned_checkpoint(data, tmp_path, monkeypatch, capsys):
+    real = NavTRM._readout; calls = {'n': 0}
+    n_batches = -(-600 // 64)
+    def poisoned(self, y, idx):
+        out = real(self, y, idx)
+        if self.training: calls['n'] += 1
+        return out * float('nan') if calls['n'] > 2 * n_batches * 2 else out  # NaN from epoch 3 on (n_sup=2)
+    monkeypatch.setattr(NavTRM, '_readout', poisoned)
+    with pytest.raises(N.NavDiverged, match='NaN|nan'):
+        _train(data, tmp_path, epochs=5)
+    assert (tmp_path / 'checkpoint_epoch_2.pt').exists() and not (tmp_path / 'checkpoint_epoch_3.pt').exists()
+    best = torch.load(tmp_path / 'best.pt', weights_only=False)
+    assert all(torch.isfinite(v).all() for v in best['model_state_dict'].values())
+    assert len(json.loads((tmp_path / 'history.json').read_text())['val_acc']) == 2
+
+
+def test_cli_generate_train_console_and_run_dir(tmp_path, capsys):
+    d = tmp_path / 'data'
+    assert cli_main(['nav', 'generate', '--num-train', '300', '--num-test', '60', '--grid-size', '5',
+                     '--output-dir', str(d), '--seed', '1', '--no-progress']) == 0
+    rc = cli_main(['nav', 'train', '--train-path', str(d / 'train.pt'), '--val-path', str(d / 'test.pt'),
+                   '--dim', '16', '--depth', '1', '--epochs', '2', '--threads', '1',
+                   '--run-id', 'nav_cli_test', '--runs-root', str(tmp_path / 'runs')])
+    assert rc == 0
+    out = capsys.readouterr().out
+    lines = [l for l in out.splitlines() if l.startswith('Epoch ')]
+    assert len(lines) == 2
+    pat = r'^Epoch \d+/2 - Train Loss: \d+\.\d{4}, Train Acc: \d\.\d{4} Val Loss: \d+\.\d{4}, Val Acc: \d\.\d{4}( \*)?$'
+    assert all(re.match(pat, l) for l in lines) and lines[0].endswith(' *')
+    rd = tmp_path / 'runs' / 'nav_cli_test'
+    cfg = json.loads((rd / 'config.json').read_text())
+    assert cfg['command'].startswith('halting-lab nav train') and 'torch' in cfg['versions']
+    assert (rd / 'checkpoints' / 'best.pt').exists() and (rd / 'train.log').read_text().count('Epoch ') == 2
+    assert (rd / 'metrics.csv').read_text().splitlines()[0].startswith('epoch,train_loss,train_acc,val_loss,val_acc')
+    assert cli_main(['nav', 'train', '--train-path', str(tmp_path / 'missing.pt'), '--quiet']) == 1
+    assert 'file not found' in capsys.readouterr().err

@@ -17,8 +17,8 @@ from .lightning import (HaltingLitModule, ResumableLoader, AtomicCheckpointIO, M
 from .checkpoint import read_checkpoint, checkpoint_info, load_checkpoint
 
 # %% auto #0
-__all__ = ['DATA_FIELDS', 'RESUME_MUST_MATCH', 'make_datamodule', 'data_fields', 'resolve_run_dir', 'resolve_resume',
-           'check_resume_compatible', 'tee_console', 'lit_module_class', 'train', 'evaluate']
+__all__ = ['DATA_FIELDS', 'RESUME_MUST_MATCH', 'NON_STRUCTURAL', 'make_datamodule', 'data_fields', 'resolve_run_dir',
+           'resolve_resume', 'check_resume_compatible', 'tee_console', 'lit_module_class', 'train', 'evaluate']
 
 # %% ../../nbs/train/run.ipynb #c5c14efe
 DATA_FIELDS = ('vocab_size', 'seq_len', 'num_puzzle_identifiers', 'output_vocab_size', 'num_classes', 'pad_id')
@@ -30,11 +30,11 @@ def _call_accepted(cls, **kw):
 
 def make_datamodule(tc:TrainConfig):
     "The Lightning data module of `tc.task` (set up for fitting)."
-    common = dict(batch_size=tc.batch_size, seed=tc.seed, num_workers=tc.num_workers, val_split=tc.val_split)
+    common = dict(batch_size=tc.batch_size, seed=tc.seed, num_workers=tc.num_workers)
     if tc.task in MAZE_LIKE_TASKS:
         from halting_lab.data.datamodule import PuzzleDataModule
         if not Path(tc.data_dir).exists(): raise HaltingLabError(f'--data_dir: {tc.data_dir} does not exist')
-        dm = _call_accepted(PuzzleDataModule, data_dir=tc.data_dir, task=tc.task, **common)
+        dm = _call_accepted(PuzzleDataModule, data_dir=tc.data_dir, task=tc.task, val_split=tc.val_split, **common)
     else:
         from halting_lab.tasks.toy import ToyDataModule
         dm = _call_accepted(ToyDataModule, task=tc.task, length=tc.toy_length, max_length=tc.toy_length,
@@ -55,6 +55,8 @@ def data_fields(dm)->dict:
 
 # %% ../../nbs/train/run.ipynb #770979c2
 RESUME_MUST_MATCH = ('task', 'batch_size', 'seed', 'use_ema')
+NON_STRUCTURAL = ('ut_act_loss_weight', 'dropout', 'halt_exploration_prob', 'eval_halting', 'forward_dtype',
+                  'puzzle_emb_lr', 'puzzle_emb_weight_decay', 'ema_rate')  # model-config fields that may change on resume
 
 def resolve_run_dir(tc:TrainConfig)->RunDir:
     if tc.default_root_dir: return RunDir.create(path=tc.default_root_dir)
@@ -72,7 +74,9 @@ def check_resume_compatible(info:dict, tc:TrainConfig, model_cfg:dict):
     if info['model_type'] != tc.model_type:
         raise HaltingLabError(f"--model_type: the checkpoint was trained with model_type {info['model_type']!r}, "
                               f"this run asks for {tc.model_type!r}; resume with the same --model_type")
+    skip = set(NON_STRUCTURAL) | set(getattr(model_config_cls(tc.model_type), 'NON_STRUCTURAL', ()))
     for k, v in model_cfg.items():
+        if k in skip: continue
         if k in info['model_config'] and info['model_config'][k] != v:
             raise HaltingLabError(f"--{k}: the checkpoint has {k}={info['model_config'][k]!r}, this run asks for {v!r}; "
                                   f"structural flags must match when resuming")

@@ -1,0 +1,192 @@
+"""Training: CLI per model_type, papermill notebook, exact resume (epoch boundary + mid-epoch preemption), retention,
+checkpoint loader, bad flag combinations, eval CSV."""
+from __future__ import annotations
+import csv, json, os, signal, subprocess, sys
+from pathlib import Path
+import pytest, torch
+import lightning as L
+from halting_lab.core import HaltingLabError, MODEL_TYPES
+from halting_lab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ['--batch_size', '16', '--max_epochs', '1', '--learning_rate', '3e-3', '--log_every_n_steps', '2', '--no-progress_bar']
+FAMILY = {'act_rnn': ['--hidden_size', '16', '--time_limit', '3'],
+          'universal_transformer': ['--hidden_size', '16', '--ut_embedding_size', '16', '--ut_heads', '2', '--ut_key_depth', '16',
+                                    '--ut_value_depth', '16', '--ut_filter_size', '16', '--ut_max_hops', '3', '--ut_act',
+                                    '--ut_act_loss_weight', '0.001'],
+          'trm': ['--hidden_size', '16', '--H_cycles', '1', '--L_cycles', '1', '--halt_max_steps', '2', '--puzzle_emb_ndim', '0']}
+
+def _has(model_type):
+    try:
+        from halting_lab.train.config import model_config_cls
+        model_config_cls(model_type); return True
+    except Exception: return False
+
+@pytest.fixture(scope='module')
+def maze_dir(tmp_path_factory):
+    from halting_lab.tasks.maze import build_maze_dataset
+    d = tmp_path_factory.mktemp('data') / 'maze7'
+    build_maze_dataset(d, num_train=64, num_test=16, size=7, seed=0, progress=False)
+    return d
+
+@pytest.fixture(autouse=True)
+def _runs_root(tmp_path, monkeypatch): monkeypatch.setenv('HALTING_LAB_RUNS', str(tmp_path / 'runs'))
+
+def _train(maze_dir, run, *extra, model_type='act_rnn'):
+    return main(['train', '--model_type', model_type, '--data_dir', str(maze_dir), '--default_root_dir', str(run),
+                 *TINY, *FAMILY[model_type], *extra])
+
+RUN_FILES = ['config.json', 'metrics.csv', 'train.log', 'results.json', 'checkpoints/last.ckpt', 'checkpoints/best.ckpt']
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize('model_type', ['act_rnn', 'universal_transformer', 'trm'])
+def test_cli_one_epoch(maze_dir, tmp_path, model_type):
+    if not _has(model_type): pytest.skip(f'{model_type} not installed yet')
+    run = tmp_path / model_type
+    assert _train(maze_dir, run, model_type=model_type) == 0
+    for f in RUN_FILES: assert (run / f).exists(), f
+    res = json.loads((run / 'results.json').read_text())
+    assert res['status'] == 'finished' and res['epochs_completed'] == 1
+    for k in ('val/loss', 'val/cell_acc', 'val/exact_acc', 'val/mean_halting_steps', 'val/max_halting_steps', 'val/ponder_cost',
+              'train/loss', 'train/exact_acc'):
+        assert k in res['final'], k
+    rows = list(csv.DictReader(open(run / 'metrics.csv')))
+    assert [r['kind'] for r in rows].count('epoch') == 1 and any(r['kind'] == 'step' for r in rows)
+    cfg = json.loads((run / 'config.json').read_text())
+    assert cfg['model_type'] == model_type and 'torch' in cfg['versions'] and cfg['command'].startswith('halting-lab train')
+    from halting_lab import load_checkpoint
+    m = load_checkpoint(run / 'checkpoints' / 'last.ckpt')
+    from halting_lab.core import model_class
+    assert type(m) is model_class(model_type)
+
+def _sd(p):
+    return torch.load(p, map_location='cpu', weights_only=True)['state_dict']
+
+class PreemptAt(L.Callback):
+    "Create the PREEMPT file just before optimizer step `step` (deterministic preemption for the test)."
+    def __init__(self, run, step): self.run, self.step = Path(run), step
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step: (self.run / 'PREEMPT').touch()
+
+@pytest.mark.timeout(900)
+def test_exact_resume(maze_dir, tmp_path):
+    "Uninterrupted vs interrupted after epoch 1 vs preempted mid-epoch: identical weights (model + EMA) and metrics."
+    from halting_lab.train.run import train
+    base = dict(data_dir=str(maze_dir), batch_size=16, hidden_size=16, time_limit=3, learning_rate=3e-3, progress_bar=False,
+                log_every_n_steps=1, use_ema=True, ema_decay=0.9, time_penalty_warmup_steps=6, time_penalty=0.01,
+                lr_warmup_epochs=1)
+    full = train(**base, default_root_dir=str(tmp_path / 'full'), max_epochs=3)
+    train(**base, default_root_dir=str(tmp_path / 'ep'), max_epochs=1)
+    ep = train(**base, default_root_dir=str(tmp_path / 'ep'), max_epochs=3, resume_ckpt='auto')
+    pre = train(**base, default_root_dir=str(tmp_path / 'mid'), max_epochs=3, _callbacks=[PreemptAt(tmp_path / 'mid', 6)])
+    assert pre['status'] == 'preempted' and pre['global_step'] == 7 and not (tmp_path / 'mid' / 'PREEMPT').exists()
+    mid = train(**base, default_root_dir=str(tmp_path / 'mid'), max_epochs=3,
+                resume_ckpt=str(tmp_path / 'mid' / 'checkpoints' / 'last.ckpt'))
+    a = _sd(tmp_path / 'full' / 'checkpoints' / 'last.ckpt')
+    assert any(k.startswith('ema_model.') for k in a)
+    strip = lambda p: [{k: v for k, v in r.items() if k != 'epoch_time_s'} for r in csv.DictReader(open(p))]
+    for name, r in (('ep', ep), ('mid', mid)):
+        assert r['status'] == 'finished' and r['final'] == full['final'], name
+        b = _sd(tmp_path / name / 'checkpoints' / 'last.ckpt')
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+        assert strip(tmp_path / name / 'metrics.csv') == strip(tmp_path / 'full' / 'metrics.csv'), name
+
+@pytest.mark.timeout(600)
+def test_sigusr1_preempts(maze_dir, tmp_path):
+    from halting_lab.train.run import train
+    class Kill(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2: os.kill(os.getpid(), signal.SIGUSR1)
+    r = train(data_dir=str(maze_dir), batch_size=16, hidden_size=16, time_limit=3, max_epochs=2, progress_bar=False,
+              default_root_dir=str(tmp_path / 'r'), _callbacks=[Kill()])
+    assert r['status'] == 'preempted' and r['global_step'] == 3 and r['preempt_reason'] == 'SIGUSR1'
+    assert (tmp_path / 'r' / 'checkpoints' / 'last.ckpt').exists()
+
+@pytest.mark.timeout(600)
+def test_retention_keeps_k(maze_dir, tmp_path):
+    run = tmp_path / 'ret'
+    assert _train(maze_dir, run, '--max_epochs', '4', '--save_every_n_epochs', '1', '--keep_last_k', '2',
+                  '--limit_train_batches', '1') == 0
+    names = sorted(p.name for p in (run / 'checkpoints').glob('*.ckpt'))
+    assert names == ['best.ckpt', 'epoch=2.ckpt', 'epoch=3.ckpt', 'last.ckpt'], names
+    assert not list((run / 'checkpoints').glob('.*tmp*'))   # no temp files left by the atomic writes
+
+@pytest.mark.parametrize('argv,flag', [
+    (['--ut_heads', '4'], '--ut_heads'),
+    (['--bogus_flag', '1'], '--bogus_flag'),
+    (['--model_type', 'universal_transformer', '--time_penalty', '0.01'], '--time_penalty'),
+    (['--batch_size', 'many'], '--batch_size'),
+    (['--ema_decay', '0.99'], '--ema_decay'),
+    (['--model_type', 'nope'], 'model_type'),
+])
+def test_bad_flags_rejected(maze_dir, argv, flag, capsys):
+    if flag == '--ut_heads' and not _has('universal_transformer'): pytest.skip('UT not installed yet')
+    if flag == '--time_penalty' and not _has('universal_transformer'): pytest.skip('UT not installed yet')
+    rc = main(['train', '--data_dir', str(maze_dir), *argv])
+    assert rc != 0 and flag in capsys.readouterr().err
+
+def test_missing_data_dir(capsys):
+    assert main(['train', '--task', 'maze']) == 1 and '--data_dir' in capsys.readouterr().err
+
+@pytest.mark.timeout(600)
+def test_resume_with_other_structure_rejected(maze_dir, tmp_path, capsys):
+    run = tmp_path / 'r'
+    assert _train(maze_dir, run, '--limit_train_batches', '1') == 0
+    ck = str(run / 'checkpoints' / 'last.ckpt')
+    assert main(['train', '--data_dir', str(maze_dir), '--default_root_dir', str(run), '--hidden_size', '32', '--time_limit', '3',
+                 '--batch_size', '16', '--resume_ckpt', ck]) == 1
+    assert '--hidden_size' in capsys.readouterr().err
+    if _has('universal_transformer'):
+        assert main(['train', '--model_type', 'universal_transformer', '--data_dir', str(maze_dir), '--default_root_dir', str(run),
+                     '--batch_size', '16', '--resume_ckpt', ck]) == 1
+        assert '--model_type' in capsys.readouterr().err
+
+@pytest.mark.timeout(600)
+def test_loader_and_eval_csv(maze_dir, tmp_path):
+    run = tmp_path / 'ev'
+    assert _train(maze_dir, run, '--use_ema', '--ema_decay', '0.5') == 0
+    ck = run / 'checkpoints' / 'last.ckpt'
+    from halting_lab import load_checkpoint
+    from halting_lab.models.act_rnn import ActRNN
+    raw = torch.load(ck, map_location='cpu', weights_only=True)      # everything loads with weights_only=True
+    m_ema, m_raw = load_checkpoint(ck), load_checkpoint(ck, ema=False)
+    assert isinstance(m_ema, ActRNN) and m_ema.checkpoint_info['weights'] == 'ema' and m_raw.checkpoint_info['weights'] == 'model'
+    assert m_ema.config.hidden_size == 16 and m_ema.config.time_limit == 3 and m_ema.config.seq_len == 49
+    k = next(iter(m_raw.state_dict()))
+    assert torch.equal(m_ema.state_dict()[k], raw['state_dict'][f'ema_model.{k}'])
+    assert raw['hyper_parameters']['model_type'] == 'act_rnn'
+    out = tmp_path / 'results.csv'
+    assert main(['eval', '--ckpt', str(ck), '--data_dir', str(maze_dir), '--output', str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 16
+    assert {'index', 'correct', 'cell_acc', 'halting_steps_mean', 'halting_steps_max', 'path_length'} <= set(rows[0])
+    from halting_lab.tasks.maze import shortest_path_length
+    from halting_lab.data.hrm import read_split
+    _, s = read_split(maze_dir / 'test')
+    assert [int(r['path_length']) for r in rows] == list(map(int, shortest_path_length(s['all']['inputs'])))
+
+def test_loader_nav_format(tmp_path):
+    "seed-003 navigation checkpoints (model_state_dict + config with model_type) dispatch through the registry."
+    from halting_lab.core import model_class
+    from halting_lab import load_checkpoint
+    cls = model_class('nav_trm'); cfg = cls.config_cls(grid_size=5, dim=16, depth=1, dropout=0.0)
+    m = cls(cfg)
+    import dataclasses
+    torch.save({'model_state_dict': m.state_dict(), 'config': {**dataclasses.asdict(cfg), 'unknown_key': 1}, 'epoch': 3}, tmp_path / 'nav.pt')
+    got = load_checkpoint(tmp_path / 'nav.pt')
+    assert type(got) is cls and got.config.grid_size == 5 and got.checkpoint_info['model_type'] == 'nav_trm'
+
+@pytest.mark.timeout(900)
+def test_papermill_notebook(maze_dir, tmp_path):
+    out = tmp_path / 'runs' / 'nbtest' / 'train.ipynb'; out.parent.mkdir(parents=True)
+    env = {**os.environ, 'HALTING_LAB_RUNS': str(tmp_path / 'runs'), 'CI': 'true', 'MPLBACKEND': 'Agg'}
+    cmd = [str(Path(sys.executable).parent / 'papermill'), str(ROOT / 'nbs/experiments/train.ipynb'), str(out),
+           '-p', 'run_id', 'nbtest', '-p', 'data_dir', str(maze_dir), '-p', 'max_epochs', '1', '-p', 'batch_size', '16',
+           '-p', 'hidden_size', '16', '-p', 'time_limit', '3', '-p', 'num_show', '2', '-p', 'progress_bar', 'False']
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=850, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run = tmp_path / 'runs' / 'nbtest'
+    for f in RUN_FILES + ['train.ipynb', 'eval_test.csv', 'figures/training_curves.png', 'figures/maze_grid.png',
+                          'figures/halting_heatmap.png', 'figures/halting_vs_path_length.png']:
+        assert (run / f).exists(), f
+    assert json.loads((run / 'results.json').read_text())['status'] == 'finished'

@@ -11,7 +11,7 @@ slurmctld and slurmd are started from a private config under `/tmp/halting_lab_s
 None. Run as a script for manual work: `python tests/slurm_cluster.py start|stop|status`.
 """
 from __future__ import annotations
-import fcntl, os, pwd, shutil, socket, subprocess, sys, time
+import contextlib, fcntl, os, pwd, shutil, socket, subprocess, sys, time
 from pathlib import Path
 
 BASE = Path(os.environ.get('HALTING_LAB_SLURM_DIR', '/tmp/halting_lab_slurm'))
@@ -31,6 +31,19 @@ def unavailable() -> str | None:
     if os.geteuid() != 0:
         return 'starting slurmctld/slurmd/munged needs root (CI runs as root)'
     return None
+
+
+def _alive(name: str) -> bool:
+    "A live (not defunct) process with this exact name exists."
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            txt = stat.read_text()
+        except OSError:
+            continue
+        comm, rest = txt[txt.index('(') + 1:txt.rindex(')')], txt[txt.rindex(')') + 2:]
+        if comm == name and not rest.startswith(('Z', 'X')):
+            return True
+    return False
 
 
 def _mem_mb() -> int:
@@ -55,7 +68,9 @@ class SlurmCluster:
     def _write_conf(self):
         for d in ('etc', 'state', 'spool', 'log', 'run'):
             (self.base / d).mkdir(parents=True, exist_ok=True)
-        cpus, mem = os.cpu_count() or 1, max(1024, int(_mem_mb() * 0.85))
+        # at least 4 schedulable CPUs (config_overrides lets slurmd accept more than the machine has), so that the
+        # tests' jobs (1 CPU each) can overlap on a 2-core CI machine
+        cpus, mem = max(4, os.cpu_count() or 1), max(1024, int(_mem_mb() * 0.85))
         b = self.base
         text = f"""# written by tests/slurm_cluster.py
 ClusterName=halting_lab_test
@@ -90,6 +105,7 @@ KillWait=10
 InactiveLimit=0
 Waittime=0
 MaxArraySize=1001
+SlurmdParameters=config_overrides
 NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} State=UNKNOWN
 PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 """
@@ -116,7 +132,11 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         return r.returncode == 0 and bool(st) and all(s.rstrip('*') in ('idle', 'mixed', 'allocated') for s in st.split())
 
     def _munged_running(self) -> bool:
-        return self._run('pgrep', '-x', 'munged').returncode == 0
+        "munged answers (a credential round-trip works; a defunct munged process does not count)."
+        try:
+            return subprocess.run('munge -n | unmunge', shell=True, capture_output=True, timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
 
     def _start_munge(self):
         key = Path('/etc/munge/munge.key')
@@ -138,6 +158,8 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
             cmd = ['runuser', '-u', 'munge', '--', _which('munged')]
         else:
             cmd = [_which('munged'), '--force']
+        with contextlib.suppress(FileNotFoundError):
+            Path('/run/munge/munged.pid').unlink()
         subprocess.run(cmd, check=True, capture_output=True, timeout=30)
         for _ in range(50):
             pid = Path('/run/munge/munged.pid')
@@ -159,11 +181,11 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
             self._start_munge()
             if not self.responding():
                 self._run(_which('slurmctld'), '-f', str(self.conf), check=True)
-            if self._run('pgrep', '-x', 'slurmd').returncode != 0:
-                self._run(_which('slurmd'), '-f', str(self.conf), '-N', self.host, check=True)
             self.started_here = True
             t0 = time.time()
             while time.time() - t0 < timeout:
+                if not _alive('slurmd'):
+                    self._run(_which('slurmd'), '-f', str(self.conf), '-N', self.host, check=True)
                 if self.responding() and self.node_ready():
                     return self
                 time.sleep(0.5)
@@ -176,15 +198,15 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
             return
         self._run('scancel', '--user', pwd.getpwuid(os.getuid()).pw_name)
         self._run('scontrol', 'shutdown')
-        for _ in range(50):
-            if not self.responding() and self._run('pgrep', '-x', 'slurmd').returncode != 0:
-                break
-            time.sleep(0.2)
         for name in ('slurmd.pid', 'slurmctld.pid'):   # the daemons we started, by pid
             p = self.base / 'run' / name
             if p.exists():
                 try: os.kill(int(p.read_text().split()[0]), 15)
                 except (ProcessLookupError, ValueError): pass
+        for _ in range(100):
+            if not _alive('slurmd') and not _alive('slurmctld'):
+                break
+            time.sleep(0.2)
         if self.munged_pid:
             try: os.kill(self.munged_pid, 15)
             except ProcessLookupError: pass

@@ -160,6 +160,15 @@ def _command_line()->str:
         return shlex.join(sys.argv)
     return ''
 
+class _QuietLightning(logging.Filter):
+    "Drop Lightning's advertising tip from the console/log."
+    def filter(self, record): return 'litlogger' not in str(record.getMessage()).lower()
+
+def _quiet_lightning():
+    for name in ('lightning.pytorch', 'lightning.fabric', 'pytorch_lightning'):
+        for h in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _QuietLightning) for f in h.filters): h.addFilter(_QuietLightning())
+
 def train(**params)->dict:
     "Train one model (flags as keyword arguments); see the notes above. Returns the results dict."
     import lightning as L
@@ -208,17 +217,23 @@ def train(**params)->dict:
             cbs.append(TQDMProgressBar(refresh_rate=max(1, nb // 50)))
         strategy = tc.strategy
         if strategy == 'auto' and world > 1: strategy = 'ddp'
-        trainer = L.Trainer(default_root_dir=str(run.path), max_epochs=tc.max_epochs, max_steps=tc.max_steps,
+        _quiet_lightning()
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='.*The `srun` command is available.*')
+            trainer = L.Trainer(default_root_dir=str(run.path), max_epochs=tc.max_epochs, max_steps=tc.max_steps,
                             accelerator=accel, devices=devices, strategy=strategy, precision=_precision(tc, accel),
                             logger=False, enable_checkpointing=False, callbacks=cbs, plugins=[AtomicCheckpointIO()],
                             enable_progress_bar=tc.progress_bar, log_every_n_steps=tc.log_every_n_steps,
                             gradient_clip_val=tc.grad_clip or None, num_sanity_val_steps=0, use_distributed_sampler=False,
                             limit_train_batches=tc.limit_train_batches, limit_val_batches=tc.limit_val_batches,
                             check_val_every_n_epoch=1, deterministic=False, enable_model_summary=False, min_epochs=0)
+        _quiet_lightning()
         loader = ResumableLoader(train_dl, epoch_fn=lambda: trainer.fit_loop.epoch_progress.current.processed,
                                  rank=trainer.global_rank, world=trainer.world_size)
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', message='.*does not have many workers.*')
+            warnings.filterwarnings('ignore', message='.*The `srun` command is available.*')
+            warnings.filterwarnings('ignore', message='.*LeafSpec.*')
             warnings.filterwarnings('ignore', message='.*on_train_batch_end.*')
             trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_dl,
                         ckpt_path=str(resume) if resume else None, weights_only=True)

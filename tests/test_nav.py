@@ -215,3 +215,23 @@ def test_cli_generate_train_console_and_run_dir(tmp_path, capsys):
     assert (rd / 'metrics.csv').read_text().splitlines()[0].startswith('epoch,train_loss,train_acc,val_loss,val_acc')
     assert cli_main(['nav', 'train', '--train-path', str(tmp_path / 'missing.pt'), '--quiet']) == 1
     assert 'file not found' in capsys.readouterr().err
+
+
+def test_preempt_file_stops_and_auto_resume_continues(data, tmp_path):
+    "Slurm protocol: runs/<id>/PREEMPT stops the run ('preempted'); --resume auto continues exactly."
+    root = tmp_path / 'runs'
+    full = _train(data, tmp_path / 'full', epochs=3)
+    kw = dict(run_id='r', runs_root=str(root), checkpoint_dir=None)
+    s1 = N.train_nav(command='pytest', train_path=str(data / 'train.pt'), val_path=str(data / 'test.pt'), dim=16, depth=1,
+                     dropout=0.1, epochs=1, patience=10, lr=3e-3, quiet=True, threads=1, **kw)
+    assert s1['status'] == 'finished'
+    (root / 'r' / 'PREEMPT').touch()
+    s2 = N.train_nav(command='pytest', resume='auto', epochs=3, quiet=True, threads=1, **kw)
+    assert s2['status'] == 'preempted' and json.loads((root / 'r' / 'results.json').read_text())['status'] == 'preempted'
+    assert not (root / 'r' / 'checkpoints' / 'checkpoint_epoch_2.pt').exists()
+    (root / 'r' / 'PREEMPT').unlink()
+    s3 = N.train_nav(command='pytest', resume='auto', epochs=3, quiet=True, threads=1, **kw)
+    assert s3['status'] == 'finished' and s3['history']['val_acc'] == full['history']['val_acc']
+    a = torch.load(tmp_path / 'full' / 'checkpoint_epoch_3.pt', weights_only=False)
+    b = torch.load(root / 'r' / 'checkpoints' / 'checkpoint_epoch_3.pt', weights_only=False)
+    for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), k

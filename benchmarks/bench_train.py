@@ -27,7 +27,7 @@ def make_batch(side:int, batch:int, device):
     return {'inputs': torch.as_tensor(x, dtype=torch.long, device=device), 'labels': torch.as_tensor(y, dtype=torch.long, device=device),
             'puzzle_identifiers': torch.zeros(batch, dtype=torch.long, device=device)}
 
-def bench(model_type:str, cfg_name:str, compile:bool, steps:int, device)->dict:
+def bench(model_type:str, cfg_name:str, compile:bool, steps:int, device, batch:int|None=None)->dict:
     from halting_lab.core import model_class
     from halting_lab.train.config import params_to_configs
     from halting_lab.train.lightning import HaltingLitModule
@@ -42,7 +42,8 @@ def bench(model_type:str, cfg_name:str, compile:bool, steps:int, device)->dict:
     model = lit.model
     fwd = torch.compile(model) if compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = make_batch(c['side'], c['batch'], device)
+    bsz = int(batch or c['batch'])
+    batch = make_batch(c['side'], bsz, device)
     amp = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else torch.autocast('cpu', enabled=False)
     def step():
         with amp:
@@ -59,8 +60,8 @@ def bench(model_type:str, cfg_name:str, compile:bool, steps:int, device)->dict:
         if device.type == 'cuda': torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     med = sorted(times)[len(times) // 2]
-    return {'model_type': model_type, 'config': cfg_name, 'compile': compile, 'batch': c['batch'], 'side': c['side'], **kw,
-            'first_step_s': round(warm, 3), 'step_s_median': round(med, 4), 'mazes_per_s': round(c['batch'] / med, 2),
+    return {'model_type': model_type, 'config': cfg_name, 'compile': compile, 'batch': bsz, 'config_batch': c['batch'],
+            'side': c['side'], **kw, 'first_step_s': round(warm, 3), 'step_s_median': round(med, 4), 'mazes_per_s': round(bsz / med, 3),
             'timed_steps': steps, 'mean_halting_steps': float(out.halting_steps.float().mean())}
 
 def main(argv=None):
@@ -69,6 +70,9 @@ def main(argv=None):
     ap.add_argument('--steps', type=int, default=None, help='timed steps per case (default 3 small / 2 runbook on CPU)')
     ap.add_argument('--no-compile', action='store_true')
     ap.add_argument('--models', default='act_rnn,universal_transformer')
+    ap.add_argument('--cpu_runbook_batch', type=int, default=2,
+                    help='on CPU the runbook config (batch 128) takes minutes per step: measure this batch instead (mazes/s scales ~linearly)')
+    ap.add_argument('--cpu_runbook_compile', action='store_true', help='also torch.compile the runbook config on CPU (slow to compile)')
     ap.add_argument('--output', default=str(ROOT / 'results' / 'train.json'))
     a = ap.parse_args(argv)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -76,10 +80,11 @@ def main(argv=None):
     rows = []
     for cfg in (['small'] if a.quick else ['small', 'runbook']):
         for mt in a.models.split(','):
-            for comp in ([False] if a.no_compile else [False, True]):
-                steps = a.steps or (3 if cfg == 'small' or device.type == 'cuda' else 2)
+            cpu_big = cfg == 'runbook' and device.type == 'cpu'
+            for comp in ([False] if a.no_compile or (cpu_big and not a.cpu_runbook_compile) else [False, True]):
+                steps = a.steps or (1 if cpu_big else 3)
                 try:
-                    r = bench(mt, cfg, comp, steps, device)
+                    r = bench(mt, cfg, comp, steps, device, batch=a.cpu_runbook_batch if cpu_big else None)
                 except Exception as e:  # a missing model family or a compile failure is recorded, not fatal
                     r = {'model_type': mt, 'config': cfg, 'compile': comp, 'error': f'{type(e).__name__}: {str(e)[:300]}'}
                 print(json.dumps(r), flush=True); rows.append(r)

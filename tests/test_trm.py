@@ -237,10 +237,13 @@ def test_exact_resume_keeps_carry(tiny_sudoku, tmp_path):
     from halting_lab.train.checkpoint import read_checkpoint
     kw = dict(task='sudoku', model_type='trm', data_dir=str(tiny_sudoku), batch_size=8, hidden_size=32, num_heads=2,
               H_cycles=2, L_cycles=1, halt_max_steps=3, puzzle_emb_ndim=0, learning_rate=1e-3, progress_bar=False, seed=0)
-    train(max_epochs=1, default_root_dir=str(tmp_path / 'a'), **kw)
+    train(max_epochs=1, default_root_dir=str(tmp_path / 'a'), ema_rate=0.9, **kw)
     ck = read_checkpoint(tmp_path / 'a' / 'checkpoints' / 'last.ckpt')
     carry = ck['halting_lab']['extra']['carry']
-    assert carry['z_H'].shape == (8, 81, 32) and carry['steps'].max() <= 3
+    assert carry['z_H'].shape == (8, 81, 32) and carry['steps'].max() <= 3 and ck['halting_lab']['has_ema']
+    # resuming with the same flags (ema_rate implies EMA) continues the run
+    r = train(max_epochs=2, default_root_dir=str(tmp_path / 'a'), ema_rate=0.9, resume_ckpt='auto', **kw)
+    assert r['status'] == 'finished' and r['epochs_completed'] == 2
 
 
 # ---------------------------------------------------------------- comparison notebook

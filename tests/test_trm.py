@@ -229,6 +229,10 @@ def test_tiny_training_run_and_halting_eval(tiny_sudoku, tmp_path, variant):
     rows = json.loads(out.read_text())
     assert {r['halting'] for r in rows} >= {'fixed', 'q', 'latent-diff', 'kl', 'argmax-stability'}
     assert all(r['mean_steps'] <= r['budget'] for r in rows)
+    r = _cli('eval', '--ckpt', str(run / 'checkpoints' / 'last.ckpt'), '--data_dir', str(tiny_sudoku), '--halting', 'q')
+    assert r.returncode == 0, r.stderr[-3000:]                     # `halting-lab eval --halting` reaches the TRM evaluator
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert row['halting'] == 'q' and row['mean_steps'] <= row['budget']
 
 
 def test_exact_resume_keeps_carry(tiny_sudoku, tmp_path):

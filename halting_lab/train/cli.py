@@ -26,7 +26,9 @@ def train_cli(argv:list|None=None)->int:
     return PREEMPTED_EXIT if res['status'] == 'preempted' else 0
 
 def _eval_parser():
-    p = argparse.ArgumentParser(prog='halting-lab eval', description='Evaluate a checkpoint: one CSV row per example.')
+    p = argparse.ArgumentParser(prog='halting-lab eval', description='Evaluate a checkpoint: one CSV row per example.',
+        epilog='TRM adaptive halting at evaluation: add --halting fixed|q|entropy-diff|latent-diff|cosine|kl|minp-kl|argmax-stability|all '
+               '[--max_steps N] [--threshold X] [--output rows.json] (see halting_lab.train.trm.trm_eval_cli).')
     p.add_argument('--ckpt', required=True, help='checkpoint (.ckpt) written by halting-lab train')
     p.add_argument('--data_dir', required=True, help='HRM-format dataset directory')
     p.add_argument('--split', default='test', help='split to evaluate (default: test)')
@@ -39,7 +41,11 @@ def _eval_parser():
 
 def eval_cli(argv:list|None=None)->int:
     "`halting-lab eval --ckpt ... --data_dir ... --output results.csv`."
-    a = _eval_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a.split('=')[0] in ('--halting', '--max_steps', '--threshold') for a in argv):
+        from halting_lab.train.trm import trm_eval_cli  # adaptive halting at eval (TRM): fixed | q | exit rules
+        return trm_eval_cli(argv)
+    a = _eval_parser().parse_args(argv)
     from halting_lab.train.run import evaluate
     df = evaluate(a.ckpt, a.data_dir, split=a.split, output=a.output, batch_size=a.batch_size, ema=not a.no_ema,
                   device=a.device, limit=a.limit)

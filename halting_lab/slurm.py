@@ -458,7 +458,7 @@ def slurm_cli(argv:list[str]|None=None)->int:
     s.add_argument('--dry-run', action='store_true', help='only print the batch script')
     _add_resource_args(s)
     w = sub.add_parser('sweep', help='submit a parameter grid as a job array + a collector job')
-    w.add_argument('notebook'); w.add_argument('--grid', action='append', default=[], metavar='KEY=V1,V2')
+    w.add_argument('notebook'); w.add_argument('--grid', action='extend', nargs='+', default=[], metavar='KEY=V1,V2', help='swept parameters: --grid dim=64,128 depth=2,3 (or repeat --grid)')
     w.add_argument('-p', '--param', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='fixed parameter for every element')
     w.add_argument('--prefix', help='sweep name / run id prefix'); w.add_argument('--max-parallel', type=int, help='array concurrency (%%N)')
     w.add_argument('--summary-notebook', help='notebook the collector runs with -p sweep_dir')

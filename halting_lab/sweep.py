@@ -303,7 +303,7 @@ def sweep_cli(argv:list[str]|None=None)->int:
     ap = argparse.ArgumentParser(prog='halting-lab sweep', description='Run a papermill notebook once per element of a parameter grid, '
                                  'one after the other, each into runs/<prefix>_<key><value>.../, then the summary notebook into runs/<prefix>/.')
     ap.add_argument('notebook', help='parameterized notebook (a cell tagged "parameters")')
-    ap.add_argument('--grid', action='append', default=[], metavar='KEY=V1,V2', help='a swept parameter (repeat for a product)')
+    ap.add_argument('--grid', action='extend', nargs='+', default=[], metavar='KEY=V1,V2', help='swept parameters: --grid dim=64,128 depth=2,3 (or repeat --grid); the product is run')
     ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='a fixed parameter for every element')
     ap.add_argument('--prefix', help='sweep name / run id prefix (default sweep_<notebook>_<time>)')
     ap.add_argument('--summary-notebook', help=f'notebook run at the end with -p sweep_dir (default {SUMMARY_NOTEBOOK.name})')

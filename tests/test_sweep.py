@@ -27,7 +27,7 @@ def test_local_sweep_runs_grid_and_summary(tmp_path):
         assert (tmp_path / rid / 'resumable_job.ipynb').exists()
         assert json.loads((tmp_path / rid / 'status.json').read_text())['state'] == 'finished'
     # running it again skips finished elements
-    r = hl(tmp_path, 'sweep', ASSET, '--grid', 'seed=1,2', '--grid', 'scale=1,2', '-p', 'total_steps', 3, '--prefix', 'loc')
+    r = hl(tmp_path, 'sweep', ASSET, '--grid', 'seed=1,2', 'scale=1,2', '-p', 'total_steps', 3, '--prefix', 'loc')
     assert r.stdout.count('already finished, skipped') == 4
 
 

@@ -178,10 +178,14 @@ class HaltingLitModule(L.LightningModule):
         for be, b in zip(self.ema_model.buffers(), self.model.buffers()): be.copy_(b)
 
     # ---------------------------------------------------------------- optimizer
-    def configure_optimizers(self):
+    def make_optimizer(self):
+        "The optimizer (subclasses such as TRM's override this and keep the LR schedule)."
         tc = self.tc
-        opt = torch.optim.AdamW(self.model.parameters(), lr=tc['learning_rate'], weight_decay=tc['weight_decay'],
-                                betas=(tc.get('beta1', 0.9), tc.get('beta2', 0.95)))
+        return torch.optim.AdamW(self.model.parameters(), lr=tc['learning_rate'], weight_decay=tc['weight_decay'],
+                                 betas=(tc.get('beta1', 0.9), tc.get('beta2', 0.95)))
+
+    def configure_optimizers(self):
+        tc, opt = self.tc, self.make_optimizer()
         spe = self.steps_per_epoch or max(1, int(self.trainer.num_training_batches))
         warm = int(round(float(tc['lr_warmup_epochs']) * spe))
         total = spe * int(tc['max_epochs']) if tc.get('max_steps', -1) in (-1, None) else int(tc['max_steps'])

@@ -116,20 +116,16 @@ def _on_validation_epoch_end(self:TRMLitModule):
 TRMLitModule.on_validation_epoch_end = _on_validation_epoch_end
 
 # %% ../../nbs/train/trm.ipynb #01dd26c7
-def _configure_optimizers(self:TRMLitModule):
+def _make_optimizer(self:TRMLitModule):
+    "AdamW on the network, sign-SGD on the puzzle embedding (the LR schedule comes from `HaltingLitModule`)."
     tc, mc = self.tc, self.model.config
     emb = [self.model.puzzle_emb.weight] if self.model.puzzle_emb is not None else []
     rest = [p for n, p in self.model.named_parameters() if not n.startswith('puzzle_emb.')]
     groups = [{'params': rest, 'kind': 'adamw'}]
     if emb: groups.append({'params': emb, 'kind': 'signsgd', 'lr': mc.puzzle_emb_lr, 'weight_decay': mc.puzzle_emb_weight_decay})
-    opt = AdamWSignSGD(groups, lr=tc['learning_rate'], weight_decay=tc['weight_decay'],
-                       betas=(tc.get('beta1', 0.9), tc.get('beta2', 0.95)))
-    spe = self.steps_per_epoch or max(1, int(self.trainer.num_training_batches))
-    warm = int(round(float(tc['lr_warmup_epochs']) * spe))
-    total = spe * int(tc['max_epochs']) if tc.get('max_steps', -1) in (-1, None) else int(tc['max_steps'])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor_at(s, warm, total, tc.get('lr_schedule', 'constant')))
-    return {'optimizer': opt, 'lr_scheduler': {'scheduler': sched, 'interval': 'step', 'frequency': 1}}
-TRMLitModule.configure_optimizers = _configure_optimizers
+    return AdamWSignSGD(groups, lr=tc['learning_rate'], weight_decay=tc['weight_decay'],
+                        betas=(tc.get('beta1', 0.9), tc.get('beta2', 0.95)))
+TRMLitModule.make_optimizer = _make_optimizer
 
 # %% ../../nbs/train/trm.ipynb #1b45774b
 def _extra_state_dict(self:TRMLitModule)->dict:

@@ -92,6 +92,23 @@ def test_exact_resume(maze_dir, tmp_path):
         assert strip(tmp_path / name / 'metrics.csv') == strip(tmp_path / 'full' / 'metrics.csv'), name
 
 @pytest.mark.timeout(600)
+def test_preempt_on_last_batch_of_an_epoch(maze_dir, tmp_path):
+    "A stop request after an epoch's last batch waits for its validation + last.ckpt; the resumed run loses no epoch."
+    from halting_lab.train.run import train
+    base = dict(data_dir=str(maze_dir), batch_size=16, hidden_size=16, time_limit=3, learning_rate=3e-3, progress_bar=False,
+                log_every_n_steps=1, max_epochs=3)          # 64 mazes / 16 = 4 batches per epoch
+    full = train(**base, default_root_dir=str(tmp_path / 'full'))
+    pre = train(**base, default_root_dir=str(tmp_path / 'last'), _callbacks=[PreemptAt(tmp_path / 'last', 3)])
+    assert pre['status'] == 'preempted' and pre['global_step'] == 4 and pre['epochs_completed'] == 1
+    again = train(**base, default_root_dir=str(tmp_path / 'last'), resume_ckpt='auto', _callbacks=[PreemptAt(tmp_path / 'last', 11)])
+    assert again['status'] == 'finished' and again['global_step'] == full['global_step'] == 12   # last epoch: just finishes
+    assert again['final'] == full['final'] and not (tmp_path / 'last' / 'PREEMPT').exists()
+    strip = lambda p: [{k: v for k, v in r.items() if k != 'epoch_time_s'} for r in csv.DictReader(open(p))]
+    assert strip(tmp_path / 'last' / 'metrics.csv') == strip(tmp_path / 'full' / 'metrics.csv')
+    done = train(**base, default_root_dir=str(tmp_path / 'last'), resume_ckpt='auto')   # resuming a finished run: a no-op
+    assert done['status'] == 'finished' and done['global_step'] == 12 and done['final'] == full['final']
+
+@pytest.mark.timeout(600)
 def test_sigusr1_preempts(maze_dir, tmp_path):
     from halting_lab.train.run import train
     class Kill(L.Callback):

@@ -201,7 +201,8 @@ class HaltingLitModule(L.LightningModule):
             'format': 1, 'model_type': self.model_type, 'model_config': dict(self.mc), 'train_config': dict(self.tc),
             'has_ema': self.ema_model is not None, 'mid_epoch': bool(self.saving_mid_epoch),
             'train_acc': {k: v.detach().cpu() for k, v in (self._acc['train'] or {}).items()},
-            'rng': get_rng_state(), 'extra': self.extra_state_dict()}
+            'rng': get_rng_state(), 'extra': self.extra_state_dict(),
+            'last_metrics': {s: {k: float(v) for k, v in m.items()} for s, m in self.last_metrics.items()}}
         checkpoint['hyper_parameters'] = {'train_cfg': dict(self.tc), 'model_cfg': dict(self.mc),
                                           'model_type': self.model_type, 'steps_per_epoch': self.steps_per_epoch}
 
@@ -211,6 +212,7 @@ class HaltingLitModule(L.LightningModule):
         self._acc['train'] = {k: v.to(self.device) for k, v in acc.items()} if acc else None
         self._pending_rng = h.get('rng') if h.get('mid_epoch') else None
         self.load_extra_state(h.get('extra', {}))
+        for split, m in (h.get('last_metrics') or {}).items(): self.last_metrics[split] = dict(m)   # a finished run resumed reports its final metrics
 
 # %% ../../nbs/train/lightning.ipynb #4a9dd2c3
 def get_rng_state()->dict:
@@ -387,7 +389,7 @@ class Preemption(Callback):
     "Save last.ckpt at the batch boundary and stop when <run>/PREEMPT exists or SIGUSR1/SIGTERM arrived."
     def __init__(self, run_dir:str|Path, signals=('SIGUSR1', 'SIGTERM')):
         self.run_dir, self.signals = Path(run_dir), signals
-        self.triggered, self.reason, self._got_signal, self._old = False, None, None, {}
+        self.triggered, self.reason, self._got_signal, self._old, self._deferred = False, None, None, {}, None
     @property
     def flag_file(self)->Path: return self.run_dir / 'PREEMPT'
     def _handler(self, signum, frame): self._got_signal = signal.Signals(signum).name
@@ -411,20 +413,34 @@ class Preemption(Callback):
             t = trainer.strategy.reduce(t, reduce_op='sum')
             if int(t) > 0 and reason is None: reason = 'another rank'
         return reason
+    def _stop(self, trainer, reason:str, where:str):
+        self.triggered, self.reason = True, reason
+        if _is_rank0(trainer):
+            with contextlib.suppress(FileNotFoundError): self.flag_file.unlink()
+            print(f'preempted ({reason}) at {where} of epoch {trainer.current_epoch} step {trainer.global_step}: saved last.ckpt', flush=True)
+        trainer.should_stop = True
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.triggered: return
+        if self.triggered or self._deferred: return
         reason = self._should_stop(trainer)
         if not reason: return
-        self.triggered, self.reason = True, reason
+        if batch_idx + 1 >= trainer.num_training_batches:   # last batch: stop after validation + the epoch-end last.ckpt
+            self._deferred = reason; return
         loader = trainer.train_dataloader
         if isinstance(loader, ResumableLoader): loader.batches_done = batch_idx + 1
         pl_module.saving_mid_epoch = True
         try: trainer.save_checkpoint(self.run_dir / 'checkpoints' / 'last.ckpt', weights_only=False)
         finally: pl_module.saving_mid_epoch = False
-        if _is_rank0(trainer):
-            with contextlib.suppress(FileNotFoundError): self.flag_file.unlink()
-            print(f'preempted ({reason}) at epoch {trainer.current_epoch} step {trainer.global_step}: saved last.ckpt', flush=True)
-        trainer.should_stop = True
+        self._stop(trainer, reason, f'batch {batch_idx + 1}')
+    def on_train_epoch_end(self, trainer, pl_module):   # runs after RunCheckpoints wrote the epoch-end last.ckpt
+        if not self._deferred or self.triggered: return
+        max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+        done = ((max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs)
+                or (max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps))
+        if done:                                         # the run ends here anyway: it finished, it was not preempted
+            if _is_rank0(trainer):
+                with contextlib.suppress(FileNotFoundError): self.flag_file.unlink()
+            return
+        self._stop(trainer, self._deferred, 'the end')
 
 class _TrackBatches(Callback):
     "Keep `ResumableLoader.batches_done` equal to the batches trained on in this epoch."

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Optional
 
 # %% auto #0
-__all__ = ['WIDGET_NOTE', 'project_root', 'find_notebooks', 'page_path', 'find_run_notebooks', 'relink', 'finish_notebook',
-           'process_notebook', 'mkdocs_config', 'build', 'main']
+__all__ = ['WIDGET_NOTE', 'project_root', 'find_notebooks', 'find_showcase', 'page_path', 'find_run_notebooks', 'relink',
+           'finish_notebook', 'process_notebook', 'mkdocs_config', 'build', 'main']
 
 # %% ../nbs/docs.ipynb #c9e0fcd2
 def project_root(start:str|Path|None=None)->Path:
@@ -20,7 +20,7 @@ def project_root(start:str|Path|None=None)->Path:
         if (d/'settings.ini').exists(): return d
     raise FileNotFoundError(f'no settings.ini in {p} or its parents: run inside the project')
 
-def find_notebooks(nbs:str|Path, exclude_dirs=('experiments',))->list:
+def find_notebooks(nbs:str|Path, exclude_dirs=('experiments', 'showcase'))->list:
     "Notebooks of `nbs` to document, relative paths, sorted (index first)."
     nbs = Path(nbs); out = []
     for p in sorted(nbs.rglob('*.ipynb')):
@@ -29,6 +29,11 @@ def find_notebooks(nbs:str|Path, exclude_dirs=('experiments',))->list:
         if rel.parts[0] in exclude_dirs and len(rel.parts) > 1: continue
         out.append(rel)
     return sorted(out, key=lambda r: (r != Path('index.ipynb'), len(r.parts) > 1, str(r)))
+
+def find_showcase(nbs:str|Path)->list:
+    "Executed notebooks kept with their outputs in `nbs/showcase/` (relative paths, sorted)."
+    d = Path(nbs)/'showcase'
+    return sorted(p.relative_to(nbs) for p in d.glob('*.ipynb') if not p.name.startswith(('_', '.'))) if d.is_dir() else []
 
 def page_path(rel:str|Path)->Path:
     "Site path of a notebook, as nbdev names it: `00_core.ipynb` -> `core.ipynb` (rendered `core.html`)."
@@ -206,12 +211,14 @@ def build(out:str|Path='site',                  # output directory (the site)
     work = Path(work).resolve(); docs = work/'docs'
     shutil.rmtree(docs, ignore_errors=True); docs.mkdir(parents=True)
     t0 = time.time(); rx = re.compile(execute) if execute else None
-    rels = find_notebooks(nbs); run_nbs = find_run_notebooks(runs)
+    rels = find_notebooks(nbs); run_nbs = find_run_notebooks(runs); shows = find_showcase(nbs)
     pages = [(nbs/r, page_path(r)) for r in rels]
     listing = ['\n## Pages\n'] + [f'- [{_nav_title(p)}]({p.with_suffix(".html").as_posix()})' for _, p in pages[1:]]
+    if shows: listing = ['\n## Showcase\n'] + [f'- [{_nav_title(s)}]({s.with_suffix(".html").as_posix()})' for s in shows] + listing
     if run_nbs: listing += ['\n### Executed runs\n'] + [f'- [{r.parent.name}/{r.stem}](runs/{r.parent.name}/{r.stem}.html)' for r in run_nbs]
     jobs = [(str(s), str(docs/p), bool(rx and rx.search(str(s.relative_to(nbs)))), len(p.parts) - 1, 'module',
              '\n'.join(listing) if p == Path('index.ipynb') else None, str(root)) for s, p in pages]
+    jobs += [(str(nbs/s), str(docs/s), False, len(s.parts) - 1, 'run', None, str(root)) for s in shows]
     jobs += [(str(r), str(docs/'runs'/r.parent.name/r.name), False, 2, 'run', None, str(root)) for r in run_nbs]
     n_workers = n_workers or min(4, os.cpu_count() or 1, max(len(jobs), 1))
     with cf.ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context('spawn')) as ex:
@@ -222,6 +229,7 @@ def build(out:str|Path='site',                  # output directory (the site)
     # navigation: Home, top-level modules, one section per folder, then the runs
     by = {Path(r['dst']).relative_to(docs): r for r in results}
     nav, sections = [{'Home': 'index.ipynb'}], {}
+    if shows: nav.append({'showcase': [{by[s]['title'] if s in by else _nav_title(s): s.as_posix()} for s in shows]})
     for _, p in pages[1:]:
         ent = {by[p]['title'] if p in by else _nav_title(p): p.as_posix()}
         if len(p.parts) == 1: nav.append(ent)

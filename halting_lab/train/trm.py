@@ -235,12 +235,14 @@ SUDOKU_EXTREME_RECIPE = {**MAZE_HARD_RECIPE, 'task': 'sudoku', 'data_dir': 'data
                          'lr_warmup_epochs': 2000 / (1001000 / 768), 'max_epochs': 60, 'max_steps': 65100}
 
 CPU_RECIPES = {   # small runs for 2 CPU cores (README numbers)
-    'maze9': dict(task='maze', model_type='trm', data_dir='data/maze-9x9-aug8', batch_size=64, hidden_size=64, num_heads=4,
-                  H_cycles=2, L_cycles=2, halt_max_steps=6, puzzle_emb_ndim=0, learning_rate=1e-3, weight_decay=0.1,
-                  lr_warmup_epochs=0.2, ema_rate=0.99, max_epochs=200, seed=0),
+    'maze7': dict(task='maze', model_type='trm', data_dir='data/maze-7x7-aug8', batch_size=64, hidden_size=64, num_heads=4,
+                  H_cycles=2, L_cycles=2, halt_max_steps=6, puzzle_emb_ndim=0, mlp_t=True, pos_encodings='none',
+                  loss_type='softmax_cross_entropy', learning_rate=3e-3, weight_decay=0.1, lr_warmup_epochs=0.2,
+                  ema_rate=0.99, max_epochs=200, seed=0),
     'sudoku_easy': dict(task='sudoku', model_type='trm', data_dir='data/sudoku-45-55', batch_size=64, hidden_size=64, num_heads=4,
                         H_cycles=2, L_cycles=2, halt_max_steps=6, puzzle_emb_ndim=0, mlp_t=True, pos_encodings='none',
                         learning_rate=1e-3, weight_decay=0.1, lr_warmup_epochs=0.2, ema_rate=0.99, max_epochs=200, seed=0)}
+CPU_RECIPES['maze9'] = {**CPU_RECIPES['maze7'], 'data_dir': 'data/maze-9x9-aug8'}
 
 def recipe_argv(recipe:dict)->list:
     "`halting-lab train` arguments for a recipe dict (booleans as --flag / --no-flag)."

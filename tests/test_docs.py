@@ -69,3 +69,17 @@ def test_executed_figures_and_runs(site):
     run = out / 'runs' / 'docs_demo' / 'train.html'
     assert run.exists() and 'data:image/png;base64' in run.read_text()
     assert 'runs/docs_demo/train.html' in (out / 'index.html').read_text()
+
+@pytest.mark.timeout(600)
+def test_showcase_page(site):
+    "nbs/showcase/ (executed experiment notebooks committed with outputs): shown as they are, listed first, Pareto plot on the page."
+    out, _ = site
+    from halting_lab.docs import find_showcase
+    shows = find_showcase(ROOT / 'nbs')
+    assert Path('showcase/compare_halting_sudoku.ipynb') in shows
+    index = (out / 'index.html').read_text()
+    for s in shows:
+        page = (out / s.with_suffix('.html')).read_text()
+        assert 'data:image/png;base64' in page and 'Pareto' in page                        # stored figure, not re-executed
+        assert s.with_suffix('.html').as_posix() in index
+    assert index.index('showcase/') < index.index('viewers/')                              # the showcase comes first

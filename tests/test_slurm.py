@@ -177,7 +177,9 @@ def test_training_notebook_requeued_twice_matches_uninterrupted(runs, tmp_path):
     data = tmp_path / 'maze'
     subprocess.run([str(HL), 'build-maze', '--size', '7', '--num-train', '256', '--num-test', '64', '--seed', '0',
                     '--output-dir', str(data)], check=True, capture_output=True, cwd=ROOT)
-    params = {'data_dir': str(data), 'max_epochs': 4, 'seed': 0, 'hidden_size': 32, 'time_limit': 4, 'batch_size': 32,
+    # 8 epochs: runway enough that the second signal lands before the last epoch (a stop request in the final
+    # epoch's last batch just lets the run finish, which would leave only two attempts)
+    params = {'data_dir': str(data), 'max_epochs': 8, 'seed': 0, 'hidden_size': 32, 'time_limit': 4, 'batch_size': 32,
               'log_every_n_steps': 1, 'num_show': 2}
     pargs = [x for k, v in params.items() for x in ('-p', k, v)]
     r = hl(runs, 'slurm', 'submit', TRAIN_NB, *pargs, '--run-id', 'trainq', '--time', '00:10:00', *COMMON)

@@ -207,3 +207,37 @@ def test_papermill_notebook(maze_dir, tmp_path):
                           'figures/halting_heatmap.png', 'figures/halting_vs_path_length.png']:
         assert (run / f).exists(), f
     assert json.loads((run / 'results.json').read_text())['status'] == 'finished'
+
+@pytest.mark.timeout(600)
+def test_ddp_two_cpu_processes(maze_dir, tmp_path):
+    "`--devices 2` on CPU: Lightning DDP over gloo, batches sharded across ranks, one metrics.csv/checkpoint writer."
+    run = tmp_path / 'ddp'
+    hl = Path(sys.executable).with_name('halting-lab')
+    r = subprocess.run([str(hl), 'train', '--task', 'maze', '--model_type', 'act_rnn', '--data_dir', str(maze_dir),
+                        '--batch_size', '8', '--max_epochs', '2', '--hidden_size', '16', '--time_limit', '3', '--use_ema',
+                        '--accelerator', 'cpu', '--devices', '2', '--no-progress_bar', '--log_every_n_steps', '1',
+                        '--default_root_dir', str(run)], capture_output=True, text=True, timeout=540, cwd=ROOT,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert 'MEMBER: 2/2' in r.stdout + r.stderr
+    res = json.loads((run / 'results.json').read_text())
+    assert res['status'] == 'finished' and res['global_step'] == 2 * 64 // (8 * 2)      # 64 mazes, 8 per rank, 2 ranks
+    rows = list(csv.DictReader(open(run / 'metrics.csv')))
+    assert [int(x['epoch']) for x in rows if x['kind'] == 'epoch'] == [0, 1]              # rank 0 alone writes
+    assert len([x for x in rows if x['kind'] == 'step']) == res['global_step']
+    from halting_lab import load_checkpoint
+    from halting_lab.models.act_rnn import ActRNN
+    assert isinstance(load_checkpoint(run / 'checkpoints' / 'last.ckpt'), ActRNN)
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize('model_type', ['act_rnn', 'universal_transformer', 'trm'])
+def test_bf16_mixed_on_cpu(maze_dir, tmp_path, model_type):
+    "`--precision bf16-mixed` (the GPU default) through Lightning's autocast, here on CPU: finite losses, fp32 master weights."
+    if not _has(model_type): pytest.skip(f'{model_type} not installed yet')
+    run = tmp_path / model_type
+    assert _train(maze_dir, run, '--precision', 'bf16-mixed', model_type=model_type) == 0
+    rows = [x for x in csv.DictReader(open(run / 'metrics.csv')) if x['kind'] == 'epoch']
+    assert rows and all(torch.isfinite(torch.tensor(float(x['train/loss']))) for x in rows)
+    sd = _sd(run / 'checkpoints' / 'last.ckpt')
+    assert all(v.dtype == torch.float32 for k, v in sd.items() if v.is_floating_point())
+    assert json.loads((run / 'config.json').read_text())['train_config']['precision'] == 'bf16-mixed'

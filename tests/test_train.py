@@ -241,3 +241,42 @@ def test_bf16_mixed_on_cpu(maze_dir, tmp_path, model_type):
     sd = _sd(run / 'checkpoints' / 'last.ckpt')
     assert all(v.dtype == torch.float32 for k, v in sd.items() if v.is_floating_point())
     assert json.loads((run / 'config.json').read_text())['train_config']['precision'] == 'bf16-mixed'
+
+@pytest.mark.timeout(600)
+def test_pondernet_cli_one_epoch(maze_dir, tmp_path):
+    "`--halting_rule pondernet`: one CLI epoch; p sums to 1 per cell, KL >= 0, steps <= time_limit, checkpoint round trip."
+    from halting_lab import load_checkpoint
+    from halting_lab.models.act_rnn import ActRNN
+    from halting_lab.halting import pondernet_kl
+    from halting_lab.data.hrm import read_split
+    run = tmp_path / 'pn'
+    assert _train(maze_dir, run, '--halting_rule', 'pondernet', '--pondernet_lambda_p', '0.3', '--pondernet_beta', '0.02',
+                  '--use_ema', '--ema_decay', '0.5') == 0
+    res = json.loads((run / 'results.json').read_text())
+    assert res['status'] == 'finished'
+    assert 1 <= res['final']['train/mean_halting_steps'] <= 3 and 1 <= res['final']['val/max_halting_steps'] <= 3
+    assert json.loads((run / 'config.json').read_text())['model_config']['halting_rule'] == 'pondernet'
+    rows = [r for r in csv.DictReader(open(run / 'metrics.csv')) if r['kind'] == 'epoch']
+    assert float(rows[0]['ponder_weight']) == 0.0                      # no ACT time penalty with PonderNet
+    ck = run / 'checkpoints' / 'last.ckpt'
+    m = load_checkpoint(ck)
+    assert isinstance(m, ActRNN) and m.checkpoint_info['weights'] == 'ema' and not m.training
+    assert (m.config.halting_rule, m.config.pondernet_lambda_p, m.config.pondernet_beta, m.config.time_limit) == ('pondernet', 0.3, 0.02, 3)
+    raw = torch.load(ck, map_location='cpu', weights_only=True)['state_dict']
+    assert all(torch.equal(v, raw[f'ema_model.{k}']) for k, v in m.state_dict().items())
+    _, s = read_split(maze_dir / 'test')
+    batch = {'inputs': torch.as_tensor(s['all']['inputs'].astype('int64')), 'puzzle_identifiers': torch.zeros(16, dtype=torch.long)}
+    mask = batch['inputs'] != 0
+    with torch.no_grad():
+        m.train(); o = m(batch)                                         # training mode: all steps, weights p_n
+        p = o.extras['pondernet_p']
+        assert p.shape == (3, 16, 49) and o.step_logits.shape[0] == 3
+        torch.testing.assert_close(p.sum(0)[mask], torch.ones(int(mask.sum())), atol=1e-5, rtol=0)
+        assert (p >= 0).all() and float(pondernet_kl(p, mask, 0.3, 3)) >= 0
+        m.eval(); e = m(batch)                                          # eval: halt at cumulative p >= 0.5
+    hs = e.halting_steps
+    assert (hs[mask] >= 1).all() and (hs[mask] <= 3).all() and (hs[~mask] == 0).all()
+    assert torch.equal(e.ponder_cost, hs) and e.step_logits is None
+    # validation metrics were computed with these (EMA) weights in eval mode: same max halting steps
+    assert float(hs[mask].max()) == res['final']['val/max_halting_steps']
+    torch.testing.assert_close(float(hs[mask].mean()), res['final']['val/mean_halting_steps'], atol=1e-6, rtol=0)

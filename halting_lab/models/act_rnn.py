@@ -11,7 +11,7 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from ..core import HaltingOutput, HaltingLabError
-from ..halting import ACT
+from ..halting import ACT, PonderNet
 
 # %% auto #0
 __all__ = ['ActRNNConfig', 'ConvMix', 'AttnMix', 'GatedCell', 'ActRNN']
@@ -34,6 +34,11 @@ class ActRNNConfig:
     act_eps: float = 0.01
     halt_bias_init: float = -4.0   # sigmoid(-4) = 0.018: the last step gets most weight at first (learn, then shorten)
     pad_id: int = 0                # input token of padding positions (never halt-counted)
+    halting_rule: str = 'act'      # 'act' (Graves: N + R ponder cost) | 'pondernet' (Banino: p_n, KL to a geometric prior)
+    pondernet_lambda_p: float = 0.2   # pondernet: prior halting probability per step (Geometric(lambda_p))
+    pondernet_beta: float = 0.01      # pondernet: weight of KL(p || Geometric(lambda_p)) in the loss
+
+    NON_STRUCTURAL = ('pondernet_lambda_p', 'pondernet_beta')   # loss weights: may change when resuming
 
     def __post_init__(self):
         if self.act_mode not in ('per_cell', 'per_sequence'):
@@ -43,6 +48,20 @@ class ActRNNConfig:
         if self.time_limit < 1: raise HaltingLabError(f'time_limit: must be >= 1, got {self.time_limit}')
         if self.mixing == 'attention' and self.hidden_size % self.num_heads:
             raise HaltingLabError(f'hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})')
+        if self.halting_rule not in ('act', 'pondernet'):
+            raise HaltingLabError(f"halting_rule: expected 'act' or 'pondernet', got {self.halting_rule!r}")
+        if self.halting_rule == 'pondernet' and self.act_mode != 'per_cell':
+            raise HaltingLabError("act_mode: halting_rule 'pondernet' halts per cell; act_mode 'per_sequence' is ACT only")
+        if not 0 < self.pondernet_lambda_p <= 1:
+            raise HaltingLabError(f'pondernet_lambda_p: must be in (0, 1], got {self.pondernet_lambda_p}')
+        if self.pondernet_beta < 0: raise HaltingLabError(f'pondernet_beta: must be >= 0, got {self.pondernet_beta}')
+
+    @classmethod
+    def validate_flags(cls, flags:dict):
+        "Flag combinations `params_to_configs` rejects: the PonderNet weights without `--halting_rule pondernet`."
+        for k in ('pondernet_lambda_p', 'pondernet_beta'):
+            if k in flags and flags.get('halting_rule', cls.halting_rule) != 'pondernet':
+                raise HaltingLabError(f'--{k}: has no effect without --halting_rule pondernet')
 
     @property
     def grid_side(self)->Optional[int]:
@@ -119,9 +138,13 @@ class ActRNN(nn.Module):
         self.halt = nn.Linear(H, 1)
         nn.init.zeros_(self.halt.weight); nn.init.constant_(self.halt.bias, cfg.halt_bias_init)
 
-    def criterion(self)->ACT:
-        return ACT(self.config.time_limit, eps=self.config.act_eps,
-                   act_type='global' if self.config.act_mode == 'per_sequence' else 'graves')
+    def criterion(self):
+        "The halting rule: ACT, or PonderNet (all steps with weights p_n in training, median halting in eval)."
+        c = self.config
+        if c.halting_rule == 'pondernet':
+            return PonderNet(c.time_limit, lambda_p=c.pondernet_lambda_p, beta=c.pondernet_beta,
+                             mode='train' if self.training else 'median')
+        return ACT(c.time_limit, eps=c.act_eps, act_type='global' if c.act_mode == 'per_sequence' else 'graves')
 
     def forward(self, batch:dict, return_steps:bool=False)->HaltingOutput:
         inputs = batch['inputs'].long()                                  # [B, L]
@@ -133,6 +156,9 @@ class ActRNN(nn.Module):
         h = torch.zeros_like(x)                                          # [B, L, H]
         xin = [cell.input_term(x) for cell in self.cells]                # per layer [B, L, 2H]
         act = self.criterion(); st = act.init(mask); out, steps = None, []
+        ponder_train = self.config.halting_rule == 'pondernet' and self.training
+        keep_steps = return_steps or ponder_train                        # PonderNet's loss reads every step's logits
+        run_all = torch.compiler.is_compiling()                          # compiled: no data-dependent early exit
         for t in range(self.config.time_limit):
             run = st.running
             h_new = h
@@ -142,10 +168,12 @@ class ActRNN(nn.Module):
             logits_t = self.head(y)                                      # [B, L, V]
             w, st, _ = act.step(st, t, halt_logit=self.halt(y).squeeze(-1))
             out = act.combine(out, logits_t.float(), w)                  # ACT-weighted logits
-            if return_steps: steps.append(logits_t)
-            if act.done(st): break
+            if keep_steps: steps.append(logits_t)
+            if not run_all and act.done(st): break
         res = act.finalize(st)
-        return HaltingOutput(logits=out, halting_steps=res.halting_steps, ponder_cost=res.ponder_cost,
-                             step_logits=torch.stack(steps) if return_steps else None,
-                             halt_cumprob=res.halt_cumprob if return_steps else None,
-                             extras={'step_probs': res.step_probs, 'mask': mask})
+        extras = {'step_probs': res.step_probs, 'mask': mask}
+        if 'p' in res.extras: extras['pondernet_p'] = res.extras['p']   # PonderNet's p_n [S, B, L]
+        pc = res.ponder_cost if res.ponder_cost is not None else res.halting_steps   # PonderNet eval: N
+        return HaltingOutput(logits=out, halting_steps=res.halting_steps, ponder_cost=pc,
+                             step_logits=torch.stack(steps) if keep_steps else None,
+                             halt_cumprob=res.halt_cumprob if return_steps else None, extras=extras)

@@ -159,6 +159,10 @@ def params_to_configs(params:dict, # flag name -> value (None values are ignored
         mcls.validate_flags(mkw)
     try: mc = mcls(**mkw)
     except (TypeError, ValueError) as e: raise HaltingLabError(f'model config ({model_type}): {e}') from e
+    if getattr(mc, 'halting_rule', 'act') != 'act':
+        for k in ONLY_FOR:
+            if k in tkw: raise HaltingLabError(f'--{k}: applies to --halting_rule act only; PonderNet is regularised by '
+                                               '--pondernet_beta and --pondernet_lambda_p')
     return tc, mc
 
 def validate_train_config(tc:TrainConfig, given:set=frozenset()):

@@ -14,6 +14,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from ..core import HaltingLabError, HaltingOutput, model_class, torch_save_atomic, seed_everything
+from ..halting import pondernet_loss, masked_mean
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'STAT_KEYS', 'METRIC_NAMES', 'CSV_COLUMNS', 'ponder_weight_at', 'lr_factor_at', 'label_mask',
@@ -97,14 +98,17 @@ class HaltingLitModule(L.LightningModule):
         if self.model_type == 'universal_transformer':
             return float(self.mc.get('ut_act_loss_weight', 0.0)) if self.mc.get('ut_act', True) else 0.0
         if self.model_type == 'act_rnn':
+            if self.mc.get('halting_rule', 'act') != 'act': return 0.0    # PonderNet: its KL term regularises instead
             return ponder_weight_at(self.global_step, self.tc['time_penalty_start'], self.tc['time_penalty'],
                                     self.tc['time_penalty_warmup_steps'])
         return 0.0
 
     def compute_loss(self, out:HaltingOutput, batch:dict, ponder_weight:Optional[float]=None):
-        "(loss, ce, stats): CE over labelled positions + w * masked mean ponder cost + aux loss."
+        "(loss, ce, stats): CE over labelled positions + w * masked mean ponder cost + aux loss (PonderNet: its loss)."
         labels = batch['labels']
         logits = out.logits.float()
+        p = (out.extras or {}).get('pondernet_p') if self.training and out.step_logits is not None else None
+        if p is not None: return self.pondernet_loss(out, batch, p)
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=IGNORE_INDEX)
         if 'mask' in batch and batch['mask'] is not None:  # explicit mask: recompute CE over it
             m = label_mask(batch).reshape(-1)
@@ -115,6 +119,19 @@ class HaltingLitModule(L.LightningModule):
             hmask = (out.halting_steps > 0).float()
             loss = loss + w * (out.ponder_cost.float() * hmask).sum() / hmask.sum().clamp_min(1.0)
         if out.aux_loss is not None: loss = loss + out.aux_loss.float()
+        return loss, ce, batch_stats(out, batch, loss, ce)
+
+    def pondernet_loss(self, out:HaltingOutput, batch:dict, p:torch.Tensor):
+        "PonderNet's training loss `sum_n p_n L_n + beta KL(p || Geometric(lambda_p))` over labelled positions; ce = the first term."
+        sl = out.step_logits.float()                                      # [S, B, L, V]
+        S, (B, L) = sl.shape[0], batch['labels'].shape
+        m = label_mask(batch)                                             # [B, L]
+        y = torch.where(m, batch['labels'].long(), torch.zeros_like(batch['labels'].long()))
+        step_ce = F.cross_entropy(sl.reshape(-1, sl.shape[-1]), y.expand(S, B, L).reshape(-1), reduction='none').view(S, B, L)
+        step_ce = step_ce * m                                             # L_n per position, 0 where unlabelled
+        ce = masked_mean((p * step_ce).sum(0), m)
+        loss = pondernet_loss(p, step_ce, m, float(self.mc['pondernet_lambda_p']), float(self.mc['pondernet_beta']),
+                              max_steps=int(self.mc.get('time_limit', S)))
         return loss, ce, batch_stats(out, batch, loss, ce)
 
     def accumulate(self, stage:str, stats:dict):

@@ -152,6 +152,34 @@ done
     assert re.search(r'Best val acc: 0\.\d{4}\nFinal val acc: 0\.\d{4}', out.stdout)
 
 
+@pytest.mark.parametrize('recursion', [{}, {'n_sup': 3, 'n_latent': 2}], ids=['defaults', 'n_sup3_n_latent2'])
+def test_seed_snippet_rebuilds_the_trained_model(data, tmp_path, monkeypatch, recursion):
+    "The seed's create_model(4 keys) + load_state_dict gives the trained model's logits exactly (defaults or not)."
+    from halting_lab.models import nav_mixer
+    built = []
+    class Recorded(nav_mixer.NavTRM):
+        def __init__(self, *a, **k): super().__init__(*a, **k); built.append(self)
+    monkeypatch.setattr(nav_mixer, 'NavTRM', Recorded)
+    _train(data, tmp_path, epochs=2, **recursion)
+    trained = built[0].eval()                                   # the trainer's model, weights of the last epoch
+    want = {'n_sup': 2, 'n_latent': 1, **recursion}
+    assert {k: getattr(trained.config, k) for k in want} == want
+    assert N.train_defaults()['n_sup'] == NavConfig().n_sup == create_model().config.n_sup  # one source
+    ck = torch.load(tmp_path / 'checkpoint_epoch_2.pt', map_location='cpu', weights_only=False)
+    assert {k: ck['config'][k] for k in want} == want and set(N.SEED_CONFIG_KEYS) <= set(ck['config'])
+    x = T.load_split(data / 'test.pt')['grids'][:64].reshape(64, -1).long()
+    with torch.no_grad(): ref = trained(x, return_steps=True).step_logits
+    monkeypatch.undo()
+    model = create_model(grid_size=ck['config']['grid_size'], dim=ck['config']['dim'], depth=ck['config']['depth'],
+                         dropout=ck['config']['dropout'])      # the seed's loading snippet, unchanged
+    model.load_state_dict(ck['model_state_dict']); model.eval()
+    loaded, _ = N.load_nav_checkpoint(tmp_path / 'checkpoint_epoch_2.pt')
+    with torch.no_grad():
+        for m in (model, loaded):
+            got = m(x, return_steps=True).step_logits
+            assert got.shape == ref.shape and torch.equal(got, ref)
+
+
 def test_early_stopping_triggers(data, tmp_path):
     s = _train(data, tmp_path, lr=0.0, weight_decay=0.0, epochs=20, patience=2)  # nothing can improve
     assert s['stopped_early'] and s['epochs_run'] == 3 and s['best_epoch'] == 1

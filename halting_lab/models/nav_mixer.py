@@ -24,8 +24,8 @@ class NavConfig:
     dim: int = 64            # channel width
     depth: int = 2           # mixer blocks in the shared net
     dropout: float = 0.1
-    n_sup: int = 3           # supervision steps (deep supervision; the viewer's recursion-step slider)
-    n_latent: int = 2        # latent updates per supervision step
+    n_sup: int = 2           # supervision steps (deep supervision; the viewer's recursion-step slider)
+    n_latent: int = 1        # latent updates per supervision step
     channel_mult: float = 2.25 # channel-MLP hidden = channel_mult * dim
     token_mult: float = 0.5    # token-MLP hidden = token_mult * dim
     detach_steps: bool = True  # carry (y, z) between supervision steps without gradient (TRM)
@@ -69,12 +69,24 @@ class NavTRM(nn.Module):
         self.rel = nn.ModuleList([nn.Embedding(2 * c.grid_size - 1, c.dim) for _ in range(4)])
         rr, cc = torch.meshgrid(torch.arange(c.grid_size), torch.arange(c.grid_size), indexing='ij')
         self.register_buffer('cell_rc', torch.stack([rr.reshape(-1), cc.reshape(-1)], -1), persistent=False)  # [T, 2]
+        # the recursion schedule travels in the state dict: loading it sets n_sup / n_latent (see below)
+        self.register_buffer('recursion', torch.tensor([c.n_sup, c.n_latent]))  # [2]
         self.outside = nn.Parameter(torch.zeros(1, c.dim))
         self.y_init = nn.Parameter(torch.zeros(1, 1, c.dim))
         th, ch = max(4, int(c.token_mult * c.dim)), max(4, int(c.channel_mult * c.dim))
         self.net = nn.Sequential(*[MixerBlock(T, c.dim, th, ch, c.dropout) for _ in range(c.depth)])
         self.norm = nn.LayerNorm(6 * c.dim)
         self.head = nn.Linear(6 * c.dim, c.num_actions)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        "Adopt the `recursion` ([n_sup, n_latent]) of the loaded weights; state dicts without it keep the config's."
+        key = prefix + 'recursion'
+        if key in state_dict:
+            n_sup, n_latent = (int(v) for v in state_dict[key])
+            if n_sup < 1 or n_latent < 1: raise HaltingLabError(f'state dict: {key} is {[n_sup, n_latent]}; expected [n_sup >= 1, n_latent >= 1]')
+            self.config = dataclasses.replace(self.config, n_sup=n_sup, n_latent=n_latent)
+        else: state_dict[key] = self.recursion.clone()  # checkpoints written before the buffer existed
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @staticmethod
     def _tokens(batch)->torch.Tensor:
@@ -128,7 +140,8 @@ class NavTRM(nn.Module):
         return HaltingOutput(logits=step_logits[-1], halting_steps=torch.full((B, 1), float(S), device=tok.device),
                              ponder_cost=None, step_logits=step_logits if (return_steps or self.training) else None)
 
-def create_model(grid_size:int=8, dim:int=64, depth:int=2, dropout:float=0.1, **kwargs)->NavTRM:
+def create_model(grid_size:int=NavConfig.grid_size, dim:int=NavConfig.dim, depth:int=NavConfig.depth,
+                 dropout:float=NavConfig.dropout, **kwargs)->NavTRM:
     "The seed's `create_model(grid_size=, dim=, depth=, dropout=)` (extra `NavConfig` fields as keywords)."
     return NavTRM(NavConfig(grid_size=grid_size, dim=dim, depth=depth, dropout=dropout, **kwargs))
 

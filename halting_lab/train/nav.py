@@ -12,16 +12,22 @@ from ..core import (HaltingLabError, RunDir, atomic_write_text, library_versions
                               seed_everything, torch_save_atomic)
 
 # %% auto #0
-__all__ = ['TRAIN_DEFAULTS', 'SEED_CONFIG_KEYS', 'resolve_device', 'NavDiverged', 'NavPreempted', 'run_epoch',
-           'latest_checkpoint', 'train_nav', 'load_nav_checkpoint', 'nav_cli']
+__all__ = ['MODEL_FLAGS', 'RUN_DEFAULTS', 'SEED_CONFIG_KEYS', 'train_defaults', 'resolve_device', 'NavDiverged', 'NavPreempted',
+           'run_epoch', 'latest_checkpoint', 'train_nav', 'load_nav_checkpoint', 'nav_cli']
 
 # %% ../../nbs/train/nav.ipynb #233dbff1
-TRAIN_DEFAULTS = dict(train_path='data/nav/train.pt', val_path='data/nav/test.pt', checkpoint_dir=None,
-                      dim=64, depth=2, dropout=0.1, weight_decay=0.01, lr=1e-3, epochs=100, patience=15,
-                      batch_size=64, device='auto', seed=42, grad_clip=1.0, monitor='val_acc',
-                      n_sup=2, n_latent=1, save_every=1, resume=None, run_id=None, runs_root=None,
-                      threads=None, quiet=False)
+MODEL_FLAGS = ('dim', 'depth', 'dropout', 'n_sup', 'n_latent')  # defaults: NavConfig's
+RUN_DEFAULTS = dict(train_path='data/nav/train.pt', val_path='data/nav/test.pt', checkpoint_dir=None,
+                    weight_decay=0.01, lr=1e-3, epochs=100, patience=15, batch_size=64, device='auto', seed=42,
+                    grad_clip=1.0, monitor='val_acc', save_every=1, resume=None, run_id=None, runs_root=None,
+                    threads=None, quiet=False)
 SEED_CONFIG_KEYS = ('grid_size', 'dim', 'depth', 'dropout')
+
+def train_defaults()->dict:
+    "Every `train_nav` argument's default: `MODEL_FLAGS` from `NavConfig`, the others from `RUN_DEFAULTS`."
+    from halting_lab.models.nav_mixer import NavConfig  # (imports torch)
+    c = NavConfig()
+    return {**{k: getattr(c, k) for k in MODEL_FLAGS}, **RUN_DEFAULTS}
 
 def resolve_device(device:str='auto')->str:
     "`auto` -> cuda, else mps, else cpu; a requested but missing accelerator is a clear error."
@@ -100,7 +106,7 @@ def latest_checkpoint(checkpoint_dir:str|Path)->Optional[Path]:
     return max(cks)[1] if cks else None
 
 def train_nav(command:Optional[str]=None, **kwargs)->dict:
-    "Train `NavTRM` (keyword arguments = the CLI flags, see `TRAIN_DEFAULTS`); returns a summary dict."
+    "Train `NavTRM` (keyword arguments = the CLI flags, see `train_defaults()`); returns a summary dict."
     import torch
     if kwargs.get('resume') == 'auto':  # continue from the newest epoch checkpoint if there is one (Slurm requeue)
         from halting_lab.core import runs_root
@@ -109,9 +115,11 @@ def train_nav(command:Optional[str]=None, **kwargs)->dict:
         kwargs['resume'] = latest_checkpoint(d)
     from halting_lab.tasks.nav import load_split
     from halting_lab.models.nav_mixer import NavTRM, NavConfig, count_parameters
-    unknown = set(kwargs) - set(TRAIN_DEFAULTS)
+    defaults = train_defaults()
+    unknown = set(kwargs) - set(defaults)
     if unknown: raise HaltingLabError(f'train_nav: unknown arguments {sorted(unknown)}')
-    a = {**TRAIN_DEFAULTS, **kwargs}
+    kwargs = {k: v for k, v in kwargs.items() if not (k in MODEL_FLAGS and v is None)}  # None: the model's default
+    a = {**defaults, **kwargs}
     ckpt = None
     if a['resume']:
         rp = Path(a['resume'])
@@ -122,7 +130,7 @@ def train_nav(command:Optional[str]=None, **kwargs)->dict:
         # the run continues with its own settings; only these may change on resume
         keep = {k: kwargs[k] for k in ('epochs', 'patience', 'device', 'checkpoint_dir', 'threads', 'quiet', 'run_id', 'runs_root', 'save_every')
                 if k in kwargs}
-        a = {**TRAIN_DEFAULTS, **ckpt['train_args'], **keep, 'resume': str(rp)}
+        a = {**defaults, **ckpt['train_args'], **keep, 'resume': str(rp)}
     for k in ('epochs', 'batch_size', 'patience', 'dim', 'depth', 'save_every'):
         if int(a[k]) < 1: raise HaltingLabError(f'--{k.replace("_", "-")}: expected >= 1, got {a[k]}')
     if a['monitor'] not in ('val_acc', 'val_loss'): raise HaltingLabError(f"--monitor: expected val_acc or val_loss, got {a['monitor']!r}")
@@ -162,7 +170,7 @@ def train_nav(command:Optional[str]=None, **kwargs)->dict:
         start = int(ckpt['epoch']) + 1
         _set_rng_state(ckpt['rng'], gen)
     n_params = count_parameters(model)
-    train_args = {k: a[k] for k in TRAIN_DEFAULTS if k not in ('resume', 'quiet', 'threads')}
+    train_args = {k: a[k] for k in defaults if k not in ('resume', 'quiet', 'threads')}
     versions = library_versions()
     meta = {'command': command, 'train_args': train_args, 'config': cfg.to_dict(), 'n_params': n_params,
             'device': device, 'versions': versions, 'resumed_from': a['resume'], 'checkpoint_dir': str(ckdir),
@@ -248,9 +256,9 @@ def _gen_parser():
     return p
 
 def _train_parser():
-    d = TRAIN_DEFAULTS
+    d = train_defaults()
     p = argparse.ArgumentParser(prog='halting-lab nav train', description='Train the MLP-Mixer TRM navigation model (seed 003).')
-    S = argparse.SUPPRESS  # defaults come from TRAIN_DEFAULTS so that `--resume` can tell what was given
+    S = argparse.SUPPRESS  # defaults come from train_defaults() so that `--resume` can tell what was given
     add = lambda flag, typ, help: p.add_argument(flag, type=typ, default=S, help=f"{help} (default: {d[flag[2:].replace('-', '_')]})")
     add('--dim', int, 'hidden dimension'); add('--depth', int, 'mixer blocks in the shared net')
     add('--dropout', float, 'dropout rate'); add('--weight-decay', float, 'AdamW weight decay')

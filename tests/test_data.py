@@ -107,6 +107,12 @@ BAD = {
     'not_start_0':     (hrm.BadIndicesError, 'all__group_indices.npy', lambda d: _save(d, 'group_indices', (_load(d, 'group_indices') + 1).astype(np.int32))),
     'last_not_n':      (hrm.BadIndicesError, 'all__puzzle_indices.npy', lambda d: _save(d, 'puzzle_indices', np.r_[_load(d, 'puzzle_indices')[:-1], 95].astype(np.int32))),
     'seq_len':         (hrm.SeqLenMismatchError, 'seq_len', lambda d: _edit_json(d, seq_len=100)),
+    'negative_token':  (hrm.TokenOutOfRangeError, 'token id -1', lambda d: _save(d, 'inputs', np.where(_load(d, 'inputs') == 1, -1, _load(d, 'inputs').astype(np.int8)))),
+    'negative_label':  (hrm.TokenOutOfRangeError, 'token id -3', lambda d: _save(d, 'labels', np.where(_load(d, 'labels') == 1, -3, _load(d, 'labels').astype(np.int32)))),
+    'float_indices':   (hrm.WrongDtypeError, 'dtype float64', lambda d: _save(d, 'puzzle_indices', _load(d, 'puzzle_indices').astype(np.float64))),
+    'uint64_groups':   (hrm.WrongDtypeError, 'dtype uint64', lambda d: _save(d, 'group_indices', _load(d, 'group_indices').astype(np.uint64))),
+    'bool_ids':        (hrm.WrongDtypeError, 'dtype bool', lambda d: _save(d, 'puzzle_identifiers', _load(d, 'puzzle_identifiers').astype(bool))),
+    'total_groups':    (hrm.GroupCountMismatchError, "'total_groups' is 13", lambda d: _edit_json(d, total_groups=13)),
 }
 
 @pytest.mark.parametrize('case', list(BAD))
@@ -120,8 +126,24 @@ def test_named_errors(small, tmp_path, case):
     assert isinstance(ei.value, hrm.DatasetFormatError)
     field = {'missing_json': None, 'missing_array': 'labels', 'missing_field': 'vocab_size', 'float_dtype': 'inputs', 'shape_mismatch': 'labels',
              'token_range': 'inputs', 'label_range': 'labels', 'not_monotone': 'puzzle_indices', 'not_start_0': 'group_indices',
-             'last_not_n': 'puzzle_indices', 'seq_len': 'seq_len'}[case]
+             'last_not_n': 'puzzle_indices', 'seq_len': 'seq_len', 'negative_token': 'inputs', 'negative_label': 'labels',
+             'float_indices': 'puzzle_indices', 'uint64_groups': 'group_indices', 'bool_ids': 'puzzle_identifiers',
+             'total_groups': 'group_indices'}[case]
     if field: assert field in msg, msg
+
+
+def test_integer_variants_accepted_and_total_puzzles_warning(small, tmp_path):
+    "Readers accept the builders' integer variants (int64 indices, int32 tokens); total_puzzles = groups or puzzles is fine."
+    d = _copy(small, tmp_path)
+    for f in ('puzzle_identifiers', 'puzzle_indices', 'group_indices'): _save(d, f, _load(d, f).astype(np.int64))
+    _save(d, 'inputs', _load(d, 'inputs').astype(np.int32))
+    s = hrm.check_dataset(d)['train']
+    assert s['warnings'] == [] and s['groups'] == 12 and s['puzzles'] == 96
+    _edit_json(d, total_puzzles=96)                                  # TRM's ARC builder counts puzzles
+    assert hrm.check_dataset(d)['train']['warnings'] == []
+    _edit_json(d, total_puzzles=50)                                  # neither: reported, not fatal
+    w = hrm.check_dataset(d)['train']['warnings']
+    assert len(w) == 1 and "'total_puzzles' is 50" in w[0] and '96 puzzles in 12 groups' in w[0]
 
 
 def test_data_check_cli(small, tmp_path):

@@ -14,9 +14,9 @@ from ..core import HaltingLabError, atomic_dir, save_json
 # %% auto #0
 __all__ = ['FIELDS', 'SPLITS', 'MAZE_CHARSET', 'DatasetMetadata', 'DatasetFormatError', 'MissingFileError', 'MissingFieldError',
            'WrongDtypeError', 'ShapeMismatchError', 'TokenOutOfRangeError', 'BadIndicesError', 'SeqLenMismatchError',
-           'array_path', 'token_dtype', 'make_metadata', 'write_split', 'write_dataset', 'read_metadata', 'read_split',
-           'dataset_splits', 'read_dataset', 'check_split', 'check_dataset', 'render_text', 'format_summary',
-           'data_cli']
+           'GroupCountMismatchError', 'array_path', 'token_dtype', 'make_metadata', 'write_split', 'write_dataset',
+           'read_metadata', 'read_split', 'dataset_splits', 'read_dataset', 'check_split', 'check_dataset',
+           'render_text', 'format_summary', 'data_cli']
 
 # %% ../../nbs/data/hrm.ipynb #c4052fe7
 @dataclass(kw_only=True)
@@ -64,7 +64,7 @@ class MissingFileError(DatasetFormatError):
 class MissingFieldError(DatasetFormatError):
     "A required key of `dataset.json` is missing."
 class WrongDtypeError(DatasetFormatError):
-    "An array is not of an integer dtype."
+    "An array is not of an integer dtype (index arrays: not one that converts exactly to int64, e.g. float or uint64)."
 class ShapeMismatchError(DatasetFormatError):
     "An array has the wrong shape (e.g. labels vs inputs)."
 class TokenOutOfRangeError(DatasetFormatError):
@@ -73,6 +73,8 @@ class BadIndicesError(DatasetFormatError):
     "`puzzle_indices` / `group_indices` do not start at 0, are not monotone, or do not end at the count."
 class SeqLenMismatchError(DatasetFormatError):
     "`seq_len` in `dataset.json` disagrees with the arrays."
+class GroupCountMismatchError(DatasetFormatError):
+    "`total_groups` in `dataset.json` disagrees with the groups the `group_indices` arrays hold."
 
 # %% ../../nbs/data/hrm.ipynb #a12b3822
 FIELDS = ('inputs', 'labels', 'puzzle_identifiers', 'puzzle_indices', 'group_indices')
@@ -243,9 +245,10 @@ def check_split(split_dir:str|Path)->dict:
     tot_groups = tot_puzzles = 0
     for s, a in sets.items():
         for f in FIELDS:
-            if not np.issubdtype(a[f].dtype, np.integer):
-                raise WrongDtypeError(f'{array_path(split_dir, s, f)}: field {f!r} has dtype {a[f].dtype}; expected an integer dtype '
-                                      f'({"uint8 or int32" if f in ("inputs", "labels") else "int32"})')
+            dt = a[f].dtype; tokens = f in ('inputs', 'labels')
+            if not np.issubdtype(dt, np.integer) or not (tokens or np.can_cast(dt, np.int64)):
+                raise WrongDtypeError(f'{array_path(split_dir, s, f)}: field {f!r} has dtype {dt}; expected an integer dtype '
+                                      + ('(uint8 or int32)' if tokens else 'that converts exactly to int64 (int32 as the official builders write)'))
         x, y = a['inputs'], a['labels']
         px, py = array_path(split_dir, s, 'inputs'), array_path(split_dir, s, 'labels')
         if x.ndim != 2: raise ShapeMismatchError(f'{px}: field \'inputs\' has shape {x.shape}; expected 2-D [N, seq_len]')
@@ -272,7 +275,11 @@ def check_split(split_dir:str|Path)->dict:
         summary['sets'][s] = dict(examples=int(len(x)), puzzles=int(len(pid)), groups=int(len(gidx) - 1))
         tot_groups += len(gidx) - 1; tot_puzzles += len(pid)
     if tot_groups != md.total_groups:
-        summary['warnings'].append(f'{js}: total_groups is {md.total_groups} but the group_indices hold {tot_groups} groups')
+        raise GroupCountMismatchError(f"{js}: field 'total_groups' is {md.total_groups} but the group_indices of the sets "
+                                      f"{md.sets} hold {tot_groups} groups; expected them to agree")
+    if md.total_puzzles is not None and md.total_puzzles not in (tot_puzzles, tot_groups):
+        summary['warnings'].append(f"{js}: field 'total_puzzles' is {md.total_puzzles}; the split has {tot_puzzles} puzzles "
+                                   f"in {tot_groups} groups (TRM's builders write one of the two)")
     summary.update(examples=sum(v['examples'] for v in summary['sets'].values()), puzzles=int(tot_puzzles), groups=int(tot_groups))
     return summary
 

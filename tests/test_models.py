@@ -27,7 +27,7 @@ def _models(vocab, seq_len, steps=4):
             ActRNN(ActRNNConfig(vocab_size=vocab, seq_len=seq_len, hidden_size=16, time_limit=steps, act_mode='per_sequence')),
             ActRNN(ActRNNConfig(vocab_size=vocab, seq_len=seq_len, hidden_size=16, time_limit=steps, mixing='attention')),
             *[UniversalTransformer(UTConfig(vocab_size=vocab, seq_len=seq_len, ut_embedding_size=16, ut_key_depth=16,
-                                            ut_value_depth=16, ut_filter_size=32, ut_max_hops=steps, ut_act_type=t,
+                                            ut_value_depth=16, ut_filter_size=32, ut_max_hops=steps, ut_act=True, ut_act_type=t,
                                             halt_bias_init=-1.)) for t in ('basic', 'accumulated', 'global')]]
 
 def _check_invariants(o:HaltingOutput, mask, max_steps):

@@ -91,6 +91,53 @@ def test_exact_resume(maze_dir, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
         assert strip(tmp_path / name / 'metrics.csv') == strip(tmp_path / 'full' / 'metrics.csv'), name
 
+class RecordWeights(L.Callback):
+    "Copies of the raw weights at the start and after every optimizer step (the EMA has been updated by then)."
+    def __init__(self): self.w = []
+    def _take(self, m): return {k: v.detach().clone() for k, v in m.model.named_parameters()}
+    def on_train_start(self, trainer, pl_module): self.w = [self._take(pl_module)]
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        assert len(self.w) == trainer.global_step; self.w.append(self._take(pl_module))
+
+@pytest.mark.timeout(600)
+def test_ema_closed_form_and_used_for_validation(maze_dir, tmp_path):
+    "EMA after k optimizer steps = d^k w_0 + sum_i (1-d) d^(k-i) w_i (not a per-epoch average); val metrics use the EMA."
+    from halting_lab.train.run import train, make_datamodule
+    from halting_lab.train.config import params_to_configs
+    from halting_lab.train.lightning import HaltingLitModule
+    d, rec = 0.7, RecordWeights()
+    kw = dict(data_dir=str(maze_dir), batch_size=16, hidden_size=16, time_limit=3, learning_rate=3e-3, progress_bar=False,
+              use_ema=True, ema_decay=d, time_penalty=0.01, max_epochs=2, save_every_n_epochs=1)
+    res = train(**kw, default_root_dir=str(tmp_path / 'ema'), _callbacks=[rec])
+    ck = tmp_path / 'ema' / 'checkpoints'
+    assert res['global_step'] == 8 and len(rec.w) == 9                  # 64 mazes / 16 = 4 steps per epoch
+    def closed(k, name):
+        return d ** k * rec.w[0][name] + sum((1 - d) * d ** (k - i) * rec.w[i][name] for i in range(1, k + 1))
+    for path, k in ((ck / 'epoch=0.ckpt', 4), (ck / 'last.ckpt', 8)):
+        sd = _sd(path)
+        for name in rec.w[0]:
+            torch.testing.assert_close(sd[f'ema_model.{name}'], closed(k, name), atol=1e-6, rtol=1e-5)
+            assert torch.equal(sd[f'model.{name}'], rec.w[k][name])
+    sd = _sd(ck / 'last.ckpt')
+    moved = [n for n in rec.w[0] if not torch.equal(rec.w[0][n], rec.w[8][n])]
+    assert moved
+    per_epoch = lambda n: d ** 2 * rec.w[0][n] + (1 - d) * d * rec.w[4][n] + (1 - d) * rec.w[8][n]   # updated once per epoch
+    swa = lambda n: (rec.w[4][n] + rec.w[8][n]) / 2                                                  # averaged per epoch
+    for other in (per_epoch, swa):
+        assert max(float((sd[f'ema_model.{n}'] - other(n)).abs().max()) for n in moved) > 1e-4
+    # validation loss of the run = the EMA model's loss on the validation split (and not the raw model's)
+    tc, mc = params_to_configs(kw)
+    info = torch.load(ck / 'last.ckpt', map_location='cpu', weights_only=True)['halting_lab']
+    lit = HaltingLitModule(info['train_config'], info['model_config'], 'act_rnn')
+    lit.load_state_dict(sd); lit.eval()
+    val = list(make_datamodule(tc).val_dataloader())
+    def val_loss(model):
+        with torch.no_grad():
+            tot = [(lit.compute_loss(model(b), b)[0] * b['labels'].shape[0], b['labels'].shape[0]) for b in val]
+        return float(sum(t for t, _ in tot) / sum(n for _, n in tot))
+    assert abs(val_loss(lit.ema_model) - res['final']['val/loss']) < 1e-6
+    assert abs(val_loss(lit.model) - res['final']['val/loss']) > 1e-4
+
 @pytest.mark.timeout(600)
 def test_preempt_on_last_batch_of_an_epoch(maze_dir, tmp_path):
     "A stop request after an epoch's last batch waits for its validation + last.ckpt; the resumed run loses no epoch."
@@ -135,6 +182,9 @@ def test_retention_keeps_k(maze_dir, tmp_path):
     (['--batch_size', 'many'], '--batch_size'),
     (['--ema_decay', '0.99'], '--ema_decay'),
     (['--model_type', 'nope'], 'model_type'),
+    (['--model_type', 'universal_transformer', '--ut_act_loss_weight', '0.01'], '--ut_act'),   # ACT is opt-in
+    (['--halting_rule', 'pondernet', '--time_penalty', '0.01'], '--time_penalty'),
+    (['--pondernet_beta', '0.1'], '--pondernet_beta'),
 ])
 def test_bad_flags_rejected(maze_dir, argv, flag, capsys):
     if flag == '--ut_heads' and not _has('universal_transformer'): pytest.skip('UT not installed yet')

@@ -31,7 +31,7 @@ class UTConfig:
     ut_value_depth: int = 256       # total value depth over all heads
     ut_filter_size: int = 256       # feed-forward hidden size
     ut_max_hops: int = 6
-    ut_act: bool = True             # False: always ut_max_hops hops
+    ut_act: bool = False            # --ut_act (opt-in, as the runbook passes it): per-position ACT; off: always ut_max_hops hops
     ut_act_type: str = 'basic'      # 'basic' | 'accumulated' | 'global' (tensor2tensor names)
     ut_act_epsilon: float = 0.01
     ut_act_loss_weight: float = 0.001   # ponder-cost weight used by the trainer (not structural)
@@ -46,6 +46,13 @@ class UTConfig:
             if getattr(self, k) % self.ut_heads:
                 raise HaltingLabError(f'{k} ({getattr(self, k)}) must be divisible by ut_heads ({self.ut_heads})')
         if self.ut_max_hops < 1: raise HaltingLabError(f'ut_max_hops: must be >= 1, got {self.ut_max_hops}')
+
+    @classmethod
+    def validate_flags(cls, flags:dict):
+        "Flag combinations `params_to_configs` rejects: ACT settings without `--ut_act`."
+        if flags.get('ut_act', cls.ut_act): return
+        for k in ('ut_act_loss_weight', 'ut_act_type', 'ut_act_epsilon'):
+            if k in flags: raise HaltingLabError(f'--{k}: has no effect without --ut_act (ACT is off: always --ut_max_hops hops)')
 
 # %% ../../nbs/models/universal_transformer.ipynb #1cd8120a
 def timing_signal(length:int, channels:int, min_timescale:float=1.0, max_timescale:float=1e4)->Tensor:
@@ -107,6 +114,7 @@ class UniversalTransformer(nn.Module):
         if 'puzzle_identifiers' in batch: state = state + self.puzzle_embed(batch['puzzle_identifiers'].long())[:, None]
         key_mask = mask | ~mask.any(1, keepdim=True)                          # an all-pad row attends to itself
         act = self.criterion(); st = act.init(mask); acc, steps = None, []
+        run_all = torch.compiler.is_compiling()                               # compiled: no data-dependent early exit
         for t in range(cfg.ut_max_hops):
             s = state + self.pos_signal[:L].to(state.dtype) + self.step_signal[t].to(state.dtype)
             y = self.block(s, key_mask)                                       # [B, L, d]
@@ -117,13 +125,12 @@ class UniversalTransformer(nn.Module):
             else:
                 state = y; acc = y
             if return_steps: steps.append(self.head(self.norm(y)))
-            if cfg.ut_act and act.done(st): break
+            if cfg.ut_act and not run_all and act.done(st): break
         logits = self.head(self.norm(acc))
         if cfg.ut_act:
             res = act.finalize(st)
             hs, pc, cum, probs = res.halting_steps, res.ponder_cost, res.halt_cumprob, res.step_probs
         else:
-            S = len(steps) if return_steps else cfg.ut_max_hops
             hs = mask.float() * cfg.ut_max_hops; pc = None
             probs = torch.zeros(cfg.ut_max_hops, B, L, device=mask.device); probs[-1] = mask.float()
             cum = probs.cumsum(0)

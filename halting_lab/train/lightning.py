@@ -96,7 +96,7 @@ class HaltingLitModule(L.LightningModule):
     def ponder_weight(self)->float:
         "Weight of the masked mean ponder cost at the current optimizer step."
         if self.model_type == 'universal_transformer':
-            return float(self.mc.get('ut_act_loss_weight', 0.0)) if self.mc.get('ut_act', True) else 0.0
+            return float(self.mc.get('ut_act_loss_weight', 0.0)) if self.mc.get('ut_act', False) else 0.0
         if self.model_type == 'act_rnn':
             if self.mc.get('halting_rule', 'act') != 'act': return 0.0    # PonderNet: its KL term regularises instead
             return ponder_weight_at(self.global_step, self.tc['time_penalty_start'], self.tc['time_penalty'],

@@ -68,13 +68,18 @@ class PreemptAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step: (self.run / 'PREEMPT').touch()
 
+RESUME_FAMILY = {  # structure + the family's ponder schedule, small enough for seconds per run
+    'act_rnn': dict(hidden_size=16, time_limit=3, time_penalty_warmup_steps=6, time_penalty=0.01),
+    'universal_transformer': dict(hidden_size=16, ut_embedding_size=16, ut_heads=2, ut_key_depth=16, ut_value_depth=16,
+                                  ut_filter_size=16, ut_max_hops=3, ut_act=True, ut_act_loss_weight=0.01)}
+
 @pytest.mark.timeout(900)
-def test_exact_resume(maze_dir, tmp_path):
+@pytest.mark.parametrize('model_type', list(RESUME_FAMILY))
+def test_exact_resume(maze_dir, tmp_path, model_type):
     "Uninterrupted vs interrupted after epoch 1 vs preempted mid-epoch: identical weights (model + EMA) and metrics."
     from halting_lab.train.run import train
-    base = dict(data_dir=str(maze_dir), batch_size=16, hidden_size=16, time_limit=3, learning_rate=3e-3, progress_bar=False,
-                log_every_n_steps=1, use_ema=True, ema_decay=0.9, time_penalty_warmup_steps=6, time_penalty=0.01,
-                lr_warmup_epochs=1)
+    base = dict(data_dir=str(maze_dir), model_type=model_type, batch_size=16, learning_rate=3e-3, progress_bar=False,
+                log_every_n_steps=1, use_ema=True, ema_decay=0.9, lr_warmup_epochs=1, **RESUME_FAMILY[model_type])
     full = train(**base, default_root_dir=str(tmp_path / 'full'), max_epochs=3)
     train(**base, default_root_dir=str(tmp_path / 'ep'), max_epochs=1)
     ep = train(**base, default_root_dir=str(tmp_path / 'ep'), max_epochs=3, resume_ckpt='auto')

@@ -194,6 +194,28 @@ def test_labels_are_shortest_paths():
                 assert sum(1 for p in ds if p in dg and ds[p] + dg[p] == L) == L + 1
 
 
+def test_carved_mazes_are_perfect_and_seeded():
+    "carve_mazes (all mazes at once): each maze is a spanning tree of its lattice (independent flood fill); seeded."
+    rng = np.random.default_rng(11)
+    for k in (2, 5, 8):
+        g = maze.carve_mazes(40, k, rng); m = 2 * k - 1
+        assert g.shape == (40, m, m)
+        for x in g:
+            assert x[::2, ::2].all() and not x[1::2, 1::2].any()          # lattice cells open, wall posts closed
+            assert x.sum() == k * k + (k * k - 1)                          # k^2 cells + k^2-1 passages: a tree if connected
+            seen = {(0, 0)}; q = deque([(0, 0)])
+            while q:
+                r, c = q.popleft()
+                for nb in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+                    if 0 <= nb[0] < m and 0 <= nb[1] < m and x[nb] and nb not in seen: seen.add(nb); q.append(nb)
+            assert len(seen) == x.sum()
+        assert len({x.tobytes() for x in g}) == 40 or k == 2
+    a = maze.generate_walls(30, 12, 3); b = maze.generate_walls(30, 12, 3)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, maze.generate_walls(30, 12, 4))
+    assert {(int(np.argmax(w.any(1))), int(np.argmax(w.any(0)))) for w in maze.generate_walls(200, 12, 0, loop_prob=0)} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+
+
 def test_shortest_path_length_shapes():
     x, _ = maze.generate_mazes(3, size=9, min_path_len=6, seed=1)
     a = maze.shortest_path_length(x)

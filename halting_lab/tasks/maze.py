@@ -13,7 +13,7 @@ from ..data import hrm
 
 # %% auto #0
 __all__ = ['CHARSET', 'PAD', 'WALL', 'OPEN', 'START', 'GOAL', 'PATH', 'VOCAB_SIZE', 'MAZE_COLORS', 'default_min_path_len',
-           'encode_maze', 'decode_maze', 'generate_walls', 'bfs_distances', 'shortest_path_mask',
+           'encode_maze', 'decode_maze', 'carve_mazes', 'generate_walls', 'bfs_distances', 'shortest_path_mask',
            'shortest_path_length', 'solve_maze', 'generate_mazes', 'augment_dihedral', 'read_maze_source',
            'build_maze_dataset', 'build_maze_cli', 'render_maze', 'save_maze_figure']
 
@@ -45,33 +45,36 @@ def decode_maze(tokens)->str:
 _LATTICE = {}
 
 def _lattice(k:int)->tuple:
-    "Neighbour table `[k*k, 4]` (-1 off the lattice) and grid positions of the cells of a k×k lattice."
+    "Neighbour table `[k*k, 4]` (up, down, left, right; `k*k` = off the lattice) and flat grid positions `[k*k]` of a k×k lattice."
     if k not in _LATTICE:
-        r, c = np.divmod(np.arange(k * k), k)
-        nb = np.full((k * k, 4), -1, np.int64)
+        K = k * k; r, c = np.divmod(np.arange(K), k)
+        nb = np.full((K, 4), K, np.int64)
         for d, (dr, dc) in enumerate(((-1, 0), (1, 0), (0, -1), (0, 1))):
             ok = (r + dr >= 0) & (r + dr < k) & (c + dc >= 0) & (c + dc < k)
             nb[ok, d] = ((r + dr) * k + c + dc)[ok]
-        _LATTICE[k] = (nb, (2 * r * (2 * k - 1) + 2 * c).tolist())
+        _LATTICE[k] = (nb, 2 * r * (2 * k - 1) + 2 * c)
     return _LATTICE[k]
 
-def _carve(k:int, rng:np.random.Generator)->np.ndarray:
-    "Open cells (bool `[2k-1, 2k-1]`) of a perfect maze on a k×k cell lattice (randomized DFS)."
-    m = 2 * k - 1; nb, pos = _lattice(k)
-    order = np.take_along_axis(nb, rng.random((k * k, 4)).argsort(1), 1).tolist()  # neighbours in random order
-    vis = bytearray(k * k); ptr = [0] * (k * k)
-    s = int(rng.integers(k * k)); vis[s] = 1; stack = [s]; opened = [pos[s]]
-    while stack:
-        c = stack[-1]; o = order[c]; p = ptr[c]
-        while p < 4:
-            n = o[p]; p += 1
-            if n >= 0 and not vis[n]:
-                vis[n] = 1; stack.append(n); opened += [(pos[c] + pos[n]) >> 1, pos[n]]   # the wall between, the cell
-                break
-        else: stack.pop()
-        ptr[c] = p
-    g = np.zeros(m * m, bool); g[opened] = True
-    return g.reshape(m, m)
+def carve_mazes(num:int, # mazes to carve
+                k:int,   # lattice cells per side: the mazes are (2k-1) x (2k-1)
+                rng:np.random.Generator)->np.ndarray:
+    "Open cells (bool `[num, 2k-1, 2k-1]`) of `num` perfect mazes: a randomized DFS run on all mazes at once."
+    K = k * k; m = 2 * k - 1; nb, pos = _lattice(k); b = np.arange(num)
+    voff, soff, ooff = b * (K + 1), b * K, b * (m * m)   # each maze's offset in the flat visited / stack / output arrays
+    vis = np.zeros(num * (K + 1), bool); vis[voff + K] = True   # slot K of each maze: "off the lattice", never enterable
+    stack = np.zeros(num * K, np.int64); sp = soff.copy()       # per-maze stacks of lattice cells; sp = top (absolute)
+    start = rng.integers(K, size=num); stack[sp] = start; vis[voff + start] = True
+    out = np.zeros(num * m * m, bool); out[ooff + pos[start]] = True
+    todo = np.full(num, K - 1)                                  # cells each maze has still to carve into
+    while todo.any():
+        top = stack[sp]; cand = nb[top]                         # [B], [B, 4]
+        r = rng.random((num, 4)); r[vis[cand + voff[:, None]]] = -1.0   # random order among unvisited neighbours
+        j = r.argmax(1); push = r[b, j] >= 0
+        ip = np.flatnonzero(push); nxt = cand[ip, j[ip]]; cur = top[ip]
+        vis[voff[ip] + nxt] = True; sp[ip] += 1; stack[sp[ip]] = nxt; todo[ip] -= 1
+        out[ooff[ip] + pos[nxt]] = True; out[ooff[ip] + ((pos[cur] + pos[nxt]) >> 1)] = True   # the cell, the wall between
+        ipop = np.flatnonzero(~push); sp[ipop] = np.maximum(sp[ipop] - 1, soff[ipop])      # backtrack (finished mazes stay)
+    return out.reshape(num, m, m)
 
 def generate_walls(num:int, size:int=30, rng:np.random.Generator|int=0, loop_prob:float=0.03)->np.ndarray:
     "Open-cell masks `[num, size, size]` (bool) of `num` random mazes."
@@ -80,8 +83,11 @@ def generate_walls(num:int, size:int=30, rng:np.random.Generator|int=0, loop_pro
     m = size if size % 2 else size - 1; k = (m + 1) // 2
     out = np.zeros((num, size, size), bool)
     offs = rng.integers(0, 2, (num, 2)) if m < size else np.zeros((num, 2), int)
-    for i in range(num):
-        out[i, offs[i, 0]:offs[i, 0] + m, offs[i, 1]:offs[i, 1] + m] = _carve(k, rng)
+    carved = carve_mazes(num, k, rng)
+    for dr in range(size - m + 1):              # even size: the lattice sits at one of 4 offsets
+        for dc in range(size - m + 1):
+            sel = (offs[:, 0] == dr) & (offs[:, 1] == dc)
+            out[sel, dr:dr + m, dc:dc + m] = carved[sel]
     if loop_prob > 0:  # knock out walls that separate two open cells (vectorised)
         g = out
         h = np.zeros_like(g); v = np.zeros_like(g)
@@ -173,7 +179,7 @@ def solve_maze(tokens, size:Optional[int]=None)->np.ndarray:
 
 # %% ../../nbs/tasks/maze.ipynb #84f229fb
 def generate_mazes(num:int, size:int=30, min_path_len:Optional[int]=None, seed:int|np.random.Generator=0,
-                   loop_prob:float=0.03, unique_path:bool=True, batch:int=256, progress:bool=False)->tuple:
+                   loop_prob:float=0.03, unique_path:bool=True, batch:int=1024, progress:bool=False)->tuple:
     "`(inputs, labels)` uint8 `[num, size*size]` of distinct random mazes with shortest path >= `min_path_len`."
     rng = np.random.default_rng(seed) if not isinstance(seed, np.random.Generator) else seed
     min_path_len = default_min_path_len(size) if min_path_len is None else int(min_path_len)
@@ -186,8 +192,9 @@ def generate_mazes(num:int, size:int=30, min_path_len:Optional[int]=None, seed:i
         if tried > 200 * max(num, 50):
             raise HaltingLabError(f'--min-path-len: {min_path_len} is too long for {size}x{size} mazes '
                                   f'(found {len(xs)} of {num} after {tried} tries)')
-        open_ = generate_walls(batch, size, rng, loop_prob); tried += batch
-        B = batch; fl = open_.reshape(B, -1)
+        B = int(min(batch, max(64, 4 * (num - len(xs)))))   # mazes drawn this round (large batches amortise the numpy steps)
+        open_ = generate_walls(B, size, rng, loop_prob); tried += B
+        fl = open_.reshape(B, -1)
         r = rng.random(fl.shape); r[~fl] = -1; s = r.argmax(1)
         src = np.zeros_like(fl); src[np.arange(B), s] = True
         dist = bfs_distances(open_, src.reshape(open_.shape)).reshape(B, -1)

@@ -335,3 +335,26 @@ def test_pondernet_cli_one_epoch(maze_dir, tmp_path):
     # validation metrics were computed with these (EMA) weights in eval mode: same max halting steps
     assert float(hs[mask].max()) == res['final']['val/max_halting_steps']
     torch.testing.assert_close(float(hs[mask].mean()), res['final']['val/mean_halting_steps'], atol=1e-6, rtol=0)
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize('model_type', ['act_rnn', 'universal_transformer'])
+@pytest.mark.parametrize('task', ['parity', 'addition', 'copy', 'reverse', 'sort'])
+def test_toy_task_cli_one_epoch(tmp_path, task, model_type):
+    "Every toy task trains through the same CLI / train() / Lightning path as the mazes (data generated on the fly)."
+    from halting_lab import load_checkpoint
+    from halting_lab.tasks.toy import toy_seq_len, TOY_VOCAB_SIZE, ToyDataModule
+    run = tmp_path / f'{task}_{model_type}'
+    assert main(['train', '--task', task, '--model_type', model_type, '--toy_length', '4', '--toy_train_size', '32',
+                 '--toy_val_size', '16', '--default_root_dir', str(run), *TINY, *FAMILY[model_type]]) == 0
+    res = json.loads((run / 'results.json').read_text())
+    assert res['status'] == 'finished' and res['task'] == task and res['global_step'] == 2
+    assert 1 <= res['final']['val/mean_halting_steps'] <= res['final']['val/max_halting_steps'] <= 3
+    cfg = json.loads((run / 'config.json').read_text())
+    assert cfg['task'] == task and cfg['train_config']['toy_length'] == 4
+    assert [r['kind'] for r in csv.DictReader(open(run / 'metrics.csv'))].count('epoch') == 1
+    m = load_checkpoint(run / 'checkpoints' / 'last.ckpt')
+    assert (m.config.seq_len, m.config.vocab_size) == (toy_seq_len(task, 4), TOY_VOCAB_SIZE)
+    dm = ToyDataModule(task, batch_size=4, num_train=4, num_val=4, max_length=4); dm.setup('fit')
+    b = next(iter(dm.val_dataloader()))
+    with torch.no_grad(): o = m(b)
+    assert o.logits.shape == (4, toy_seq_len(task, 4), TOY_VOCAB_SIZE) and (o.halting_steps[b['inputs'] == 0] == 0).all()

@@ -13,10 +13,11 @@ from ..core import HaltingLabError, HaltingOutput, runs_root, load_json, atomic_
 
 # %% auto #0
 __all__ = ['MAZE_CHARSET', 'MAZE_COLORS', 'CKPT_SUFFIXES', 'PANEL_TITLES', 'load_split', 'is_maze', 'grid_shape', 'token_style',
-           'difficulty', 'InferenceResult', 'make_batch', 'default_device', 'run_inference', 'list_checkpoints',
-           'list_runs', 'find_runs_dir', 'run_data_dir', 'load_model', 'InferenceCache', 'cached_inference',
-           'sample_arrays', 'sample_figure', 'update_sample_figure', 'dataset_figure', 'update_dataset_highlight',
-           'sample_png', 'dataset_png', 'save_static', 'HaltingExplorer']
+           'difficulty', 'InferenceResult', 'make_batch', 'default_device', 'available_devices', 'run_inference',
+           'list_checkpoints', 'list_runs', 'find_runs_dir', 'checkpoint_run_dir', 'run_data_dir', 'load_model',
+           'InferenceCache', 'cached_inference', 'sample_arrays', 'sample_figure', 'update_sample_figure',
+           'dataset_figure', 'update_dataset_highlight', 'sample_png', 'dataset_png', 'static_indices', 'save_static',
+           'static_dir', 'show_static', 'HaltingExplorer', 'pick_run', 'quick_demo_run']
 
 # %% ../../nbs/viewers/halting_explorer.ipynb #41610202
 def load_split(data_dir:str|Path,       # dataset root holding `train/` and `test/` (HRM format)
@@ -146,8 +147,15 @@ def _pad_steps(a:np.ndarray, s:int)->np.ndarray:  # [S', B, L] -> [S, B, L], rep
     return a if a.shape[0] == s else np.concatenate([a, np.repeat(a[-1:], s - a.shape[0], 0)], 0)
 
 def default_device()->str:
+    "'cuda' when a GPU is visible, else 'cpu'."
     import torch
     return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+def available_devices()->list:
+    "Devices inference can run on here: 'cpu', then 'cuda' (and 'cuda:1', ... with several GPUs)."
+    import torch
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ['cpu'] + (['cuda'] if n else []) + [f'cuda:{i}' for i in range(1, n)]
 
 def run_inference(model,                        # any model implementing the halting interface
                   data:dict,                    # from `load_split`
@@ -161,6 +169,7 @@ def run_inference(model,                        # any model implementing the hal
     model = model.to(device).eval()
     inputs, labels = np.asarray(data['inputs']), np.asarray(data['labels'])
     n = len(inputs); preds, halts, sp, hc = [], [], [], []
+    if progress: progress(0, n)
     with torch.no_grad():
         for i in range(0, n, batch_size):
             out = model(make_batch(inputs[i:i+batch_size], labels[i:i+batch_size], device), return_steps=True)
@@ -179,7 +188,7 @@ def run_inference(model,                        # any model implementing the hal
         step_preds = np.concatenate([_pad_steps(a, s) for a in sp], 1).transpose(1, 0, 2).astype(tok)
         if all(a is not None for a in hc):
             halt_cumprob = np.concatenate([_pad_steps(a, s) for a in hc], 1).transpose(1, 0, 2).astype(np.float16)
-    meta = dict(data['meta'], data_dir=data.get('data_dir'), split=data.get('split'))
+    meta = dict(data['meta'], data_dir=data.get('data_dir'), split=data.get('split'), device=str(device))
     return InferenceResult(inputs=inputs.astype(tok), labels=labels.astype(tok),
                            preds=np.concatenate(preds).astype(tok) if preds else inputs[:0].astype(tok),
                            halting_steps=np.concatenate(halts).astype(np.float32) if halts else np.zeros(inputs.shape, np.float32),
@@ -218,6 +227,11 @@ def find_runs_dir()->Path:
         if (d/'runs').is_dir() and ((d/'settings.ini').exists() or d == Path.cwd()): return d/'runs'
     return runs_root()
 
+def checkpoint_run_dir(ckpt:str|Path)->Path:
+    "The run directory a checkpoint belongs to: `<run>/checkpoints/x.ckpt` -> `<run>`, else the checkpoint's folder."
+    ck = Path(ckpt)
+    return ck.parent.parent if ck.parent.name == 'checkpoints' else ck.parent
+
 def run_data_dir(run:str|Path)->Optional[str]:
     "The dataset a run was trained on (`data_dir` in its `config.json`), if recorded; relative paths resolved."
     f = Path(run)/'config.json'
@@ -252,8 +266,7 @@ class InferenceCache:
 
     @staticmethod
     def disk_path(ckpt, key)->Path:
-        ck = Path(ckpt); run = ck.parent.parent if ck.parent.name == 'checkpoints' else ck.parent
-        return run/'viewer_cache'/f'{ck.stem}-{key}.npz'
+        return checkpoint_run_dir(ckpt)/'viewer_cache'/f'{Path(ckpt).stem}-{key}.npz'
 
     def get(self, ckpt, data_dir, split='test', limit=None, device=None, batch_size=64, progress=None)->InferenceResult:
         "The cached result, computing (and storing) it on first use."
@@ -278,9 +291,11 @@ class InferenceCache:
 # %% ../../nbs/viewers/halting_explorer.ipynb #cf08b92f
 _CACHE = InferenceCache()
 
-def cached_inference(ckpt, data_dir, split='test', limit=None, device=None, batch_size=64)->InferenceResult:
+def cached_inference(ckpt, data_dir, split='test', limit=None, device=None, batch_size=64,
+                     progress:Optional[Callable]=None, # called with (done, total) while inference runs
+                    )->InferenceResult:
     "`InferenceResult` of `ckpt` on a split, through the module-wide cache."
-    return _CACHE.get(ckpt, data_dir, split, limit, device, batch_size)
+    return _CACHE.get(ckpt, data_dir, split, limit, device, batch_size, progress)
 
 # %% ../../nbs/viewers/halting_explorer.ipynb #06ace696
 def _grid(a, shape): return np.asarray(a, dtype=np.float32).reshape(shape)
@@ -420,18 +435,44 @@ def dataset_png(res:InferenceResult, path:str|Path|None=None, dpi:int=90):
     if path is not None: Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=dpi)
     return fig
 
+def static_indices(res:InferenceResult)->list:
+    "Examples worth a static panel: the one that thought longest, the first wrong one, example 0 (no repeats)."
+    if not res.n: return []
+    wrong = res.wrong_indices()
+    cand = [int(res.mean_halting.argmax())] + ([int(wrong[0])] if len(wrong) else []) + [0]
+    return list(dict.fromkeys(cand))
+
 def save_static(res:InferenceResult, out_dir:str|Path, indices:Optional[list]=None, step:Optional[int]=None)->list:
-    "Write PNGs (matplotlib) and self-contained HTML (plotly, JS inlined) of the split and of some examples."
+    "Write PNGs (matplotlib) and self-contained HTML (plotly, JS inlined) of the split and of some examples (default `static_indices`)."
     import matplotlib.pyplot as plt
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True); written = []
-    if indices is None:
-        wrong = res.wrong_indices(); indices = [0] + ([int(wrong[0])] if len(wrong) and wrong[0] != 0 else [])
+    if indices is None: indices = static_indices(res)
     f = dataset_png(res, out/'halting_dataset.png'); plt.close(f); written.append(out/'halting_dataset.png')
     dataset_figure(res).write_html(out/'halting_dataset.html', include_plotlyjs=True); written.append(out/'halting_dataset.html')
     for i in indices:
         f = sample_png(res, i, step, out/f'halting_example_{i}.png'); plt.close(f); written.append(out/f'halting_example_{i}.png')
         sample_figure(res, i, step).write_html(out/f'halting_example_{i}.html', include_plotlyjs=True); written.append(out/f'halting_example_{i}.html')
     return written
+
+def static_dir(res:InferenceResult)->Path:
+    "Where the static panels of a checkpoint's result go: `<run>/figures/halting_explorer/<checkpoint>-<split>/`."
+    ck = res.meta.get('checkpoint')
+    if not ck: raise HaltingLabError('this InferenceResult has no checkpoint (meta["checkpoint"]): pass out_dir')
+    return checkpoint_run_dir(ck)/'figures'/'halting_explorer'/f'{Path(ck).stem}-{res.meta.get("split", "split")}'
+
+def show_static(res:InferenceResult, out_dir:str|Path|None=None, indices:Optional[list]=None)->list:
+    "`save_static` into `out_dir` (default `static_dir`) and display the PNGs, so executed notebooks and docs pages show them."
+    from IPython.display import display, Image, Markdown
+    out = Path(out_dir) if out_dir is not None else static_dir(res)
+    files = save_static(res, out, indices)
+    ck = res.meta.get('checkpoint'); src = f'`{checkpoint_run_dir(ck).name}/{Path(ck).name}`' if ck else 'an in-memory result'
+    s = res.summary()
+    display(Markdown(f'Static panels of {src} on `{Path(str(res.meta.get("data_dir", "?"))).name}` [{res.meta.get("split", "?")}]: '
+                     f'{s["n"]} examples, exact accuracy {s["exact_acc"]:.1%}, mean halting {s["mean_halting"]:.2f} steps '
+                     f'(PNG + HTML in `{out.name}/`).'))
+    for f in files:
+        if f.suffix == '.png': display(Image(filename=str(f)))
+    return files
 
 # %% ../../nbs/viewers/halting_explorer.ipynb #69b26164
 class HaltingExplorer:
@@ -443,20 +484,25 @@ class HaltingExplorer:
                  data_dir:str|Path|None=None,  # dataset root (default: the run's `data_dir`)
                  split:str='test',
                  limit:Optional[int]=None,     # only the first `limit` examples of the split
-                 device:Optional[str]=None,
+                 device:Optional[str]=None,    # initial choice of the device dropdown (default: cuda when available)
                  batch_size:int=64,
                  cache:Optional[InferenceCache]=None,
                  autoload:bool=True):          # run inference right away
         import ipywidgets as W
         self.runs_dir = Path(runs_dir) if runs_dir is not None else find_runs_dir()
-        self.cache, self.limit, self.device, self.batch_size = cache or _CACHE, limit, device, batch_size
+        self.cache, self.limit, self.batch_size = cache or _CACHE, limit, batch_size
         self.res: Optional[InferenceResult] = None
         lay = W.Layout(width='auto')
         self.w_run = W.Dropdown(description='run', layout=W.Layout(width='260px'))
         self.w_ckpt = W.Dropdown(description='checkpoint', layout=W.Layout(width='300px'))
         self.w_data = W.Text(description='dataset', placeholder='data/maze-30x30-hard-1k', layout=W.Layout(width='360px'))
         self.w_split = W.Dropdown(options=['test', 'train'], value=split, description='split', layout=W.Layout(width='150px'))
+        devs = available_devices(); dev = device or default_device()
+        self.w_device = W.Dropdown(options=devs + ([dev] if dev not in devs else []), value=dev, description='device',
+                                   layout=W.Layout(width='180px'))
         self.w_load = W.Button(description='load', button_style='primary', icon='play', layout=W.Layout(width='90px'))
+        self.w_progress = W.IntProgress(value=0, min=0, max=1, description='', style={'description_width': 'initial'},
+                                        layout=W.Layout(width='260px', visibility='hidden'))
         self.w_status = W.HTML()
         self.w_sample = W.IntSlider(description='example', min=0, max=0, continuous_update=False, layout=W.Layout(width='420px'))
         self.w_index = W.BoundedIntText(min=0, max=0, layout=W.Layout(width='90px'))
@@ -464,7 +510,8 @@ class HaltingExplorer:
         self.w_step = W.IntSlider(description='step t', min=1, max=1, value=1, continuous_update=False, layout=W.Layout(width='380px'))
         self.fig = self.dfig = None
         self.w_figs = W.VBox()
-        self.ui = W.VBox([W.HBox([self.w_run, self.w_ckpt]), W.HBox([self.w_data, self.w_split, self.w_load]), self.w_status,
+        self.ui = W.VBox([W.HBox([self.w_run, self.w_ckpt, self.w_device]), W.HBox([self.w_data, self.w_split, self.w_load, self.w_progress]),
+                          self.w_status,
                           W.HBox([self.w_sample, self.w_index, self.w_next]), self.w_step, self.w_figs])
         W.jslink((self.w_sample, 'value'), (self.w_index, 'value'))
         self.w_run.observe(self._on_run, 'value'); self.w_load.on_click(lambda _: self.load())
@@ -504,15 +551,23 @@ class HaltingExplorer:
         self.w_status.value = f'<span style="color:{col}">{msg}</span>'
 
     # --- data
+    def _progress(self, done:int, total:int):
+        "Progress callback of the inference: examples done out of `total`, shown on the progress bar."
+        self.w_progress.max = max(int(total), 1); self.w_progress.value = int(done)
+        self.w_progress.description = f'{int(done)}/{int(total)}'
+
     def load(self):
-        "Run (or fetch cached) inference for the selected checkpoint / dataset / split and redraw."
-        ck, dd, sp = self.w_ckpt.value, self.w_data.value.strip(), self.w_split.value
+        "Run (or fetch cached) inference for the selected checkpoint / dataset / split on the selected device and redraw."
+        ck, dd, sp, dev = self.w_ckpt.value, self.w_data.value.strip(), self.w_split.value, self.w_device.value
         if not ck or not dd: self._status('pick a checkpoint and a dataset directory', 'warn'); return
-        self._status(f'running inference: {Path(ck).name} on {dd} [{sp}] ...')
+        self._status(f'loading {Path(ck).name} and running inference on {dd} [{sp}] ({dev}) ...')
+        p = self.w_progress; p.value, p.max, p.description, p.bar_style = 0, 1, '', ''; p.layout.visibility = 'visible'
         t0 = time.time()
-        try: res = self.cache.get(ck, dd, sp, self.limit, self.device, self.batch_size)
-        except Exception as e: self._status(f'{type(e).__name__}: {e}', 'error'); return
-        self.set_result(res, note=f'{Path(ck).parent.parent.name}/{Path(ck).name} on {dd} [{sp}] ({time.time()-t0:.1f}s)')
+        try: res = self.cache.get(ck, dd, sp, self.limit, dev, self.batch_size, progress=self._progress)
+        except Exception as e: p.bar_style = 'danger'; self._status(f'{type(e).__name__}: {e}', 'error'); return
+        p.max = max(res.n, 1); p.value = p.max; p.description = f'{res.n}/{res.n}'; p.bar_style = 'success'
+        self.set_result(res, note=f'{checkpoint_run_dir(ck).name}/{Path(ck).name} on {dd} [{sp}] '
+                                  f'({res.meta.get("device", dev)}, {time.time()-t0:.1f}s)')
 
     def set_result(self, res:InferenceResult, note:str=''):
         "Show an `InferenceResult`."
@@ -555,6 +610,41 @@ class HaltingExplorer:
         "Static PNG/HTML of the current result (see `save_static`)."
         return save_static(self.res, out_dir, indices if indices is not None else [self.w_sample.value])
 
+    def show_static(self, out_dir=None, indices=None)->list:
+        "Write and display the static panels of the loaded result (default: into the run's `figures/halting_explorer/`); see `show_static`."
+        if self.res is None: raise HaltingLabError('nothing loaded: pick a checkpoint and a dataset, then load()')
+        return show_static(self.res, out_dir, indices)
+
     def _ipython_display_(self):
         from IPython.display import display
         display(self.ui)
+
+# %% ../../nbs/viewers/halting_explorer.ipynb #04e09d29
+def pick_run(runs_dir:str|Path|None=None, # where runs live (default `find_runs_dir()`)
+             prefer:str='demo',           # run id to take when it can be shown
+             split:str='test')->Optional[Path]:
+    "The run to show: `prefer` if it has a checkpoint and its dataset's `split` on disk, else the newest such run, else None."
+    runs = list_runs(runs_dir if runs_dir is not None else find_runs_dir())
+    ok = [r for r in runs if (dd := run_data_dir(r)) and (Path(dd)/split/'dataset.json').exists()]
+    return next((r for r in ok if r.name == prefer), ok[0] if ok else None)
+
+def quick_demo_run(root:str|Path,  # folder that gets `data/maze-7x7-quick/` and `runs/quick_demo/`
+                   seed:int=0)->Path:
+    "A few-second ACT-RNN run on 384 generated 7×7 mazes (real training, real halting maps), for when no run exists."
+    import contextlib, logging, warnings
+    from halting_lab.tasks.maze import build_maze_dataset
+    from halting_lab.train.run import train
+    root = Path(root); data, run = root/'data'/'maze-7x7-quick', root/'runs'/'quick_demo'
+    if not (data/'test'/'dataset.json').exists():
+        build_maze_dataset(data, num_train=384, num_test=64, size=7, min_path_len=4, seed=seed, progress=False)
+    if not (run/'checkpoints'/'last.ckpt').exists():
+        loggers = [logging.getLogger(n) for n in ('lightning.pytorch', 'lightning.fabric')]; levels = [l.level for l in loggers]
+        for l in loggers: l.setLevel(logging.ERROR)
+        try:  # quiet: the epoch lines are in <run>/train.log, the curves in <run>/metrics.csv
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                train(data_dir=str(data), default_root_dir=str(run), model_type='act_rnn', hidden_size=32, time_limit=6,
+                      time_penalty=0.1, max_epochs=4, batch_size=32, learning_rate=3e-3, weight_decay=0.01, seed=seed, progress_bar=False)
+        finally:
+            for l, v in zip(loggers, levels): l.setLevel(v)
+    return run

@@ -1,9 +1,10 @@
 """Browser test of the halting-step explorer: a real JupyterLab, headless Debian Chromium driven by Playwright.
 
-A tiny maze dataset is built and a model trained for one short epoch into a temp runs dir; JupyterLab is started on a
-free localhost port with a token, Chromium opens `halting_explorer.ipynb` (a copy), runs all cells, moves the sample and
-step sliders and checks that the plotly heatmap data in the DOM changes and that no error output appears. A screenshot
-goes to `test-artifacts/` (git-ignored).
+The explorer's few-second demo run (`quick_demo_run`: 7x7 mazes, ACT-RNN, 4 epochs) is trained into a temp runs dir;
+JupyterLab is started on a free localhost port with a token, Chromium opens `halting_explorer.ipynb` (a copy), runs all
+cells, moves the sample and step sliders and checks that the plotly heatmap data in the DOM changes (input and halting
+map with the sample, replay panels with the step), that the static panels are displayed and that no error output
+appears. A screenshot goes to `test-artifacts/` (git-ignored).
 """
 import json, os, shutil, socket, subprocess, sys, time, secrets, urllib.request
 from pathlib import Path
@@ -30,15 +31,12 @@ def _free_port():
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 def _make_run(tmp: Path) -> Path:
-    "A tiny trained run under tmp/runs (C's train()); falls back to an untrained checkpoint if training is unavailable."
-    from halting_lab.tasks.maze import build_maze_dataset
-    data = tmp / 'data' / 'maze7'
-    build_maze_dataset(data, num_train=32, num_test=12, size=7, seed=0, progress=False)
-    run = tmp / 'runs' / 'browser_run'
-    from halting_lab.train.run import train
-    train(data_dir=str(data), default_root_dir=str(run), max_epochs=1, batch_size=16, hidden_size=16, time_limit=4,
-          learning_rate=3e-3, progress_bar=False, log_every_n_steps=1)
-    assert (run / 'checkpoints' / 'last.ckpt').exists()
+    "The explorer's quick demo run under tmp/runs, whose examples 0 and 1 have different halting maps (checked here)."
+    from halting_lab.viewers.explorer import quick_demo_run, InferenceCache
+    run = quick_demo_run(tmp)
+    assert (run / 'checkpoints' / 'last.ckpt').exists() and run.parent == tmp / 'runs'
+    res = InferenceCache(disk=False).get(run / 'checkpoints' / 'last.ckpt', tmp / 'data' / 'maze-7x7-quick', 'test', device='cpu')
+    assert (res.halting_steps[0] != res.halting_steps[1]).any(), 'precondition: the halting maps of examples 0 and 1 are equal'
     return run
 
 @pytest.fixture
@@ -100,13 +98,17 @@ def test_explorer_in_jupyterlab(lab):
         page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.kernelDisplayStatus === 'idle'", timeout=60_000)
         page.locator('.js-plotly-plot').first.scroll_into_view_if_needed()
         z_in0, z_cum0 = page.evaluate(Z, 0), page.evaluate(Z, 5)
+        z_halt0 = page.evaluate(Z, 3)                                            # trace 3: halting steps per cell
         status = page.locator('.widget-html').first.inner_text()
-        assert 'browser_run' in status, status  # the explorer picked the trained run
+        assert 'quick_demo' in status, status  # the explorer picked the trained run
+        assert page.locator('.jp-RenderedImage img').count() >= 2                # show_static: dataset + example PNGs
 
         # sample slider (first slider of the explorer): next example -> the input heatmap changes
         sliders = page.locator('.widget-hslider .noUi-handle')
         sliders.nth(0).focus(); page.keyboard.press('ArrowRight')
         page.wait_for_function(f"(z) => ({Z})(0) !== z", arg=z_in0, timeout=15_000)
+        z_halt1 = page.evaluate(Z, 3)
+        assert z_halt0 is not None and z_halt1 != z_halt0, 'the halting map did not change with the sample'
         z_cum1 = page.evaluate(Z, 5)
         # step slider: replay one step back -> cumulative halting probability (or step prediction) changes
         z_step = page.evaluate(Z, 4)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['ACT_TYPES', 'EXIT_DEFAULTS', 'HaltState', 'HaltResult', 'masked_mean', 'HaltingCriterion', 'ACT', 'UTACT',
-           'geometric_prior', 'PonderNet', 'pondernet_kl', 'pondernet_loss', 'QHalt', 'q_halt_loss',
+           'geometric_prior', 'PonderNet', 'pondernet_kl', 'pondernet_loss', 'q_halt_decision', 'QHalt', 'q_halt_loss',
            'q_continue_target', 'seq_correct', 'ExitRule', 'replay_exit', 'select_steps', 'make_criterion']
 
 # %% ../nbs/halting/halting.ipynb #881ea5cd
@@ -209,27 +209,34 @@ def pondernet_loss(p:Tensor, step_losses:Tensor, mask:Tensor, lambda_p:float=0.2
     return rec + beta * pondernet_kl(p, mask, lambda_p, max_steps or p.shape[0])
 
 # %% ../nbs/halting/halting.ipynb #81ad085d
+def q_halt_decision(steps:Tensor,                     # [B] int: steps taken, including this one
+                    q_halt:Tensor,                    # [B] halt logits of this step
+                    max_steps:int,                    # the budget: a sequence always halts there
+                    q_continue:Optional[Tensor]=None, # [B] HRM's continue logits (halt when q_halt > q_continue)
+                    explore_prob:Optional[float]=None,# exploration probability (None: no exploration, no random draw)
+                    generator:Optional[torch.Generator]=None)->Tensor:
+    "[B] bool: the reference's halting rule after a step; the exploration min-steps are redrawn at every step."
+    halted = steps >= max_steps
+    want = q_halt > (0 if q_continue is None else q_continue)
+    if explore_prob is not None:      # as the reference: rand, then randint, for every slot, every step
+        explore = torch.rand(q_halt.shape, generator=generator, device=q_halt.device) < explore_prob
+        draw = torch.randint(2, max_steps + 1, steps.shape, generator=generator, device=steps.device, dtype=steps.dtype)
+        want = want & (steps >= explore * draw)
+    return halted | want
+
 class QHalt(HaltingCriterion):
-    "TRM/HRM Q-halting: halt when `q_halt > 0` (or `> q_continue`); exploration with random min steps."
+    "TRM/HRM Q-halting: halt when `q_halt > 0` (or `> q_continue`); in training, the reference's per-step exploration."
     name = 'q_halt'; per_sequence = True
     def __init__(self, max_steps:int=16, explore_prob:float=0.1, use_q_continue:bool=False,
                  training:bool=True, generator:Optional[torch.Generator]=None):
         super().__init__(max_steps)
         self.explore_prob, self.use_q_continue, self.training, self.generator = explore_prob, use_q_continue, training, generator
 
-    def init(self, mask):
-        st = super().init(mask); B = mask.shape[0]
-        mn = torch.ones(B, dtype=torch.long)
-        if self.training and self.explore_prob > 0:
-            explore = torch.rand(B, generator=self.generator) < self.explore_prob
-            mn = torch.where(explore, torch.randint(2, self.max_steps + 1, (B,), generator=self.generator), mn)
-        st.extra['min_steps'] = mn.to(mask.device)
-        return st
-
     def _decide(self, state, t, q_halt=None, q_continue=None, **_):
         if q_halt is None: raise ValueError('QHalt.step needs q_halt [B]')
-        halt = q_halt > (q_continue if (self.use_q_continue and q_continue is not None) else 0)
-        halt = halt & (t + 1 >= state.extra['min_steps'])
+        steps = torch.full(q_halt.shape, t + 1, dtype=torch.int32, device=q_halt.device)
+        halt = q_halt_decision(steps, q_halt, self.max_steps, q_continue if self.use_q_continue else None,
+                               self.explore_prob if self.training and self.max_steps > 1 else None, self.generator)
         return halt[:, None].expand_as(state.running), torch.zeros_like(state.cum)
 
 def q_halt_loss(q_halt:Tensor, seq_correct:Tensor, q_continue:Optional[Tensor]=None,
@@ -249,8 +256,9 @@ def seq_correct(logits:Tensor, labels:Tensor, ignore_index:int=-100)->Tensor:
     ok = (logits.argmax(-1) == labels) | (labels == ignore_index)
     return ok.all(-1)
 
+
 # %% ../nbs/halting/halting.ipynb #144b94c3
-EXIT_DEFAULTS = {'entropy-diff': 1e-3, 'latent-diff': 0.03, 'cosine': 1e-3, 'kl': 5e-4,
+EXIT_DEFAULTS = {'entropy': 0.05, 'entropy-diff': 1e-3, 'latent-diff': 0.03, 'cosine': 1e-3, 'kl': 5e-4,
                  'minp-kl': 1e-6, 'argmax-stability': 5, 'none': None}
 
 def _minp_log_probs(logits:Tensor, min_p:float=0.1)->Tensor:
@@ -268,7 +276,7 @@ class ExitRule(HaltingCriterion):
         self.criterion, self.name = criterion, criterion
         self.threshold = EXIT_DEFAULTS[criterion] if threshold in ('auto', None) else float(threshold)
         self.per_position, self.per_sequence, self.min_steps = per_position, not per_position, min_steps
-        self.needs_logits = criterion in ('entropy-diff', 'kl', 'minp-kl', 'argmax-stability')
+        self.needs_logits = criterion in ('entropy', 'entropy-diff', 'kl', 'minp-kl', 'argmax-stability')
         self.needs_latent = criterion in ('latent-diff', 'cosine')
 
     def init(self, mask, init_latent:Optional[Tensor]=None):
@@ -294,8 +302,9 @@ class ExitRule(HaltingCriterion):
                                  state.extra['stable'] + 1, torch.zeros_like(state.extra['stable']))
             state.extra['prev'], state.extra['stable'] = a, stable
             return stable.float()
-        if c == 'entropy-diff':
+        if c in ('entropy', 'entropy-diff'):
             lp = F.log_softmax(lg, -1); H = -(lp.exp() * lp).sum(-1)
+            if c == 'entropy': return H                            # absolute: no previous value needed
             v = (H - (torch.full_like(H, 100.) if prev is None else prev)).abs()
             state.extra['prev'] = H; return v
         lp = _minp_log_probs(lg) if c == 'minp-kl' else F.log_softmax(lg, -1)

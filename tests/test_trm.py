@@ -1,12 +1,15 @@
-"""TRM: shapes, no-grad cycles, carry bookkeeping, Q-head init, adaptive eval budget, tiny training runs of the
-attention and mlp_t variants through the real CLI, `--halting` eval, Sudoku uniqueness + format, and the
-compare_halting notebook with tiny parameters."""
-import json, shutil, subprocess, sys
+"""TRM: shapes, no-grad cycles, carry bookkeeping, Q-head init, Q-halting shared with `halting.QHalt`, adaptive eval
+budget, tiny training runs of the attention and mlp_t variants through the real CLI, `--halting` eval, exact resume
+(per-rank carry files; single process and two DDP ranks), validation interval, AdamATan2, device resolution, the
+self-requeueing Slurm script (run with stand-in srun/scontrol), Sudoku uniqueness + format, and the compare_halting
+notebook with tiny parameters."""
+import csv, json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import lightning as L
 
 from halting_lab.models.trm import TRM, TRMConfig, trm_loss
 from halting_lab.tasks import sudoku
@@ -114,7 +117,24 @@ def test_exploration_min_steps():
     assert not c.halted.any()                                            # min steps drawn from [2, 4]
 
 
-@pytest.mark.parametrize('halting', ['fixed', 'q', 'latent-diff', 'cosine', 'kl', 'minp-kl', 'entropy-diff', 'argmax-stability'])
+def test_qhalt_criterion_agrees_with_trm_training_halting():
+    "`TRM.forward_step` (training) and `halting.QHalt` make the same halting decisions from the same random stream."
+    from halting_lab.halting import QHalt
+    torch.manual_seed(0); m = TRM(_cfg(halt_max_steps=6, halt_exploration_prob=0.5)).train()
+    with torch.no_grad(): m.q_head.bias.fill_(3.0)                    # q_halt = 3 > 0: only exploration delays halting
+    b = _batch(B=64)
+    torch.manual_seed(123); c = m.initial_carry(b); first = torch.zeros(64, dtype=torch.long)
+    for t in range(1, 7):
+        c, _ = m.forward_step(c, b)
+        first = torch.where((first == 0) & c.halted, torch.full_like(first, t), first)
+    crit = QHalt(max_steps=6, explore_prob=0.5, training=True)
+    torch.manual_seed(123); st = crit.init(torch.ones(64, 16, dtype=torch.bool))
+    for t in range(6): _, st, _ = crit.step(st, t, q_halt=torch.full((64,), 3.0))
+    assert torch.equal(crit.finalize(st).halting_steps[:, 0].long(), first)
+    assert first.min() >= 1 and len(first.unique()) > 2                # exploration spread the halting steps
+
+
+@pytest.mark.parametrize('halting', ['fixed', 'q', 'entropy', 'latent-diff', 'cosine', 'kl', 'minp-kl', 'entropy-diff', 'argmax-stability'])
 @pytest.mark.parametrize('budget', [1, 3, 7])
 def test_adaptive_eval_never_exceeds_budget(halting, budget):
     torch.manual_seed(1); m = TRM(_cfg(halt_max_steps=5)).eval()
@@ -235,19 +255,173 @@ def test_tiny_training_run_and_halting_eval(tiny_sudoku, tmp_path, variant):
     assert row['halting'] == 'q' and row['mean_steps'] <= row['budget']
 
 
-def test_exact_resume_keeps_carry(tiny_sudoku, tmp_path):
-    "The carry is saved in the checkpoint and restored on resume."
+class PreemptAt(L.Callback):
+    "Create the PREEMPT file just before optimizer step `step` (deterministic preemption)."
+    def __init__(self, run, step): self.run, self.step = Path(run), step
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step: (self.run / 'PREEMPT').touch()
+
+
+def _sd(p): return torch.load(p, map_location='cpu', weights_only=True)['state_dict']
+def _rows(p): return [{k: v for k, v in r.items() if k != 'epoch_time_s'} for r in csv.DictReader(open(p))]
+
+RESUME_KW = dict(task='sudoku', model_type='trm', batch_size=8, hidden_size=16, num_heads=2, H_cycles=2, L_cycles=1,
+                 halt_max_steps=4, halt_exploration_prob=0.5, puzzle_emb_ndim=16, puzzle_emb_len=1, ema_rate=0.9,
+                 learning_rate=3e-3, progress_bar=False, log_every_n_steps=1, seed=0, limit_val_batches=1, keep_last_k=1)
+
+
+@pytest.mark.timeout(600)
+def test_exact_resume_equals_uninterrupted(tiny_sudoku, tmp_path):
+    "Interrupted after epoch 1, or preempted mid-epoch, then resumed: weights, EMA, metrics.csv and final metrics equal an uninterrupted run."
     from halting_lab.train.run import train
     from halting_lab.train.checkpoint import read_checkpoint
-    kw = dict(task='sudoku', model_type='trm', data_dir=str(tiny_sudoku), batch_size=8, hidden_size=32, num_heads=2,
-              H_cycles=2, L_cycles=1, halt_max_steps=3, puzzle_emb_ndim=0, learning_rate=1e-3, progress_bar=False, seed=0)
-    train(max_epochs=1, default_root_dir=str(tmp_path / 'a'), ema_rate=0.9, **kw)
-    ck = read_checkpoint(tmp_path / 'a' / 'checkpoints' / 'last.ckpt')
-    carry = ck['halting_lab']['extra']['carry']
-    assert carry['z_H'].shape == (8, 81, 32) and carry['steps'].max() <= 3 and ck['halting_lab']['has_ema']
-    # resuming with the same flags (ema_rate implies EMA) continues the run
-    r = train(max_epochs=2, default_root_dir=str(tmp_path / 'a'), ema_rate=0.9, resume_ckpt='auto', **kw)
-    assert r['status'] == 'finished' and r['epochs_completed'] == 2
+    kw = dict(RESUME_KW, data_dir=str(tiny_sudoku))                    # 40 puzzles / 8 = 5 batches per epoch
+    full = train(**kw, max_epochs=3, default_root_dir=str(tmp_path / 'full'))
+    train(**kw, max_epochs=1, default_root_dir=str(tmp_path / 'ep'))
+    ck1 = read_checkpoint(tmp_path / 'ep' / 'checkpoints' / 'last.ckpt')['halting_lab']['extra']
+    shutil.copytree(tmp_path / 'ep', tmp_path / 'nocarry')              # for the control below
+    ep = train(**kw, max_epochs=3, default_root_dir=str(tmp_path / 'ep'), resume_ckpt='auto')
+    pre = train(**kw, max_epochs=3, default_root_dir=str(tmp_path / 'mid'), _callbacks=[PreemptAt(tmp_path / 'mid', 7)])
+    assert pre['status'] == 'preempted' and pre['global_step'] == 8
+    mid_carry = tmp_path / 'mid' / 'checkpoints' / 'carry' / 'step000000008.rank0.pt'; assert mid_carry.exists()
+    mid = train(**kw, max_epochs=3, default_root_dir=str(tmp_path / 'mid'), resume_ckpt=str(tmp_path / 'mid' / 'checkpoints' / 'last.ckpt'))
+    a = _sd(tmp_path / 'full' / 'checkpoints' / 'last.ckpt'); assert any(k.startswith('ema_model.') for k in a)
+    for name, r in (('ep', ep), ('mid', mid)):
+        assert r['status'] == 'finished' and r['final'] == full['final'], name
+        b = _sd(tmp_path / name / 'checkpoints' / 'last.ckpt')
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+        assert _rows(tmp_path / name / 'metrics.csv') == _rows(tmp_path / 'full' / 'metrics.csv'), name
+    # the checkpoint names this rank's carry file; every checkpoint still on disk has its file (older ones are pruned)
+    assert ck1['carry_file'] == {'id': 'step000000005', 'world_size': 1} and 'carry' not in ck1
+    ckdir = tmp_path / 'full' / 'checkpoints'
+    named = {read_checkpoint(p)['halting_lab']['extra']['carry_file']['id'] for p in ckdir.glob('*.ckpt')}
+    files = {p.name.split('.rank')[0] for p in (ckdir / 'carry').glob('*.rank0.pt')}
+    assert named <= files <= named | {'step000000010'}                 # + the save before last.ckpt's
+    assert not mid_carry.exists()                                      # the mid-epoch save's file went once no checkpoint named it
+    # control: the same resume without the carry file is not exact (the test above can see a lost carry)
+    for p in (tmp_path / 'nocarry' / 'checkpoints' / 'carry').glob('*'): p.unlink()
+    with pytest.warns(UserWarning, match='carry file .* is missing'):
+        nc = train(**kw, max_epochs=3, default_root_dir=str(tmp_path / 'nocarry'), resume_ckpt='auto')
+    assert nc['status'] == 'finished' and nc['final'] != full['final']
+
+
+@pytest.mark.timeout(600)
+def test_ddp_exact_resume_restores_each_ranks_carry(tiny_sudoku, tmp_path):
+    "Two DDP ranks (gloo): each writes and reloads its own carry file; 1 epoch + resume == 2 epochs uninterrupted."
+    hl = Path(sys.executable).with_name('halting-lab')
+    flags = [x for k, v in {**RESUME_KW, 'data_dir': str(tiny_sudoku)}.items() if k not in ('progress_bar',)
+             for x in ([f'--{k}', str(v)])] + ['--no-progress_bar', '--accelerator', 'cpu', '--devices', '2']
+    def run(root, epochs):
+        r = subprocess.run([str(hl), 'train', *flags, '--max_epochs', str(epochs), '--default_root_dir', str(root), '--resume_ckpt', 'auto'],
+                           capture_output=True, text=True, timeout=540, cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        return json.loads((root / 'results.json').read_text())
+    full = run(tmp_path / 'full', 2)
+    run(tmp_path / 'res', 1)
+    c0, c1 = (torch.load(tmp_path / 'res' / 'checkpoints' / 'carry' / f'step000000002.rank{r}.pt', weights_only=True) for r in (0, 1))
+    assert not torch.equal(c0['current_data']['inputs'], c1['current_data']['inputs'])   # the ranks work on different shards
+    res = run(tmp_path / 'res', 2)
+    assert res['status'] == 'finished' and res['global_step'] == full['global_step'] == 4 and res['final'] == full['final']
+    a, b = _sd(tmp_path / 'full' / 'checkpoints' / 'last.ckpt'), _sd(tmp_path / 'res' / 'checkpoints' / 'last.ckpt')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.timeout(600)
+def test_eval_interval_validates_every_n_epochs_and_at_the_end(tiny_sudoku, tmp_path):
+    from halting_lab.train.run import train
+    r = train(**{**RESUME_KW, 'data_dir': str(tiny_sudoku)}, max_epochs=4, limit_train_batches=1, eval_interval=3,
+              default_root_dir=str(tmp_path / 'r'))
+    rows = [x for x in csv.DictReader(open(tmp_path / 'r' / 'metrics.csv')) if x['kind'] == 'epoch']
+    assert [x['val/exact_acc'] != '' for x in rows] == [False, False, True, True]        # epoch 3 of 3, and the last
+    assert r['status'] == 'finished' and 'val/exact_acc' in r['final'] and r['best']['epoch'] in (2, 3)
+
+
+@pytest.mark.timeout(600)
+def test_adam_atan2_optimizer_trains_and_resumes(tiny_sudoku, tmp_path):
+    pytest.importorskip('adam_atan2_pytorch')
+    from halting_lab.train.run import train
+    kw = dict(RESUME_KW, data_dir=str(tiny_sudoku), optimizer='adam_atan2', limit_train_batches=2)
+    full = train(**kw, max_epochs=2, default_root_dir=str(tmp_path / 'a'))
+    train(**kw, max_epochs=1, default_root_dir=str(tmp_path / 'b')); res = train(**kw, max_epochs=2, default_root_dir=str(tmp_path / 'b'), resume_ckpt='auto')
+    assert res['final'] == full['final']
+    st = torch.load(tmp_path / 'a' / 'checkpoints' / 'last.ckpt', map_location='cpu', weights_only=True)['optimizer_states'][0]
+    assert st['param_groups'][0]['kind'] == 'adam_atan2' and st['param_groups'][0]['a'] == 1.0
+    assert all('steps' in v for i, v in st['state'].items() if i < len(st['param_groups'][0]['params']))   # the package's state
+
+
+def test_adam_atan2_missing_package_is_a_clear_error(monkeypatch):
+    from halting_lab.core import HaltingLabError
+    from halting_lab.train.trm import adam_atan2_class
+    monkeypatch.setitem(sys.modules, 'adam_atan2_pytorch', None)          # import fails as if not installed
+    with pytest.raises(HaltingLabError, match='pip install adam-atan2-pytorch'): adam_atan2_class()
+
+
+def test_device_auto_prefers_cuda_then_mps(monkeypatch):
+    "`--device auto` of `halting-lab eval --halting`: cuda > mps > cpu; a missing requested device is a clear error."
+    from halting_lab.core import HaltingLabError
+    from halting_lab.train import nav
+    for cuda, mps, want in ((True, True, 'cuda'), (False, True, 'mps'), (False, False, 'cpu')):
+        monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: mps)
+        assert nav.resolve_device('auto') == want
+    with pytest.raises(HaltingLabError, match='MPS is not available'): nav.resolve_device('mps')
+
+
+def test_trm_eval_cli_resolves_auto_device(tiny_sudoku, tmp_path, monkeypatch):
+    from halting_lab.train import nav
+    from halting_lab.train.run import train
+    from halting_lab.train.trm import trm_eval_cli
+    r = train(**{**RESUME_KW, 'data_dir': str(tiny_sudoku)}, max_epochs=1, limit_train_batches=1, default_root_dir=str(tmp_path / 'r'))
+    seen = []
+    monkeypatch.setattr(nav, 'resolve_device', lambda d: seen.append(d) or 'cpu')
+    assert trm_eval_cli(['--ckpt', r['last_ckpt'], '--data_dir', str(tiny_sudoku), '--halting', 'entropy', '--limit', '4']) == 0
+    assert seen == ['auto']
+
+
+# ---------------------------------------------------------------- Slurm: the requeueing training job
+STANDINS = {'srun': 'while [[ "$1" == -* ]]; do shift; done; exec "$@"',           # one task: run the command
+            'scontrol': 'echo "$@" >> "$STANDIN_LOG"', 'sleep': 'exit 0', 'hostname': 'echo node1'}
+
+
+def test_slurm_script_traps_usr1_checkpoints_requeues_and_resumes(tiny_sudoku, tmp_path):
+    "The rendered job (stand-in srun/scontrol): USR1 -> PREEMPT -> last.ckpt -> scontrol requeue; the next attempt resumes and finishes."
+    from halting_lab.slurm import SlurmConfig
+    from halting_lab.train.trm import slurm_script
+    root = tmp_path / 'runs'
+    recipe = dict(RESUME_KW, data_dir=str(tiny_sudoku), run_id='trm-slurm', max_epochs=30, limit_train_batches=2, accelerator='cpu')
+    s = slurm_script(recipe, gpus=0, cfg=SlurmConfig(time='00:20:00'), root=root)
+    for line in ('#SBATCH --signal=B:USR1@300', '#SBATCH --requeue', 'trap on_usr1 USR1', 'touch "$RUN_DIR/PREEMPT"',
+                 'scontrol requeue "${SLURM_JOB_ID}"', 'train --task sudoku', '--resume_ckpt auto', '--run_id trm-slurm'):
+        assert line in s, line
+    job = tmp_path / 'job.sbatch'; job.write_text(s)
+    assert subprocess.run(['bash', '-n', str(job)], capture_output=True).returncode == 0
+    bin_ = tmp_path / 'bin'; bin_.mkdir()
+    for name, body in STANDINS.items(): (bin_ / name).write_text(f'#!/bin/bash\n{body}\n'); (bin_ / name).chmod(0o755)
+    env = {**os.environ, 'PATH': f"{bin_}:{os.environ['PATH']}", 'SLURM_JOB_ID': '4242', 'STANDIN_LOG': str(tmp_path / 'scontrol.log'),
+           'OMP_NUM_THREADS': '1'}
+    run = root / 'trm-slurm'
+    p = subprocess.Popen(['bash', str(job)], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not ((run / 'metrics.csv').exists() and 'epoch' in (run / 'metrics.csv').read_text()):
+        assert p.poll() is None and time.time() - t0 < 300, 'training did not start'
+        time.sleep(0.2)
+    p.send_signal(signal.SIGUSR1)                                          # Slurm's --signal=B:USR1 goes to the batch shell
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out[-3000:]
+    assert 'USR1: walltime is near' in out and 'requeueing job 4242' in out
+    assert (tmp_path / 'scontrol.log').read_text().split() == ['requeue', '4242']
+    res = json.loads((run / 'results.json').read_text()); assert res['status'] == 'preempted', res
+    st = json.loads((run / 'status.json').read_text()); assert st['state'] == 'requeued' and len(st['attempts']) == 1
+    assert (run / 'checkpoints' / 'last.ckpt').exists() and list((run / 'checkpoints' / 'carry').glob('*.rank0.pt'))
+    # the requeued job: same script, next attempt resumes from last.ckpt and finishes
+    r2 = subprocess.run(['bash', str(job)], env={**env, 'SLURM_RESTART_COUNT': '1'}, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    res = json.loads((run / 'results.json').read_text())
+    assert res['status'] == 'finished' and res['epochs_completed'] == 30 and res['global_step'] == 60
+    st = json.loads((run / 'status.json').read_text()); assert st['state'] == 'finished' and len(st['attempts']) == 2
+    cfg = json.loads((run / 'config.json').read_text()); assert cfg['resumes'] and cfg['resumes'][0]['resumed_from'].endswith('last.ckpt')
+    r3 = subprocess.run(['bash', str(job)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)   # finished: not restarted
+    assert r3.returncode == 0 and 'already finished' in r3.stdout
 
 
 # ---------------------------------------------------------------- comparison notebook

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, asdict, fields
 from typing import Any, Optional
 import torch, torch.nn as nn, torch.nn.functional as F
 from ..core import HaltingOutput, HaltingLabError
+from ..halting import q_halt_decision
 
 # %% auto #0
 __all__ = ['CARRY_KEYS', 'TRMConfig', 'trunc_normal_', 'rms_norm', 'SwiGLU', 'RotaryEmbedding', 'apply_rotary', 'Attention',
@@ -45,6 +46,9 @@ class TRMConfig:
     puzzle_emb_lr: float = 1e-4         # sign-SGD learning rate of the puzzle embedding
     puzzle_emb_weight_decay: float = 1.0  # decoupled weight decay of the puzzle embedding (ARC: 0.1)
     ema_rate: float = 0.0               # reference name: > 0 turns EMA on with this decay (same as --use_ema --ema_decay)
+    optimizer: str = 'adamw'            # network optimizer: 'adamw' | 'adam_atan2' (the reference's; PyPI adam-atan2-pytorch)
+    eval_interval: int = 1              # validate every N epochs (and at the last one); the reference's eval_interval
+    NON_STRUCTURAL = ('eval_interval',) # may change when resuming (class attribute, not a field)
 
     def __post_init__(self):
         if self.model_type != 'trm': raise HaltingLabError(f"model_type: TRMConfig is for 'trm', got {self.model_type!r}")
@@ -54,7 +58,9 @@ class TRMConfig:
             raise HaltingLabError(f'hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})')
         if self.loss_type not in ('stablemax_cross_entropy', 'softmax_cross_entropy'):
             raise HaltingLabError(f'loss_type: unknown {self.loss_type!r}')
-        for k in ('H_cycles', 'L_cycles', 'L_layers', 'halt_max_steps'):
+        if self.optimizer not in ('adamw', 'adam_atan2'):
+            raise HaltingLabError(f"optimizer: expected 'adamw' or 'adam_atan2', got {self.optimizer!r}")
+        for k in ('H_cycles', 'L_cycles', 'L_layers', 'halt_max_steps', 'eval_interval'):
             if getattr(self, k) < 1: raise HaltingLabError(f'{k} must be >= 1, got {getattr(self, k)}')
 
     @property
@@ -272,11 +278,9 @@ def _forward_step(self:TRM, carry:TRMCarry, batch:dict)->tuple[TRMCarry, dict]:
         steps = steps + 1
         is_last = steps >= cfg.halt_max_steps
         new_halted = is_last
-        if self.training and cfg.halt_max_steps > 1:
-            new_halted = new_halted | ((q[:, 0] > 0) if cfg.no_ACT_continue else (q[:, 0] > q[:, 1]))
-            explore = torch.rand_like(q[:, 0]) < cfg.halt_exploration_prob
-            min_steps = explore * torch.randint_like(steps, low=2, high=cfg.halt_max_steps + 1)
-            new_halted = new_halted & (steps >= min_steps)
+        if self.training and cfg.halt_max_steps > 1:     # the one Q-halting rule of halting.py (QHalt uses it too)
+            new_halted = q_halt_decision(steps, q[:, 0], cfg.halt_max_steps, None if cfg.no_ACT_continue else q[:, 1],
+                                         cfg.halt_exploration_prob)
             if not cfg.no_ACT_continue:      # bootstrapped target for q_continue (HRM-style)
                 _, _, _, nq = self.inner(z_H, z_L, data['inputs'], data.get('puzzle_identifiers'))
                 out['target_q_continue'] = torch.sigmoid(torch.where(is_last, nq[:, 0], nq.max(-1).values))

@@ -4,32 +4,55 @@
 
 # %% ../../nbs/train/trm.ipynb #4ba4e30d
 from __future__ import annotations
-import math, time
+import math, time, warnings
 from pathlib import Path
 from typing import Any, Optional
 import numpy as np
 import torch, torch.nn.functional as F
-from ..core import HaltingLabError, HaltingOutput
+from ..core import HaltingLabError, HaltingOutput, RunDir, torch_save_atomic
 from ..models.trm import TRM, TRMConfig, TRMCarry, CARRY_KEYS, trm_loss
 from .lightning import HaltingLitModule, batch_stats, lr_factor_at
 
 # %% auto #0
-__all__ = ['EXIT_RULES', 'MAZE_HARD_RECIPE', 'SUDOKU_EXTREME_RECIPE', 'CPU_RECIPES', 'AdamWSignSGD', 'TRMLitModule',
-           'evaluate_adaptive', 'dataset_batches', 'evaluate_halting_modes', 'trm_eval_cli', 'recipe_argv',
-           'slurm_script']
+__all__ = ['OPTIMIZERS', 'CARRY_DIR', 'EXIT_RULES', 'MAZE_HARD_SOURCE', 'MAZE_HARD_RECIPE', 'SUDOKU_EXTREME_RECIPE',
+           'CPU_RECIPES', 'adam_atan2_class', 'TRMOptimizer', 'TRMLitModule', 'carry_to_dict', 'carry_from_dict',
+           'carry_path', 'evaluate_adaptive', 'dataset_batches', 'evaluate_halting_modes', 'trm_eval_cli',
+           'recipe_argv', 'maze_hard_data_argv', 'slurm_script', 'submit_recipe']
 
 # %% ../../nbs/train/trm.ipynb #06d607da
-class AdamWSignSGD(torch.optim.Optimizer):
-    "Param groups with `kind='adamw'` get AdamW; `kind='signsgd'` gets the reference's sparse sign-SGD (rows with a gradient only)."
-    def __init__(self, params, lr:float=1e-4, betas=(0.9, 0.95), eps:float=1e-8, weight_decay:float=0.0):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, kind='adamw'))
+OPTIMIZERS = ('adamw', 'adam_atan2')
+
+def adam_atan2_class():
+    "`AdamAtan2` of the PyPI package `adam-atan2-pytorch`; a clear error when it is not installed."
+    try: from adam_atan2_pytorch import AdamAtan2
+    except ImportError as e:
+        raise HaltingLabError("--optimizer adam_atan2: needs the PyPI package 'adam-atan2-pytorch' (pure PyTorch): "
+                              "pip install adam-atan2-pytorch; or train with --optimizer adamw") from e
+    return AdamAtan2
+
+class TRMOptimizer(torch.optim.Optimizer):
+    "Param groups by `kind`: 'adamw', 'adam_atan2' (the reference's AdamATan2) or 'signsgd' (sparse sign-SGD of the puzzle embedding)."
+    def __init__(self, params, lr:float=1e-4, betas=(0.9, 0.95), eps:float=1e-8, weight_decay:float=0.0, kind:str='adamw'):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, kind=kind))
+        self._atan2 = None
+        if groups := self._groups('adam_atan2'):
+            # the package's update with a = b = 1 (the reference kernel); its extra hyper-parameters join our groups
+            self._atan2 = adam_atan2_class()([{'params': g['params']} for g in groups], lr=lr, a=1.0, b=1.0)
+            for g, d in zip(groups, self._atan2.param_groups):
+                for k, v in d.items(): g.setdefault(k, v)
+
+    def _groups(self, kind:str)->list: return [g for g in self.param_groups if g['kind'] == kind]
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad(): loss = closure()
+        if self._atan2 is not None:   # same group dicts (LR schedule) and state (checkpoints) as ours, also after load_state_dict
+            self._atan2.param_groups, self._atan2.state = self._groups('adam_atan2'), self.state
+            self._atan2.step()
         for g in self.param_groups:
+            if g['kind'] == 'adam_atan2': continue
             lr, wd = g['lr'], g['weight_decay']
             for p in g['params']:
                 if p.grad is None: continue
@@ -48,8 +71,6 @@ class AdamWSignSGD(torch.optim.Optimizer):
         return loss
 
 # %% ../../nbs/train/trm.ipynb #680faf6a
-_CARRY_SAVE_LIMIT = 256 * 2**20   # bytes; larger carries (e.g. batch 768 x 916 x 512) are not checkpointed
-
 class TRMLitModule(HaltingLitModule):
     "TRM training with the reference carry, deep supervision, Q-halt BCE, sign-SGD puzzle embedding and EMA."
     def __init__(self, train_cfg:dict, model_cfg:dict, model_type:str='trm', steps_per_epoch:Optional[int]=None):
@@ -58,6 +79,8 @@ class TRMLitModule(HaltingLitModule):
             train_cfg['use_ema'], train_cfg['ema_decay'] = True, float(model_cfg['ema_rate'])
         super().__init__(train_cfg, model_cfg, model_type, steps_per_epoch)
         self.carry: Optional[TRMCarry] = None
+        self._carry_keep = {'recent': [], 'periodic': [], 'best': None}   # carry files still referenced (see below)
+        if self.model.config.optimizer == 'adam_atan2': adam_atan2_class()   # fail before any data is loaded
         if self.tc.get('compile'): self.model.L_level.compile()   # in place: state_dict keys unchanged
 
     def setup(self, stage=None):
@@ -115,32 +138,94 @@ def _on_validation_epoch_end(self:TRMLitModule):
         self.last_metrics['val'].update({'val/q_exact_acc': float(a[0] / a[2]), 'val/q_mean_steps': float(a[1] / a[2])})
 TRMLitModule.on_validation_epoch_end = _on_validation_epoch_end
 
+# %% ../../nbs/train/trm.ipynb #c1d2e3f4
+def _validates_at(self:TRMLitModule, epoch:int)->bool:
+    "Whether epoch `epoch` ends with validation: every `eval_interval` epochs and at the last one."
+    k, tr = int(self.model.config.eval_interval), self.trainer
+    if k <= 1 or (epoch + 1) % k == 0: return True
+    if tr.max_epochs is not None and tr.max_epochs >= 0 and epoch + 1 >= tr.max_epochs: return True
+    return tr.max_steps is not None and tr.max_steps >= 0 and tr.global_step + tr.num_training_batches >= tr.max_steps
+TRMLitModule.validates_at = _validates_at
+
+def _on_train_epoch_start(self:TRMLitModule):
+    HaltingLitModule.on_train_epoch_start(self)
+    if int(self.model.config.eval_interval) > 1:
+        v = self.validates_at(self.current_epoch)
+        self.trainer.check_val_every_n_epoch = 1 if v else 10**9   # Lightning validates when (epoch + 1) % n == 0
+        if not v: self.last_metrics['val'] = {}                      # no stale validation numbers in this epoch's row
+TRMLitModule.on_train_epoch_start = _on_train_epoch_start
+
 # %% ../../nbs/train/trm.ipynb #01dd26c7
 def _make_optimizer(self:TRMLitModule):
-    "AdamW on the network, sign-SGD on the puzzle embedding (the LR schedule comes from `HaltingLitModule`)."
+    "AdamW or AdamATan2 (`optimizer`) on the network, sign-SGD on the puzzle embedding (the LR schedule comes from `HaltingLitModule`)."
     tc, mc = self.tc, self.model.config
     emb = [self.model.puzzle_emb.weight] if self.model.puzzle_emb is not None else []
     rest = [p for n, p in self.model.named_parameters() if not n.startswith('puzzle_emb.')]
-    groups = [{'params': rest, 'kind': 'adamw'}]
+    groups = [{'params': rest, 'kind': mc.optimizer}]
     if emb: groups.append({'params': emb, 'kind': 'signsgd', 'lr': mc.puzzle_emb_lr, 'weight_decay': mc.puzzle_emb_weight_decay})
-    return AdamWSignSGD(groups, lr=tc['learning_rate'], weight_decay=tc['weight_decay'],
+    return TRMOptimizer(groups, lr=tc['learning_rate'], weight_decay=tc['weight_decay'],
                         betas=(tc.get('beta1', 0.9), tc.get('beta2', 0.95)))
 TRMLitModule.make_optimizer = _make_optimizer
 
 # %% ../../nbs/train/trm.ipynb #1b45774b
+CARRY_DIR = 'carry'   # <checkpoint dir>/carry/<id>.rank<r>.pt: one file per rank and save
+
+def carry_to_dict(c:TRMCarry)->dict:
+    "The carry as CPU tensors (the content of a carry file)."
+    return {'z_H': c.z_H.detach().cpu(), 'z_L': c.z_L.detach().cpu(), 'steps': c.steps.cpu(), 'halted': c.halted.cpu(),
+            'current_data': {k: v.cpu() for k, v in c.current_data.items()}}
+
+def carry_from_dict(d:dict)->TRMCarry:
+    "Inverse of `carry_to_dict`."
+    return TRMCarry(d['z_H'], d['z_L'], d['steps'], d['halted'], dict(d['current_data']))
+
+def carry_path(ckpt_dir:str|Path, carry_id:str, rank:int)->Path:
+    "The carry file of rank `rank` for the save `carry_id`."
+    return Path(ckpt_dir) / CARRY_DIR / f'{carry_id}.rank{rank}.pt'
+
+def _ckpt_dir(self:TRMLitModule)->Path: return RunDir(self.trainer.default_root_dir).checkpoints
+
 def _extra_state_dict(self:TRMLitModule)->dict:
     c = self.carry
     if c is None: return {}
-    size = sum(t.numel() * t.element_size() for t in (c.z_H, c.z_L))
-    if size > _CARRY_SAVE_LIMIT: return {'carry_dropped_bytes': int(size)}
-    return {'carry': {'z_H': c.z_H.detach().cpu(), 'z_L': c.z_L.detach().cpu(), 'steps': c.steps.cpu(), 'halted': c.halted.cpu(),
-                      'current_data': {k: v.cpu() for k, v in c.current_data.items()}}}
+    if self._trainer is None: return {'carry': carry_to_dict(c)}              # no trainer: inline
+    tr = self.trainer; cid = f'step{tr.global_step:09d}'
+    torch_save_atomic(carry_to_dict(c), carry_path(_ckpt_dir(self), cid, tr.global_rank))   # every rank, its own file
+    self._carry_saved = cid
+    return {'carry_file': {'id': cid, 'world_size': int(tr.world_size)}}
+
+def _retain_carries(self:TRMLitModule, cid:str, checkpoint:dict)->dict:
+    "Update which carry ids checkpoints may still name (newest two, periodic, best) and delete this rank's others."
+    k, tc, mid, ep = self._carry_keep, self.tc, bool(self.saving_mid_epoch), int(self.current_epoch)
+    recent = [i for i in k['recent'] if i != cid][-1:] + [cid]
+    every, periodic, best = int(tc.get('save_every_n_epochs') or 0), list(k['periodic']), k['best']
+    if not mid and every > 0 and (ep + 1) % every == 0 and cid not in periodic:
+        periodic = (periodic + [cid])[-max(1, int(tc.get('keep_last_k') or 1)):]
+    if not mid and ((checkpoint.get('callbacks') or {}).get('RunCheckpoints') or {}).get('best_epoch') == ep: best = cid
+    self._carry_keep = {'recent': recent, 'periodic': periodic, 'best': best}
+    names = {*recent, *periodic, *([best] if best else [])}
+    for p in (_ckpt_dir(self) / CARRY_DIR).glob(f'*.rank{self.trainer.global_rank}.pt'):
+        if p.name.split('.rank')[0] not in names: p.unlink(missing_ok=True)
+    return dict(self._carry_keep)
 
 def _load_extra_state(self:TRMLitModule, d:dict):
-    c = d.get('carry')
-    self.carry = TRMCarry(c['z_H'], c['z_L'], c['steps'], c['halted'], dict(c['current_data'])) if c else None
+    self._carry_keep = dict(d.get('carry_keep') or {'recent': [], 'periodic': [], 'best': None})
+    self.carry = carry_from_dict(d['carry']) if d.get('carry') else None
+    f = d.get('carry_file')
+    if not f or self._trainer is None: return
+    tr = self.trainer
+    if int(f['world_size']) != tr.world_size:
+        warnings.warn(f"resume: the carry was saved by {f['world_size']} rank(s), this run has {tr.world_size}; "
+                      'starting from a fresh carry (weights, optimizer, EMA and RNG are restored; the carry is not)'); return
+    p = carry_path(Path(tr.ckpt_path).parent if tr.ckpt_path else _ckpt_dir(self), f['id'], tr.global_rank)
+    if not p.exists():
+        warnings.warn(f'resume: carry file {p} is missing; starting from a fresh carry (the resume is not exact)'); return
+    self.carry = carry_from_dict(torch.load(p, map_location='cpu', weights_only=True))
+
 def _on_save_checkpoint(self:TRMLitModule, checkpoint):
-    HaltingLitModule.on_save_checkpoint(self, checkpoint)
+    self._carry_saved = None
+    HaltingLitModule.on_save_checkpoint(self, checkpoint)          # calls extra_state_dict (writes this rank's carry file)
+    if self._carry_saved: checkpoint['halting_lab']['extra']['carry_keep'] = _retain_carries(self, self._carry_saved, checkpoint)
     # store the flags as given (ema_rate implies use_ema here): resuming with the same flags passes the resume check
     checkpoint['halting_lab']['train_config'] = dict(self._tc_given)
     checkpoint['hyper_parameters']['train_cfg'] = dict(self._tc_given)
@@ -191,13 +276,14 @@ def evaluate_halting_modes(model:TRM, batches, modes=('fixed', 'q', 'latent-diff
     return rows
 
 # %% ../../nbs/train/trm.ipynb #7aac0d36
-EXIT_RULES = ('entropy-diff', 'latent-diff', 'cosine', 'kl', 'minp-kl', 'argmax-stability')
+EXIT_RULES = ('entropy', 'entropy-diff', 'latent-diff', 'cosine', 'kl', 'minp-kl', 'argmax-stability')
 
 def trm_eval_cli(argv:list|None=None)->int:
     "`halting-lab eval --ckpt C --data_dir D --halting fixed|q|<exit rule>|all [--max_steps N --threshold X --output F.json]`."
     import argparse, json, sys
     from halting_lab.train.checkpoint import load_checkpoint
     from halting_lab.core import save_json
+    from halting_lab.train.nav import resolve_device
     p = argparse.ArgumentParser(prog='halting-lab eval', description=trm_eval_cli.__doc__)
     p.add_argument('--ckpt', required=True); p.add_argument('--data_dir', required=True)
     p.add_argument('--split', default='test'); p.add_argument('--halting', default='fixed',
@@ -205,9 +291,10 @@ def trm_eval_cli(argv:list|None=None)->int:
     p.add_argument('--max_steps', type=int, default=None, help='step budget (default: halt_max_steps)')
     p.add_argument('--threshold', default='auto', help='exit-rule threshold (default: the rule\'s own)')
     p.add_argument('--batch_size', type=int, default=256); p.add_argument('--limit', type=int, default=None)
-    p.add_argument('--device', default='cpu'); p.add_argument('--no_ema', action='store_true')
+    p.add_argument('--device', default='auto', help='auto (cuda > mps > cpu) | cpu | cuda | mps'); p.add_argument('--no_ema', action='store_true')
     p.add_argument('--output', default=None, help='write the rows as JSON')
     a = p.parse_args(sys.argv[1:] if argv is None else list(argv))
+    a.device = resolve_device(a.device)
     model = load_checkpoint(a.ckpt, ema=not a.no_ema).to(a.device)
     if getattr(model, 'model_type', None) != 'trm': raise HaltingLabError(f'--halting: {a.ckpt} is not a TRM checkpoint')
     bs = dataset_batches(a.data_dir, a.split, a.batch_size, a.limit)
@@ -219,20 +306,23 @@ def trm_eval_cli(argv:list|None=None)->int:
     return 0
 
 # %% ../../nbs/train/trm.ipynb #88ba3a0f
+MAZE_HARD_SOURCE = 'data/maze-30x30-hard-1k'   # the official dataset, as the official builder writes it
+
 MAZE_HARD_RECIPE = dict(
     task='maze', model_type='trm', data_dir='data/maze-30x30-hard-1k-aug8',
     hidden_size=512, num_heads=8, expansion=4.0, H_cycles=3, L_cycles=4, L_layers=2,
     halt_max_steps=16, halt_exploration_prob=0.1, puzzle_emb_ndim=512, puzzle_emb_len=16,
     pos_encodings='rope', mlp_t=False, loss_type='stablemax_cross_entropy', forward_dtype='bfloat16',
-    batch_size=768, learning_rate=1e-4, weight_decay=1.0, beta1=0.9, beta2=0.95,
+    optimizer='adam_atan2', batch_size=768, learning_rate=1e-4, weight_decay=1.0, beta1=0.9, beta2=0.95,
     puzzle_emb_lr=1e-4, puzzle_emb_weight_decay=1.0, ema_rate=0.999,
     lr_warmup_epochs=2000 / (8000 / 768),     # 2000 warm-up steps, then constant
     lr_schedule='constant', grad_clip=0.0, max_epochs=10000, max_steps=65100, save_every_n_epochs=100,
+    eval_interval=625,                        # the reference's eval_interval=5000 of its (1000-maze) epochs
     precision='bf16-mixed', devices='auto', resume_ckpt='auto', run_id='trm-maze-hard', seed=0)
 
 SUDOKU_EXTREME_RECIPE = {**MAZE_HARD_RECIPE, 'task': 'sudoku', 'data_dir': 'data/sudoku-extreme-1k-aug-1000',
                          'L_cycles': 6, 'mlp_t': True, 'pos_encodings': 'none', 'run_id': 'trm-sudoku-extreme',
-                         'lr_warmup_epochs': 2000 / (1001000 / 768), 'max_epochs': 60, 'max_steps': 65100}
+                         'lr_warmup_epochs': 2000 / (1001000 / 768), 'max_epochs': 60, 'max_steps': 65100, 'eval_interval': 6}
 
 CPU_RECIPES = {   # small runs for 2 CPU cores (README numbers)
     'maze7': dict(task='maze', model_type='trm', data_dir='data/maze-7x7-aug8', batch_size=64, hidden_size=64, num_heads=4,
@@ -252,15 +342,103 @@ def recipe_argv(recipe:dict)->list:
         else: out += [f'--{k}', f'{v:.6g}' if isinstance(v, float) else str(v)]
     return out
 
-def slurm_script(recipe:dict=MAZE_HARD_RECIPE, gpus:int=4, hours:int=24, partition:str|None=None)->str:
-    "An sbatch script running the recipe on one node with `gpus` GPUs (DDP), requeued on preemption."
-    import shlex
-    r = {**recipe, 'devices': str(gpus)}
-    if gpus > 1: r['batch_size'] = int(recipe['batch_size']) // gpus     # per-device batch; global batch unchanged
-    lines = ['#!/bin/bash', f'#SBATCH --job-name={recipe.get("run_id", "trm")}', '#SBATCH --nodes=1',
-             f'#SBATCH --gres=gpu:{gpus}', f'#SBATCH --ntasks-per-node={gpus}', f'#SBATCH --time={hours}:00:00',
-             '#SBATCH --signal=B:USR1@120', '#SBATCH --requeue', f'#SBATCH --output=runs/{recipe.get("run_id", "trm")}/slurm-%j.out']
-    if partition: lines.append(f'#SBATCH --partition={partition}')
-    lines += ['set -euo pipefail', f'mkdir -p runs/{recipe.get("run_id", "trm")}',
-              'srun .venv/bin/halting-lab train ' + shlex.join(recipe_argv(r))]
-    return '\n'.join(lines) + '\n'
+def maze_hard_data_argv(source_dir:str|Path=MAZE_HARD_SOURCE, output_dir:str|Path=MAZE_HARD_RECIPE['data_dir'])->list:
+    "`halting-lab` arguments that re-pack the official Maze-Hard files with 8 dihedral copies per training maze."
+    return ['build-maze', 'preprocess-data', '--source-dir', str(source_dir), '--output-dir', str(output_dir), '--aug', '--quiet']
+
+# %% ../../nbs/train/trm.ipynb #d2e3f4a5
+_TRAIN_JOB = """\
+# Rendered by halting_lab.train.trm.slurm_script: `halting-lab train` as a batch job that survives walltime.
+# On USR1 (sent @@SIGNAL@@ s before the limit) the trap touches <run_dir>/PREEMPT; every rank checkpoints
+# (last.ckpt + its carry file) and stops with exit code 3; the job requeues itself and the next attempt
+# resumes exactly from <run_dir>/checkpoints/last.ckpt (--resume_ckpt auto). A finished run is never restarted.
+set -uo pipefail
+cd @@WORKDIR@@ || exit 1
+export HALTING_LAB_RUNS=@@RUNS_ROOT@@
+export PYTHONUNBUFFERED=1
+HL=@@HL@@
+RUN_DIR="$HALTING_LAB_RUNS/@@RUN_ID@@"
+log() { echo "[halting-lab $(date +%FT%T)] $*"; }
+fail() { "$HL" slurm _job end "$RUN_DIR" --name train --attempt "$ATTEMPT" --rc 1 --reason "$1" >/dev/null; log "$1"; exit 1; }
+
+ATTEMPT=$("$HL" slurm _job begin "$RUN_DIR" --max-attempts @@MAX_ATTEMPTS@@) || { log "cannot update $RUN_DIR/status.json"; exit 1; }
+case "$ATTEMPT" in
+  done)      log "@@RUN_ID@@ already finished; not restarting it"; exit 0 ;;
+  exhausted) log "@@RUN_ID@@: @@MAX_ATTEMPTS@@ attempts used; giving up"; exit 1 ;;
+esac
+@@DATA@@
+rm -f "$RUN_DIR/PREEMPT"
+on_usr1() { log "USR1: walltime is near; asking the training to checkpoint and stop"; touch "$RUN_DIR/PREEMPT"; }
+trap on_usr1 USR1
+log "run @@RUN_ID@@ attempt $ATTEMPT: job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}) on $(hostname)"
+srun --kill-on-bad-exit=1 "$HL" train @@ARGS@@ &
+PID=$!
+while kill -0 "$PID" 2>/dev/null; do wait "$PID"; done   # a trapped signal interrupts wait; wait again
+wait "$PID"; RC=$?
+[ "$RC" -eq 3 ] && RC=0                                    # 3: preempted after a checkpoint (results.json says so)
+OUTCOME=$("$HL" slurm _job end "$RUN_DIR" --name train --attempt "$ATTEMPT" --rc "$RC")
+case "$OUTCOME" in
+  finished) log "finished: $RUN_DIR/results.json"; exit 0 ;;
+  requeue)  log "checkpointed after attempt $ATTEMPT; requeueing job ${SLURM_JOB_ID:-?}"
+            scontrol requeue "${SLURM_JOB_ID}" || fail "scontrol requeue failed"
+            sleep 30; exit 0 ;;
+  *)        log "failed (training exit $RC): see $RUN_DIR/train.log"; exit 1 ;;
+esac
+"""
+
+def _job_recipe(recipe:dict, gpus:int)->dict:
+    "The recipe as the job runs it: per-device batch, one rank per GPU, resume from last.ckpt."
+    if not recipe.get('run_id') or recipe.get('default_root_dir'):
+        raise HaltingLabError('slurm_script: the recipe needs a run_id (and no default_root_dir): the job resumes runs/<run_id>/')
+    r = {**recipe, 'devices': str(max(1, gpus)), 'resume_ckpt': 'auto'}
+    if gpus > 1:
+        if int(recipe['batch_size']) % gpus:
+            raise HaltingLabError(f"slurm_script: batch_size {recipe['batch_size']} is not divisible by gpus={gpus}")
+        r['batch_size'] = int(recipe['batch_size']) // gpus     # per-device batch; global batch unchanged
+    return r
+
+def slurm_script(recipe:dict=MAZE_HARD_RECIPE,  # `halting-lab train` flags, with a run_id
+                 gpus:int=4,                     # GPUs on one node, one DDP rank each (0: one CPU rank)
+                 cfg=None,                       # `halting_lab.slurm.SlurmConfig` (walltime, partition, signal lead, ...)
+                 source_dir:str|Path|None=None,  # official maze files: build recipe['data_dir'] from them when missing
+                 root:str|Path|None=None)->str:  # runs root (default: $HALTING_LAB_RUNS or ./runs)
+    "The sbatch script of a training recipe: traps USR1, checkpoints, requeues itself and resumes from last.ckpt."
+    import os, shlex
+    from halting_lab.slurm import SlurmConfig, sbatch_directives, signal_seconds, default_venv
+    from halting_lab.core import runs_root
+    cfg = cfg or SlurmConfig(time='24:00:00', cpus_per_task=8)
+    if gpus > 0 and not (cfg.gres or cfg.gpus): cfg.gres = f'gpu:{gpus}'
+    cfg.extra_sbatch = ['--nodes=1', f'--ntasks-per-node={max(1, gpus)}', *cfg.extra_sbatch]
+    r = _job_recipe(recipe, gpus); rid = r['run_id']
+    root = Path(root if root is not None else runs_root()).resolve()
+    venv = cfg.venv if cfg.venv is not None else default_venv()
+    data = ''
+    if source_dir is not None:
+        dd = shlex.quote(str(r['data_dir']))
+        data = (f'if [ ! -f {dd}/train/dataset.json ]; then\n  log "building {r["data_dir"]} from {source_dir}"\n'
+                f'  "$HL" {shlex.join(maze_hard_data_argv(source_dir, r["data_dir"]))} || fail "dataset build failed"\nfi')
+    values = dict(SIGNAL=signal_seconds(cfg) if cfg.requeue else 0, WORKDIR=shlex.quote(str(Path(cfg.workdir or os.getcwd()).resolve())),
+                  RUNS_ROOT=shlex.quote(str(root)), HL=shlex.quote(str(Path(venv) / 'bin' / 'halting-lab')) if venv else 'halting-lab',
+                  RUN_ID=rid, MAX_ATTEMPTS=int(cfg.max_attempts), DATA=data, ARGS=shlex.join(recipe_argv(r)))
+    body = _TRAIN_JOB
+    for k, v in values.items(): body = body.replace(f'@@{k}@@', str(v))
+    head = sbatch_directives(cfg, rid, str(root / rid / 'slurm-%j.out'))
+    return '\n'.join(['#!/bin/bash', *head, body])
+
+def submit_recipe(recipe:dict=MAZE_HARD_RECIPE, gpus:int=4, cfg=None, source_dir:str|Path|None=None,
+                  root:str|Path|None=None, dry_run:bool=False)->dict:
+    "Write `runs/<run_id>/job.sbatch` (the run dir must exist for Slurm's log file) and submit it; `{'job_id', 'run_dir', 'script'}`."
+    from halting_lab.slurm import sbatch, update_status
+    from halting_lab.core import runs_root, atomic_write_text
+    script = slurm_script(recipe, gpus, cfg, source_dir, root)
+    run_dir = Path(root if root is not None else runs_root()).resolve() / recipe['run_id']
+    if dry_run: return {'job_id': None, 'run_dir': str(run_dir), 'script': script}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = atomic_write_text(run_dir / 'job.sbatch', script); Path(path).chmod(0o755)
+    with update_status(run_dir) as st:
+        st.update(executor='slurm', name='train', params=dict(recipe), script='job.sbatch', state='submitted')
+    job_id = sbatch(run_dir / 'job.sbatch')
+    with update_status(run_dir) as st:
+        if job_id not in st['job_ids']: st['job_ids'].append(job_id)
+        if st['state'] == 'submitted': st['state'] = 'pending'
+    return {'job_id': job_id, 'run_dir': str(run_dir), 'script': script}

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/viewers/curves.ipynb #da4f9ebe
 from __future__ import annotations
-import json, math, re
+import io, json, math, re
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
@@ -205,7 +205,19 @@ class CurvesViewer:
         self.w_table.value = self.table.to_html(float_format='%.4g', na_rep='') if runs else '<i>select runs</i>'
 
     def save_static(self, out_dir)->list:
+        "Write the static curves and table of the current selection (see `save_curves_static`)."
         return save_curves_static(list(self.w_runs.value), out_dir, list(self.w_cols.value), self.w_smooth.value)
+
+    def show_static(self, out_dir=None)->list:
+        "Display the current selection as a PNG and an HTML table (kept by executed notebooks and the docs); also `save_static` into `out_dir` when given."
+        import matplotlib.pyplot as plt
+        from IPython.display import display, Image, HTML
+        runs, cols, sm = list(self.w_runs.value), list(self.w_cols.value), self.w_smooth.value
+        files = self.save_static(out_dir) if out_dir is not None else []
+        f = curves_png(runs, cols, sm); buf = io.BytesIO(); f.savefig(buf, format='png', dpi=90); plt.close(f)
+        display(Image(data=buf.getvalue()))
+        display(HTML(self.table.to_html(float_format='%.4g', na_rep='') if runs else '<i>no runs selected</i>'))
+        return files
 
     def _ipython_display_(self):
         from IPython.display import display

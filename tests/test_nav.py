@@ -202,9 +202,86 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], c['model_state_dict'][k]), k
 
 
-def test_tiny_training_beats_chance(data, tmp_path):
-    s = _train(data, tmp_path, dim=32, depth=2, epochs=6, dropout=0.0)
-    assert s['best_val_acc'] > 0.45  # chance is 0.2
+@pytest.fixture(scope='module')
+def trained(data, tmp_path_factory):
+    "A model trained for a few seconds on 5x5 grids: (summary, best.pt path)."
+    ck = tmp_path_factory.mktemp('trained')
+    return _train(data, ck, dim=32, depth=2, epochs=4, dropout=0.0), ck / 'best.pt'
+
+
+def test_tiny_training_beats_chance(trained):
+    assert trained[0]['best_val_acc'] > 0.6  # chance is 0.2
+
+
+def _policy_quality(model, problems):
+    "Share of free non-goal cells whose argmax action is a BFS-optimal move, and of goal cells answered `stay`."
+    from halting_lab.viewers.nav import action_probs
+    good = total = stay = 0
+    for walls, _, goal in problems:
+        P = action_probs(model, walls, goal)[-1]; d = bfs_dist(walls, goal)
+        for r, c in np.argwhere(~walls):
+            a = int(np.argmax(P[r, c]))
+            if (r, c) == goal: stay += a == T.STAY; continue
+            if d[r, c] < 0: continue
+            total += 1; good += a != T.STAY and d[T.step(walls, (r, c), a)] == d[r, c] - 1
+    return good / total, stay / len(problems)
+
+
+def test_viewer_on_trained_model(trained, data):
+    "Rollout vs A*, per-cell probabilities, the recursion-step slider and success by difficulty, on a trained model."
+    from halting_lab.viewers import nav as V
+    summary, ckpt = trained
+    v = V.NavViewer(ckpt, data_path=data / 'test.pt')
+    untrained = create_model(grid_size=5, dim=32, depth=2).eval()
+    rng = random.Random(3); problems = [T.random_problem(rng, 5) for _ in range(25)]
+    (good, stay), (good_u, _) = _policy_quality(v.model, problems), _policy_quality(untrained, problems)
+    assert good > 0.75 and stay > 0.9 and good > good_u + 0.3, (good, stay, good_u)
+    for walls, s, g in problems[:10]:                       # probabilities: NaN on walls, a distribution elsewhere
+        P = V.action_probs(v.model, walls, g, n_sup=3)
+        assert P.shape == (3, 5, 5, 5) and np.isnan(P[:, walls]).all() and np.allclose(P[:, ~walls].sum(-1), 1, atol=1e-5)
+        r = V.rollout(v.model, walls, s, g)
+        d = bfs_dist(walls, g)
+        assert r['path'][0] == s and r['astar_path'] == T.astar(walls, s, g) and len(r['astar_path']) - 1 == d[s]
+        for a, b in zip(r['path'], r['path'][1:]): assert abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1 and not walls[b]
+        for pos, act in zip(r['path'], r['actions']): assert act == int(np.nanargmax(P[1][pos]))  # greedy at the trained n_sup=2
+        assert r['success'] == (r['path'][-1] == g and r['actions'][-1] == T.STAY)
+        assert r['optimal'] == (r['success'] and len(r['path']) - 1 == d[s])
+    # success by difficulty: the aggregation of exactly these rollouts, and a trained model solves most short problems
+    df = V.success_by_difficulty(v.model, 40, seed=7)
+    rng = random.Random(7); rows = {}
+    for _ in range(40):
+        walls, s, g = T.random_problem(rng, 5); r = V.rollout(v.model, walls, s, g)
+        rows.setdefault(len(r['astar_path']) - 1, []).append((r['success'], r['optimal']))
+    assert df.path_len.tolist() == sorted(rows) and int(df.problems.sum()) == 40
+    for row in df.itertuples():
+        assert row.problems == len(rows[row.path_len])
+        assert row.success_rate == pytest.approx(np.mean([a for a, _ in rows[row.path_len]]))
+        assert row.optimal_rate == pytest.approx(np.mean([b for _, b in rows[row.path_len]])) and row.optimal_rate <= row.success_rate
+    overall = (df.success_rate * df.problems).sum() / 40
+    du = V.success_by_difficulty(untrained, 40, seed=7)
+    assert overall > 0.5 and overall > (du.success_rate * du.problems).sum() / 40 + 0.3
+    assert df[df.path_len <= 2].success_rate.min() >= 0.8
+    # the recursion-step slider: other step counts, other probabilities (and figure)
+    assert np.nanmax(np.abs(v.probs(1) - v.probs(2))) > 1e-3
+    box = v.widget; c = box.controls
+    opacity = lambda: np.array(c['figure'].data[1].marker.opacity)
+    at2 = opacity(); c['step'].value = 1
+    assert 'recursion step 1/4' in c['figure'].layout.title.text and not np.allclose(opacity(), at2)
+    # a chosen grid: text map, token grid, (walls, start, goal); in the widget, editing the map box
+    text = "S.#..\n..#..\n....#\n.##..\n....G"
+    v.set_grid(text); w, s, g = T.parse_map(text)
+    assert v.problem[1:] == ((0, 0), (4, 4)) and np.array_equal(v.problem[0], w)
+    r = v.rollout(); assert r['path'][0] == (0, 0) and r['astar_path'] == T.astar(w, s, g)
+    v.set_grid(T.encode_state(w, (2, 1), g)); assert v.problem[1] == (2, 1)
+    v.set_grid((w, (1, 0), g)); assert v.problem[1] == (1, 0)
+    with pytest.raises(Exception, match='trained on 5x5'): v.set_grid("S.\n.G")
+    with pytest.raises(Exception, match='not reachable'): v.set_grid("S.#..\n..#..\n###..\n.....\n....G")
+    c['map'].value = "G....\n.#.#.\n.....\n.#.#.\n....S"
+    assert c['source'].value == 'map' and v.problem[1:] == ((4, 4), (0, 0))
+    sg = c['figure'].data[-1]; assert [list(sg.x), list(sg.y)] == [[4, 0], [4, 0]]   # start / goal markers moved
+    c['map'].value = "G..\n...\n..S"                        # wrong size: the error is shown, the problem kept
+    assert v.problem[1] == (4, 4) and 'trained on 5x5' in str(c['output'].outputs)
+    c['success'].click(); assert 'success_rate' in str(c['output'].outputs)   # the table at the slider's step count
 
 
 def test_nan_loss_stops_without_poisoned_checkpoint(data, tmp_path, monkeypatch, capsys):

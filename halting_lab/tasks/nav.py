@@ -13,9 +13,9 @@ from ..core import HaltingLabError, dihedral_transform, torch_save_atomic
 
 # %% auto #0
 __all__ = ['EMPTY', 'WALL', 'AGENT', 'GOAL', 'AGENT_ON_GOAL', 'TOKEN_NAMES', 'NUM_TOKENS', 'UP', 'DOWN', 'LEFT', 'RIGHT', 'STAY',
-           'ACTION_NAMES', 'NUM_ACTIONS', 'ACTION_DELTAS', 'ACTION_MAP', 'FORMAT_VERSION', 'encode_state',
-           'decode_state', 'step', 'astar', 'next_action', 'episode', 'augment_dihedral', 'random_problem',
-           'build_split', 'generate_dataset', 'load_split', 'NavDataset']
+           'ACTION_NAMES', 'NUM_ACTIONS', 'ACTION_DELTAS', 'MAP_CHARS', 'ACTION_MAP', 'FORMAT_VERSION', 'encode_state',
+           'decode_state', 'step', 'parse_map', 'format_map', 'astar', 'next_action', 'episode', 'augment_dihedral',
+           'random_problem', 'build_split', 'generate_dataset', 'load_split', 'NavDataset']
 
 # %% ../../nbs/tasks/nav.ipynb #b752a9da
 EMPTY, WALL, AGENT, GOAL, AGENT_ON_GOAL = 0, 1, 2, 3, 4
@@ -52,6 +52,30 @@ def step(walls:np.ndarray, pos:tuple, action:int)->tuple:
     n = walls.shape[0]
     if 0 <= r < n and 0 <= c < walls.shape[1] and not walls[r, c]: return (r, c)
     return tuple(pos)
+
+# %% ../../nbs/tasks/nav.ipynb #47a5c9fa
+MAP_CHARS = {'#': 'wall', '.': 'free', ' ': 'free', 'S': 'start', 'G': 'goal'}
+
+def parse_map(text:str)->tuple:
+    "A text map (`#` wall, `.` free, `S` start, `G` goal) -> `(walls [G, G] bool, start, goal)`."
+    import textwrap
+    rows = [r for r in textwrap.dedent(text).split('\n') if r.strip()]
+    if not rows: raise HaltingLabError('grid map: empty; expected rows of "#", ".", "S", "G"')
+    n = len(rows)
+    bad_len = [i for i, r in enumerate(rows) if len(r) != n]
+    if bad_len: raise HaltingLabError(f'grid map: row {bad_len[0]} has {len(rows[bad_len[0]])} characters; expected a square map ({n} rows of {n})')
+    bad = sorted({ch for r in rows for ch in r} - set(MAP_CHARS))
+    if bad: raise HaltingLabError(f'grid map: characters {bad} not allowed; expected {sorted(MAP_CHARS)} (# wall, . free, S start, G goal)')
+    a = np.array([list(r) for r in rows])
+    for ch, name in (('S', 'start'), ('G', 'goal')):
+        if (a == ch).sum() != 1: raise HaltingLabError(f'grid map: {(a == ch).sum()} "{ch}" cells; expected exactly one {name}')
+    cell = lambda ch: tuple(int(v) for v in np.argwhere(a == ch)[0])
+    return a == '#', cell('S'), cell('G')
+
+def format_map(walls:np.ndarray, start:tuple, goal:tuple)->str:
+    "Inverse of `parse_map`."
+    a = np.where(walls, '#', '.'); a[tuple(start)] = 'S'; a[tuple(goal)] = 'G'
+    return '\n'.join(''.join(r) for r in a)
 
 # %% ../../nbs/tasks/nav.ipynb #d497f725
 def astar(walls:np.ndarray, start:tuple, goal:tuple)->Optional[list]:

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 from ..core import HaltingLabError
 from ..tasks.nav import (ACTION_NAMES, ACTION_DELTAS, STAY, astar, decode_state, encode_state, episode,
-                                   random_problem, step)
+                                   random_problem, step, parse_map, format_map)
 
 # %% auto #0
 __all__ = ['action_probs', 'rollout', 'success_by_difficulty', 'rollout_figure', 'save_rollout_png', 'NavViewer']
@@ -121,7 +121,8 @@ def save_rollout_png(path:str|Path, walls, start, goal, probs, result:dict, titl
 # %% ../../nbs/viewers/nav_viewer.ipynb #ab10fcd9
 class NavViewer:
     "ipywidgets + plotly viewer of a nav checkpoint; `.widget` to display, `.save_png(path)` for a static copy."
-    def __init__(self, checkpoint, data_path:Optional[str]=None, max_steps:Optional[int]=None, device:str='cpu'):
+    def __init__(self, checkpoint, data_path:Optional[str]=None, max_steps:Optional[int]=None, device:str='cpu',
+                 grid=None): # a chosen grid (see `set_grid`); default: random grid 0
         from halting_lab.train.nav import load_nav_checkpoint
         self.model, self.ckpt = (load_nav_checkpoint(checkpoint, device) if isinstance(checkpoint, (str, Path))
                                  else (checkpoint, {}))
@@ -133,7 +134,8 @@ class NavViewer:
             d = load_split(data_path); first = (d['step'] == 0) & (d['transform'] == 0)
             self.starts = d['grids'][first].numpy()
         self.problem = None; self._cache = {}
-        self.set_random(0)
+        if grid is None: self.set_random(0)
+        else: self.set_grid(grid)
 
     def set_random(self, seed:int):
         "A random solvable problem drawn with `seed`."
@@ -142,6 +144,15 @@ class NavViewer:
         "The start state of test episode `i`."
         if self.starts is None: raise HaltingLabError('NavViewer: pass data_path= to browse a data set')
         self.problem = decode_state(self.starts[i % len(self.starts)]); self._cache = {}
+    def set_grid(self, grid):
+        "A chosen problem: a text map (`#` `.` `S` `G`), a token grid `[G, G]`, or `(walls, start, goal)`."
+        if isinstance(grid, str): w, s, g = parse_map(grid)
+        elif isinstance(grid, tuple) and len(grid) == 3: w, s, g = np.asarray(grid[0], bool), tuple(grid[1]), tuple(grid[2])
+        else: w, s, g = decode_state(np.asarray(grid))
+        if w.shape != (self.G, self.G):
+            raise HaltingLabError(f'grid: {w.shape[0]}x{w.shape[1]}; this model was trained on {self.G}x{self.G} grids')
+        if astar(w, s, g) is None: raise HaltingLabError(f'grid: the goal {g} is not reachable from the start {s}')
+        self.problem = (w, tuple(s), tuple(g)); self._cache = {}
 
     def probs(self, k:int)->np.ndarray:
         "`[G, G, 5]` action probabilities after `k` recursion steps."
@@ -149,29 +160,42 @@ class NavViewer:
             w, s, g = self.problem; self._cache['all'] = action_probs(self.model, w, g, n_sup=self.max_sup)
         return self._cache['all'][k - 1]
 
+    def rollout(self, k:Optional[int]=None)->dict:
+        "The greedy rollout of the current problem after `k` recursion steps (default: the trained `n_sup`)."
+        w, s, g = self.problem
+        return rollout(self.model, w, s, g, probs=self.probs(k or self.model.config.n_sup))
+
     def figure(self, k:Optional[int]=None):
         k = k or self.model.config.n_sup
-        w, s, g = self.problem; p = self.probs(k); r = rollout(self.model, w, s, g, probs=p)
-        return rollout_figure(w, s, g, p, r, title=f'recursion step {k}/{self.max_sup} (trained: {self.model.config.n_sup})')
+        w, s, g = self.problem
+        return rollout_figure(w, s, g, self.probs(k), self.rollout(k), title=f'recursion step {k}/{self.max_sup} (trained: {self.model.config.n_sup})')
 
     def save_png(self, path:str|Path, k:Optional[int]=None):
         "Static PNG of the current problem at recursion step `k`."
         k = k or self.model.config.n_sup
-        w, s, g = self.problem; p = self.probs(k); r = rollout(self.model, w, s, g, probs=p)
-        return save_rollout_png(path, w, s, g, p, r, title=f'recursion step {k}')
+        w, s, g = self.problem
+        return save_rollout_png(path, w, s, g, self.probs(k), self.rollout(k), title=f'recursion step {k}')
 
     @property
     def widget(self):
         import ipywidgets as W, plotly.graph_objects as go
         fw = go.FigureWidget(self.figure())
-        src = W.ToggleButtons(options=['random', 'test set'] if self.starts is not None else ['random'], value='random')
+        src = W.ToggleButtons(options=['random'] + (['test set'] if self.starts is not None else []) + ['map'], value='random')
         idx = W.IntText(value=0, description='seed / index')
         k = W.IntSlider(value=self.model.config.n_sup, min=1, max=self.max_sup, description='recursion step')
         rnd = W.Button(description='random grid')
-        table = W.Output()
+        text = W.Textarea(value=format_map(*self.problem), rows=self.G + 1, description='map', continuous_update=False)
+        table = W.Output(); syncing = [False]   # (True while the map box is filled in by code, not by the user)
         def redraw(*_):
-            if src.value == 'random': self.set_random(idx.value)
-            else: self.set_test(idx.value)
+            table.clear_output()
+            try:
+                if src.value == 'random': self.set_random(idx.value)
+                elif src.value == 'test set': self.set_test(idx.value)
+                else: self.set_grid(text.value)
+            except HaltingLabError as e:
+                table.append_stdout(f'{e}\n'); return
+            if src.value != 'map':
+                syncing[0] = True; text.value = format_map(*self.problem); syncing[0] = False
             show()
         def show(*_):
             f = self.figure(k.value)
@@ -179,8 +203,15 @@ class NavViewer:
                 fw.data = []; fw.add_traces(f.data); fw.layout.title = f.layout.title
         def success(*_):
             table.clear_output()
-            with table: print(success_by_difficulty(self.model, 100, n_sup=k.value).to_string(index=False))
-        def new(_): idx.value = random.randrange(10**6)
+            table.append_stdout(success_by_difficulty(self.model, 100, n_sup=k.value).to_string(index=False) + '\n')
+        def new(_): src.value = 'random'; idx.value = random.randrange(10**6)
+        def edited(_):
+            if syncing[0]: return
+            if src.value == 'map': redraw()
+            else: src.value = 'map'   # (observing src redraws)
         rnd.on_click(new); idx.observe(redraw, 'value'); src.observe(redraw, 'value'); k.observe(show, 'value')
+        text.observe(edited, 'value')
         btn = W.Button(description='success by difficulty'); btn.on_click(success)
-        return W.VBox([W.HBox([src, idx, rnd]), k, fw, btn, table])
+        box = W.VBox([W.HBox([src, idx, rnd]), k, W.HBox([fw, text]), btn, table])
+        box.controls = dict(source=src, index=idx, step=k, map=text, figure=fw, output=table, random=rnd, success=btn)
+        return box

@@ -248,20 +248,73 @@ def test_loader_nav_format(tmp_path):
     got = load_checkpoint(tmp_path / 'nav.pt')
     assert type(got) is cls and got.config.grid_size == 5 and got.checkpoint_info['model_type'] == 'nav_trm'
 
-@pytest.mark.timeout(900)
-def test_papermill_notebook(maze_dir, tmp_path):
-    out = tmp_path / 'runs' / 'nbtest' / 'train.ipynb'; out.parent.mkdir(parents=True)
-    env = {**os.environ, 'HALTING_LAB_RUNS': str(tmp_path / 'runs'), 'CI': 'true', 'MPLBACKEND': 'Agg'}
-    cmd = [str(Path(sys.executable).parent / 'papermill'), str(ROOT / 'nbs/experiments/train.ipynb'), str(out),
-           '-p', 'run_id', 'nbtest', '-p', 'data_dir', str(maze_dir), '-p', 'max_epochs', '1', '-p', 'batch_size', '16',
-           '-p', 'hidden_size', '16', '-p', 'time_limit', '3', '-p', 'num_show', '2', '-p', 'progress_bar', 'False']
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=850, stdin=subprocess.DEVNULL)
+# the README demo (Makefile `demo`: the same -p names) scaled down to seconds: tiny mazes, 2 epochs, hidden 16
+DEMO_SCALED = {'max_epochs': 2, 'hidden_size': 16, 'cell_layers': 3, 'time_limit': 3, 'batch_size': 16, 'learning_rate': 3e-3,
+               'weight_decay': 0.01, 'lr_warmup_epochs': 1, 'lr_schedule': 'cosine', 'time_penalty_warmup_steps': 400,
+               'log_every_n_steps': 2, 'resume_ckpt': 'auto', 'progress_bar': False}
+
+def _papermill(tmp, run_id, params:dict, timeout=850):
+    out = tmp / 'runs' / run_id / 'train.ipynb'; out.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, 'HALTING_LAB_RUNS': str(tmp / 'runs'), 'CI': 'true', 'MPLBACKEND': 'Agg'}
+    cmd = [str(Path(sys.executable).parent / 'papermill'), str(ROOT / 'nbs/experiments/train.ipynb'), str(out), '-p', 'run_id', run_id]
+    for k, v in params.items(): cmd += ['-p', k, str(v)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+@pytest.fixture(scope='module')
+def papermill_demo(maze_dir, tmp_path_factory):
+    "One papermill run of the training notebook with the scaled-down demo parameters."
+    tmp = tmp_path_factory.mktemp('pm')
+    p = _papermill(tmp, 'pm', {'data_dir': maze_dir, **DEMO_SCALED, 'num_show': 2})
     assert p.returncode == 0, p.stderr[-3000:]
-    run = tmp_path / 'runs' / 'nbtest'
-    for f in RUN_FILES + ['train.ipynb', 'eval_test.csv', 'figures/training_curves.png', 'figures/maze_grid.png',
-                          'figures/halting_heatmap.png', 'figures/halting_vs_path_length.png']:
-        assert (run / f).exists(), f
-    assert json.loads((run / 'results.json').read_text())['status'] == 'finished'
+    return tmp / 'runs' / 'pm'
+
+@pytest.mark.timeout(900)
+def test_papermill_demo_outputs_non_empty(papermill_demo):
+    "The demo recipe's outputs exist and are not empty (runs/<id>/train.ipynb, checkpoints, metrics, log, config, figures)."
+    run = papermill_demo
+    for f in RUN_FILES + ['train.ipynb', 'eval_test.csv', 'figures/training_curves.png', 'figures/maze_grid.png']:
+        assert (run / f).exists() and (run / f).stat().st_size > 0, f
+    halting_figs = sorted(run.glob('figures/*halting*.png'))
+    assert {p.name for p in halting_figs} >= {'halting_heatmap.png', 'halting_vs_path_length.png'}
+    assert all(p.stat().st_size > 0 for p in halting_figs)
+    res = json.loads((run / 'results.json').read_text())
+    assert res['status'] == 'finished' and res['epochs_completed'] == 2
+    nb = json.loads((run / 'train.ipynb').read_text())
+    assert not [o for c in nb['cells'] for o in c.get('outputs', []) if o.get('output_type') == 'error']
+
+@pytest.mark.timeout(900)
+def test_cli_and_papermill_same_run(papermill_demo, maze_dir, tmp_path):
+    "The same parameters through `halting-lab train` and through papermill: equal train/model config and metrics.csv."
+    run_cli = papermill_demo.parent / 'cli'
+    flags = []
+    for k, v in DEMO_SCALED.items(): flags += [f'--{k}' if v is not False else f'--no-{k}'] + ([str(v)] if not isinstance(v, bool) else [])
+    hl = Path(sys.executable).with_name('halting-lab')
+    r = subprocess.run([str(hl), 'train', '--run_id', 'cli', '--data_dir', str(maze_dir), *flags], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, 'HALTING_LAB_RUNS': str(papermill_demo.parent)}, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (json.loads((d / 'config.json').read_text()) for d in (papermill_demo, run_cli))
+    assert a['train_config'].pop('run_id') == 'pm' and b['train_config'].pop('run_id') == 'cli'
+    assert a['train_config'] == b['train_config'] and a['model_config'] == b['model_config']
+    assert set(a['given']) == set(b['given'])                           # the same flags count as given
+    strip = lambda p: [{k: v for k, v in row.items() if k != 'epoch_time_s'} for row in csv.DictReader(open(p))]
+    ma, mb = strip(papermill_demo / 'metrics.csv'), strip(run_cli / 'metrics.csv')
+    assert len(ma) > 2 and ma == mb
+
+def test_notebook_parameters_are_the_cli_flags():
+    "The parameters cell of train.ipynb is `parameters_cell_source()`: every CLI flag with the CLI default, nothing else."
+    from halting_lab.train.config import parameters_cell_source
+    nb = json.loads((ROOT / 'nbs/experiments/train.ipynb').read_text())
+    cell = [c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', [])]
+    assert len(cell) == 1
+    assert ''.join(cell[0]['source']).strip() == parameters_cell_source({'num_show': (6, 'mazes in the figure grid')}).strip()
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize('params,flag', [({'hiden_size': 32}, 'hiden_size'), ({'ut_heads': 2}, '--ut_heads')])
+def test_papermill_rejects_like_the_cli(maze_dir, tmp_path, params, flag):
+    "An unknown -p name (papermill itself only warns) or a flag of another model family stops the notebook with the CLI's error."
+    p = _papermill(tmp_path, 'bad', {'data_dir': maze_dir, **params}, timeout=500)
+    assert p.returncode != 0 and flag in p.stderr and 'HaltingLabError' in p.stderr
+    assert not (tmp_path / 'runs' / 'bad' / 'config.json').exists()       # rejected before any training
 
 @pytest.mark.timeout(600)
 def test_ddp_two_cpu_processes(maze_dir, tmp_path):

@@ -4,14 +4,15 @@
 
 # %% ../../nbs/train/config.ipynb #c305333d
 from __future__ import annotations
-import argparse, dataclasses, typing, sys
+import argparse, dataclasses, types, typing, sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 from ..core import HaltingLabError, MODEL_TYPES, model_class
 
 # %% auto #0
-__all__ = ['MAZE_LIKE_TASKS', 'TOY_TASKS', 'TASKS', 'TRAIN_MODEL_TYPES', 'ONLY_FOR', 'TOY_ONLY', 'TrainConfig',
-           'model_config_cls', 'params_to_configs', 'validate_train_config', 'build_parser', 'parse_train_args']
+__all__ = ['MAZE_LIKE_TASKS', 'TOY_TASKS', 'TASKS', 'TRAIN_MODEL_TYPES', 'ONLY_FOR', 'TOY_ONLY', 'IPYTHON_NAMES', 'TrainConfig',
+           'model_config_cls', 'params_to_configs', 'validate_train_config', 'build_parser', 'parse_train_args',
+           'flag_defaults', 'parameter_defaults', 'cli_default', 'parameters_cell_source', 'notebook_params']
 
 # %% ../../nbs/train/config.ipynb #e4a59e22
 MAZE_LIKE_TASKS = ('maze', 'sudoku', 'arc')
@@ -224,3 +225,65 @@ def build_parser(prog:str='halting-lab train')->argparse.ArgumentParser:
 def parse_train_args(argv:list)->dict:
     "Parse `halting-lab train` arguments into a params dict (only the flags given)."
     return vars(build_parser().parse_args(list(argv)))
+
+# %% ../../nbs/train/config.ipynb #70074703
+IPYTHON_NAMES = ('In', 'Out', 'get_ipython', 'exit', 'quit', 'open', 'display')   # not parameters
+
+def _default(f):
+    if f.default is not dataclasses.MISSING: return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+def flag_defaults()->dict:
+    "{flag: {owner: default}} for every flag of `halting-lab train`; owner is 'train' (TrainConfig) or a model_type."
+    out = {f.name: {'train': _default(f)} for f in fields(TrainConfig)}
+    for mt, cls in _available_families().items():
+        for name, f in _config_fields(cls).items(): out.setdefault(name, {})[mt] = _default(f)
+    return out
+
+def _same(a, b)->bool: return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+def parameter_defaults()->dict:
+    "{flag: default} of a parameters cell mirroring the CLI (None where the families' defaults differ)."
+    out = {}
+    for name, d in flag_defaults().items():
+        v = list(d.values())
+        out[name] = d['train'] if 'train' in d else (v[0] if all(_same(x, v[0]) for x in v) else None)
+    return out
+
+def cli_default(name:str, model_type:str):
+    "What `halting-lab train --model_type <model_type>` uses for `--<name>` when the flag is not given."
+    d = flag_defaults()[name]
+    if 'train' in d: return d['train']
+    return d[model_type] if model_type in d else parameter_defaults()[name]
+
+def parameters_cell_source(notebook_only:dict|None=None)->str:
+    "The source of a papermill `parameters` cell with every `halting-lab train` flag and its CLI default."
+    notebook_only = notebook_only or {}
+    owners, defaults = flag_defaults(), parameter_defaults()
+    groups = {'train': []}
+    for name, d in owners.items(): groups.setdefault(next(iter(d)), []).append(name)
+    lines = []
+    for g, names in groups.items():
+        lines.append('# training flags (TrainConfig)' if g == 'train' else
+                     f'# model_type {g} flags ({model_config_cls(g).__name__}; a name an earlier family has is listed there)')
+        for n in names:
+            shared = defaults[n] is None and len(owners[n]) > 1 and 'train' not in owners[n]
+            lines.append(f'{n} = {defaults[n]!r}' + ('   # None: the model family\'s default' if shared else ''))
+    if notebook_only: lines.append('# this notebook only')
+    for n, (v, comment) in notebook_only.items(): lines.append(f'{n} = {v!r}   # {comment}')
+    return '\n'.join(lines)
+
+def notebook_params(namespace:dict, # a notebook's globals() after the parameters (and papermill's injected) cell
+                    notebook_only=()): # parameter names of the notebook itself (not training flags)
+    "Executed parameters -> `train()` kwargs: the flags whose value differs from the CLI default; unknown names raise."
+    ns = {k: v for k, v in namespace.items() if not k.startswith('_') and k not in IPYTHON_NAMES and k not in notebook_only
+          and not callable(v) and not isinstance(v, types.ModuleType)}
+    known = flag_defaults()
+    unknown = sorted(set(ns) - set(known))
+    if unknown: raise HaltingLabError(f'parameters: {", ".join(unknown)}: not a flag of `halting-lab train` (see its --help)')
+    mt = ns.get('model_type', TrainConfig.model_type)
+    if mt not in TRAIN_MODEL_TYPES:
+        raise HaltingLabError(f'--model_type: unknown {mt!r}; expected one of {", ".join(TRAIN_MODEL_TYPES)}')
+    given = {k: v for k, v in ns.items() if v is not None and not _same(v, cli_default(k, mt))}
+    params_to_configs(given)     # the CLI's checks, before any work: errors name the flag
+    return given

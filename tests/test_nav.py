@@ -12,6 +12,10 @@ from halting_lab.models.nav_mixer import NavTRM, NavConfig, create_model, count_
 from halting_lab.train import nav as N
 from halting_lab.cli import main as cli_main
 
+ROOT = Path(__file__).resolve().parents[1]
+HL = Path(sys.prefix) / 'bin' / 'halting-lab'
+NAV_TRAIN = ROOT / 'nbs' / 'experiments' / 'nav_train.ipynb'
+
 
 def bfs_dist(walls, goal):
     "Independent reference: BFS distance of every cell to `goal` (-1 = unreachable)."
@@ -340,3 +344,74 @@ def test_preempt_file_stops_and_auto_resume_continues(data, tmp_path):
     a = torch.load(tmp_path / 'full' / 'checkpoint_epoch_3.pt', weights_only=False)
     b = torch.load(root / 'r' / 'checkpoints' / 'checkpoint_epoch_3.pt', weights_only=False)
     for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), k
+
+
+def test_grid_search_sweep_then_compare(tmp_path, monkeypatch):
+    "The seed's dim x depth x dropout grid as one `halting-lab sweep` of nav_train.ipynb (tiny 2x2x1), then nav_compare.ipynb."
+    import pandas as pd
+    from halting_lab.sweep import execute_notebook
+    runs = tmp_path / 'runs'
+    env = {**os.environ, 'HALTING_LAB_RUNS': str(runs), 'OMP_NUM_THREADS': '1'}
+    tiny = {'num_train': 200, 'num_test': 40, 'grid_size': 5, 'epochs': 2, 'threads': 1, 'num_rollouts': 6, 'num_show': 2,
+            'data_dir': tmp_path / 'data'}
+    r = subprocess.run([str(HL), 'sweep', str(NAV_TRAIN), '--prefix', 'nav_grid', '--grid', 'dim=8,16', 'depth=1,2', 'dropout=0.1',
+                        *[x for k, v in tiny.items() for x in ('-p', k, str(v))]],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    configs = [(d, k) for d in (8, 16) for k in (1, 2)]
+    for d, k in configs:
+        rd = runs / f'nav_grid_dim{d}_depth{k}_dropout0.1'
+        assert json.loads((rd / 'status.json').read_text())['state'] == 'finished'
+        res = json.loads((rd / 'results.json').read_text())
+        assert res['status'] == 'finished' and res['epochs_run'] == 2 and 0 <= res['rollout_success'] <= 1
+        cfg = json.loads((rd / 'config.json').read_text())['config']
+        assert (cfg['dim'], cfg['depth'], cfg['dropout'], cfg['grid_size'], cfg['n_sup']) == (d, k, 0.1, 5, NavConfig.n_sup)
+        assert (rd / 'nav_train.ipynb').exists() and (rd / 'checkpoints' / 'best.pt').exists()
+        for f in ('curves.png', 'rollouts.png', 'success_by_difficulty.png'): assert (rd / 'figures' / f).stat().st_size > 1000
+    summary = pd.read_csv(runs / 'nav_grid' / 'summary.csv')              # the sweep's own summary notebook
+    assert len(summary) == 4 and set(summary.state) == {'finished'} and summary.best_val_acc.notna().all()
+    monkeypatch.setenv('HALTING_LAB_RUNS', str(runs))                     # nav_compare with its default runs_glob
+    nb = execute_notebook(ROOT / 'nbs' / 'experiments' / 'nav_compare.ipynb', runs / 'nav_compare', {})
+    df = pd.read_csv(runs / 'nav_compare' / 'nav_compare.csv')
+    assert len(df) == 4 and sorted(zip(df.dim, df.depth)) == configs and set(df.dropout) == {0.1}
+    for row in df.itertuples():
+        h = json.loads((runs / row.run / 'checkpoints' / 'history.json').read_text())
+        assert row.best_val_acc == pytest.approx(max(h['val_acc'])) and row.final_val_acc == pytest.approx(h['val_acc'][-1])
+    assert (runs / 'nav_compare' / 'heatmap_dim_depth.png').stat().st_size > 1000
+    assert nb.read_text().count('Best val acc: ') >= 4                    # the seed-style printout
+
+
+# The seed's Recipes 2 and 3: generator and trainer flags (the seed's text), as nav_train.ipynb parameters
+SEED_RECIPES = {
+    'nav_r2': '--num-train 50000 --num-test 2000 --augment --dim 128 --depth 3 --dropout 0.15 --weight-decay 0.01 --lr 5e-4 '
+              '--epochs 100 --patience 20',
+    'nav_r3': '--num-train 100000 --num-test 5000 --augment --dim 256 --depth 4 --dropout 0.2 --weight-decay 0.02 --lr 3e-4 '
+              '--epochs 150 --patience 30 --batch-size 128',
+}
+
+
+@pytest.mark.parametrize('run_id', list(SEED_RECIPES))
+def test_recipe_slurm_job_renders(tmp_path, run_id):
+    "The Slurm commands in nav_train.ipynb carry every flag of the seed's recipe and render with --dry-run."
+    import shlex
+    prose = ''.join(json.loads(NAV_TRAIN.read_text())['cells'][0]['source']).replace('\\\n', ' ')
+    cmd = next(l for l in prose.splitlines() if l.startswith('halting-lab slurm submit') and f'--run-id {run_id} ' in l)
+    argv = shlex.split(cmd)[1:]
+    params = {argv[i + 1]: argv[i + 2] for i in range(len(argv)) if argv[i] == '-p'}
+    seed = shlex.split(SEED_RECIPES[run_id])
+    want = {}
+    for i, flag in enumerate(seed):
+        if flag.startswith('--'):
+            want[flag[2:].replace('-', '_')] = 'True' if i + 1 == len(seed) or seed[i + 1].startswith('--') else seed[i + 1]
+    assert params == want
+    r = subprocess.run([str(HL), *argv, '--dry-run'], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, 'HALTING_LAB_RUNS': str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    from halting_lab.sweep import parse_value
+    pline = next(l for l in r.stdout.splitlines() if l.strip().startswith('PARAMS=('))
+    job = shlex.split(pline.strip()[len('PARAMS=('):-1])
+    rendered = {job[i + 1]: parse_value(job[i + 2]) for i in range(len(job)) if job[i] == '-p'}
+    assert rendered == {k: parse_value(v) for k, v in want.items()}, pline   # what papermill gets in the job
+    assert f'-r run_id {run_id}' in pline and '-r resume_ckpt auto' in pline
+    for line in ('#SBATCH --gpus=1', '#SBATCH --requeue', f'NOTEBOOK={NAV_TRAIN}'): assert line in r.stdout, line
+    assert list(tmp_path.iterdir()) == []                                  # a dry run writes nothing

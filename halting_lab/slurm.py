@@ -9,14 +9,15 @@ from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Any, Optional
 import halting_lab
-from .core import HaltingLabError, save_json, atomic_write_bytes, runs_root, new_run_id
+from .core import HaltingLabError, RunDir, save_json, atomic_write_bytes, runs_root, new_run_id
 from .sweep import (parse_value, parse_grid, grid_elements, parse_params, check_parameters, notebook_parameters,
                                inject_params, kernel_override, write_sweep, default_prefix, element_run_id, SUMMARY_NOTEBOOK, PROJECT_ROOT)
 
 # %% auto #0
-__all__ = ['TEMPLATE_DIR', 'SlurmConfig', 'time_to_seconds', 'signal_seconds', 'default_venv', 'render_template',
-           'sbatch_directives', 'papermill_args', 'render_notebook_job', 'update_status', 'job_begin', 'job_end',
-           'sbatch', 'squeue_states', 'scontrol_job', 'submit_notebook', 'submit_sweep', 'run_statuses',
+__all__ = ['TEMPLATE_DIR', 'PREEMPTED_RC', 'SlurmConfig', 'time_to_seconds', 'signal_seconds', 'default_venv', 'render_template',
+           'sbatch_directives', 'papermill_args', 'render_notebook_job', 'render_command_job', 'update_status',
+           'job_begin', 'job_end', 'job_term', 'sbatch', 'squeue_states', 'scontrol_job', 'job_final_state', 'live_job',
+           'submit_notebook', 'submit_command', 'array_indices', 'submit_sweep', 'reconciled_state', 'run_statuses',
            'format_status', 'submit_lab', 'slurm_cli']
 
 # %% ../nbs/slurm.ipynb #f710d7f6
@@ -122,19 +123,44 @@ def _activate(venv:str|None)->str:
     act = Path(venv)/'bin'/'activate'
     return f'source {shlex.quote(str(act))} || {{ echo "[halting-lab] cannot activate {venv}" >&2; exit 1; }}'
 
-def render_notebook_job(notebook:str|Path, elements:list[tuple[str, dict]], cfg:SlurmConfig, output:str, job_name:str,
-                        root:str|Path|None=None, array:str|None=None, dependency:str|None=None)->str:
-    "The batch script running `notebook` for one run (or one run per array index) under `cfg`."
-    nb = Path(notebook).resolve()
-    kern = kernel_override(nb)
-    kflags = ' '.join(f'--{"kernel" if k == "kernel_name" else k} {v}' for k, v in kern.items())
+def _job_script(select:str, run:str, cfg:SlurmConfig, output:str, job_name:str, root, notebook:str='', name:str='',
+                array:str|None=None, dependency:str|None=None)->str:
+    "Fill `slurm/notebook.sbatch`: `select` sets RUN_ID (and PARAMS), `run` is the line the attempt runs."
     return render_template('notebook.sbatch',
         SBATCH='\n'.join(sbatch_directives(cfg, job_name, output, array, dependency)),
         SIGNAL_SECONDS=signal_seconds(cfg) if cfg.requeue else 0, WORKDIR=shlex.quote(str(Path(cfg.workdir or os.getcwd()).resolve())),
         ACTIVATE=_activate(cfg.venv if cfg.venv is not None else default_venv()),
         RUNS_ROOT=shlex.quote(str(Path(root if root is not None else runs_root()).resolve())),
-        NOTEBOOK=shlex.quote(str(nb)), NAME=shlex.quote(nb.stem), SELECT=_select_block(elements, array is not None),
-        MAX_ATTEMPTS=int(cfg.max_attempts), KERNEL=kflags)
+        NOTEBOOK=shlex.quote(notebook), NAME=shlex.quote(name), SELECT=select, RUN=run,
+        MAX_ATTEMPTS=int(cfg.max_attempts), REQUEUE=int(bool(cfg.requeue)))
+
+def render_notebook_job(notebook:str|Path, # the parameterized notebook papermill executes
+                        elements:list[tuple[str, dict]], # (run_id, params) per run; one per array index when `array`
+                        cfg:SlurmConfig, # resources, walltime, requeue behaviour
+                        output:str, # Slurm log path (`%j`, `%A`, `%a` allowed)
+                        job_name:str, # default job name (`cfg.job_name` wins)
+                        root:str|Path|None=None, # runs root (default: `runs_root()`)
+                        array:str|None=None, # `--array` spec, e.g. '0-3%2' or '1,3'
+                        dependency:str|None=None)->str: # `--dependency`, e.g. 'afterok:123'
+    "The batch script running `notebook` for one run (or one run per array index) under `cfg`."
+    nb = Path(notebook).resolve()
+    kern = kernel_override(nb)
+    kflags = ' '.join(f'--{"kernel" if k == "kernel_name" else k} {v}' for k, v in kern.items())
+    run = f'papermill "$NOTEBOOK" "$RUN_DIR/$NAME.attempt$ATTEMPT.ipynb" --no-progress-bar --log-output {kflags} "${{PARAMS[@]}}"'
+    return _job_script(_select_block(elements, array is not None), run, cfg, output, job_name, root, str(nb), nb.stem, array, dependency)
+
+def render_command_job(command:str|list, # shell command line (a list is quoted with `shlex.join`)
+                       run_id:str, # run directory `<root>/<run_id>`: the command must write its results/checkpoints there
+                       cfg:SlurmConfig|None=None, # resources, walltime, requeue behaviour
+                       root:str|Path|None=None, # runs root (default: `runs_root()`)
+                       output:str|None=None, # Slurm log (default `<run_dir>/slurm-%j.out`)
+                       job_name:str|None=None)->str: # default: the run id
+    "The same walltime-surviving batch script for a command instead of a notebook (e.g. `halting-lab train ... --run_id X`)."
+    cfg = cfg or SlurmConfig()
+    run_dir = Path(root if root is not None else runs_root()).resolve()/run_id
+    cmd = shlex.join(map(str, command)) if isinstance(command, (list, tuple)) else str(command)
+    return _job_script(f'RUN_ID={shlex.quote(run_id)}', cmd, cfg, output or str(run_dir/'slurm-%j.out'), job_name or run_id, root)
+
 
 # %% ../nbs/slurm.ipynb #6dffbb53
 def _now()->str: return datetime.datetime.now().isoformat(timespec='seconds')
@@ -158,6 +184,8 @@ def _job_key()->Optional[str]:
     if e.get('SLURM_ARRAY_JOB_ID') and e.get('SLURM_ARRAY_TASK_ID'): return f"{e['SLURM_ARRAY_JOB_ID']}_{e['SLURM_ARRAY_TASK_ID']}"
     return e.get('SLURM_JOB_ID')
 
+PREEMPTED_RC = 3   # `halting-lab train` exits with 3 when it checkpointed and stopped on request
+
 def job_begin(run_dir:str|Path, max_attempts:int=20)->str:
     "Start an attempt: its number, or `done` (run finished: do not restart) / `exhausted`."
     with update_status(run_dir) as st:
@@ -165,19 +193,31 @@ def job_begin(run_dir:str|Path, max_attempts:int=20)->str:
         n = len(st['attempts'])
         if n >= max_attempts:
             st['state'] = 'failed'; st['error'] = f'{n} attempts used (max_attempts={max_attempts})'; return 'exhausted'
+        for a in st['attempts']:   # an allocation that ended without closing its attempt (killed, node lost)
+            if a.get('state') == 'running': a.update(state='lost', ended=a.get('ended') or _now())
         key = _job_key()
         if key and key not in st['job_ids']: st['job_ids'].append(key)
         st['attempts'].append({'attempt': n + 1, 'job_id': key, 'slurm_job_id': os.environ.get('SLURM_JOB_ID'),
                                'restart_count': int(os.environ.get('SLURM_RESTART_COUNT', 0) or 0), 'node': socket.gethostname(),
                                'started': _now(), 'started_ts': time.time(), 'state': 'running'})
-        st['state'] = 'running'
+        st['state'] = 'running'; st.pop('error', None)
         return str(n + 1)
 
-def job_end(run_dir:str|Path, name:str, attempt:int, rc:int, reason:str='')->str:
+def _attempt(st:dict, attempt:int)->dict:
+    return next((a for a in st['attempts'] if a.get('attempt') == attempt), None) or {'attempt': attempt}
+
+def _attempt_file(name:str, attempt:int)->str:
+    return f'{name}.attempt{attempt}.ipynb' if name else 'the Slurm log'
+
+def job_end(run_dir:str|Path, # the run directory
+            name:str, # notebook stem ('' for a command job)
+            attempt:int, # the attempt being closed
+            rc:int, # exit status of papermill (or the command)
+            reason:str='')->str: # set: the attempt failed for this reason whatever `rc` says
     "Close an attempt: `finished` (copies the attempt's notebook to `<name>.ipynb`), `requeue` or `failed`."
     run_dir = Path(run_dir)
     with update_status(run_dir) as st:
-        att = next((a for a in st['attempts'] if a.get('attempt') == attempt), None) or {'attempt': attempt}
+        att = _attempt(st, attempt)
         nb = run_dir/f'{name}.attempt{attempt}.ipynb'
         preempt = (run_dir/'PREEMPT').exists()
         res = run_dir/'results.json'
@@ -188,19 +228,58 @@ def job_end(run_dir:str|Path, name:str, attempt:int, rc:int, reason:str='')->str
         # the training writes results.json with status 'preempted' or 'finished'; a notebook without one that
         # ran to the end after PREEMPT was touched is taken as preempted too
         preempted = res_status == 'preempted' or (preempt and not fresh_results)
-        if rc == 0 and not reason and not preempted:
+        clean = not reason and (rc == 0 or (rc == PREEMPTED_RC and res_status == 'preempted'))
+        if clean and not preempted:
             outcome = 'finished'
-            if nb.exists(): atomic_write_bytes(run_dir/f'{name}.ipynb', nb.read_bytes())
-            st['state'] = 'finished'; st['finished'] = _now(); st['notebook_out'] = f'{name}.ipynb'
-        elif rc == 0 and not reason:
+            if name and nb.exists(): atomic_write_bytes(run_dir/f'{name}.ipynb', nb.read_bytes())
+            st['state'] = 'finished'; st['finished'] = _now()
+            if name: st['notebook_out'] = f'{name}.ipynb'
+        elif clean:
             outcome = 'requeue'; st['state'] = 'requeued'
         else:
             outcome = 'failed'; st['state'] = 'failed'
-            st['error'] = reason or f'papermill exited with {rc} in attempt {attempt}; see {nb.name}'
-        att.update(ended=_now(), rc=rc, state={'requeue': 'preempted'}.get(outcome, outcome), notebook=nb.name)
+            st['error'] = reason or f'exit status {rc} in attempt {attempt}; see {_attempt_file(name, attempt)}'
+        att.update(ended=_now(), rc=rc, state={'requeue': 'preempted'}.get(outcome, outcome))
+        if name: att['notebook'] = nb.name
         if outcome != 'failed':
             with contextlib.suppress(FileNotFoundError): (run_dir/'PREEMPT').unlink()
         return outcome
+
+def _timed_out(job:dict)->bool:
+    "Slurm's view of a running job says it reached its time limit (RunTime >= TimeLimit)."
+    try: return time_to_seconds(job['RunTime']) >= time_to_seconds(job['TimeLimit'])
+    except (KeyError, HaltingLabError): return job.get('JobState') == 'TIMEOUT'
+
+def job_term(run_dir:str|Path, # the run directory
+             name:str, # notebook stem ('' for a command job)
+             attempt:int, # the attempt that got SIGTERM
+             max_attempts:int=20, # no requeue once this many attempts were used
+             requeue:bool=True, # the job was submitted with requeue enabled
+             timed_out:bool|None=None)->str: # None: ask `scontrol` whether the walltime was reached
+    "Record an attempt ended by SIGTERM: `requeue` (walltime reached after this attempt wrote last.ckpt), `timeout`, `cancelled` or `closed`."
+    run_dir = Path(run_dir)
+    with update_status(run_dir) as st:
+        att = _attempt(st, attempt)
+        if st.get('state') == 'finished' or att.get('ended'): return 'closed'   # the attempt was recorded already
+        if timed_out is None: timed_out = _timed_out(scontrol_job(os.environ.get('SLURM_JOB_ID', '')))
+        ck = RunDir(run_dir).last_ckpt
+        progressed = ck.exists() and ck.stat().st_mtime >= att.get('started_ts', 0)
+        limit = (st.get('config') or {}).get('time', '?')
+        if not timed_out:
+            outcome, state = 'cancelled', 'cancelled'
+            st['error'] = f'attempt {attempt} got SIGTERM before its walltime: cancelled (scancel) or preempted by the scheduler'
+        elif requeue and progressed and len(st['attempts']) < max_attempts:
+            outcome, state = 'requeue', 'requeued'
+        else:
+            outcome, state = 'timeout', 'timeout'
+            st['error'] = (f'attempt {attempt} reached the walltime (--time {limit}) before it checkpointed and stopped'
+                           + ('' if progressed else ' and wrote no checkpoint') + '; raise --signal-seconds (or --time) and '
+                           'resubmit with the same --run-id to resume from checkpoints/last.ckpt')
+        st['state'] = state
+        att.update(ended=_now(), rc=143, state='timeout' if timed_out else 'cancelled')
+        if name: att['notebook'] = f'{name}.attempt{attempt}.ipynb'
+        return outcome
+
 
 # %% ../nbs/slurm.ipynb #56ce04db
 def _need(cmd:str)->str:
@@ -220,11 +299,12 @@ def sbatch(script:str|Path, *args:str)->str:
         raise HaltingLabError(f'sbatch rejected the job ({script}):\n{msg}')
     return r.stdout.strip().split(';')[0].strip()
 
-def squeue_states()->dict[str, dict]:
-    "Jobs known to squeue: id (`123` or `123_4` for array tasks) -> state, times, nodes/reason."
+def squeue_states()->Optional[dict[str, dict]]:
+    "Jobs known to squeue: id (`123` or `123_4` for array tasks) -> state, times, nodes/reason; None if squeue cannot be asked."
     exe = shutil.which('squeue')
-    if not exe: return {}
+    if not exe: return None
     r = subprocess.run([exe, '-h', '-a', '-r', '-o', '%i|%T|%M|%l|%R'], capture_output=True, text=True)
+    if r.returncode != 0: return None
     out = {}
     for line in r.stdout.splitlines():
         parts = line.split('|')
@@ -234,10 +314,30 @@ def squeue_states()->dict[str, dict]:
 def scontrol_job(job_id:str)->dict:
     "`scontrol show job -o` as a dict ({} if Slurm no longer knows the job)."
     exe = shutil.which('scontrol')
-    if not exe: return {}
+    if not exe or not job_id: return {}
     r = subprocess.run([exe, 'show', 'job', '-o', str(job_id)], capture_output=True, text=True)
     if r.returncode != 0: return {}
     return dict(re.findall(r'(\w+)=(\S*)', r.stdout.splitlines()[0])) if r.stdout.strip() else {}
+
+def job_final_state(job_id:str)->Optional[str]:
+    "How a job that left the queue ended (`COMPLETED`, `TIMEOUT`, `CANCELLED`, ...): scontrol (recent jobs), else sacct; None if unknown."
+    st = scontrol_job(job_id).get('JobState')
+    if st: return st
+    exe = shutil.which('sacct')   # only with accounting (slurmdbd); otherwise it fails and we say we do not know
+    if not exe: return None
+    r = subprocess.run([exe, '-n', '-X', '-P', '-j', str(job_id), '-o', 'State'], capture_output=True, text=True)
+    states = [l.split()[0] for l in r.stdout.splitlines() if l.strip()] if r.returncode == 0 else []
+    return states[-1] if states else None
+
+def live_job(run_dir:str|Path, live:dict|None=None)->Optional[str]:
+    "The run's last job id if squeue still lists it (pending, running, requeued), else None."
+    p = Path(run_dir)/'status.json'
+    if not p.exists(): return None
+    try: ids = json.loads(p.read_text()).get('job_ids') or []
+    except json.JSONDecodeError: return None
+    live = squeue_states() if live is None else live
+    return str(ids[-1]) if ids and live and str(ids[-1]) in live else None
+
 
 # %% ../nbs/slurm.ipynb #852be50e
 def _check_notebook(notebook, params:dict)->dict:
@@ -245,26 +345,25 @@ def _check_notebook(notebook, params:dict)->dict:
     if not nb.exists(): raise HaltingLabError(f'{nb}: notebook not found')
     return check_parameters(nb, params)
 
-def submit_notebook(notebook:str|Path, params:dict|None=None, run_id:str|None=None, cfg:SlurmConfig|None=None,
-                    dry_run:bool=False, root:str|Path|None=None)->dict:
-    "Submit one papermill run of `notebook`; returns `{'job_id', 'run_dir', 'script'}` (`job_id` None for a dry run)."
-    cfg = cfg or SlurmConfig(); params = dict(params or {})
-    known = _check_notebook(notebook, params)
-    if not dry_run: _need('sbatch')
-    root = Path(root) if root is not None else runs_root()
-    run_id = run_id or new_run_id(Path(notebook).stem)
-    run_dir = root/run_id
-    if (run_dir/'status.json').exists() and json.loads((run_dir/'status.json').read_text()).get('state') == 'finished':
-        raise HaltingLabError(f'run {run_id!r} already finished ({run_dir}/status.json); a finished run is not restarted: pick another --run-id')
-    full = inject_params(notebook, params, run_id, known)
-    script = render_notebook_job(notebook, [(run_id, full)], cfg, str((run_dir/'slurm-%j.out').resolve()), run_id, root)
-    if dry_run: return {'job_id': None, 'run_dir': str(run_dir), 'script': script}
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _check_reusable(run_dir:Path, live:dict|None=None):
+    "Refuse a run directory whose run finished, or whose last job is still pending/running (two jobs would share it)."
+    p = run_dir/'status.json'
+    try: st = json.loads(p.read_text()) if p.exists() else {}
+    except json.JSONDecodeError: st = {}
+    if st.get('state') == 'finished':
+        raise HaltingLabError(f'run {run_dir.name!r} already finished ({p}); a finished run is not restarted: pick another --run-id')
+    live = (squeue_states() or {}) if live is None else live
+    jid = live_job(run_dir, live)
+    if jid:
+        raise HaltingLabError(f'run {run_dir.name!r} already has job {jid} ({live[jid]["state"].lower()}) '
+                              f'writing to {run_dir}; two jobs must not share a run directory: wait for it, `scancel {jid}`, or pick another --run-id')
+
+def _submit_run(run_dir:Path, script:str, cfg:SlurmConfig, **info)->str:
+    "Write `run_dir/job.sbatch`, record the run in its status file (`info`: notebook/command, params...), sbatch it; the job id."
+    run_dir.mkdir(parents=True, exist_ok=True)   # Slurm opens the log in it before the script runs
     path = run_dir/'job.sbatch'; atomic_write_bytes(path, script.encode()); path.chmod(0o755)
-    save_json(run_dir/'params.json', full)
     with update_status(run_dir) as st:
-        st.update(notebook=str(Path(notebook).resolve()), name=Path(notebook).stem, params=full, executor='slurm',
-                  script=path.name, config=asdict(cfg)); st.setdefault('submitted', _now())
+        st.update(executor='slurm', script=path.name, config=asdict(cfg), **info); st.setdefault('submitted', _now())
         st['state'] = 'submitted'
     try: job_id = sbatch(path)
     except HaltingLabError as e:
@@ -273,13 +372,76 @@ def submit_notebook(notebook:str|Path, params:dict|None=None, run_id:str|None=No
     with update_status(run_dir) as st:
         if job_id not in st['job_ids']: st['job_ids'].append(job_id)
         if st['state'] == 'submitted': st['state'] = 'pending'
+    return job_id
+
+def submit_notebook(notebook:str|Path, # the parameterized notebook
+                    params:dict|None=None, # parameter -> value (checked against its parameters cell)
+                    run_id:str|None=None, # run directory name (default `<notebook>_<time>`); reuse one to continue a run
+                    cfg:SlurmConfig|None=None, # resources, walltime, requeue behaviour
+                    dry_run:bool=False, # only render the script
+                    root:str|Path|None=None)->dict: # runs root
+    "Submit one papermill run of `notebook`; returns `{'job_id', 'run_dir', 'script'}` (`job_id` None for a dry run)."
+    cfg = cfg or SlurmConfig(); params = dict(params or {})
+    known = _check_notebook(notebook, params)
+    if not dry_run: _need('sbatch')
+    root = Path(root) if root is not None else runs_root()
+    run_id = run_id or new_run_id(Path(notebook).stem)
+    run_dir = root/run_id
+    _check_reusable(run_dir, {} if dry_run else None)   # a dry run does not ask the scheduler
+    full = inject_params(notebook, params, run_id, known)
+    script = render_notebook_job(notebook, [(run_id, full)], cfg, str((run_dir/'slurm-%j.out').resolve()), run_id, root)
+    if dry_run: return {'job_id': None, 'run_dir': str(run_dir), 'script': script}
+    run_dir.mkdir(parents=True, exist_ok=True); save_json(run_dir/'params.json', full)
+    job_id = _submit_run(run_dir, script, cfg, notebook=str(Path(notebook).resolve()), name=Path(notebook).stem, params=full)
     return {'job_id': job_id, 'run_dir': str(run_dir), 'script': script}
 
+def submit_command(command:str|list, # shell command line (a list is quoted); it must use `runs_root()/<run_id>`
+                   run_id:str, # run directory name; reuse one to continue a run
+                   cfg:SlurmConfig|None=None, # resources, walltime, requeue behaviour
+                   dry_run:bool=False, # only render the script
+                   root:str|Path|None=None)->dict: # runs root
+    "Submit a command (e.g. `srun halting-lab train ... --run_id X`) as a walltime-surviving job; `{'job_id', 'run_dir', 'script'}`."
+    cfg = cfg or SlurmConfig()
+    if not dry_run: _need('sbatch')
+    root = Path(root) if root is not None else runs_root()
+    run_dir = root/run_id
+    _check_reusable(run_dir, {} if dry_run else None)
+    script = render_command_job(command, run_id, cfg, root)
+    if dry_run: return {'job_id': None, 'run_dir': str(run_dir), 'script': script}
+    cmd = shlex.join(map(str, command)) if isinstance(command, (list, tuple)) else str(command)
+    return {'job_id': _submit_run(run_dir, script, cfg, command=cmd, name=''), 'run_dir': str(run_dir), 'script': script}
+
+
 # %% ../nbs/slurm.ipynb #3a5bc49c
-def submit_sweep(notebook:str|Path, grid:dict, fixed:dict|None=None, prefix:str|None=None, cfg:SlurmConfig|None=None,
-                 max_parallel:int|None=None, summary_notebook:str|Path|None=None, summary_cfg:SlurmConfig|None=None,
-                 dry_run:bool=False, root:str|Path|None=None)->dict:
-    "Submit the grid as one job array plus a collector job; returns job ids, sweep dir, run ids and scripts."
+def array_indices(idx:list[int])->str:
+    "Array task indices as an `--array` list: [0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."
+    parts, idx = [], sorted(set(idx))
+    for i in idx:
+        if parts and i == parts[-1][1] + 1: parts[-1][1] = i
+        else: parts.append([i, i])
+    return ','.join(f'{a}' if a == b else f'{a}-{b}' for a, b in parts)
+
+def _element_state(run_dir:Path, full:dict)->Optional[str]:
+    "The element's state in its status file; a finished element must have been run with these parameters."
+    p = run_dir/'status.json'
+    try: st = json.loads(p.read_text()) if p.exists() else {}
+    except json.JSONDecodeError: return None
+    if st.get('state') == 'finished' and st.get('params') is not None and st['params'] != json.loads(json.dumps(full)):
+        raise HaltingLabError(f'{run_dir.name} already finished with params {json.dumps(st["params"])} ({p}), but this sweep gives it '
+                              f'{json.dumps(full)}; a finished run is not restarted: use another --prefix')
+    return st.get('state')
+
+def submit_sweep(notebook:str|Path, # the parameterized notebook
+                 grid:dict, # swept parameter -> values
+                 fixed:dict|None=None, # parameters given to every element
+                 prefix:str|None=None, # sweep name: `runs/<prefix>/` and run ids `<prefix>_<k><v>...`
+                 cfg:SlurmConfig|None=None, # resources of each array task
+                 max_parallel:int|None=None, # `%N` array concurrency
+                 summary_notebook:str|Path|None=None, # what the collector runs with `-p sweep_dir`
+                 summary_cfg:SlurmConfig|None=None, # resources of the collector job
+                 dry_run:bool=False, # only render the scripts
+                 root:str|Path|None=None)->dict: # runs root
+    "Submit the grid's unfinished elements as one job array plus a collector job; returns job ids, sweep dir, run ids, skipped and scripts."
     cfg = cfg or SlurmConfig(); fixed = dict(fixed or {})
     known = _check_notebook(notebook, {**fixed, **grid})
     if not dry_run: _need('sbatch')
@@ -287,52 +449,73 @@ def submit_sweep(notebook:str|Path, grid:dict, fixed:dict|None=None, prefix:str|
     prefix = prefix or default_prefix(notebook)
     sweep_dir = root/prefix
     elements = [(element_run_id(prefix, p), inject_params(notebook, {**fixed, **p}, element_run_id(prefix, p), known)) for p in grid_elements(grid)]
-    n = len(elements)
-    array = f'0-{n-1}' + (f'%{max_parallel}' if max_parallel else '')
-    script = render_notebook_job(notebook, elements, cfg, str((sweep_dir/'logs'/'%x_%A_%a.out').resolve()), prefix, root, array=array)
+    # a finished element is never restarted: the array holds only the others (their indices stay those of the grid)
+    todo = [i for i, (rid, full) in enumerate(elements) if _element_state(root/rid, full) != 'finished']
+    skipped = [elements[i][0] for i in range(len(elements)) if i not in todo]
+    live = {} if dry_run else (squeue_states() or {})   # a dry run does not ask the scheduler
+    for i in todo: _check_reusable(root/elements[i][0], live)   # no element may have a job still queued or running
+    if (cj := live_job(sweep_dir, live)):
+        raise HaltingLabError(f'sweep {prefix!r} has its collector job {cj} still queued; wait for it or `scancel {cj}` before resubmitting')
+    array = array_indices(todo) + (f'%{max_parallel}' if max_parallel else '') if todo else None
+    script = render_notebook_job(notebook, elements, cfg, str((sweep_dir/'logs'/'%x_%A_%a.out').resolve()), prefix, root, array=array) if todo else None
     summary_notebook = Path(summary_notebook) if summary_notebook else SUMMARY_NOTEBOOK
     scfg = summary_cfg or SlurmConfig(partition=cfg.partition, account=cfg.account, cpus_per_task=1, time='00:30:00', requeue=False,
                                       venv=cfg.venv, workdir=cfg.workdir, mail_type=cfg.mail_type, mail_user=cfg.mail_user)
     def collector(dep):
         return render_notebook_job(summary_notebook, [(prefix, {'sweep_dir': str(sweep_dir.resolve())})], scfg,
                                    str((sweep_dir/'slurm-%j.out').resolve()), f'{prefix}_summary', root, dependency=dep)
+    out = {'sweep_dir': str(sweep_dir), 'run_ids': [e[0] for e in elements], 'submitted': [elements[i][0] for i in todo],
+           'skipped': skipped, 'script': script}
     if dry_run:
-        return {'array_job_id': None, 'collector_job_id': None, 'sweep_dir': str(sweep_dir), 'run_ids': [e[0] for e in elements],
-                'script': script, 'collector_script': collector('afterok:<array_job_id>')}
+        return {**out, 'array_job_id': None, 'collector_job_id': None, 'collector_script': collector('afterok:<array_job_id>' if todo else None)}
     spec = write_sweep(notebook, grid, prefix, fixed, root, executor='slurm')
-    for rid, full in elements:
-        save_json(root/rid/'params.json', full)
+    for rid, full in elements: save_json(root/rid/'params.json', full)   # a finished element's are these (checked above)
+    for i in todo:
+        rid, full = elements[i]
         with update_status(root/rid) as st:
             st.update(notebook=str(Path(notebook).resolve()), name=Path(notebook).stem, params=full, executor='slurm',
                       sweep=prefix, state='submitted', config=asdict(cfg)); st.setdefault('submitted', _now())
     (sweep_dir/'logs').mkdir(parents=True, exist_ok=True)
-    path = sweep_dir/'array.sbatch'; atomic_write_bytes(path, script.encode())
-    array_id = sbatch(path)
-    for i, (rid, _) in enumerate(elements):
-        with update_status(root/rid) as st:
-            if f'{array_id}_{i}' not in st['job_ids']: st['job_ids'].append(f'{array_id}_{i}')
-            if st['state'] == 'submitted': st['state'] = 'pending'
-    cscript = collector(f'afterok:{array_id}')
+    array_id = None
+    if todo:
+        path = sweep_dir/'array.sbatch'; atomic_write_bytes(path, script.encode())
+        array_id = sbatch(path)
+        for i in todo:
+            with update_status(root/elements[i][0]) as st:
+                if f'{array_id}_{i}' not in st['job_ids']: st['job_ids'].append(f'{array_id}_{i}')
+                if st['state'] == 'submitted': st['state'] = 'pending'
+    cscript = collector(f'afterok:{array_id}' if array_id else None)
     cpath = sweep_dir/'collector.sbatch'; atomic_write_bytes(cpath, cscript.encode())
-    with update_status(sweep_dir) as st:
+    with update_status(sweep_dir) as st:   # the collector re-summarises every element, so its finished state is reset
         st.update(notebook=str(summary_notebook.resolve()), name=summary_notebook.stem, executor='slurm', state='submitted',
                   params={'sweep_dir': str(sweep_dir.resolve())}, depends_on=array_id); st.setdefault('submitted', _now())
     collector_id = sbatch(cpath)
     with update_status(sweep_dir) as st:
         st['job_ids'].append(collector_id)
         if st['state'] == 'submitted': st['state'] = 'pending'
-    spec.update(array_job_id=array_id, collector_job_id=collector_id, max_parallel=max_parallel)
+    spec.update(array_job_id=array_id, collector_job_id=collector_id, max_parallel=max_parallel, skipped=skipped)
     save_json(sweep_dir/'sweep.json', spec)
-    return {'array_job_id': array_id, 'collector_job_id': collector_id, 'sweep_dir': str(sweep_dir),
-            'run_ids': [e[0] for e in elements], 'script': script, 'collector_script': cscript}
+    return {**out, 'array_job_id': array_id, 'collector_job_id': collector_id, 'collector_script': cscript}
+
 
 # %% ../nbs/slurm.ipynb #8b4e5df8
-def _scheduler_state(job_ids:list, live:dict)->str:
+def _scheduler_state(job_ids:list, live:dict|None)->str:
     if not job_ids: return '-'
     jid = str(job_ids[-1])
-    if jid in live: return live[jid]['state'] + (f" ({live[jid]['where']})" if live[jid]['where'] and live[jid]['state'] == 'PENDING' else '')
-    info = scontrol_job(jid)
-    return info.get('JobState', 'gone') if info else 'gone'
+    if live and jid in live: return live[jid]['state'] + (f" ({live[jid]['where']})" if live[jid]['where'] and live[jid]['state'] == 'PENDING' else '')
+    return job_final_state(jid) or 'gone'
+
+_ENDED = {'TIMEOUT': 'timeout', 'DEADLINE': 'timeout', 'CANCELLED': 'cancelled', 'FAILED': 'failed', 'NODE_FAIL': 'failed',
+          'OUT_OF_MEMORY': 'failed', 'BOOT_FAIL': 'failed'}
+
+def reconciled_state(st:dict, # a run's status.json
+                     live:dict|None)->str: # `squeue_states()` (None: the scheduler could not be asked)
+    "The run's state corrected by the scheduler: `pending`/`running`/`requeued` whose job left the queue becomes `timeout`, `cancelled`, `failed` or `lost`."
+    state = st.get('state', '?')
+    if state not in ('pending', 'running', 'requeued') or live is None or not st.get('job_ids'): return state
+    jid = str(st['job_ids'][-1])
+    if jid in live: return state
+    return _ENDED.get((job_final_state(jid) or '').split(' ')[0], 'lost')   # COMPLETED or unknown: it ended without telling the file
 
 def run_statuses(root:str|Path|None=None)->list[dict]:
     "The status files under the runs root (Slurm runs, sweeps and JupyterLab jobs), newest first."
@@ -351,7 +534,8 @@ def format_status(run_id:str|None=None, root:str|Path|None=None)->str:
         rows = [('RUN', 'STATE', 'ATTEMPTS', 'JOB', 'SLURM', 'UPDATED')]
         for st in run_statuses(root):
             if st.get('executor') not in ('slurm', 'slurm-lab'): continue
-            rows.append((st.get('run_id', '?'), st.get('state', '?'), str(len(st.get('attempts', []))),
+            rec = reconciled_state(st, live)
+            rows.append((st.get('run_id', '?'), rec if rec == st.get('state') else f"{rec} (file: {st.get('state')})", str(len(st.get('attempts', []))),
                          str((st.get('job_ids') or ['-'])[-1]), _scheduler_state(st.get('job_ids', []), live), st.get('updated', '')))
         if len(rows) == 1: return f'no Slurm runs under {root}'
         w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -359,9 +543,13 @@ def format_status(run_id:str|None=None, root:str|Path|None=None)->str:
     p = root/run_id/'status.json'
     if not p.exists(): raise HaltingLabError(f'{p}: no status file (is {run_id!r} a run submitted with halting-lab slurm?)')
     st = json.loads(p.read_text())
-    lines = [f"run {st.get('run_id')}: {st.get('state')}  (dir {root/run_id})",
-             f"notebook: {st.get('notebook', '?')}", f"params: {json.dumps(st.get('params', {}))}",
-             f"jobs: {', '.join(map(str, st.get('job_ids', []))) or '-'}; scheduler: {_scheduler_state(st.get('job_ids', []), live)}"]
+    rec = reconciled_state(st, live)
+    lines = [f"run {st.get('run_id')}: {rec}  (dir {root/run_id})"]
+    if rec != st.get('state'):
+        lines.append(f"status.json says {st.get('state')!r}, but job {st['job_ids'][-1]} left the queue ({job_final_state(st['job_ids'][-1]) or 'unknown to Slurm'}) "
+                     "without recording its end (killed, node lost); resubmit with the same --run-id to resume from checkpoints/last.ckpt")
+    lines += [f"notebook: {st.get('notebook', '?')}", f"params: {json.dumps(st.get('params', {}))}",
+              f"jobs: {', '.join(map(str, st.get('job_ids', []))) or '-'}; scheduler: {_scheduler_state(st.get('job_ids', []), live)}"]
     if st.get('error'): lines.append(f"error: {st['error']}")
     for a in st.get('attempts', []):
         lines.append(f"  attempt {a.get('attempt')}: job {a.get('job_id')} on {a.get('node')} restart {a.get('restart_count')} "
@@ -480,9 +668,12 @@ def slurm_cli(argv:list[str]|None=None)->int:
         r = submit_sweep(a.notebook, parse_grid(a.grid), parse_params(a.param), a.prefix, _config(a), a.max_parallel,
                          a.summary_notebook, dry_run=a.dry_run)
         if a.dry_run:
-            print(r['script']); print('\n# ---- collector job ----'); print(r['collector_script']); return 0
-        print(f"submitted array job {r['array_job_id']} ({len(r['run_ids'])} runs) and collector job {r['collector_job_id']}")
-        print(f"sweep dir: {r['sweep_dir']}"); print('\n'.join('  ' + x for x in r['run_ids']))
+            print(r['script'] or f"# every element already finished: no array job ({', '.join(r['skipped'])})")
+            print('\n# ---- collector job ----'); print(r['collector_script']); return 0
+        arr = (f"array job {r['array_job_id']} ({len(r['submitted'])} runs)" if r['array_job_id'] else 'no array job')
+        print(f"submitted {arr} and collector job {r['collector_job_id']}")
+        if r['skipped']: print(f"already finished, not resubmitted: {', '.join(r['skipped'])}")
+        print(f"sweep dir: {r['sweep_dir']}"); print('\n'.join('  ' + x for x in r['submitted']))
     elif a.cmd == 'status':
         print(format_status(a.run_id))
     elif a.cmd == 'lab':
@@ -497,11 +688,14 @@ def slurm_cli(argv:list[str]|None=None)->int:
     return 0
 
 def _job_cli(argv:list[str])->int:
-    "Internal: `halting-lab slurm _job begin RUN_DIR` / `_job end RUN_DIR --name N --attempt K --rc RC` (used by the template)."
+    "Internal, called by the template: `_job begin RUN_DIR` / `_job end RUN_DIR --name N --attempt K --rc RC` / `_job term RUN_DIR ...`."
     ap = argparse.ArgumentParser(prog='halting-lab slurm _job')
-    ap.add_argument('what', choices=['begin', 'end']); ap.add_argument('run_dir')
+    ap.add_argument('what', choices=['begin', 'end', 'term']); ap.add_argument('run_dir')
     ap.add_argument('--max-attempts', type=int, default=20); ap.add_argument('--name', default='')
     ap.add_argument('--attempt', type=int, default=0); ap.add_argument('--rc', type=int, default=0); ap.add_argument('--reason', default='')
+    ap.add_argument('--requeue', type=int, default=1)
     a = ap.parse_args(argv)
-    print(job_begin(a.run_dir, a.max_attempts) if a.what == 'begin' else job_end(a.run_dir, a.name, a.attempt, a.rc, a.reason))
+    if a.what == 'begin': print(job_begin(a.run_dir, a.max_attempts))
+    elif a.what == 'end': print(job_end(a.run_dir, a.name, a.attempt, a.rc, a.reason))
+    else: print(job_term(a.run_dir, a.name, a.attempt, a.max_attempts, bool(a.requeue)))
     return 0

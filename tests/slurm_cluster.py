@@ -2,10 +2,13 @@
 `../shared/notes/slurm-single-node.md`.
 
 `SlurmCluster().start()` is idempotent: when a cluster configured by this module already answers
-(`scontrol ping`), it is reused and left running at `stop()`; otherwise munged (if not running),
-slurmctld and slurmd are started from a private config under `/tmp/halting_lab_slurm/` (nothing in
-`/etc/slurm` is touched) and stopped again by `stop()`. Clients find the cluster through
-`SLURM_CONF`, which `env()` returns and `start()` exports into `os.environ`.
+(`scontrol ping`), it is reused; otherwise munged (if not running), slurmctld and slurmd are started
+from a private config under `/tmp/halting_lab_slurm/` (nothing in `/etc/slurm` is touched). Each
+test session holds a lease (`leases/<pid>`) while it uses the cluster; `stop()` drops it and
+cancels every job and shuts the cluster down only when no other live session holds one and a test
+session started it (two pytest runs on one machine share the cluster without killing each other's
+jobs; a cluster started by hand with `python tests/slurm_cluster.py start` is left running).
+Clients find the cluster through `SLURM_CONF`, which `env()` returns and `start()` exports.
 
 `unavailable()` gives the reason the cluster cannot be started here (not root, daemons missing), or
 None. Run as a script for manual work: `python tests/slurm_cluster.py start|stop|status`.
@@ -68,9 +71,9 @@ class SlurmCluster:
     def _write_conf(self):
         for d in ('etc', 'state', 'spool', 'log', 'run'):
             (self.base / d).mkdir(parents=True, exist_ok=True)
-        # at least 4 schedulable CPUs (config_overrides lets slurmd accept more than the machine has), so that the
-        # tests' jobs (1 CPU each) can overlap on a 2-core CI machine
-        cpus, mem = max(4, os.cpu_count() or 1), max(1024, int(_mem_mb() * 0.85))
+        # at least 8 schedulable CPUs (config_overrides lets slurmd accept more than the machine has), so that the
+        # tests' jobs (1 CPU each, most of them sleeping or waiting) can overlap on a 2-core CI machine
+        cpus, mem = max(8, os.cpu_count() or 1), max(1024, int(_mem_mb() * 0.85))
         b = self.base
         text = f"""# written by tests/slurm_cluster.py
 ClusterName=halting_lab_test
@@ -164,24 +167,51 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         for _ in range(50):
             pid = Path('/run/munge/munged.pid')
             if pid.exists():
-                self.munged_pid = int(pid.read_text().split()[0]); break
+                self.munged_pid = int(pid.read_text().split()[0])
+                (self.base / 'run' / 'munged_by_tests').write_text(str(self.munged_pid)); break
             time.sleep(0.1)
 
+    # -- sessions sharing the cluster ---------------------------------------------------------
+    @property
+    def _leases(self) -> Path:
+        return self.base / 'leases'
+
+    def _other_sessions(self) -> list[int]:
+        "Pids of other live processes holding a lease (stale leases of dead processes are removed)."
+        out = []
+        for p in self._leases.glob('*') if self._leases.exists() else []:
+            try:
+                pid = int(p.name)
+            except ValueError:
+                continue
+            if pid == os.getpid():
+                continue
+            if Path(f'/proc/{pid}').exists():
+                out.append(pid)
+            else:
+                p.unlink(missing_ok=True)
+        return out
+
     # -- lifecycle ------------------------------------------------------------------------
-    def start(self, timeout: float = 60) -> 'SlurmCluster':
+    def start(self, timeout: float = 60, lease: bool = True) -> 'SlurmCluster':
         if (why := unavailable()):
             raise RuntimeError(why)
         self.base.mkdir(parents=True, exist_ok=True)
         with open(self.base / '.lock', 'w') as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             os.environ['SLURM_CONF'] = str(self.conf)
+            if lease:
+                self._leases.mkdir(exist_ok=True)
+                (self._leases / str(os.getpid())).touch()
+                self.started_here = True   # this session may be the last one using it; stop() decides
             if self.responding() and self.node_ready():
                 return self
             self._write_conf()
             self._start_munge()
             if not self.responding():
                 self._run(_which('slurmctld'), '-f', str(self.conf), check=True)
-            self.started_here = True
+            if lease:
+                (self.base / 'run' / 'started_by_tests').touch()
             t0 = time.time()
             while time.time() - t0 < timeout:
                 if not _alive('slurmd'):
@@ -194,8 +224,20 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
             raise RuntimeError(f'Slurm did not come up within {timeout:.0f}s; slurmctld.log tail:\n{tail}')
 
     def stop(self, force: bool = False):
+        "Drop this session's lease; shut the cluster down if it was the last session of those that started it (or `force`)."
         if not (self.started_here or force):
             return
+        with open(self.base / '.lock', 'w') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            (self._leases / str(os.getpid())).unlink(missing_ok=True)
+            self.started_here = False
+            marker = self.base / 'run' / 'started_by_tests'
+            if not force and (self._other_sessions() or not marker.exists()):
+                return
+            marker.unlink(missing_ok=True)
+            self._shutdown()
+
+    def _shutdown(self):
         self._run('scancel', '--user', pwd.getpwuid(os.getuid()).pw_name)
         self._run('scontrol', 'shutdown')
         for name in ('slurmd.pid', 'slurmctld.pid'):   # the daemons we started, by pid
@@ -207,17 +249,19 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
             if not _alive('slurmd') and not _alive('slurmctld'):
                 break
             time.sleep(0.2)
-        if self.munged_pid:
-            try: os.kill(self.munged_pid, 15)
+        mp = self.base / 'run' / 'munged_by_tests'   # munged, if a test session started it (by its recorded pid)
+        pid = self.munged_pid or (int(mp.read_text()) if mp.exists() else None)
+        if pid:
+            try: os.kill(pid, 15)
             except ProcessLookupError: pass
-        self.started_here = False
+        mp.unlink(missing_ok=True)
 
 
 if __name__ == '__main__':
     c = SlurmCluster()
     what = sys.argv[1] if len(sys.argv) > 1 else 'status'
     if what == 'start':
-        t = time.time(); c.start(); print(f'up in {time.time() - t:.1f}s; export SLURM_CONF={c.conf}')
+        t = time.time(); c.start(lease=False); print(f'up in {time.time() - t:.1f}s; export SLURM_CONF={c.conf}')
     elif what == 'stop':
         c.munged_pid = int(Path('/run/munge/munged.pid').read_text().split()[0]) if Path('/run/munge/munged.pid').exists() else None
         c.stop(force=True); print('stopped')

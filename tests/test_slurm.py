@@ -1,11 +1,15 @@
 """halting-lab slurm against a real single-node Slurm (tests/slurm_cluster.py), not a mock.
 
-The walltime job is submitted first (module fixture) and checked last, so that its two minutes
-overlap with the other tests. Skipped with the reason when Slurm/munge are not installed or we
-are not root (`make sysdeps` installs them in CI).
+The long jobs (the walltime-requeued toy job, the training notebook under a real walltime, a job that
+overruns its walltime, a plain job that times out) are submitted by the first test (module fixtures)
+and checked last, so their minutes overlap with each other and with the other tests. Timing facts
+they rely on (measured here, Slurm 22.05): slurmctld checks limits every 30 s, so with `--time
+00:01:00 --signal-seconds 5` USR1 arrives 25-55 s into an allocation and SIGTERM 60-90 s in; a
+requeued job starts again ~15 s later. Tests of bad requests that need no cluster run everywhere;
+the rest skip with the reason when Slurm/munge are not installed or we are not root.
 """
 from __future__ import annotations
-import json, os, shutil, subprocess, sys, time
+import json, os, subprocess, sys, time
 from pathlib import Path
 import pytest
 
@@ -17,7 +21,7 @@ ASSET = ROOT / 'tests' / 'assets' / 'resumable_job.ipynb'
 TRAIN_NB = ROOT / 'nbs' / 'experiments' / 'train.ipynb'
 VENV = Path(sys.prefix)
 HL = VENV / 'bin' / 'halting-lab'
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)
 
 
 def expected_metric(total_steps, seed=0, scale=1.0):
@@ -75,31 +79,143 @@ def job_state(job_id):
     return fields.get('JobState'), fields.get('Reason')
 
 
+def fake_running_status(run_dir, job_id):
+    "A status file as a job leaves it when it is killed too hard to record its end."
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / 'status.json').write_text(json.dumps({
+        'run_id': run_dir.name, 'executor': 'slurm', 'state': 'running', 'job_ids': [str(job_id)], 'notebook': str(ASSET),
+        'attempts': [{'attempt': 1, 'job_id': str(job_id), 'started': '2026-01-01T00:00:00', 'started_ts': 0, 'state': 'running'}]}))
+
+
 COMMON = ['--cpus-per-task', '1', '--venv', VENV]
+WALLTIME = ['--time', '00:01:00', '--signal-seconds', 5]
 
 
-# ---- 1. walltime: USR1 before the limit -> checkpoint -> requeue -> resume (submitted first, checked last) ----
-WALL_STEPS = 60
+# ---- long jobs, submitted first ------------------------------------------------------------------
+# toy job: 105 steps of 1 s; an allocation gives at most 55 - startup s before USR1, so the walltime forces >= 2 requeues
+WALL_STEPS = 105
+# training notebook: 48 epochs of 8 batches take > 55 s even at the fastest seen here (1.0-1.1 s/epoch on one core), so
+# at least one requeue is forced by the walltime; under load it takes more allocations (each ~60 s, 15-30 s of training)
+TRAIN_EPOCHS = 48
+OVERRUN_STEPS = 55
 
 
 @pytest.fixture(scope='module')
 def walltime_job(runs):
-    # 60 steps of 1 s cannot finish inside a 1-minute allocation whose USR1 comes 5 s (+ up to ~30 s
-    # scheduler slack) before the limit, so at least one requeue is forced by the walltime itself.
     r = hl(runs, 'slurm', 'submit', ASSET, '-p', 'total_steps', WALL_STEPS, '-p', 'step_seconds', 1.0, '-p', 'seed', 3,
-           '--run-id', 'wall', '--time', '00:01:00', '--signal-seconds', 5, *COMMON)
-    job_id = r.stdout.split()[2]
-    return job_id, runs / 'wall'
+           '--run-id', 'wall', *WALLTIME, *COMMON)
+    return r.stdout.split()[2], runs / 'wall'
 
 
-def test_submit_starts_walltime_job(walltime_job):
+@pytest.fixture(scope='module')
+def train_job(runs, tmp_path_factory):
+    if not TRAIN_NB.exists():
+        pytest.skip('nbs/experiments/train.ipynb not there')
+    tmp = tmp_path_factory.mktemp('train')
+    data = tmp / 'maze'
+    subprocess.run([str(HL), 'build-maze', '--size', '7', '--num-train', '256', '--num-test', '64', '--seed', '0',
+                    '--output-dir', str(data)], check=True, capture_output=True, cwd=ROOT)
+    params = {'data_dir': str(data), 'max_epochs': TRAIN_EPOCHS, 'seed': 0, 'hidden_size': 32, 'time_limit': 4, 'batch_size': 32,
+              'log_every_n_steps': 1, 'num_show': 2}
+    r = hl(runs, 'slurm', 'submit', TRAIN_NB, *[x for k, v in params.items() for x in ('-p', k, v)], '--run-id', 'trainw',
+           *WALLTIME, *COMMON)
+    # the uninterrupted reference with the same seed, run locally while the Slurm job trains
+    ref_runs = tmp / 'ref'
+    ref = subprocess.Popen([str(VENV / 'bin' / 'papermill'), str(TRAIN_NB), str(tmp / 'ref.ipynb'), '-k', 'python3',
+                            '--language', 'python', *[a for k, v in params.items() for a in ('-p', k, str(v))],
+                            '-p', 'run_id', 'ref', '-p', 'resume_ckpt', 'auto'],
+                           env={**os.environ, 'HALTING_LAB_RUNS': str(ref_runs)}, cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    yield r.stdout.split()[2], runs / 'trainw', ref, ref_runs / 'ref'
+    if ref.poll() is None:
+        ref.kill()
+
+
+@pytest.fixture(scope='module')
+def overrun_job(runs):
+    # the first attempt's stop after USR1 hangs for 300 s (a checkpoint save slower than the signal lead): Slurm's
+    # SIGTERM at the limit must record the attempt as 'timeout' and, since it checkpointed, requeue the job
+    r = hl(runs, 'slurm', 'submit', ASSET, '-p', 'total_steps', OVERRUN_STEPS, '-p', 'step_seconds', 1.0, '-p', 'seed', 5,
+           '-p', 'stall_on_preempt', 300.0, '--run-id', 'overrun', *WALLTIME, *COMMON)
+    return r.stdout.split()[2], runs / 'overrun'
+
+
+@pytest.fixture(scope='module')
+def sleeper(runs):
+    # a plain job that Slurm ends as TIMEOUT; 'busy' is a run whose file still says running for it
+    out = runs / 'sleeper.out'
+    jid = subprocess.run(['sbatch', '--parsable', '--time=00:01:00', '-c', '1', f'--output={out}', '--wrap', 'sleep 300'],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    fake_running_status(runs / 'busy', jid)
+    return jid, runs / 'busy'
+
+
+def test_submit_long_jobs_and_refuse_a_busy_run_dir(walltime_job, train_job, overrun_job, sleeper, runs):
     job_id, rd = walltime_job
     assert job_id.isdigit() and (rd / 'job.sbatch').exists()
     text = (rd / 'job.sbatch').read_text()
     assert '--signal=B:USR1@5' in text and '--open-mode=append' in text and '-r resume_ckpt auto' in text
+    assert 'trap on_term TERM' in text and '--requeue 1' in text
+    # two live jobs must not share one run directory: the run id is refused while its job is queued or running
+    r = hl(runs, 'slurm', 'submit', ASSET, '--run-id', 'wall', *COMMON, check=False)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr
+    assert f"run 'wall' already has job {job_id}" in r.stderr and 'must not share a run directory' in r.stderr
+    r = hl(runs, 'slurm', 'submit', ASSET, '--run-id', 'busy', *COMMON, check=False)
+    assert r.returncode == 1 and f"run 'busy' already has job {sleeper[0]}" in r.stderr
 
 
-# ---- 2. sweep: job array + collector -------------------------------------------------------------
+# ---- bad requests: clear errors (no cluster needed up to sbatch) -----------------------------------
+def _hl_plain(tmp_path, *args, env_extra=None):
+    env = {**os.environ, 'HALTING_LAB_RUNS': str(tmp_path / 'runs'), **(env_extra or {})}
+    return subprocess.run([str(HL), *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+
+
+def test_notebook_without_parameters_cell(tmp_path):
+    nb = json.loads(ASSET.read_text())
+    for c in nb['cells']:
+        c.get('metadata', {}).pop('tags', None)
+    p = tmp_path / 'untagged.ipynb'
+    p.write_text(json.dumps(nb))
+    for cmd in (['submit', p, '--dry-run'], ['sweep', p, '--grid', 'seed=1,2', '--dry-run']):
+        r = _hl_plain(tmp_path, 'slurm', *cmd)
+        assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+        assert f'{p}: no cell tagged "parameters"' in r.stderr
+
+
+def test_unknown_parameter_name(tmp_path):
+    r = _hl_plain(tmp_path, 'slurm', 'submit', ASSET, '-p', 'totl_steps', 3, '--dry-run')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr
+    assert "unknown parameter 'totl_steps'" in r.stderr and 'total_steps' in r.stderr.split('assigns:')[1]
+    r = _hl_plain(tmp_path, 'slurm', 'sweep', ASSET, '--grid', 'sed=1,2', '--dry-run')
+    assert r.returncode == 1 and "unknown parameter 'sed'" in r.stderr and not (tmp_path / 'runs').exists()
+
+
+def test_sbatch_missing(tmp_path):
+    r = _hl_plain(tmp_path, 'slurm', 'submit', ASSET, env_extra={'PATH': str(tmp_path)})
+    assert r.returncode == 1 and 'sbatch not found on PATH' in r.stderr and '--dry-run' in r.stderr and 'Traceback' not in r.stderr
+    assert not (tmp_path / 'runs').exists()   # nothing was written
+
+
+def test_bad_partition_shows_sbatch_message(runs):
+    r = hl(runs, 'slurm', 'submit', ASSET, '--partition', 'nosuchpartition', '--run-id', 'badpart', *COMMON, check=False)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr
+    assert 'sbatch rejected the job' in r.stderr and 'invalid partition' in r.stderr.lower()
+    assert status(runs / 'badpart')['state'] == 'failed'
+
+
+# a job killed at its limit (checked early: scontrol forgets a job MinJobAge=300 s after it ended)
+def test_status_shows_timeout_of_a_job_killed_at_its_limit(sleeper, runs):
+    jid, rd = sleeper
+    wait_for(lambda: job_state(jid)[0] == 'TIMEOUT', 150, f'job {jid} to time out')
+    row = next(line for line in hl(runs, 'slurm', 'status').stdout.splitlines() if line.startswith('busy '))
+    assert 'timeout (file: running)' in row and 'TIMEOUT' in row
+    assert hl(runs, 'slurm', 'status', 'busy').stdout.startswith('run busy: timeout')
+    hl(runs, 'slurm', 'submit', ASSET, '--run-id', 'busy', '--time', '00:05:00', *COMMON)   # no live job any more: accepted
+    wait_for(lambda: status(rd).get('state') in ('finished', 'failed'), 90, 'the resubmitted busy run', log=rd)
+    assert [a['state'] for a in status(rd)['attempts']] == ['lost', 'finished']
+
+
+# ---- sweep: job array + collector; a resubmission leaves finished elements alone -------------------
 def test_sweep_array_and_collector(runs):
     r = hl(runs, 'slurm', 'sweep', ASSET, '--grid', 'seed=1,2', '--grid', 'scale=1,2.5', '-p', 'total_steps', 4,
            '--prefix', 'sw', '--max-parallel', 2, '--time', '00:10:00', *COMMON)
@@ -124,37 +240,61 @@ def test_sweep_array_and_collector(runs):
         assert st['state'] == 'finished' and st['job_ids'][0].startswith(spec['array_job_id'] + '_')
         assert (runs / el['run_id'] / 'resumable_job.ipynb').exists()
 
+    # element 3 (seed 2, scale 2.5) is made unfinished (as after a crash); resubmitting the sweep runs only it
+    redo = runs / 'sw_seed2_scale2.5'
+    st = status(redo); st['state'] = 'failed'
+    (redo / 'status.json').write_text(json.dumps(st)); (redo / 'resumable_job.ipynb').unlink()
+    others = [runs / el['run_id'] for el in spec['elements'] if el['run_id'] != redo.name]
+    before = {d: ((d / 'resumable_job.ipynb').stat().st_mtime, len(status(d)['attempts'])) for d in others}
+    r = hl(runs, 'slurm', 'sweep', ASSET, '--grid', 'seed=1,2', '--grid', 'scale=1,2.5', '-p', 'total_steps', 4,
+           '--prefix', 'sw', '--max-parallel', 2, '--time', '00:10:00', *COMMON)
+    assert 'array job' in r.stdout and '(1 runs)' in r.stdout
+    assert 'already finished, not resubmitted: sw_seed1_scale1, sw_seed1_scale2.5, sw_seed2_scale1' in r.stdout
+    spec2 = json.loads((sweep_dir / 'sweep.json').read_text())
+    assert '#SBATCH --array=3%2' in (sweep_dir / 'array.sbatch').read_text() and spec2['array_job_id'] != spec['array_job_id']
+    wait_for(lambda: status(sweep_dir).get('state') in ('finished', 'failed') and len(status(sweep_dir)['attempts']) == 2,
+             240, 'the second collector job', log=sweep_dir)
+    assert status(sweep_dir)['state'] == 'finished'
+    for d in others:   # finished elements: not restarted, nothing rewritten
+        assert ((d / 'resumable_job.ipynb').stat().st_mtime, len(status(d)['attempts'])) == before[d]
+        assert status(d)['state'] == 'finished' and not any(j.startswith(spec2['array_job_id']) for j in status(d)['job_ids'])
+    st = status(redo)
+    assert st['state'] == 'finished' and st['job_ids'][-1] == f"{spec2['array_job_id']}_3" and len(st['attempts']) == 2
+    df = pd.read_csv(sweep_dir / 'summary.csv')   # the collector summarised all four again
+    assert len(df) == 4 and set(df.state) == {'finished'}
+    assert df.set_index('run_id').final_metric[redo.name] == pytest.approx(expected_metric(4, 2, 2.5))
 
-# ---- 3. a failing element: its collector is cancelled; bad requests get clear errors ----------------
+
+# ---- a failing element: its collector is cancelled --------------------------------------------------
 def test_failed_element_cancels_collector(runs):
-    r = hl(runs, 'slurm', 'sweep', ASSET, '--grid', 'fail_at_step=-1,2', '-p', 'total_steps', 3, '--prefix', 'bad',
-           '--time', '00:10:00', *COMMON)
+    hl(runs, 'slurm', 'sweep', ASSET, '--grid', 'fail_at_step=-1,2', '-p', 'total_steps', 3, '--prefix', 'bad',
+       '--time', '00:10:00', *COMMON)
     spec = json.loads((runs / 'bad' / 'sweep.json').read_text())
     cid = spec['collector_job_id']
     wait_for(lambda: job_state(cid)[0] == 'CANCELLED', 120, f'collector {cid} to be cancelled', log=runs / 'bad' / 'logs')
     assert job_state(cid)[1] == 'DependencyNeverSatisfied'
     failed = status(runs / 'bad_fail_at_step2')
-    assert failed['state'] == 'failed' and 'papermill exited' in failed['error']
+    assert failed['state'] == 'failed' and 'exit status 1 in attempt 1' in failed['error']
     assert (runs / 'bad_fail_at_step2' / 'resumable_job.attempt1.ipynb').exists()
     assert not (runs / 'bad_fail_at_step2' / 'resumable_job.ipynb').exists()
     wait_for(lambda: status(runs / 'bad_fail_at_step-1').get('state') == 'finished', 60, 'the good element')
 
 
-def test_bad_partition_shows_sbatch_message(runs):
-    r = hl(runs, 'slurm', 'submit', ASSET, '--partition', 'nosuchpartition', '--run-id', 'badpart', *COMMON, check=False)
-    assert r.returncode == 1 and 'Traceback' not in r.stderr
-    assert 'sbatch rejected the job' in r.stderr and 'invalid partition' in r.stderr.lower()
-    assert status(runs / 'badpart')['state'] == 'failed'
-
-
-def test_sbatch_missing(runs, tmp_path):
-    r = hl(runs, 'slurm', 'submit', ASSET, check=False, env_extra={'PATH': str(tmp_path)})
-    assert r.returncode == 1 and 'sbatch not found on PATH' in r.stderr and 'Traceback' not in r.stderr
+# ---- a command instead of a notebook (submit_command / render_command_job, for recipe modules) ---------
+def test_command_job(runs):
+    from halting_lab.slurm import SlurmConfig, submit_command
+    r = submit_command(['bash', '-c', 'echo "hello from $SLURM_JOB_ID" > "$HALTING_LAB_RUNS/cmd/out.txt"'], 'cmd',
+                       SlurmConfig(cpus_per_task=1, time='00:05:00', venv=str(VENV)), root=runs)
+    jid = r['job_id']
+    wait_for(lambda: status(runs / 'cmd').get('state') in ('finished', 'failed'), 90, 'the command job', log=runs / 'cmd')
+    st = status(runs / 'cmd')
+    assert st['state'] == 'finished' and st['job_ids'] == [jid] and [a['state'] for a in st['attempts']] == ['finished']
+    assert (runs / 'cmd' / 'out.txt').read_text().strip() == f'hello from {jid}' and st['command'].startswith('bash -c ')
 
 
 # ---- JupyterLab on a compute node ----------------------------------------------------------------
 def test_lab_prints_tunnel_and_answers(runs):
-    r = hl(runs, 'slurm', 'lab', '--time', '00:05:00', '--wait', 90, '--login-host', 'login.example.org', *COMMON, timeout=150)
+    r = hl(runs, 'slurm', 'lab', '--time', '00:05:00', '--wait', 120, '--login-host', 'login.example.org', *COMMON, timeout=180)
     out = r.stdout
     job_id = out.split('(job ')[1].split(')')[0]
     try:
@@ -171,57 +311,44 @@ def test_lab_prints_tunnel_and_answers(runs):
         subprocess.run(['scancel', job_id])
 
 
-# ---- training notebook (helper C's): two forced requeues, same final metrics as uninterrupted ----
-@pytest.mark.skipif(not TRAIN_NB.exists(), reason='nbs/experiments/train.ipynb not there yet')
-def test_training_notebook_requeued_twice_matches_uninterrupted(runs, tmp_path):
-    data = tmp_path / 'maze'
-    subprocess.run([str(HL), 'build-maze', '--size', '7', '--num-train', '256', '--num-test', '64', '--seed', '0',
-                    '--output-dir', str(data)], check=True, capture_output=True, cwd=ROOT)
-    # 8 epochs: runway enough that the second signal lands before the last epoch (a stop request in the final
-    # epoch's last batch just lets the run finish, which would leave only two attempts)
-    params = {'data_dir': str(data), 'max_epochs': 8, 'seed': 0, 'hidden_size': 32, 'time_limit': 4, 'batch_size': 32,
-              'log_every_n_steps': 1, 'num_show': 2}
-    pargs = [x for k, v in params.items() for x in ('-p', k, v)]
-    r = hl(runs, 'slurm', 'submit', TRAIN_NB, *pargs, '--run-id', 'trainq', '--time', '00:10:00', *COMMON)
-    job_id = r.stdout.split()[2]
-    rd = runs / 'trainq'
-    ref_runs = tmp_path / 'ref'
-    # the uninterrupted reference, run locally while the Slurm job trains
-    ref = subprocess.Popen([str(VENV / 'bin' / 'papermill'), str(TRAIN_NB), str(tmp_path / 'ref.ipynb'), '-k', 'python3',
-                            '--language', 'python', *[a for k, v in params.items() for a in ('-p', k, str(v))],
-                            '-p', 'run_id', 'ref', '-p', 'resume_ckpt', 'auto'],
-                           env={**os.environ, 'HALTING_LAB_RUNS': str(ref_runs)}, cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    rows = lambda: len((rd / 'metrics.csv').read_text().splitlines()) if (rd / 'metrics.csv').exists() else 0
-    for n in (1, 2):   # preempt attempt 1 and attempt 2 once each has trained a few more steps
-        before = rows()
-        def progressed():
-            st = status(rd)
-            return st.get('state') == 'running' and len(st['attempts']) == n and rows() >= before + 3
-        wait_for(progressed, 240, f'attempt {n} to make progress', log=rd)
-        subprocess.run(['scancel', '--signal=USR1', '--batch', job_id], check=True)
-        wait_for(lambda: len(status(rd).get('attempts', [])) > n or status(rd).get('state') == 'finished', 240,
-                 f'the requeue after attempt {n}', log=rd)
-    wait_for(lambda: status(rd).get('state') in ('finished', 'failed'), 300, 'the training job to finish', log=rd)
+# ---- status reconciles files that a dead job left at 'running' ---------------------------------------
+def test_status_shows_lost_run_and_allows_resubmission(runs):
+    jid = subprocess.run(['sbatch', '--parsable', '-c', '1', f'--output={runs / "true.out"}', '--wrap', 'true'],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    wait_for(lambda: job_state(jid)[0] == 'COMPLETED', 60, f'job {jid} to complete')
+    fake_running_status(runs / 'lostrun', jid)
+    out = hl(runs, 'slurm', 'status').stdout
+    row = next(line for line in out.splitlines() if line.startswith('lostrun '))
+    assert 'lost (file: running)' in row and jid in row
+    out = hl(runs, 'slurm', 'status', 'lostrun').stdout
+    assert out.startswith('run lostrun: lost') and f"status.json says 'running', but job {jid} left the queue (COMPLETED)" in out
+    # its job is gone, so the run id may be used again; the new job resumes the run and marks the dead attempt lost
+    hl(runs, 'slurm', 'submit', ASSET, '-p', 'total_steps', 2, '--run-id', 'lostrun', '--time', '00:05:00', *COMMON)
+    wait_for(lambda: status(runs / 'lostrun').get('state') in ('finished', 'failed'), 90, 'the resubmitted run', log=runs / 'lostrun')
+    assert [a['state'] for a in status(runs / 'lostrun')['attempts']] == ['lost', 'finished']
+
+
+# ---- walltime overrun: SIGTERM at the limit is recorded, and the checkpointed run requeues --------------
+def test_walltime_overrun_records_timeout_and_requeues(overrun_job):
+    job_id, rd = overrun_job
+    wait_for(lambda: status(rd).get('state') in ('finished', 'failed', 'timeout'), 300, 'the overrunning job', log=rd, interval=2)
     st = status(rd)
     assert st['state'] == 'finished', st
-    assert len(st['attempts']) >= 3 and [a['state'] for a in st['attempts'][:2]] == ['preempted', 'preempted']
-    assert [a['restart_count'] for a in st['attempts']] == list(range(len(st['attempts'])))
-    for a in st['attempts']:
-        assert (rd / f"train.attempt{a['attempt']}.ipynb").exists()
-    assert (rd / 'train.ipynb').read_bytes() == (rd / f"train.attempt{len(st['attempts'])}.ipynb").read_bytes()
-    out, _ = ref.communicate(timeout=300)
-    assert ref.returncode == 0, out[-3000:]
-    res, ref_res = json.loads((rd / 'results.json').read_text()), json.loads((ref_runs / 'ref' / 'results.json').read_text())
-    assert res['status'] == 'finished' and res['global_step'] == ref_res['global_step']
-    for k, v in ref_res['final'].items():
-        assert res['final'][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    assert st['attempts'][0]['state'] == 'timeout' and st['attempts'][-1]['state'] == 'finished' and len(st['attempts']) >= 2
+    assert st['job_ids'] == [job_id] and [a['restart_count'] for a in st['attempts']] == list(range(len(st['attempts'])))
+    log = next(rd.glob('slurm-*.out')).read_text()
+    assert 'stalling 300.0s' in log and 'SIGTERM' in log and 'attempt 1: requeue' in log
+    resumed = (rd / 'resumes.log').read_text().split()
+    assert resumed[0] == 'None' and all(int(x) > 0 for x in resumed[1:])
+    steps = [int(line.split(',')[0]) for line in (rd / 'metrics.csv').read_text().splitlines()[1:]]
+    assert steps == list(range(1, OVERRUN_STEPS + 1))
+    assert json.loads((rd / 'results.json').read_text())['final_metric'] == pytest.approx(expected_metric(OVERRUN_STEPS, seed=5))
 
 
-# ---- 1 (checked last). the walltime job -------------------------------------------------------------
-def test_walltime_requeue_resumes_and_matches(walltime_job, runs):
-    job_id, rd = walltime_job
-    wait_for(lambda: status(rd).get('state') in ('finished', 'failed'), 420, 'the walltime job to finish', log=rd, interval=2)
+# ---- the training notebook under a real walltime: requeued, resumed, same final metrics -------------------
+def test_training_notebook_walltime_requeue_matches_uninterrupted(train_job):
+    job_id, rd, ref, ref_rd = train_job
+    wait_for(lambda: status(rd).get('state') in ('finished', 'failed', 'timeout'), 600, 'the training job to finish', log=rd, interval=2)
     st = status(rd)
     assert st['state'] == 'finished', st
     n = len(st['attempts'])
@@ -229,9 +356,33 @@ def test_walltime_requeue_resumes_and_matches(walltime_job, runs):
     assert all(a['state'] == 'preempted' for a in st['attempts'][:-1]) and st['attempts'][-1]['state'] == 'finished'
     assert st['job_ids'] == [job_id] and [a['restart_count'] for a in st['attempts']] == list(range(n))
     for a in st['attempts']:
+        assert (rd / f"train.attempt{a['attempt']}.ipynb").exists()
+    assert (rd / 'train.ipynb').read_bytes() == (rd / f'train.attempt{n}.ipynb').read_bytes()
+    log = next(rd.glob('slurm-*.out')).read_text()
+    assert log.count('USR1: walltime is near') >= n - 1
+    assert log.count('resuming from ') == n - 1 and str(rd / 'checkpoints' / 'last.ckpt') in log
+    out, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0, out[-3000:]
+    res, ref_res = json.loads((rd / 'results.json').read_text()), json.loads((ref_rd / 'results.json').read_text())
+    assert res['status'] == 'finished' and res['global_step'] == ref_res['global_step'] == TRAIN_EPOCHS * 8
+    for k, v in ref_res['final'].items():
+        assert res['final'][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
+# ---- the toy walltime job, requeued at least twice by the walltime alone ---------------------------------
+def test_walltime_requeue_resumes_and_matches(walltime_job, runs):
+    job_id, rd = walltime_job
+    wait_for(lambda: status(rd).get('state') in ('finished', 'failed', 'timeout'), 480, 'the walltime job to finish', log=rd, interval=2)
+    st = status(rd)
+    assert st['state'] == 'finished', st
+    n = len(st['attempts'])
+    assert n >= 3, 'the walltime did not force two requeues'
+    assert all(a['state'] == 'preempted' for a in st['attempts'][:-1]) and st['attempts'][-1]['state'] == 'finished'
+    assert st['job_ids'] == [job_id] and [a['restart_count'] for a in st['attempts']] == list(range(n))
+    for a in st['attempts']:
         assert (rd / f"resumable_job.attempt{a['attempt']}.ipynb").exists()
     assert (rd / 'resumable_job.ipynb').exists()
-    resumed = [x for x in (rd / 'resumes.log').read_text().split()]
+    resumed = (rd / 'resumes.log').read_text().split()
     assert resumed[0] == 'None' and all(int(x) > 0 for x in resumed[1:]), resumed   # later attempts resumed from last.ckpt
     steps = [int(line.split(',')[0]) for line in (rd / 'metrics.csv').read_text().splitlines()[1:]]
     assert steps == list(range(1, WALL_STEPS + 1))   # nothing lost, nothing repeated

@@ -411,3 +411,16 @@ def test_toy_task_cli_one_epoch(tmp_path, task, model_type):
     b = next(iter(dm.val_dataloader()))
     with torch.no_grad(): o = m(b)
     assert o.logits.shape == (4, toy_seq_len(task, 4), TOY_VOCAB_SIZE) and (o.halting_steps[b['inputs'] == 0] == 0).all()
+
+@pytest.mark.timeout(600)
+def test_compile_flag_trains_and_loads(maze_dir, tmp_path):
+    "`--compile` (torch.compile of the model): the run finishes and its checkpoint loads, raw and EMA weights alike."
+    from halting_lab import load_checkpoint
+    run = tmp_path / 'comp'
+    assert _train(maze_dir, run, '--compile', '--limit_train_batches', '2', '--use_ema', '--ema_decay', '0.5') == 0
+    ck = run / 'checkpoints' / 'last.ckpt'
+    sd = _sd(ck)
+    assert any(k.startswith('model._orig_mod.') for k in sd)                    # the wrapper's names in the state dict
+    raw, ema = load_checkpoint(ck, ema=False), load_checkpoint(ck)
+    k = 'head.weight'
+    assert torch.equal(raw.state_dict()[k], sd[f'model._orig_mod.{k}']) and torch.equal(ema.state_dict()[k], sd[f'ema_model.{k}'])

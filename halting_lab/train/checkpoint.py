@@ -63,7 +63,7 @@ def load_checkpoint(path:str|Path,        # a .ckpt written by `halting-lab trai
     if info['format'] in ('halting_lab', 'lightning'):
         sd = ck['state_dict']
         prefix = 'ema_model.' if ema and info['has_ema'] else 'model.'
-        weights = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        weights = {k[len(prefix):].replace('_orig_mod.', ''): v for k, v in sd.items() if k.startswith(prefix)}   # --compile wraps the model
         info['weights'] = 'ema' if prefix == 'ema_model.' else 'model'
     else:
         weights = ck['ema_state_dict'] if ema and 'ema_state_dict' in ck else ck['model_state_dict']

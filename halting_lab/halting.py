@@ -153,6 +153,7 @@ class PonderNet(HaltingCriterion):
         st = super().init(mask)
         st.extra['not_halted'] = mask.float()             # prod_{j<n} (1 - lambda_j)
         st.extra['p'] = []                                # p_n, S x [B, L]
+        st.extra['cum_p'] = torch.zeros_like(st.cum)      # sum_{j<=n} p_j (the output weights are one-hot at inference)
         return st
 
     def step(self, state, t, halt_logit=None, **signals):
@@ -165,9 +166,10 @@ class PonderNet(HaltingCriterion):
             halt = torch.zeros_like(state.running)
             w, new, still = self._step_with(state, t, halt, p_n)
         else:
-            crossed = (state.cum + p_n >= 0.5) if self.mode == 'median' else (torch.rand_like(lam) < lam)
+            crossed = (state.extra['cum_p'] + p_n >= 0.5) if self.mode == 'median' else (torch.rand_like(lam) < lam)
             w, new, still = self._step_onehot(state, t, crossed)
         new.extra['not_halted'] = state.extra['not_halted'] * (1 - lam)
+        new.extra['cum_p'] = state.extra['cum_p'] + torch.where(state.mask, p_n, torch.zeros_like(p_n))
         new.extra['p'] = state.extra['p'] + [torch.where(state.mask, p_n, torch.zeros_like(p_n))]
         return w, new, still
 

@@ -17,7 +17,7 @@ from .lightning import HaltingLitModule, batch_stats, lr_factor_at
 __all__ = ['OPTIMIZERS', 'CARRY_DIR', 'EXIT_RULES', 'MAZE_HARD_SOURCE', 'MAZE_HARD_RECIPE', 'SUDOKU_EXTREME_RECIPE',
            'CPU_RECIPES', 'adam_atan2_class', 'TRMOptimizer', 'TRMLitModule', 'carry_to_dict', 'carry_from_dict',
            'carry_path', 'evaluate_adaptive', 'dataset_batches', 'evaluate_halting_modes', 'trm_eval_cli',
-           'recipe_argv', 'maze_hard_data_argv', 'slurm_script', 'submit_recipe']
+           'recipe_argv', 'maze_hard_data_argv', 'recipe_job', 'slurm_script', 'submit_recipe']
 
 # %% ../../nbs/train/trm.ipynb #06d607da
 OPTIMIZERS = ('adamw', 'adam_atan2')
@@ -347,45 +347,6 @@ def maze_hard_data_argv(source_dir:str|Path=MAZE_HARD_SOURCE, output_dir:str|Pat
     return ['build-maze', 'preprocess-data', '--source-dir', str(source_dir), '--output-dir', str(output_dir), '--aug', '--quiet']
 
 # %% ../../nbs/train/trm.ipynb #d2e3f4a5
-_TRAIN_JOB = """\
-# Rendered by halting_lab.train.trm.slurm_script: `halting-lab train` as a batch job that survives walltime.
-# On USR1 (sent @@SIGNAL@@ s before the limit) the trap touches <run_dir>/PREEMPT; every rank checkpoints
-# (last.ckpt + its carry file) and stops with exit code 3; the job requeues itself and the next attempt
-# resumes exactly from <run_dir>/checkpoints/last.ckpt (--resume_ckpt auto). A finished run is never restarted.
-set -uo pipefail
-cd @@WORKDIR@@ || exit 1
-export HALTING_LAB_RUNS=@@RUNS_ROOT@@
-export PYTHONUNBUFFERED=1
-HL=@@HL@@
-RUN_DIR="$HALTING_LAB_RUNS/@@RUN_ID@@"
-log() { echo "[halting-lab $(date +%FT%T)] $*"; }
-fail() { "$HL" slurm _job end "$RUN_DIR" --name train --attempt "$ATTEMPT" --rc 1 --reason "$1" >/dev/null; log "$1"; exit 1; }
-
-ATTEMPT=$("$HL" slurm _job begin "$RUN_DIR" --max-attempts @@MAX_ATTEMPTS@@) || { log "cannot update $RUN_DIR/status.json"; exit 1; }
-case "$ATTEMPT" in
-  done)      log "@@RUN_ID@@ already finished; not restarting it"; exit 0 ;;
-  exhausted) log "@@RUN_ID@@: @@MAX_ATTEMPTS@@ attempts used; giving up"; exit 1 ;;
-esac
-@@DATA@@
-rm -f "$RUN_DIR/PREEMPT"
-on_usr1() { log "USR1: walltime is near; asking the training to checkpoint and stop"; touch "$RUN_DIR/PREEMPT"; }
-trap on_usr1 USR1
-log "run @@RUN_ID@@ attempt $ATTEMPT: job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}) on $(hostname)"
-srun --kill-on-bad-exit=1 "$HL" train @@ARGS@@ &
-PID=$!
-while kill -0 "$PID" 2>/dev/null; do wait "$PID"; done   # a trapped signal interrupts wait; wait again
-wait "$PID"; RC=$?
-[ "$RC" -eq 3 ] && RC=0                                    # 3: preempted after a checkpoint (results.json says so)
-OUTCOME=$("$HL" slurm _job end "$RUN_DIR" --name train --attempt "$ATTEMPT" --rc "$RC")
-case "$OUTCOME" in
-  finished) log "finished: $RUN_DIR/results.json"; exit 0 ;;
-  requeue)  log "checkpointed after attempt $ATTEMPT; requeueing job ${SLURM_JOB_ID:-?}"
-            scontrol requeue "${SLURM_JOB_ID}" || fail "scontrol requeue failed"
-            sleep 30; exit 0 ;;
-  *)        log "failed (training exit $RC): see $RUN_DIR/train.log"; exit 1 ;;
-esac
-"""
-
 def _job_recipe(recipe:dict, gpus:int)->dict:
     "The recipe as the job runs it: per-device batch, one rank per GPU, resume from last.ckpt."
     if not recipe.get('run_id') or recipe.get('default_root_dir'):
@@ -397,48 +358,33 @@ def _job_recipe(recipe:dict, gpus:int)->dict:
         r['batch_size'] = int(recipe['batch_size']) // gpus     # per-device batch; global batch unchanged
     return r
 
-def slurm_script(recipe:dict=MAZE_HARD_RECIPE,  # `halting-lab train` flags, with a run_id
-                 gpus:int=4,                     # GPUs on one node, one DDP rank each (0: one CPU rank)
-                 cfg=None,                       # `halting_lab.slurm.SlurmConfig` (walltime, partition, signal lead, ...)
-                 source_dir:str|Path|None=None,  # official maze files: build recipe['data_dir'] from them when missing
-                 root:str|Path|None=None)->str:  # runs root (default: $HALTING_LAB_RUNS or ./runs)
-    "The sbatch script of a training recipe: traps USR1, checkpoints, requeues itself and resumes from last.ckpt."
-    import os, shlex
-    from halting_lab.slurm import SlurmConfig, sbatch_directives, signal_seconds, default_venv
-    from halting_lab.core import runs_root
+def recipe_job(recipe:dict=MAZE_HARD_RECIPE,  # `halting-lab train` flags, with a run_id
+               gpus:int=4,                     # GPUs on one node, one DDP rank each (0: one CPU rank)
+               cfg=None,                       # `halting_lab.slurm.SlurmConfig` (walltime, partition, signal lead, ...)
+               source_dir:str|Path|None=None)->tuple:  # official maze files: build recipe['data_dir'] from them when missing
+    "`(command, run_id, cfg)` of the training job: `srun halting-lab train ...` (after the dataset step) and its resources."
+    import shlex
+    from halting_lab.slurm import SlurmConfig
     cfg = cfg or SlurmConfig(time='24:00:00', cpus_per_task=8)
     if gpus > 0 and not (cfg.gres or cfg.gpus): cfg.gres = f'gpu:{gpus}'
     cfg.extra_sbatch = ['--nodes=1', f'--ntasks-per-node={max(1, gpus)}', *cfg.extra_sbatch]
-    r = _job_recipe(recipe, gpus); rid = r['run_id']
-    root = Path(root if root is not None else runs_root()).resolve()
-    venv = cfg.venv if cfg.venv is not None else default_venv()
-    data = ''
-    if source_dir is not None:
-        dd = shlex.quote(str(r['data_dir']))
-        data = (f'if [ ! -f {dd}/train/dataset.json ]; then\n  log "building {r["data_dir"]} from {source_dir}"\n'
-                f'  "$HL" {shlex.join(maze_hard_data_argv(source_dir, r["data_dir"]))} || fail "dataset build failed"\nfi')
-    values = dict(SIGNAL=signal_seconds(cfg) if cfg.requeue else 0, WORKDIR=shlex.quote(str(Path(cfg.workdir or os.getcwd()).resolve())),
-                  RUNS_ROOT=shlex.quote(str(root)), HL=shlex.quote(str(Path(venv) / 'bin' / 'halting-lab')) if venv else 'halting-lab',
-                  RUN_ID=rid, MAX_ATTEMPTS=int(cfg.max_attempts), DATA=data, ARGS=shlex.join(recipe_argv(r)))
-    body = _TRAIN_JOB
-    for k, v in values.items(): body = body.replace(f'@@{k}@@', str(v))
-    head = sbatch_directives(cfg, rid, str(root / rid / 'slurm-%j.out'))
-    return '\n'.join(['#!/bin/bash', *head, body])
+    r = _job_recipe(recipe, gpus)
+    cmd = 'srun --kill-on-bad-exit=1 halting-lab train ' + shlex.join(recipe_argv(r))
+    if source_dir is not None:      # the dataset step runs once, in the job, before the training
+        cmd = (f'{{ test -f {shlex.quote(str(r["data_dir"]) + "/train/dataset.json")} || '
+               f'halting-lab {shlex.join(maze_hard_data_argv(source_dir, r["data_dir"]))}; }} && {cmd}')
+    return cmd, r['run_id'], cfg
+
+def slurm_script(recipe:dict=MAZE_HARD_RECIPE, gpus:int=4, cfg=None, source_dir:str|Path|None=None,
+                 root:str|Path|None=None)->str:
+    "The sbatch script of a recipe, rendered by `halting_lab.slurm.render_command_job`: traps USR1, checkpoints, requeues, resumes."
+    from halting_lab.slurm import render_command_job
+    cmd, rid, cfg = recipe_job(recipe, gpus, cfg, source_dir)
+    return render_command_job(cmd, rid, cfg, root)
 
 def submit_recipe(recipe:dict=MAZE_HARD_RECIPE, gpus:int=4, cfg=None, source_dir:str|Path|None=None,
                   root:str|Path|None=None, dry_run:bool=False)->dict:
-    "Write `runs/<run_id>/job.sbatch` (the run dir must exist for Slurm's log file) and submit it; `{'job_id', 'run_dir', 'script'}`."
-    from halting_lab.slurm import sbatch, update_status
-    from halting_lab.core import runs_root, atomic_write_text
-    script = slurm_script(recipe, gpus, cfg, source_dir, root)
-    run_dir = Path(root if root is not None else runs_root()).resolve() / recipe['run_id']
-    if dry_run: return {'job_id': None, 'run_dir': str(run_dir), 'script': script}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = atomic_write_text(run_dir / 'job.sbatch', script); Path(path).chmod(0o755)
-    with update_status(run_dir) as st:
-        st.update(executor='slurm', name='train', params=dict(recipe), script='job.sbatch', state='submitted')
-    job_id = sbatch(run_dir / 'job.sbatch')
-    with update_status(run_dir) as st:
-        if job_id not in st['job_ids']: st['job_ids'].append(job_id)
-        if st['state'] == 'submitted': st['state'] = 'pending'
-    return {'job_id': job_id, 'run_dir': str(run_dir), 'script': script}
+    "Submit the recipe with `halting_lab.slurm.submit_command` (run dir, status.json, sbatch): `{'job_id', 'run_dir', 'script'}`."
+    from halting_lab.slurm import submit_command
+    cmd, rid, cfg = recipe_job(recipe, gpus, cfg, source_dir)
+    return submit_command(cmd, rid, cfg, dry_run=dry_run, root=root)

@@ -148,11 +148,13 @@ def test_pondernet_eval_halts_at_cumulative_median():
 def test_compiled_path_has_no_graph_break_and_same_result():
     "Under torch.compile the halting loop runs every step (masked): one graph, and the same outputs as the eager early exit."
     import unittest.mock
+    torch.manual_seed(0)
     b = _maze_batch(B=2, side=6)
     models = [ActRNN(ActRNNConfig(vocab_size=6, seq_len=36, hidden_size=8, time_limit=4, halt_bias_init=0.)),
               ActRNN(ActRNNConfig(vocab_size=6, seq_len=36, hidden_size=8, time_limit=4, halting_rule='pondernet', halt_bias_init=0.)),
               UniversalTransformer(UTConfig(vocab_size=6, seq_len=36, ut_embedding_size=8, ut_heads=2, ut_key_depth=8, ut_value_depth=8,
-                                            ut_filter_size=8, ut_max_hops=4, ut_act=True, halt_bias_init=0.))]
+                                            ut_filter_size=8, ut_max_hops=4, ut_act=True, halt_bias_init=3.))]
+    torch.nn.init.zeros_(models[2].halt.weight)                          # UT: p = sigmoid(3) everywhere, done after 2 hops
     for m in models:
         for train_mode in (True, False):
             m.train(train_mode)

@@ -437,6 +437,9 @@ def test_compare_halting_notebook(tmp_path):
         assert (out / f).stat().st_size > 0, f
     res = json.loads((out / 'results.json').read_text())
     names = {r['criterion'] for r in res['rows']}
-    assert {'TRM fixed 1', 'TRM fixed 3', 'TRM Q-halt', 'TRM latent-diff'} <= names
+    assert {'TRM fixed 1', 'TRM fixed 3', 'TRM Q-halt', 'TRM latent-diff', 'TRM entropy'} <= names
+    for m in ('ACT-RNN (ACT)', 'ACT-RNN (PonderNet)', 'UT (ACT basic)', 'UT (ACT accumulated)', 'UT (ACT global)'):
+        assert {m, f'{m} fixed 1', f'{m} fixed 3', f'{m} kl', f'{m} entropy', f'{m} argmax-stability'} <= names, m
     assert all(r['mean_steps'] <= 3 + 1e-6 for r in res['rows'])
+    assert all(r['mean_steps'] == k for r in res['rows'] for k in (1, 3) if r['criterion'].endswith(f'fixed {k}'))
     assert 'plotly' in (out / 'pareto.html').read_text()[:200000].lower()

@@ -114,7 +114,6 @@ class UniversalTransformer(nn.Module):
         if 'puzzle_identifiers' in batch: state = state + self.puzzle_embed(batch['puzzle_identifiers'].long())[:, None]
         key_mask = mask | ~mask.any(1, keepdim=True)                          # an all-pad row attends to itself
         act = self.criterion(); st = act.init(mask); acc, steps = None, []
-        run_all = torch.compiler.is_compiling()                               # compiled: no data-dependent early exit
         for t in range(cfg.ut_max_hops):
             s = state + self.pos_signal[:L].to(state.dtype) + self.step_signal[t].to(state.dtype)
             y = self.block(s, key_mask)                                       # [B, L, d]
@@ -125,7 +124,7 @@ class UniversalTransformer(nn.Module):
             else:
                 state = y; acc = y
             if return_steps: steps.append(self.head(self.norm(y)))
-            if cfg.ut_act and not run_all and act.done(st): break
+            if cfg.ut_act and act.done(st): break
         logits = self.head(self.norm(acc))
         if cfg.ut_act:
             res = act.finalize(st)

@@ -119,6 +119,7 @@ def test_parity_notebook(tmp_path):
     assert res['corr_ones'] > 0.2, res
     assert res['accuracy'] > 0.9, res
 
+
 def test_pondernet_eval_halts_at_cumulative_median():
     "ActRNN with halting_rule='pondernet' in eval mode: each cell stops at the first step whose cumulative p reaches 0.5."
     torch.manual_seed(0)

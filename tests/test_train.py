@@ -424,3 +424,17 @@ def test_compile_flag_trains_and_loads(maze_dir, tmp_path):
     raw, ema = load_checkpoint(ck, ema=False), load_checkpoint(ck)
     k = 'head.weight'
     assert torch.equal(raw.state_dict()[k], sd[f'model._orig_mod.{k}']) and torch.equal(ema.state_dict()[k], sd[f'ema_model.{k}'])
+
+
+def test_accelerator_auto_order(monkeypatch):
+    "`--accelerator auto` picks CUDA, else Apple MPS, else CPU; `halting-lab eval --device auto` resolves the same way."
+    import torch
+    from halting_lab.train.run import _accelerator
+    from halting_lab.train.config import TrainConfig
+    from halting_lab.train.nav import resolve_device
+    tc = TrainConfig(accelerator='auto')
+    for cuda, mps, want, dev in ((True, True, 'gpu', 'cuda'), (False, True, 'mps', 'mps'), (False, False, 'cpu', 'cpu')):
+        monkeypatch.setattr(torch.cuda, 'is_available', lambda c=cuda: c)
+        monkeypatch.setattr(torch.backends.mps, 'is_available', lambda m=mps: m)
+        assert _accelerator(tc) == want and resolve_device('auto') == dev
+    assert _accelerator(TrainConfig(accelerator='cpu')) == 'cpu'

@@ -35,7 +35,7 @@ def _eval_parser():
     p.add_argument('--output', default=None, help='CSV file to write (default: print the summary only)')
     p.add_argument('--batch_size', type=int, default=256)
     p.add_argument('--no_ema', action='store_true', help='use the raw weights instead of the EMA')
-    p.add_argument('--device', default='cpu')
+    p.add_argument('--device', default='auto', help='auto (cuda > mps > cpu) | cpu | cuda | mps')
     p.add_argument('--limit', type=int, default=None, help='first N examples only')
     return p
 
@@ -47,7 +47,8 @@ def eval_cli(argv:list|None=None)->int:
         return trm_eval_cli(argv)
     a = _eval_parser().parse_args(argv)
     from halting_lab.train.run import evaluate
+    from halting_lab.train.nav import resolve_device
     df = evaluate(a.ckpt, a.data_dir, split=a.split, output=a.output, batch_size=a.batch_size, ema=not a.no_ema,
-                  device=a.device, limit=a.limit)
+                  device=resolve_device(a.device), limit=a.limit)
     print(json.dumps(df.attrs['summary']))
     return 0

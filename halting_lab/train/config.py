@@ -52,7 +52,7 @@ class TrainConfig:
     time_penalty_start: float = _f(0.0, 'act_rnn: ponder-cost weight at step 0')
     time_penalty_warmup_steps: int = _f(0, 'act_rnn: optimizer steps of the linear ramp from --time_penalty_start to --time_penalty')
     time_penalty: float = _f(0.001, 'act_rnn: final ponder-cost weight tau (ponder cost = N + R per cell)')
-    accelerator: str = _f('auto', "lightning accelerator: auto (GPU when present, else CPU), cpu, gpu")
+    accelerator: str = _f('auto', "lightning accelerator: auto (CUDA GPU, else Apple MPS, else CPU), cpu, gpu, mps")
     devices: str = _f('1', "devices per node: 1, N (>1 = DDP) or auto")
     strategy: str = _f('auto', 'lightning strategy (auto; ddp is used when devices > 1)')
     precision: Optional[str] = _f(None, 'lightning precision; default bf16-mixed on GPU, 32-true on CPU')

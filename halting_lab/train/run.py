@@ -138,7 +138,10 @@ def _precision(tc:TrainConfig, accel:str)->str:
     return 'bf16-mixed' if accel in ('gpu', 'cuda') else '32-true'
 
 def _accelerator(tc:TrainConfig)->str:
-    if tc.accelerator == 'auto': return 'gpu' if torch.cuda.is_available() else 'cpu'
+    "Lightning accelerator of `tc.accelerator`; `auto` = gpu (CUDA) > mps (Apple) > cpu, as `resolve_device`."
+    if tc.accelerator == 'auto':
+        from halting_lab.train.nav import resolve_device
+        return {'cuda': 'gpu', 'mps': 'mps', 'cpu': 'cpu'}[resolve_device('auto')]
     return tc.accelerator
 
 def _devices(tc:TrainConfig):

@@ -15,10 +15,10 @@ from .sweep import (parse_value, parse_grid, grid_elements, parse_params, check_
 
 # %% auto #0
 __all__ = ['TEMPLATE_DIR', 'PREEMPTED_RC', 'SlurmConfig', 'time_to_seconds', 'signal_seconds', 'default_venv', 'render_template',
-           'sbatch_directives', 'papermill_args', 'render_notebook_job', 'render_command_job', 'update_status',
-           'job_begin', 'job_end', 'job_term', 'sbatch', 'squeue_states', 'scontrol_job', 'job_final_state', 'live_job',
-           'submit_notebook', 'submit_command', 'array_indices', 'submit_sweep', 'reconciled_state', 'run_statuses',
-           'format_status', 'submit_lab', 'slurm_cli']
+           'sbatch_directives', 'papermill_args', 'render_notebook_job', 'render_command_job', 'notebook_ran_cells',
+           'update_status', 'job_begin', 'job_end', 'job_term', 'sbatch', 'squeue_states', 'scontrol_job',
+           'job_final_state', 'live_job', 'submit_notebook', 'submit_command', 'array_indices', 'submit_sweep',
+           'reconciled_state', 'run_statuses', 'format_status', 'submit_lab', 'slurm_cli']
 
 # %% ../nbs/slurm.ipynb #f710d7f6
 @dataclass
@@ -146,7 +146,13 @@ def render_notebook_job(notebook:str|Path, # the parameterized notebook papermil
     nb = Path(notebook).resolve()
     kern = kernel_override(nb)
     kflags = ' '.join(f'--{"kernel" if k == "kernel_name" else k} {v}' for k, v in kern.items())
-    run = f'papermill "$NOTEBOOK" "$RUN_DIR/$NAME.attempt$ATTEMPT.ipynb" --no-progress-bar --log-output {kflags} "${{PARAMS[@]}}"'
+    out = '"$RUN_DIR/$NAME.attempt$ATTEMPT.ipynb"'
+    pm = f'papermill "$NOTEBOOK" {out} --no-progress-bar --log-output {kflags} "${{PARAMS[@]}}"'
+    # Kernels started at the same moment on one node can collide on a ZMQ port ("Kernel died before replying
+    # to kernel_info"): retry papermill, up to 3 tries, only while no cell of the attempt has run yet.
+    run = (f'( for KTRY in 1 2 3; do {pm}; RC=$?; [ "$RC" = 0 ] && exit 0; '
+           f'halting-lab slurm _job ran {out} && exit "$RC"; '
+           'log "the kernel did not start (try $KTRY of 3): retrying"; sleep $((KTRY + RANDOM % 3)); done; exit "$RC" )')
     return _job_script(_select_block(elements, array is not None), run, cfg, output, job_name, root, str(nb), nb.stem, array, dependency)
 
 def render_command_job(command:str|list, # shell command line (a list is quoted with `shlex.join`)
@@ -160,6 +166,15 @@ def render_command_job(command:str|list, # shell command line (a list is quoted 
     run_dir = Path(root if root is not None else runs_root()).resolve()/run_id
     cmd = shlex.join(map(str, command)) if isinstance(command, (list, tuple)) else str(command)
     return _job_script(f'RUN_ID={shlex.quote(run_id)}', cmd, cfg, output or str(run_dir/'slurm-%j.out'), job_name or run_id, root)
+
+
+# %% ../nbs/slurm.ipynb #92bc365e
+def notebook_ran_cells(path:str|Path)->bool:
+    "True when papermill's output notebook at `path` shows a started cell (missing/unreadable: True, a real failure)."
+    try: nb = json.loads(Path(path).read_text())
+    except (OSError, ValueError): return True
+    return any(c.get('execution_count') or c.get('metadata', {}).get('papermill', {}).get('start_time')
+               for c in nb.get('cells', []) if c.get('cell_type') == 'code')
 
 
 # %% ../nbs/slurm.ipynb #6dffbb53
@@ -688,13 +703,14 @@ def slurm_cli(argv:list[str]|None=None)->int:
     return 0
 
 def _job_cli(argv:list[str])->int:
-    "Internal, called by the template: `_job begin RUN_DIR` / `_job end RUN_DIR --name N --attempt K --rc RC` / `_job term RUN_DIR ...`."
+    "Internal, called by the template: `_job begin RUN_DIR` / `_job end RUN_DIR --name N --attempt K --rc RC` / `_job term RUN_DIR ...` / `_job ran NOTEBOOK`."
     ap = argparse.ArgumentParser(prog='halting-lab slurm _job')
-    ap.add_argument('what', choices=['begin', 'end', 'term']); ap.add_argument('run_dir')
+    ap.add_argument('what', choices=['begin', 'end', 'term', 'ran']); ap.add_argument('run_dir', help='run dir (for ran: the executed notebook)')
     ap.add_argument('--max-attempts', type=int, default=20); ap.add_argument('--name', default='')
     ap.add_argument('--attempt', type=int, default=0); ap.add_argument('--rc', type=int, default=0); ap.add_argument('--reason', default='')
     ap.add_argument('--requeue', type=int, default=1)
     a = ap.parse_args(argv)
+    if a.what == 'ran': return 0 if notebook_ran_cells(a.run_dir) else 1
     if a.what == 'begin': print(job_begin(a.run_dir, a.max_attempts))
     elif a.what == 'end': print(job_end(a.run_dir, a.name, a.attempt, a.rc, a.reason))
     else: print(job_term(a.run_dir, a.name, a.attempt, a.max_attempts, bool(a.requeue)))

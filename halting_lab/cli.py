@@ -4,42 +4,44 @@
 
 # %% ../nbs/cli.ipynb #1401c17f
 from __future__ import annotations
-import importlib, sys
+import sys
 from .core import HaltingLabError
+from . import registry
 
 # %% auto #0
-__all__ = ['VERBS', 'usage', 'main']
+__all__ = ['verbs', 'usage', 'main']
 
 # %% ../nbs/cli.ipynb #6ef955e1
-VERBS = {  # verb -> ("module:function", one-line help)
-    'data':         ('halting_lab.data.hrm:data_cli',          'validate / summarise an HRM-format dataset (`data check DIR`)'),
-    'build-maze':   ('halting_lab.tasks.maze:build_maze_cli',  'generate mazes (or the aug8 set) in the HRM format'),
-    'build-sudoku': ('halting_lab.tasks.sudoku:build_sudoku_cli', 'generate Sudoku puzzles with unique solutions (HRM format)'),
-    'train':        ('halting_lab.train.cli:train_cli',        'train ACT-RNN / Universal Transformer / TRM into runs/<run_id>/'),
-    'eval':         ('halting_lab.train.cli:eval_cli',         'evaluate a checkpoint; per-example results to CSV'),
-    'slurm':        ('halting_lab.slurm:slurm_cli',            'submit notebooks / sweeps / JupyterLab to Slurm; job status'),
-    'nav':          ('halting_lab.train.nav:nav_cli',           'grid navigation: generate data, train the MLP-Mixer TRM (seed 003)'),
-    'sweep':        ('halting_lab.sweep:sweep_cli',            'run a papermill grid sweep locally, one run dir per element'),
-}
+def verbs()->dict:
+    "{verb: one-line help} of the built-in verbs and those registered by loaded plugins."
+    out = {v: h for v, (_, h) in registry.BUILTIN_COMMANDS.items() if registry.builtin_command_available(v)}
+    out.update({v: s.help for v, s in registry._REGISTRY['command'].items() if not v.startswith('_')})
+    return out
 
 def usage()->str:
     "The top-level help text."
-    w = max(map(len, VERBS))
-    lines = ['usage: halting-lab <verb> [args...]   (halting-lab <verb> --help for a verb\'s flags)', '', 'verbs:']
-    lines += [f'  {v:<{w}}  {h}' for v, (_, h) in VERBS.items()]
+    vs = verbs(); w = max(map(len, vs))
+    lines = ["usage: halting-lab [--plugin MODULE ...] <verb> [args...]   (halting-lab <verb> --help for a verb's flags)",
+             '', 'verbs:']
+    lines += [f'  {v:<{w}}  {h}' for v, h in vs.items()]
     return '\n'.join(lines)
 
 def main(argv:list[str]|None=None)->int:
-    "Entry point of `halting-lab`: dispatch to the verb's function; print bad-input errors without a traceback."
+    "Entry point of `halting-lab`: load `--plugin`s, dispatch to the verb; bad-input errors without a traceback."
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        plugins, argv = registry.split_plugin_args(argv)
+        registry.load_plugins(plugins, builtins=False)
+    except HaltingLabError as e:
+        print(f'halting-lab: error: {e}', file=sys.stderr); return 1
     if not argv or argv[0] in ('-h', '--help', 'help'):
         print(usage()); return 0
     verb, rest = argv[0], argv[1:]
-    if verb not in VERBS:
+    try: command = registry.find_command(verb)
+    except HaltingLabError:
         print(f'halting-lab: unknown verb {verb!r}\n\n{usage()}', file=sys.stderr); return 2
-    mod, fn = VERBS[verb][0].split(':')
     try:
-        rc = getattr(importlib.import_module(mod), fn)(rest)
+        rc = command(rest)
     except HaltingLabError as e:
         print(f'halting-lab {verb}: error: {e}', file=sys.stderr); return 1
     return int(rc or 0)

@@ -12,6 +12,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from ..core import HaltingOutput, HaltingLabError
 from ..halting import ACT, PonderNet
+from ..registry import register_model
 
 # %% auto #0
 __all__ = ['ActRNNConfig', 'ConvMix', 'AttnMix', 'GatedCell', 'ActRNN']
@@ -120,6 +121,7 @@ class GatedCell(nn.Module):
         return h + torch.sigmoid(z) * (torch.tanh(n) - h)
 
 # %% ../../nbs/models/act_rnn.ipynb #fe045b4e
+@register_model
 class ActRNN(nn.Module):
     "Recurrent per-cell core with ACT; `forward(batch, return_steps=False) -> HaltingOutput`."
     model_type = 'act_rnn'

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from ..core import HaltingOutput, HaltingLabError
+from ..registry import register_model
 
 # %% auto #0
 __all__ = ['NavConfig', 'MixerBlock', 'NavTRM', 'create_model', 'count_parameters']
@@ -52,6 +53,7 @@ class MixerBlock(nn.Module):
         return x + self.drop(self.channel_mlp(self.norm2(x)))
 
 # %% ../../nbs/models/nav_mixer.ipynb #406c5d33
+@register_model(trainable=False)
 class NavTRM(nn.Module):
     "Recursive MLP-Mixer (TRM-style, deep supervision) predicting the next navigation action."
     model_type = 'nav_trm'

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch, torch.nn as nn, torch.nn.functional as F
 from ..core import HaltingOutput, HaltingLabError
 from ..halting import q_halt_decision
+from ..registry import register_model
 
 # %% auto #0
 __all__ = ['CARRY_KEYS', 'TRMConfig', 'trunc_normal_', 'rms_norm', 'SwiGLU', 'RotaryEmbedding', 'apply_rotary', 'Attention',
@@ -169,6 +170,7 @@ class ReasoningModule(nn.Module):
         return h
 
 # %% ../../nbs/models/trm.ipynb #fef3f29b
+@register_model(lit_module='halting_lab.train.trm:TRMLitModule')
 class TRM(nn.Module):
     "Tiny Recursive Model with deep supervision and a Q-halting head (see the notebook for the algorithm)."
     model_type = 'trm'

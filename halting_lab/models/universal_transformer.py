@@ -12,6 +12,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from ..core import HaltingOutput, HaltingLabError
 from ..halting import ACT
+from ..registry import register_model
 
 # %% auto #0
 __all__ = ['UTConfig', 'timing_signal', 'UTBlock', 'UniversalTransformer']
@@ -86,6 +87,7 @@ class UTBlock(nn.Module):
         return x + self.drop(self.ff(self.n2(x)))
 
 # %% ../../nbs/models/universal_transformer.ipynb #a4d51f04
+@register_model
 class UniversalTransformer(nn.Module):
     "Universal Transformer encoder with per-position ACT; `forward(batch, return_steps=False) -> HaltingOutput`."
     model_type = 'universal_transformer'

@@ -11,29 +11,66 @@ from typing import Any, Optional
 import numpy as np
 
 # %% auto #0
-__all__ = ['DIHEDRAL_INVERSE', 'MODEL_TYPES', 'HaltingLabError', 'atomic_write_bytes', 'atomic_write_text', 'save_json',
-           'load_json', 'torch_save_atomic', 'atomic_dir', 'seed_everything', 'library_versions', 'runs_root',
-           'new_run_id', 'RunDir', 'dihedral_transform', 'inverse_dihedral_transform', 'HaltingOutput', 'model_class']
+__all__ = ['DIHEDRAL_INVERSE', 'HaltingLabError', 'DiskFullError', 'atomic_write_bytes', 'atomic_write_text', 'save_json',
+           'load_json', 'torch_save_atomic', 'atomic_dir', 'seed_everything', 'library_versions', 'resolve_device',
+           'runs_root', 'new_run_id', 'RunDir', 'dihedral_transform', 'inverse_dihedral_transform', 'HaltingOutput',
+           'model_class']
 
 # %% ../nbs/00_core.ipynb #490e1328
 class HaltingLabError(Exception):
     "Base class of errors caused by bad input: the message names the file/field and what was expected."
 
 # %% ../nbs/00_core.ipynb #70a12ce0
-def atomic_write_bytes(path:str|Path, # destination file
-                       data:bytes):   # content
-    "Write `data` to `path` through a temp file + rename, so readers see the old or the new file, never half."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+class DiskFullError(HaltingLabError):
+    "A write failed because the file system is full (or the quota is exhausted)."
+
+def _is_disk_full(e:BaseException)->bool:
+    "Whether `e`, or an exception it was raised from, is ENOSPC/EDQUOT."
+    import errno
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
+        e = e.__cause__ or e.__context__
+    return False
+
+def _umask()->int:
+    "The process umask, read without changing it where /proc allows."
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'): return int(line.split()[1], 8)
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+# %% ../nbs/00_core.ipynb #0b7c51e2
+@contextlib.contextmanager
+def _atomic_file(path:Path):
+    "Yield a binary file that replaces `path` on success; on error remove it (disk full: `DiskFullError`)."
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, 'wb') as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        if _is_disk_full(e):
+            raise DiskFullError(f'{path}: no space left on device; nothing was written '
+                                '(free space or write elsewhere)') from e
         raise
+
+def atomic_write_bytes(path:str|Path, # destination file
+                       data:bytes):   # content
+    "Write `data` to `path` through a temp file + rename: readers see the old or the new file."
+    path = Path(path)
+    with _atomic_file(path) as f: f.write(data)
     return path
 
+# %% ../nbs/00_core.ipynb #6d0f2c8e
 def atomic_write_text(path:str|Path, text:str):
     "Atomically write a text file (UTF-8)."
     return atomic_write_bytes(path, text.encode('utf-8'))
@@ -60,14 +97,8 @@ def load_json(path:str|Path):
 def torch_save_atomic(obj:Any, path:str|Path):
     "`torch.save` through a temp file + rename: an interrupted save leaves the previous checkpoint intact."
     import torch
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'); os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-        raise
+    path = Path(path)
+    with _atomic_file(path) as f: torch.save(obj, f)
     return path
 
 # %% ../nbs/00_core.ipynb #b31996ee
@@ -75,17 +106,26 @@ def torch_save_atomic(obj:Any, path:str|Path):
 def atomic_dir(final:str|Path, # directory to create (replaced if it exists)
                overwrite:bool=True):
     "Context manager yielding a temp dir that becomes `final` on success and is deleted on error."
-    final = Path(final); final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists() and not overwrite: raise HaltingLabError(f'{final}: already exists (pass overwrite)')
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and not overwrite:
+        raise HaltingLabError(f'{final}: already exists (pass overwrite)')
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.', suffix='.partial'))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700: give the folder the usual mode
         yield tmp
         if final.exists():
-            old = final.with_name(f'.{final.name}.old'); shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old); os.replace(tmp, final); shutil.rmtree(old, ignore_errors=True)
+            old = final.with_name(f'.{final.name}.old')
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
         else: os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(e) and not isinstance(e, DiskFullError):
+            raise DiskFullError(f'{final}: no space left on device; nothing was written') from e
+        raise
 
 # %% ../nbs/00_core.ipynb #25644068
 def seed_everything(seed:int, deterministic:bool=False):
@@ -109,6 +149,25 @@ def library_versions()->dict:
         try: out[pkg] = version(pkg)
         except PackageNotFoundError: pass
     return out
+
+# %% ../nbs/00_core.ipynb #5c2d7b41
+def _mps_available()->bool:
+    "Whether this torch build has a usable Apple MPS backend."
+    import torch
+    mps = getattr(torch.backends, 'mps', None)
+    return mps is not None and mps.is_available()
+
+def resolve_device(name:str='auto')->str: # auto, cpu, cuda or mps
+    "`auto` -> cuda, else mps, else cpu; a requested but missing accelerator is a clear error."
+    import torch
+    if name == 'auto': return 'cuda' if torch.cuda.is_available() else ('mps' if _mps_available() else 'cpu')
+    if name not in ('cpu', 'cuda', 'mps'):
+        raise HaltingLabError(f'--device: expected auto|cpu|cuda|mps, got {name!r}')
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise HaltingLabError('--device cuda: CUDA is not available (use --device cpu or auto)')
+    if name == 'mps' and not _mps_available():
+        raise HaltingLabError('--device mps: MPS is not available (use --device cpu or auto)')
+    return name
 
 # %% ../nbs/00_core.ipynb #ddf9b049
 def runs_root()->Path:
@@ -180,16 +239,13 @@ class HaltingOutput:
         return 0 if self.step_logits is None else int(self.step_logits.shape[0])
 
 # %% ../nbs/00_core.ipynb #afa73093
-MODEL_TYPES = {
-    'act_rnn':               'halting_lab.models.act_rnn:ActRNN',
-    'universal_transformer': 'halting_lab.models.universal_transformer:UniversalTransformer',
-    'trm':                   'halting_lab.models.trm:TRM',
-    'nav_trm':               'halting_lab.models.nav_mixer:NavTRM',
-}
-
-def model_class(model_type:str):
+def model_class(model_type:str): # a registered `model_type` such as 'act_rnn'
     "The model class registered for `model_type` (clear error listing the known ones)."
-    if model_type not in MODEL_TYPES:
-        raise HaltingLabError(f'model_type: unknown {model_type!r}; expected one of {sorted(MODEL_TYPES)}')
-    mod, name = MODEL_TYPES[model_type].split(':')
-    return getattr(importlib.import_module(mod), name)
+    from halting_lab.registry import get_model
+    return get_model(model_type).cls()
+
+def __getattr__(name:str):
+    "`MODEL_TYPES` (deprecated): {model_type: 'module:Class'} built from the registry on access."
+    if name != 'MODEL_TYPES': raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    from halting_lab import registry
+    return {k: registry._qualname(s) for k, s in registry.entries('model').items()}

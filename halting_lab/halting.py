@@ -10,11 +10,15 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from fastcore.basics import patch
+from .core import HaltingLabError
+from .registry import register_halting
 
 # %% auto #0
-__all__ = ['ACT_TYPES', 'EXIT_DEFAULTS', 'HaltState', 'HaltResult', 'masked_mean', 'HaltingCriterion', 'ACT', 'UTACT',
-           'geometric_prior', 'PonderNet', 'pondernet_kl', 'pondernet_loss', 'q_halt_decision', 'QHalt', 'q_halt_loss',
-           'q_continue_target', 'seq_correct', 'ExitRule', 'replay_exit', 'select_steps', 'make_criterion']
+__all__ = ['ACT_TYPES', 'EXIT_DEFAULTS', 'HALTING_ALIASES', 'HaltState', 'HaltResult', 'masked_mean', 'HaltingCriterion', 'ACT',
+           'UTACT', 'geometric_prior', 'PonderNet', 'pondernet_kl', 'pondernet_loss', 'q_halt_decision', 'QHalt',
+           'q_halt_loss', 'q_continue_target', 'seq_correct', 'ExitRule', 'replay_exit', 'select_steps',
+           'make_criterion', 'act_ponder_weight', 'masked_ce']
 
 # %% ../nbs/halting/halting.ipynb #881ea5cd
 @dataclass
@@ -242,11 +246,12 @@ class QHalt(HaltingCriterion):
         return halt[:, None].expand_as(state.running), torch.zeros_like(state.cum)
 
 def q_halt_loss(q_halt:Tensor, seq_correct:Tensor, q_continue:Optional[Tensor]=None,
-                q_continue_target:Optional[Tensor]=None)->Tensor:
+                q_continue_target:Optional[Tensor]=None, reduction:str='mean')->Tensor:
     "BCE of `q_halt` [B] against 'prediction fully correct' (+ HRM's bootstrapped q_continue term)."
-    loss = F.binary_cross_entropy_with_logits(q_halt.float(), seq_correct.float())
+    bce = F.binary_cross_entropy_with_logits
+    loss = bce(q_halt.float(), seq_correct.to(q_halt.dtype).float(), reduction=reduction)
     if q_continue is not None and q_continue_target is not None:
-        loss = loss + F.binary_cross_entropy_with_logits(q_continue.float(), q_continue_target.float())
+        loss = loss + bce(q_continue.float(), q_continue_target.float(), reduction=reduction)
     return loss
 
 def q_continue_target(next_q_halt:Tensor, next_q_continue:Tensor, is_last_step:Tensor)->Tensor:
@@ -257,7 +262,6 @@ def seq_correct(logits:Tensor, labels:Tensor, ignore_index:int=-100)->Tensor:
     "[B] bool: every supervised position predicted right (the Q-halt target)."
     ok = (logits.argmax(-1) == labels) | (labels == ignore_index)
     return ok.all(-1)
-
 
 # %% ../nbs/halting/halting.ipynb #144b94c3
 EXIT_DEFAULTS = {'entropy': 0.05, 'entropy-diff': 1e-3, 'latent-diff': 0.03, 'cosine': 1e-3, 'kl': 5e-4,
@@ -350,12 +354,86 @@ def select_steps(step_outputs:Tensor, step_probs:Tensor)->Tensor:
     w = step_probs.reshape(step_probs.shape + (1,) * (y.dim() - step_probs.dim())).to(y.dtype)
     return (w * y).sum(0)
 
-def make_criterion(name:str, max_steps:int, **kw)->HaltingCriterion:
-    "Build a criterion by name: act | act-global | ut-basic | ut-accumulated | ut-global | pondernet | q_halt | an exit rule."
-    if name in ('act', 'graves'): return ACT(max_steps, act_type='graves', **kw)
-    if name == 'act-global': return ACT(max_steps, act_type='global', **kw)
-    if name.startswith('ut-'): return ACT(max_steps, act_type=name[3:], **kw)
-    if name == 'pondernet': return PonderNet(max_steps, **kw)
-    if name == 'q_halt': return QHalt(max_steps, **kw)
-    if name in EXIT_DEFAULTS: return ExitRule(name, max_steps=max_steps, **kw)
-    raise ValueError(f'unknown halting criterion {name!r}')
+# %% ../nbs/halting/halting.ipynb #5c8e0a13
+def _exit(name:str):
+    "A factory of the exit rule `name` (registered below)."
+    def make(max_steps:int=16, **kw): return ExitRule(name, max_steps=max_steps, **kw)
+    make.__doc__ = f'Training-free exit rule {name!r} (threshold {EXIT_DEFAULTS[name]}).'
+    make.__qualname__ = f'exit_rule_{name}'
+    return make
+
+def _act(act_type:str):
+    "A factory of ACT with `act_type`."
+    def make(max_steps:int=16, **kw): return ACT(max_steps, act_type=act_type, **kw)
+    make.__doc__ = f'ACT, act_type {act_type!r} (ponder cost N + R).'
+    make.__qualname__ = f'act_{act_type}'
+    return make
+
+def _q_eval(max_steps:int=16, **kw):
+    "Q-halting at evaluation: halt when q_halt > 0, no exploration."
+    return QHalt(max_steps, **{'explore_prob': 0.0, 'training': False, **kw})
+
+# %% ../nbs/halting/halting.ipynb #0b7f3d26
+for _n, _t in (('act', 'graves'), ('act-global', 'global'), ('ut-basic', 'basic'),
+               ('ut-accumulated', 'accumulated'), ('ut-global', 'global')):
+    register_halting(_n, _act(_t), trains=True)
+register_halting('pondernet', PonderNet, trains=True)
+register_halting('q_halt', QHalt, trains=True)
+register_halting('q', _q_eval)
+register_halting('fixed', _exit('none'), help='Always the full budget (no early exit).')
+for _n in EXIT_DEFAULTS:
+    if _n != 'none': register_halting(_n, _exit(_n))
+
+# %% ../nbs/halting/halting.ipynb #1e6f9b42
+HALTING_ALIASES = {'graves': 'act', 'q_halt_eval': 'q'}
+
+def make_criterion(name:str, # a registered rule (`halting-lab registry --kind halting`)
+                   max_steps:int=16, # the budget (`halt_max_steps`)
+                   **kw)->HaltingCriterion:
+    "The registered halting criterion `name` with budget `max_steps`; objects pass through."
+    if isinstance(name, HaltingCriterion): return name
+    from halting_lab.registry import get_halting
+    try: return get_halting(HALTING_ALIASES.get(name, name)).make(max_steps=max_steps, **kw)
+    except HaltingLabError as e: raise ValueError(str(e).replace('--halting: ', '')) from None
+
+# %% ../nbs/halting/halting.ipynb #6f2a9c31
+def act_ponder_weight(step:int, start:float, end:float, warmup_steps:int)->float:
+    "Linear ramp `start -> end` over `warmup_steps` optimizer steps, then `end`."
+    if warmup_steps <= 0: return float(end)
+    return float(start + (end - start) * min(1.0, step / warmup_steps))
+
+def masked_ce(logits:Tensor, labels:Tensor, mask:Tensor)->Tensor:
+    "Mean cross-entropy over the positions where `mask` is True (`logits` `[..., V]`)."
+    lg = logits.float().reshape(-1, logits.shape[-1])
+    m = mask.reshape(-1)
+    if not bool(m.any()): return lg.sum() * 0.0
+    return F.cross_entropy(lg[m], labels.reshape(-1).long()[m])
+
+# %% ../nbs/halting/halting.ipynb #8b1d4f60
+@patch
+def train_loss(self:HaltingCriterion, out, labels:Tensor, mask:Tensor,
+               ponder_weight:float=0.0)->tuple:
+    "(loss, ce): masked CE + `ponder_weight` × masked mean ponder cost + `out.aux_loss`."
+    ce = masked_ce(out.logits, labels, mask)
+    loss = ce
+    if out.ponder_cost is not None and ponder_weight:
+        hmask = out.halting_steps > 0
+        loss = loss + ponder_weight * masked_mean(out.ponder_cost.float(), hmask)
+    if out.aux_loss is not None: loss = loss + out.aux_loss.float()
+    return loss, ce
+
+# %% ../nbs/halting/halting.ipynb #4d9e2b73
+@patch
+def train_loss(self:PonderNet, out, labels:Tensor, mask:Tensor, ponder_weight:float=0.0)->tuple:
+    "(loss, ce): `Σ_n p_n L_n + β KL` when all steps ran with weights p_n, else the base loss."
+    p = (out.extras or {}).get('pondernet_p')
+    if self.mode != 'train' or p is None or out.step_logits is None:
+        return HaltingCriterion.train_loss(self, out, labels, mask, 0.0)
+    sl = out.step_logits.float()                                       # [S, B, L, V]
+    S = sl.shape[0]
+    y = torch.where(mask, labels.long(), torch.zeros_like(labels.long())).expand(S, *labels.shape)
+    step_ce = F.cross_entropy(sl.reshape(-1, sl.shape[-1]), y.reshape(-1), reduction='none')
+    step_ce = step_ce.view(S, *labels.shape) * mask                   # L_n, 0 where unlabelled
+    ce = masked_mean((p * step_ce).sum(0), mask)
+    loss = pondernet_loss(p, step_ce, mask, self.lambda_p, self.beta, max_steps=self.max_steps)
+    return loss, ce

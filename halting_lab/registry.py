@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses, importlib, os, sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
+from fastcore.basics import patch
 from .core import HaltingLabError
 
 # %% auto #0
 __all__ = ['KINDS', 'BUILTIN_PLUGINS', 'ENTRY_POINT_GROUP', 'BUILTIN_COMMANDS', 'ModelSpec', 'TaskSpec', 'HaltingSpec',
-           'CommandSpec', 'register_model', 'register_task', 'register_halting', 'register_command', 'env_plugins',
-           'load_plugins', 'split_plugin_args', 'builtin_command_available', 'get_model', 'get_task', 'get_halting',
-           'get_command', 'names', 'entries', 'trainable_models', 'find_command', 'registry_cli']
+           'CommandSpec', 'register_model', 'register_task', 'register_halting', 'register_command', 'user_plugins',
+           'env_plugins', 'load_plugins', 'split_plugin_args', 'builtin_command_available', 'get_model', 'get_task',
+           'get_halting', 'get_command', 'names', 'entries', 'trainable_models', 'find_command', 'registry_cli']
 
 # %% ../nbs/registry.ipynb #615d00b9
 def _target(spec):
@@ -31,15 +32,54 @@ class ModelSpec:
     "A registered model family."
     name: str                                # the `model_type` stored in configs and checkpoints
     module_cls: Any                          # nn.Module class (or 'module:Class'), built as cls(config)
-    config_cls: Any = None                   # dataclass of the model's structure (default: module_cls.config_cls)
-    lit_module: Any = None                   # LightningModule class/'module:Class' (None: the generic one)
-    loss: Any = None                         # fn(out, batch, **weights) -> dict of loss terms (None: model's own)
+    config_cls: Any = None                   # the structure dataclass (default: module_cls.config_cls)
+    lit_module: Any = None                   # LightningModule class/'module:Class' (None: generic)
+    loss: Any = None                         # fn(out, batch, **weights) -> dict of loss terms
     trainable: bool = True                   # offered by `halting-lab train --model_type`
     flag_aliases: dict = field(default_factory=dict)  # seed flag name -> canonical config field
     help: str = ''                           # one line for --help and the docs
+    train_flags: tuple = ()                  # training flags only this family takes
     def cls(self): return _target(self.module_cls)
     def config(self): return _target(self.config_cls) if self.config_cls else self.cls().config_cls
     def lightning(self): return _target(self.lit_module) if self.lit_module else None
+
+# %% ../nbs/registry.ipynb #7c1e5a20
+@patch
+def aliases(self:ModelSpec)->dict:
+    "{alias: canonical field}: the config class's `FLAG_ALIASES` plus `flag_aliases`."
+    return {**dict(getattr(self.config(), 'FLAG_ALIASES', {}) or {}), **self.flag_aliases}
+
+@patch
+def canonical(self:ModelSpec, d:dict)->dict:
+    "`d` with alias keys renamed to their field (a canonical key given too wins)."
+    al, out = self.aliases(), {}
+    for k, v in d.items():
+        if k in al and al[k] in d: continue
+        out[al.get(k, k)] = v
+    return out
+
+@patch
+def non_structural(self:ModelSpec)->set:
+    "Config fields that may change when a run resumes (the config's `NON_STRUCTURAL`)."
+    return set(getattr(self.config(), 'NON_STRUCTURAL', ()) or ())
+
+# %% ../nbs/registry.ipynb #9d2f4b31
+@patch
+def make_config(self:ModelSpec, d:dict|None=None, # field -> value (aliases allowed)
+                strict:bool=False): # unknown keys are an error (else ignored)
+    "The config dataclass built from `d` (aliases mapped; unknown keys ignored unless `strict`)."
+    cc = self.config(); d = self.canonical(dict(d or {}))
+    names = {f.name for f in dataclasses.fields(cc) if f.init}
+    extra = sorted(set(d) - names)
+    if strict and extra: raise HaltingLabError(f'model {self.name!r}: unknown config field(s) {extra}')
+    try: return cc(**{k: v for k, v in d.items() if k in names})
+    except (TypeError, ValueError) as e:
+        raise HaltingLabError(f'model config ({self.name}): {e}') from e
+
+@patch
+def build(self:ModelSpec, d:dict|None=None):
+    "The model module built from config dict `d` (as a checkpoint stores it)."
+    return self.cls()(self.make_config(d))
 
 # %% ../nbs/registry.ipynb #0ae1c778
 @dataclass
@@ -54,10 +94,21 @@ class TaskSpec:
     config_cls: Any = None                   # dataclass of task-specific flags (e.g. toy lengths)
     kind: str = 'puzzle'                     # 'puzzle' (HRM-format dir), 'generated', 'episodes', ...
     help: str = ''
+    difficulty_name: str = 'difficulty'      # column / axis name of `difficulty` (e.g. path_length)
     def make_datamodule(self, train_config):
         "The task's DataModule for `train_config`."
-        if self.datamodule is None: raise HaltingLabError(f'task {self.name!r}: no DataModule registered')
+        if self.datamodule is None:
+            raise HaltingLabError(f'task {self.name!r}: no DataModule registered')
         return _target(self.datamodule)(train_config)
+    def config(self): return _target(self.config_cls) if self.config_cls else None
+    def make_config(self, d:dict|None=None):
+        "The task's flag dataclass from `d` (unknown keys ignored), or None without one."
+        cc = self.config()
+        if cc is None: return None
+        names = {f.name for f in dataclasses.fields(cc) if f.init}
+        try: return cc(**{k: v for k, v in (d or {}).items() if k in names})
+        except (TypeError, ValueError) as e:
+            raise HaltingLabError(f'task config ({self.name}): {e}') from e
 
 # %% ../nbs/registry.ipynb #f43e660b
 @dataclass
@@ -91,20 +142,30 @@ def _qualname(obj)->str:
     if isinstance(obj, str): return obj
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
 
+def _same_definition(a:str, b:str)->bool:
+    "Same object, or one defined in `__main__` (a notebook being run) with the same qualified name."
+    if a == b: return True
+    (ma, qa), (mb, qb) = a.split(':', 1), b.split(':', 1)
+    return qa == qb and '__main__' in (ma, mb)
+
 def _add(kind:str, name:str, spec, replace:bool=False):
     "Store `spec` under `kind`/`name` (error on a clash with a different object)."
     if not name or not isinstance(name, str): raise HaltingLabError(f'{kind} name must be a non-empty string')
     old = _REGISTRY[kind].get(name)
-    if old is not None and not replace and _qualname(old) != _qualname(spec):
+    if old is not None and not replace and not _same_definition(_qualname(old), _qualname(spec)):
         raise HaltingLabError(f'{kind} {name!r} is already registered by {_qualname(old)}; '
                               f'{_qualname(spec)} would replace it (pass replace=True)')
     _REGISTRY[kind][name] = spec
     return spec
 
 # %% ../nbs/registry.ipynb #398e83d2
+def _first_doc_line(obj)->str:
+    return '' if isinstance(obj, str) else (obj.__doc__ or '').strip().split('\n')[0]
+
 def register_model(cls=None, # nn.Module class with `model_type` and `config_cls` (or 'module:Class')
                    *, name:str|None=None, config_cls=None, lit_module=None, loss=None,
-                   trainable:bool=True, flag_aliases:dict|None=None, help:str='', replace:bool=False):
+                   trainable:bool=True, flag_aliases:dict|None=None, help:str='',
+                   train_flags=None, replace:bool=False):
     "Register a model family; usable as `@register_model`, `@register_model(...)` or a call."
     def deco(c):
         mt = name or getattr(c, 'model_type', None)
@@ -112,9 +173,11 @@ def register_model(cls=None, # nn.Module class with `model_type` and `config_cls
         cc = config_cls or getattr(c, 'config_cls', None)
         if not isinstance(c, str) and (cc is None or not dataclasses.is_dataclass(cc)):
             raise HaltingLabError(f'model {mt!r}: needs a dataclass `config_cls`')
-        _add('model', mt, ModelSpec(mt, c, cc, lit_module, loss, trainable, dict(flag_aliases or {}),
-                                    help or (c.__doc__ or '').strip().split('\n')[0] if not isinstance(c, str) else help),
-             replace)
+        lit = lit_module or getattr(c, 'lightning_module', None)
+        tf = tuple(train_flags if train_flags is not None else getattr(c, 'train_flags', ()))
+        spec = ModelSpec(mt, c, cc, lit, loss, trainable, dict(flag_aliases or {}),
+                         help or _first_doc_line(c), tf)
+        _add('model', mt, spec, replace)
         return c
     return deco if cls is None else deco(cls)
 
@@ -122,12 +185,12 @@ def register_model(cls=None, # nn.Module class with `model_type` and `config_cls
 def register_task(name:str, # `--task` value
                   datamodule=None, *, builder:str|None=None, difficulty=None, renderer=None,
                   charset:str|None=None, config_cls=None, kind:str='puzzle', help:str='',
-                  replace:bool=False):
+                  difficulty_name:str='difficulty', replace:bool=False):
     "Register a task; with `datamodule` omitted, decorates the DataModule factory `fn(train_config)`."
     def deco(fn):
-        _add('task', name, TaskSpec(name, fn, builder, difficulty, renderer, charset, config_cls, kind,
-                                    help or ((fn.__doc__ or '').strip().split('\n')[0] if callable(fn) else '')),
-             replace)
+        spec = TaskSpec(name, fn, builder, difficulty, renderer, charset, config_cls, kind,
+                        help or _first_doc_line(fn), difficulty_name)
+        _add('task', name, spec, replace)
         return fn
     return deco if datamodule is None else deco(datamodule)
 
@@ -181,6 +244,10 @@ def _entry_point_plugins()->list:
     "Module names listed under the `halting_lab.plugins` entry-point group of installed packages."
     from importlib.metadata import entry_points
     return [ep.value.split(':')[0] for ep in entry_points(group=ENTRY_POINT_GROUP)]
+
+def user_plugins()->list:
+    "The plugin modules imported so far that are not built in (recorded by `train()`)."
+    return sorted(m for m in _loaded if m not in BUILTIN_PLUGINS)
 
 def env_plugins()->list:
     "Plugins named in `$HALTING_LAB_PLUGINS` (comma separated)."

@@ -103,6 +103,7 @@ class ResumableRandomSampler(torch.utils.data.Sampler):
 
 # %% ../../nbs/data/datamodule.ipynb #1dde0520
 import lightning as L
+from fastcore.basics import patch
 
 class PuzzleDataModule(L.LightningDataModule):
     "Lightning DataModule over an HRM/TRM dataset root: seeded resumable training order, memory-mapped splits."
@@ -115,14 +116,20 @@ class PuzzleDataModule(L.LightningDataModule):
                  eval_batch_size:Optional[int]=None,
                  drop_last:bool=False,
                  task:Optional[str]=None,         # accepted for the CLI; not used by the data
-                 set_name:Optional[str]=None):    # restrict to one set name (default: all sets)
+                 set_name:Optional[str]=None,     # restrict to one set name (default: all sets)
+                 validate:bool=True):             # run `hrm.validate_dataset` on the splits in `setup`
         super().__init__()
-        self.data_dir, self.batch_size, self.seed, self.num_workers = Path(data_dir), int(batch_size), int(seed), int(num_workers)
-        self.val_split, self.subsample, self.drop_last, self.task, self.set_name = val_split, subsample, drop_last, task, set_name
+        self.data_dir, self.batch_size, self.seed = Path(data_dir), int(batch_size), int(seed)
+        self.num_workers, self.val_split, self.subsample = int(num_workers), val_split, subsample
+        self.drop_last, self.task, self.set_name, self.validate = drop_last, task, set_name, validate
         self.eval_batch_size = int(eval_batch_size or batch_size)
-        if not self.data_dir.is_dir(): raise hrm.MissingFileError(f'{self.data_dir}: dataset directory not found (--data_dir)')
+        if not self.data_dir.is_dir():
+            raise hrm.MissingFileError(f'{self.data_dir}: dataset directory not found (--data_dir)')
+        if subsample is not None and int(subsample) < 1:
+            raise HaltingLabError(f'--subsample: {subsample}; expected >= 1 training examples')
         self.metadata = hrm.read_metadata(self.data_dir/'train')
         self.train_dataset = self.val_dataset = self.train_sampler = None
+        self.validated = None   # `validate_dataset`'s summary once `setup` ran it
 
     vocab_size = property(lambda self: self.metadata.vocab_size)
     seq_len = property(lambda self: self.metadata.seq_len)
@@ -130,28 +137,48 @@ class PuzzleDataModule(L.LightningDataModule):
     pad_id = property(lambda self: self.metadata.pad_id)
     ignore_label_id = property(lambda self: self.metadata.ignore_label_id)
 
-    def setup(self, stage:Optional[str]=None):
-        if self.train_dataset is None:
-            full = PuzzleDataset(self.data_dir, 'train', self.set_name)
-            idx = None
-            if self.subsample is not None and self.subsample < len(full):
-                idx = np.sort(np.random.default_rng(self.seed).choice(len(full), int(self.subsample), replace=False))
-            self.train_dataset = PuzzleDataset(self.data_dir, 'train', self.set_name, indices=idx) if idx is not None else full
-            self.train_sampler = ResumableRandomSampler(len(self.train_dataset), self.seed)
-        if self.val_dataset is None and self.val_split:
-            self.val_dataset = PuzzleDataset(self.data_dir, self.val_split, self.set_name)
+# %% ../../nbs/data/datamodule.ipynb #6a2f8c4e
+@patch
+def setup(self:PuzzleDataModule, stage:Optional[str]=None):
+    "Validate the splits (once), then open the training set (and its sampler) and the validation set."
+    if self.validate and self.validated is None:
+        splits = ('train',) + ((self.val_split,) if self.val_split and self.val_split != 'train' else ())
+        self.validated = hrm.validate_dataset(self.data_dir, splits)
+    if self.train_dataset is None:
+        full = PuzzleDataset(self.data_dir, 'train', self.set_name)
+        idx = None
+        if self.subsample is not None and self.subsample < len(full):
+            rng = np.random.default_rng(self.seed)
+            idx = np.sort(rng.choice(len(full), int(self.subsample), replace=False))
+        self.train_dataset = PuzzleDataset(self.data_dir, 'train', self.set_name, indices=idx) if idx is not None else full
+        self.train_sampler = ResumableRandomSampler(len(self.train_dataset), self.seed)
+    if self.val_dataset is None and self.val_split:
+        self.val_dataset = PuzzleDataset(self.data_dir, self.val_split, self.set_name)
 
-    def _loader(self, ds, **kw):
-        return torch.utils.data.DataLoader(ds, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                                           pin_memory=torch.cuda.is_available(), **kw)
+# %% ../../nbs/data/datamodule.ipynb #3c8e1b7a
+@patch
+def _loader(self:PuzzleDataModule, ds, **kw):
+    return torch.utils.data.DataLoader(ds, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                                       pin_memory=torch.cuda.is_available(), **kw)
 
-    def train_dataloader(self):
-        self.setup('fit')
-        return self._loader(self.train_dataset, batch_size=self.batch_size, sampler=self.train_sampler, drop_last=self.drop_last)
+@patch
+def train_dataloader(self:PuzzleDataModule):
+    "Training batches in the sampler's order; zero batches is an error naming the flags."
+    self.setup('fit')
+    dl = self._loader(self.train_dataset, batch_size=self.batch_size, sampler=self.train_sampler,
+                      drop_last=self.drop_last)
+    if len(dl) == 0:
+        raise HaltingLabError(f'--batch_size {self.batch_size}: {len(self.train_dataset)} training examples of '
+                              f'{self.data_dir/"train"} make 0 batches (drop_last); expected at least one')
+    return dl
 
-    def val_dataloader(self):
-        self.setup('fit')
-        return self._loader(self.val_dataset, batch_size=self.eval_batch_size, shuffle=False) if self.val_dataset is not None else []
+@patch
+def val_dataloader(self:PuzzleDataModule):
+    self.setup('fit')
+    if self.val_dataset is None: return []
+    return self._loader(self.val_dataset, batch_size=self.eval_batch_size, shuffle=False)
 
-    def test_dataloader(self):
-        return self._loader(PuzzleDataset(self.data_dir, self.val_split or 'test', self.set_name), batch_size=self.eval_batch_size, shuffle=False)
+@patch
+def test_dataloader(self:PuzzleDataModule):
+    ds = PuzzleDataset(self.data_dir, self.val_split or 'test', self.set_name)
+    return self._loader(ds, batch_size=self.eval_batch_size, shuffle=False)

@@ -14,9 +14,10 @@ from ..core import HaltingLabError, atomic_dir, save_json
 # %% auto #0
 __all__ = ['FIELDS', 'SPLITS', 'MAZE_CHARSET', 'DatasetMetadata', 'DatasetFormatError', 'MissingFileError', 'MissingFieldError',
            'WrongDtypeError', 'ShapeMismatchError', 'TokenOutOfRangeError', 'BadIndicesError', 'SeqLenMismatchError',
-           'GroupCountMismatchError', 'array_path', 'token_dtype', 'make_metadata', 'write_split', 'write_dataset',
-           'read_metadata', 'read_split', 'dataset_splits', 'read_dataset', 'check_split', 'check_dataset',
-           'render_text', 'format_summary', 'data_cli']
+           'GroupCountMismatchError', 'TruncatedFileError', 'EmptySplitError', 'SplitMismatchError', 'array_path',
+           'token_dtype', 'make_metadata', 'write_split', 'write_dataset', 'open_array', 'read_metadata', 'read_split',
+           'dataset_splits', 'read_dataset', 'check_split', 'validate_dataset', 'check_dataset', 'render_text',
+           'format_summary', 'data_cli']
 
 # %% ../../nbs/data/hrm.ipynb #c4052fe7
 @dataclass(kw_only=True)
@@ -32,16 +33,19 @@ class DatasetMetadata:
     mean_puzzle_examples: float           # mean number of examples per puzzle
     total_puzzles: Optional[int] = None   # TRM only: number of puzzles (TRM's builders: = total_groups)
     sets: list = field(default_factory=lambda: ['all'])  # set names S of the `S__*.npy` files
+    task: Optional[str] = None            # registered task that built it (newer builders; absent in old sets)
 
     KEYS = ('pad_id', 'ignore_label_id', 'blank_identifier_id', 'vocab_size', 'seq_len',
-            'num_puzzle_identifiers', 'total_groups', 'mean_puzzle_examples', 'total_puzzles', 'sets')
+            'num_puzzle_identifiers', 'total_groups', 'mean_puzzle_examples', 'total_puzzles', 'sets',
+            'task')
     REQUIRED = ('pad_id', 'ignore_label_id', 'blank_identifier_id', 'vocab_size', 'seq_len',
                 'num_puzzle_identifiers', 'total_groups', 'mean_puzzle_examples', 'sets')
 
     def to_dict(self)->dict:
-        "The `dataset.json` dict in the official key order (`total_puzzles` left out when None)."
+        "The `dataset.json` dict in the official key order (`total_puzzles`, `task` left out when None)."
         d = {k: getattr(self, k) for k in self.KEYS}
-        if d['total_puzzles'] is None: del d['total_puzzles']
+        for k in ('total_puzzles', 'task'):
+            if d[k] is None: del d[k]
         return d
 
     @classmethod
@@ -54,6 +58,12 @@ class DatasetMetadata:
                 raise DatasetFormatError(f'{source}: field {k!r} is {d[k]!r}; expected an integer')
         if not isinstance(d['sets'], list) or not d['sets'] or not all(isinstance(s, str) for s in d['sets']):
             raise DatasetFormatError(f'{source}: field \'sets\' is {d["sets"]!r}; expected a non-empty list of set names such as ["all"]')
+        if d.get('ignore_label_id') is not None and (not isinstance(d['ignore_label_id'], int)
+                                                     or isinstance(d['ignore_label_id'], bool)):
+            raise DatasetFormatError(f"{source}: field 'ignore_label_id' is {d['ignore_label_id']!r}; "
+                                     'expected an integer or null')
+        if d.get('task') is not None and not isinstance(d['task'], str):
+            raise DatasetFormatError(f"{source}: field 'task' is {d['task']!r}; expected a task name string")
         return cls(**{k: d[k] for k in cls.KEYS if k in d})
 
 # %% ../../nbs/data/hrm.ipynb #c35c03c2
@@ -75,6 +85,12 @@ class SeqLenMismatchError(DatasetFormatError):
     "`seq_len` in `dataset.json` disagrees with the arrays."
 class GroupCountMismatchError(DatasetFormatError):
     "`total_groups` in `dataset.json` disagrees with the groups the `group_indices` arrays hold."
+class TruncatedFileError(DatasetFormatError):
+    "An array file is not a complete `.npy` file (cut header or body, or another format)."
+class EmptySplitError(DatasetFormatError):
+    "A split holds no examples."
+class SplitMismatchError(DatasetFormatError):
+    "`train` and `test` disagree on what the model is built from (vocab_size, puzzle identifiers)."
 
 # %% ../../nbs/data/hrm.ipynb #a12b3822
 FIELDS = ('inputs', 'labels', 'puzzle_identifiers', 'puzzle_indices', 'group_indices')
@@ -110,6 +126,7 @@ def make_metadata(sets:dict,                 # {set_name: {field: array}} (or on
                   num_puzzle_identifiers:Optional[int]=None, # default: max identifier + 1
                   total_puzzles:Optional[int]=None,          # default: total_groups (what TRM's builders write)
                   mean_puzzle_examples:Optional[float]=None, # default: examples / puzzles
+                  task:Optional[str]=None,                   # registered task name, stored as `task`
                   )->DatasetMetadata:
     "Metadata of one split computed from its arrays (TRM variant: includes `total_puzzles`)."
     sets = {k: _default_indices(v) for k, v in _as_sets(sets).items()}
@@ -125,7 +142,8 @@ def make_metadata(sets:dict,                 # {set_name: {field: array}} (or on
                            vocab_size=int(vocab_size), seq_len=seq_lens.pop(), num_puzzle_identifiers=int(num_puzzle_identifiers),
                            total_groups=int(n_gr),
                            mean_puzzle_examples=float(mean_puzzle_examples if mean_puzzle_examples is not None else (n_ex / max(n_pz, 1))),
-                           total_puzzles=int(total_puzzles if total_puzzles is not None else n_gr), sets=list(sets))
+                           total_puzzles=int(total_puzzles if total_puzzles is not None else n_gr), sets=list(sets),
+                           task=task)
 
 # %% ../../nbs/data/hrm.ipynb #00b0f8ae
 def write_split(split_dir:str|Path,      # e.g. `<dataset>/train` (created)
@@ -161,6 +179,43 @@ def write_dataset(output_dir:str|Path,   # dataset root (replaced atomically whe
         save_json(tmp/'identifiers.json', list(identifiers) if identifiers is not None else ['<blank>'])
     return output_dir
 
+# %% ../../nbs/data/hrm.ipynb #6c2b8e41
+def _npy_header(f, p:Path, field:str)->tuple:
+    "(shape, dtype, data offset) from an open `.npy` file; named errors for anything else."
+    import numpy.lib.format as npf
+    head = f.read(6)
+    f.seek(0)
+    if head != b'\x93NUMPY':
+        raise TruncatedFileError(f'{p}: field {field!r} is not a .npy array file (starts with {head!r}); '
+                                 'expected the numpy .npy format')
+    try:
+        version = npf.read_magic(f)
+        read = npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0
+        shape, _, dtype = read(f)
+    except (ValueError, EOFError, SyntaxError) as e:
+        raise TruncatedFileError(f'{p}: field {field!r} has a truncated or damaged .npy header ({e}); '
+                                 'expected a complete .npy file') from None
+    return shape, dtype, f.tell()
+
+# %% ../../nbs/data/hrm.ipynb #0e5a7f92
+def open_array(p:Path,         # a `S__field.npy` file
+               field:str,      # its field name, for messages
+               mmap:bool=True): # memory-map (`mmap_mode='r'`) instead of reading
+    "The array in `p`, checked against its header: no object arrays, no truncated bodies."
+    p = Path(p)
+    with open(p, 'rb') as f: shape, dtype, offset = _npy_header(f, p, field)
+    if dtype.hasobject:
+        raise WrongDtypeError(f'{p}: field {field!r} has dtype object (Python objects, not loaded); '
+                              'expected an integer dtype')
+    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = p.stat().st_size
+    if size < need:
+        raise TruncatedFileError(f'{p}: field {field!r} is truncated: its header says shape {shape} {dtype} '
+                                 f'({need} bytes with the header), the file has {size}; expected a complete file')
+    try: return np.load(p, mmap_mode='r' if mmap else None, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise TruncatedFileError(f'{p}: field {field!r} cannot be read ({e}); expected a .npy array') from None
+
 # %% ../../nbs/data/hrm.ipynb #f271dce8
 def read_metadata(split_dir:str|Path)->DatasetMetadata:
     "Parse `split_dir/dataset.json` (HRM or TRM variant)."
@@ -184,7 +239,7 @@ def read_split(split_dir:str|Path,        # e.g. `<dataset>/train`
         for f in FIELDS:
             p = array_path(split_dir, s, f)
             if not p.exists(): raise MissingFileError(f'{p}: array file missing; expected field {f!r} of set {s!r} (listed in dataset.json \'sets\') in {p.name}')
-            out[s][f] = np.load(p, mmap_mode='r' if mmap else None)
+            out[s][f] = open_array(p, f, mmap)
     return md, out
 
 def dataset_splits(data_dir:str|Path)->list:
@@ -209,22 +264,29 @@ def _rows_per_chunk(a:np.ndarray, elements:int=1<<22)->int:
 def _minmax(a:np.ndarray, chunk:Optional[int]=None)->tuple:
     "Min and max of a (memory-mapped) array, chunk by chunk along the first axis."
     if a.size == 0: return 0, 0
-    chunk = chunk or _rows_per_chunk(a); lo, hi = None, None
+    chunk = chunk or _rows_per_chunk(a)
+    lo = hi = None
     for i in range(0, len(a), chunk):
-        c = np.asarray(a[i:i+chunk]); l, h = int(c.min()), int(c.max())
-        lo = l if lo is None else min(lo, l); hi = h if hi is None else max(hi, h)
+        c = np.asarray(a[i:i+chunk])
+        l, h = int(c.min()), int(c.max())
+        lo = l if lo is None else min(lo, l)
+        hi = h if hi is None else max(hi, h)
     return lo, hi
 
 def _bad_token(a:np.ndarray, vocab_size:int, ignore:Optional[int]=None, chunk:Optional[int]=None):
-    "First token id outside 0..vocab_size-1 (values equal to `ignore` allowed), or None; chunked over a memory map."
+    "First token id outside 0..vocab_size-1 (`ignore` allowed), or None; chunked over a memory map."
     chunk = chunk or _rows_per_chunk(a)
     for i in range(0, len(a), chunk):
-        c = np.asarray(a[i:i+chunk]).astype(np.int64); bad = (c < 0) | (c >= vocab_size)
+        c = np.asarray(a[i:i+chunk])
+        if c.size == 0 or (int(c.min()) >= 0 and int(c.max()) < vocab_size): continue   # the fast path
+        c = c.astype(np.int64)
+        bad = (c < 0) | (c >= vocab_size)
         if ignore is not None: bad &= c != ignore
         if bad.any(): return int(c[bad].flat[0])
     return None
 
 def _check_indices(p:Path, field:str, idx:np.ndarray, end:int, what:str):
+    "Offsets `idx` must be 1-D, start at 0, never decrease and end at `end`."
     idx = np.asarray(idx)
     if idx.ndim != 1 or len(idx) < 1:
         raise ShapeMismatchError(f'{p}: field {field!r} has shape {idx.shape}; expected 1-D with length count+1')
@@ -232,66 +294,129 @@ def _check_indices(p:Path, field:str, idx:np.ndarray, end:int, what:str):
     d = np.diff(idx.astype(np.int64))
     if (d < 0).any():
         i = int(np.argmax(d < 0))
-        raise BadIndicesError(f'{p}: field {field!r} is not monotone ({int(idx[i+1])} at position {i+1} follows {int(idx[i])}); expected non-decreasing offsets')
-    if idx[-1] != end: raise BadIndicesError(f'{p}: field {field!r} ends at {int(idx[-1])}; expected the number of {what} ({end})')
+        raise BadIndicesError(f'{p}: field {field!r} is not monotone ({int(idx[i+1])} at position {i+1} '
+                              f'follows {int(idx[i])}); expected non-decreasing offsets')
+    if idx[-1] != end:
+        raise BadIndicesError(f'{p}: field {field!r} ends at {int(idx[-1])}; expected the number of {what} ({end})')
+
+# %% ../../nbs/data/hrm.ipynb #f4a7c2d0
+def _check_dtypes(split_dir:Path, s:str, a:dict):
+    "Token arrays: any integer dtype; index arrays: one that converts exactly to int64."
+    for f in FIELDS:
+        dt, tokens = a[f].dtype, f in ('inputs', 'labels')
+        if np.issubdtype(dt, np.integer) and (tokens or np.can_cast(dt, np.int64)): continue
+        want = '(uint8 or int32)' if tokens else 'that converts exactly to int64 (int32 as the official builders write)'
+        raise WrongDtypeError(f'{array_path(split_dir, s, f)}: field {f!r} has dtype {dt}; expected an integer dtype {want}')
+
+def _check_tokens(split_dir:Path, s:str, a:dict, md:DatasetMetadata):
+    "inputs/labels: 2-D, same shape, `seq_len` wide, ids in 0..vocab_size-1 (labels may be `ignore_label_id`)."
+    x, y = a['inputs'], a['labels']
+    px, py, js = array_path(split_dir, s, 'inputs'), array_path(split_dir, s, 'labels'), split_dir/'dataset.json'
+    if x.ndim != 2: raise ShapeMismatchError(f"{px}: field 'inputs' has shape {x.shape}; expected 2-D [N, seq_len]")
+    if y.shape != x.shape:
+        raise ShapeMismatchError(f"{py}: field 'labels' has shape {y.shape}; expected the shape of inputs {x.shape}")
+    if x.shape[1] != md.seq_len:
+        raise SeqLenMismatchError(f"{js}: field 'seq_len' is {md.seq_len} but {px.name} has {x.shape[1]} tokens "
+                                  f'per example (shape {x.shape}); expected them to agree')
+    for f, arr, pth in (('inputs', x, px), ('labels', y, py)):
+        v = _bad_token(arr, md.vocab_size, md.ignore_label_id if f == 'labels' else None)
+        if v is not None:
+            raise TokenOutOfRangeError(f'{pth}: field {f!r} has token id {v}; expected 0 <= id < vocab_size '
+                                       f'({md.vocab_size}, from {js.name})')
+
+# %% ../../nbs/data/hrm.ipynb #2b9e6f13
+def _check_puzzles(split_dir:Path, s:str, a:dict, md:DatasetMetadata)->dict:
+    "Puzzle/group offsets and identifiers of one set; returns its counts."
+    pid, pidx, gidx = a['puzzle_identifiers'], a['puzzle_indices'], a['group_indices']
+    pp, pi = array_path(split_dir, s, 'puzzle_indices'), array_path(split_dir, s, 'puzzle_identifiers')
+    if pid.ndim != 1:
+        raise ShapeMismatchError(f"{pi}: field 'puzzle_identifiers' has shape {pid.shape}; expected 1-D [num_puzzles]")
+    if len(pidx) != len(pid) + 1:
+        raise ShapeMismatchError(f"{pp}: field 'puzzle_indices' has length {len(pidx)}; "
+                                 f'expected len(puzzle_identifiers)+1 = {len(pid) + 1}')
+    _check_indices(pp, 'puzzle_indices', pidx, len(a['inputs']), 'examples')
+    _check_indices(array_path(split_dir, s, 'group_indices'), 'group_indices', gidx, len(pid), 'puzzles')
+    lo, hi = _minmax(pid)
+    if len(pid) and (lo < 0 or hi >= md.num_puzzle_identifiers):
+        raise TokenOutOfRangeError(f"{pi}: field 'puzzle_identifiers' has id {hi if hi >= md.num_puzzle_identifiers else lo}; "
+                                   f'expected 0 <= id < num_puzzle_identifiers ({md.num_puzzle_identifiers}, from dataset.json)')
+    return dict(examples=int(len(a['inputs'])), puzzles=int(len(pid)), groups=int(len(gidx) - 1),
+                max_puzzle_identifier=int(hi))
+
+# %% ../../nbs/data/hrm.ipynb #95c1d7e8
+def _check_counts(js:Path, md:DatasetMetadata, summary:dict):
+    "total_groups must match the groups; total_puzzles that matches neither count is a warning."
+    groups = sum(v['groups'] for v in summary['sets'].values())
+    puzzles = sum(v['puzzles'] for v in summary['sets'].values())
+    if groups != md.total_groups:
+        raise GroupCountMismatchError(f"{js}: field 'total_groups' is {md.total_groups} but the group_indices of "
+                                      f'the sets {md.sets} hold {groups} groups; expected them to agree')
+    if md.total_puzzles is not None and md.total_puzzles not in (puzzles, groups):
+        summary['warnings'].append(f"{js}: field 'total_puzzles' is {md.total_puzzles}; the split has {puzzles} "
+                                   f"puzzles in {groups} groups (TRM's builders write one of the two)")
+    examples = sum(v['examples'] for v in summary['sets'].values())
+    summary.update(examples=examples, puzzles=int(puzzles), groups=int(groups))
 
 def check_split(split_dir:str|Path)->dict:
     "Validate one split directory; raise a named `DatasetFormatError` or return its summary."
     split_dir = Path(split_dir)
     md, sets = read_split(split_dir)
     js = split_dir/'dataset.json'
-    if md.vocab_size < 1: raise DatasetFormatError(f'{js}: field \'vocab_size\' is {md.vocab_size}; expected >= 1')
+    for k in ('vocab_size', 'seq_len'):
+        if getattr(md, k) < 1: raise DatasetFormatError(f'{js}: field {k!r} is {getattr(md, k)}; expected >= 1')
     summary = dict(metadata=md.to_dict(), sets={}, warnings=[])
-    tot_groups = tot_puzzles = 0
     for s, a in sets.items():
-        for f in FIELDS:
-            dt = a[f].dtype; tokens = f in ('inputs', 'labels')
-            if not np.issubdtype(dt, np.integer) or not (tokens or np.can_cast(dt, np.int64)):
-                raise WrongDtypeError(f'{array_path(split_dir, s, f)}: field {f!r} has dtype {dt}; expected an integer dtype '
-                                      + ('(uint8 or int32)' if tokens else 'that converts exactly to int64 (int32 as the official builders write)'))
-        x, y = a['inputs'], a['labels']
-        px, py = array_path(split_dir, s, 'inputs'), array_path(split_dir, s, 'labels')
-        if x.ndim != 2: raise ShapeMismatchError(f'{px}: field \'inputs\' has shape {x.shape}; expected 2-D [N, seq_len]')
-        if y.shape != x.shape:
-            raise ShapeMismatchError(f'{py}: field \'labels\' has shape {y.shape}; expected the shape of inputs {x.shape}')
-        if x.shape[1] != md.seq_len:
-            raise SeqLenMismatchError(f'{js}: field \'seq_len\' is {md.seq_len} but {px.name} has {x.shape[1]} tokens per example (shape {x.shape}); expected them to agree')
-        for f, arr, pth in (('inputs', x, px), ('labels', y, py)):
-            v = _bad_token(arr, md.vocab_size, md.ignore_label_id if f == 'labels' else None)
-            if v is not None:
-                raise TokenOutOfRangeError(f'{pth}: field {f!r} has token id {v}; expected 0 <= id < vocab_size '
-                                           f'({md.vocab_size}, from {js.name})')
-        pid, pidx, gidx = a['puzzle_identifiers'], a['puzzle_indices'], a['group_indices']
-        pp = array_path(split_dir, s, 'puzzle_indices')
-        if pid.ndim != 1: raise ShapeMismatchError(f'{array_path(split_dir, s, "puzzle_identifiers")}: field \'puzzle_identifiers\' has shape {pid.shape}; expected 1-D [num_puzzles]')
-        if len(pidx) != len(pid) + 1:
-            raise ShapeMismatchError(f'{pp}: field \'puzzle_indices\' has length {len(pidx)}; expected len(puzzle_identifiers)+1 = {len(pid) + 1}')
-        _check_indices(pp, 'puzzle_indices', pidx, len(x), 'examples')
-        _check_indices(array_path(split_dir, s, 'group_indices'), 'group_indices', gidx, len(pid), 'puzzles')
-        lo, hi = _minmax(pid)
-        if len(pid) and (lo < 0 or hi >= md.num_puzzle_identifiers):
-            raise TokenOutOfRangeError(f'{array_path(split_dir, s, "puzzle_identifiers")}: field \'puzzle_identifiers\' has id {hi if hi >= md.num_puzzle_identifiers else lo}; '
-                                       f'expected 0 <= id < num_puzzle_identifiers ({md.num_puzzle_identifiers}, from {js.name})')
-        summary['sets'][s] = dict(examples=int(len(x)), puzzles=int(len(pid)), groups=int(len(gidx) - 1))
-        tot_groups += len(gidx) - 1; tot_puzzles += len(pid)
-    if tot_groups != md.total_groups:
-        raise GroupCountMismatchError(f"{js}: field 'total_groups' is {md.total_groups} but the group_indices of the sets "
-                                      f"{md.sets} hold {tot_groups} groups; expected them to agree")
-    if md.total_puzzles is not None and md.total_puzzles not in (tot_puzzles, tot_groups):
-        summary['warnings'].append(f"{js}: field 'total_puzzles' is {md.total_puzzles}; the split has {tot_puzzles} puzzles "
-                                   f"in {tot_groups} groups (TRM's builders write one of the two)")
-    summary.update(examples=sum(v['examples'] for v in summary['sets'].values()), puzzles=int(tot_puzzles), groups=int(tot_groups))
+        _check_dtypes(split_dir, s, a)
+        _check_tokens(split_dir, s, a, md)
+        summary['sets'][s] = _check_puzzles(split_dir, s, a, md)
+    _check_counts(js, md, summary)
+    if summary['examples'] == 0:
+        raise EmptySplitError(f"{array_path(split_dir, md.sets[0], 'inputs')}: field 'inputs' holds 0 examples "
+                              f'(every set of {split_dir.name}/ is empty); expected at least one example')
     return summary
 
+# %% ../../nbs/data/hrm.ipynb #7a1f5e2c
+def _check_across(data_dir:Path, out:dict):
+    "Every split agrees with the first (train) on seq_len and vocab_size; ids fit its embedding."
+    names = list(out)
+    ref, ref_md = names[0], out[names[0]]['metadata']
+    for s in names[1:]:
+        md, js = out[s]['metadata'], data_dir/s/'dataset.json'
+        if md['seq_len'] != ref_md['seq_len']:
+            raise SeqLenMismatchError(f"{js}: field 'seq_len' is {md['seq_len']} but {ref}/dataset.json has "
+                                      f"{ref_md['seq_len']}; expected every split to have the same seq_len")
+        if md['vocab_size'] != ref_md['vocab_size']:
+            raise SplitMismatchError(f"{js}: field 'vocab_size' is {md['vocab_size']} but {ref}/dataset.json has "
+                                     f"{ref_md['vocab_size']}; expected every split to have the same vocab_size")
+        hi = max(v['max_puzzle_identifier'] for v in out[s]['sets'].values())
+        if hi >= ref_md['num_puzzle_identifiers']:
+            raise SplitMismatchError(f"{data_dir/s}: field 'puzzle_identifiers' has id {hi}; expected "
+                                     f"< num_puzzle_identifiers of {ref}/dataset.json ({ref_md['num_puzzle_identifiers']})")
+
+def validate_dataset(data_dir:str|Path,             # dataset root
+                     splits:tuple=('train', 'test'), # splits that must exist and be valid
+                    )->dict:
+    "Validate `splits` of `data_dir` and their agreement; raise a named error or return `{split: summary}`."
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise MissingFileError(f'{data_dir}: dataset directory not found; expected a folder holding train/ and test/')
+    for s in splits:
+        if not (data_dir/s/'dataset.json').exists():
+            raise MissingFileError(f'{data_dir/s/"dataset.json"}: dataset.json missing; expected split {s!r} '
+                                   f'in {data_dir} (a dataset root holds train/ and test/)')
+    out = {s: check_split(data_dir/s) for s in splits}
+    if out: _check_across(data_dir, out)
+    return out
+
 def check_dataset(data_dir:str|Path)->dict:
-    "Validate a dataset root (every split); raise a named `DatasetFormatError` or return `{split: summary}`."
+    "Validate a dataset root (every split present); raise a named `DatasetFormatError` or return `{split: summary}`."
     data_dir = Path(data_dir)
     if not data_dir.is_dir(): raise MissingFileError(f'{data_dir}: dataset directory not found; expected a folder holding train/ and test/')
     if (data_dir/'dataset.json').exists() and not dataset_splits(data_dir):
         raise MissingFileError(f'{data_dir}: this is a split directory; expected the dataset root that holds train/ and test/')
     splits = dataset_splits(data_dir)
     if not splits: raise MissingFileError(f'{data_dir}/train/dataset.json: dataset.json missing (expected train/ and test/ split directories)')
-    return {s: check_split(data_dir/s) for s in splits}
+    return validate_dataset(data_dir, tuple(splits))
 
 # %% ../../nbs/data/hrm.ipynb #abdb1153
 MAZE_CHARSET = '# SGo'

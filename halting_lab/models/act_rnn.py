@@ -11,7 +11,7 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from ..core import HaltingOutput, HaltingLabError
-from ..halting import ACT, PonderNet
+from ..halting import ACT, PonderNet, make_criterion, act_ponder_weight
 from ..registry import register_model
 
 # %% auto #0
@@ -26,7 +26,7 @@ class ActRNNConfig:
     seq_len: int = 900
     num_puzzle_identifiers: int = 1
     hidden_size: int = 512
-    time_limit: int = 16           # max ACT steps (`--time_limit`)
+    halt_max_steps: int = 16       # max ACT steps (the seed's `--time_limit`)
     act_mode: str = 'per_cell'     # 'per_cell' | 'per_sequence' (the original's one count per sequence)
     mixing: str = 'conv'           # 'conv' (3x3 on the square grid, 1-D if seq_len is not a square) | 'attention'
     cell_layers: int = 2           # gated mixing updates per ACT step (cells a signal travels per step)
@@ -39,14 +39,16 @@ class ActRNNConfig:
     pondernet_lambda_p: float = 0.2   # pondernet: prior halting probability per step (Geometric(lambda_p))
     pondernet_beta: float = 0.01      # pondernet: weight of KL(p || Geometric(lambda_p)) in the loss
 
-    NON_STRUCTURAL = ('pondernet_lambda_p', 'pondernet_beta')   # loss weights: may change when resuming
+    NON_STRUCTURAL = ('pondernet_lambda_p', 'pondernet_beta')   # loss weights: may change on resume
+    FLAG_ALIASES = {'time_limit': 'halt_max_steps'}             # seed 000's name of the budget
 
     def __post_init__(self):
         if self.act_mode not in ('per_cell', 'per_sequence'):
             raise HaltingLabError(f"act_mode: expected 'per_cell' or 'per_sequence', got {self.act_mode!r}")
         if self.mixing not in ('conv', 'attention'):
             raise HaltingLabError(f"mixing: expected 'conv' or 'attention', got {self.mixing!r}")
-        if self.time_limit < 1: raise HaltingLabError(f'time_limit: must be >= 1, got {self.time_limit}')
+        if self.halt_max_steps < 1:
+            raise HaltingLabError(f'halt_max_steps: must be >= 1, got {self.halt_max_steps}')
         if self.mixing == 'attention' and self.hidden_size % self.num_heads:
             raise HaltingLabError(f'hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})')
         if self.halting_rule not in ('act', 'pondernet'):
@@ -59,10 +61,20 @@ class ActRNNConfig:
 
     @classmethod
     def validate_flags(cls, flags:dict):
-        "Flag combinations `params_to_configs` rejects: the PonderNet weights without `--halting_rule pondernet`."
+        "Flag combinations `params_to_configs` rejects (PonderNet weights vs the ACT penalty)."
+        pondernet = flags.get('halting_rule', cls.halting_rule) == 'pondernet'
         for k in ('pondernet_lambda_p', 'pondernet_beta'):
-            if k in flags and flags.get('halting_rule', cls.halting_rule) != 'pondernet':
+            if k in flags and not pondernet:
                 raise HaltingLabError(f'--{k}: has no effect without --halting_rule pondernet')
+        for k in ActRNN.train_flags:
+            if k in flags and pondernet:
+                raise HaltingLabError(f'--{k}: applies to --halting_rule act only; PonderNet is '
+                                      'regularised by --pondernet_beta and --pondernet_lambda_p')
+
+    @property
+    def time_limit(self)->int:
+        "The seed's name of `halt_max_steps` (read-only)."
+        return self.halt_max_steps
 
     @property
     def grid_side(self)->Optional[int]:
@@ -126,6 +138,7 @@ class ActRNN(nn.Module):
     "Recurrent per-cell core with ACT; `forward(batch, return_steps=False) -> HaltingOutput`."
     model_type = 'act_rnn'
     config_cls = ActRNNConfig
+    train_flags = ('time_penalty', 'time_penalty_start', 'time_penalty_warmup_steps')  # ACT schedule
 
     def __init__(self, config:ActRNNConfig):
         super().__init__()
@@ -141,12 +154,20 @@ class ActRNN(nn.Module):
         nn.init.zeros_(self.halt.weight); nn.init.constant_(self.halt.bias, cfg.halt_bias_init)
 
     def criterion(self):
-        "The halting rule: ACT, or PonderNet (all steps with weights p_n in training, median halting in eval)."
+        "The halting rule: ACT, or PonderNet (all steps weighted p_n in training, median in eval)."
         c = self.config
         if c.halting_rule == 'pondernet':
-            return PonderNet(c.time_limit, lambda_p=c.pondernet_lambda_p, beta=c.pondernet_beta,
-                             mode='train' if self.training else 'median')
-        return ACT(c.time_limit, eps=c.act_eps, act_type='global' if c.act_mode == 'per_sequence' else 'graves')
+            return make_criterion('pondernet', c.halt_max_steps, lambda_p=c.pondernet_lambda_p,
+                                  beta=c.pondernet_beta, mode='train' if self.training else 'median')
+        return make_criterion('act-global' if c.act_mode == 'per_sequence' else 'act',
+                              c.halt_max_steps, eps=c.act_eps)
+
+    def ponder_weight(self, step:int, train_config:dict)->float:
+        "Weight of the ACT ponder cost at optimizer `step` (0 with PonderNet: its KL regularises)."
+        if self.config.halting_rule != 'act': return 0.0
+        tc = train_config
+        return act_ponder_weight(step, tc['time_penalty_start'], tc['time_penalty'],
+                                 tc['time_penalty_warmup_steps'])
 
     def forward(self, batch:dict, return_steps:bool=False)->HaltingOutput:
         inputs = batch['inputs'].long()                                  # [B, L]
@@ -161,7 +182,7 @@ class ActRNN(nn.Module):
         ponder_train = self.config.halting_rule == 'pondernet' and self.training
         keep_steps = return_steps or ponder_train                        # PonderNet's loss reads every step's logits
         run_all = torch.compiler.is_compiling()                          # compiled: no data-dependent early exit
-        for t in range(self.config.time_limit):
+        for t in range(self.config.halt_max_steps):
             run = st.running
             h_new = h
             for cell, xi in zip(self.cells, xin): h_new = cell(h_new, xi, mask)
@@ -173,7 +194,7 @@ class ActRNN(nn.Module):
             if keep_steps: steps.append(logits_t)
             if not run_all and act.done(st): break
         res = act.finalize(st)
-        extras = {'step_probs': res.step_probs, 'mask': mask}
+        extras = {'step_probs': res.step_probs, 'mask': mask, 'criterion': act}
         if 'p' in res.extras: extras['pondernet_p'] = res.extras['p']   # PonderNet's p_n [S, B, L]
         pc = res.ponder_cost if res.ponder_cost is not None else res.halting_steps   # PonderNet eval: N
         return HaltingOutput(logits=out, halting_steps=res.halting_steps, ponder_cost=pc,

@@ -10,12 +10,13 @@ from typing import Optional, Sequence
 import numpy as np
 from ..core import HaltingLabError, atomic_write_bytes, dihedral_transform
 from ..data import hrm
+from ..registry import register_task
 
 # %% auto #0
 __all__ = ['CHARSET', 'PAD', 'WALL', 'OPEN', 'START', 'GOAL', 'PATH', 'VOCAB_SIZE', 'MAZE_COLORS', 'default_min_path_len',
            'encode_maze', 'decode_maze', 'carve_mazes', 'generate_walls', 'bfs_distances', 'shortest_path_mask',
            'shortest_path_length', 'solve_maze', 'generate_mazes', 'augment_dihedral', 'read_maze_source',
-           'build_maze_dataset', 'build_maze_cli', 'render_maze', 'save_maze_figure']
+           'build_maze_dataset', 'build_maze_cli', 'render_maze', 'save_maze_figure', 'maze_difficulty']
 
 # %% ../../nbs/tasks/maze.ipynb #16669bbe
 CHARSET = '# SGo'
@@ -281,7 +282,7 @@ def build_maze_dataset(output_dir:str|Path,           # dataset root to write (t
         xtr, ytr = xtr[keep], ytr[keep]
     splits = {'train': augment_dihedral(xtr, ytr, aug=aug), 'test': augment_dihedral(xte, yte, aug=False)}
     return hrm.write_dataset(output_dir, splits, vocab_size=VOCAB_SIZE, identifiers=['<blank>'],
-                             num_puzzle_identifiers=1, mean_puzzle_examples=1)
+                             num_puzzle_identifiers=1, mean_puzzle_examples=1, task='maze')
 
 # %% ../../nbs/tasks/maze.ipynb #8d492cc1
 def build_maze_cli(argv:list|None=None)->int:
@@ -361,3 +362,13 @@ def save_maze_figure(path:str|Path, tokens, dpi:int=120, **kwargs)->Path:
     fig, _ = render_maze(tokens, **kwargs)
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight'); plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+# %% ../../nbs/tasks/maze.ipynb #7c2e4b18
+def maze_difficulty(inputs:np.ndarray, labels:np.ndarray)->np.ndarray:
+    "Shortest-path length of each maze (BFS on the input grid)."
+    return np.asarray(shortest_path_length(np.asarray(inputs)))
+
+register_task('maze', 'halting_lab.train.run:puzzle_datamodule', builder='build-maze',
+              difficulty=maze_difficulty, difficulty_name='path_length', renderer=decode_maze,
+              charset=CHARSET, kind='puzzle',
+              help='shortest path in an n x n maze (HRM format, `halting-lab build-maze`)')

@@ -4,18 +4,23 @@
 
 # %% ../../nbs/tasks/nav.ipynb #5e5f0ca8
 from __future__ import annotations
-import heapq, math, random
+import dataclasses, heapq, math, random
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 import numpy as np
+import torch
+import lightning as L
 from ..core import HaltingLabError, dihedral_transform, torch_save_atomic
+from ..registry import register_task
 
 # %% auto #0
 __all__ = ['EMPTY', 'WALL', 'AGENT', 'GOAL', 'AGENT_ON_GOAL', 'TOKEN_NAMES', 'NUM_TOKENS', 'UP', 'DOWN', 'LEFT', 'RIGHT', 'STAY',
            'ACTION_NAMES', 'NUM_ACTIONS', 'ACTION_DELTAS', 'MAP_CHARS', 'ACTION_MAP', 'FORMAT_VERSION', 'encode_state',
            'decode_state', 'step', 'parse_map', 'format_map', 'astar', 'next_action', 'episode', 'augment_dihedral',
-           'random_problem', 'build_split', 'generate_dataset', 'load_split', 'NavDataset']
+           'random_problem', 'build_split', 'generate_dataset', 'load_split', 'NavDataset', 'batch_collate',
+           'dihedral_tables', 'augment_batch', 'NavTaskConfig', 'nav_settings', 'NavDataModule', 'nav_datamodule']
 
 # %% ../../nbs/tasks/nav.ipynb #b752a9da
 EMPTY, WALL, AGENT, GOAL, AGENT_ON_GOAL = 0, 1, 2, 3, 4
@@ -214,27 +219,143 @@ def generate_dataset(num_train:int=10000, num_test:int=1000, grid_size:int=8, au
     paths = {'train': torch_save_atomic(tr, out/'train.pt'), 'test': torch_save_atomic(te, out/'test.pt')}
     return paths
 
+def _read_pt(path:Path):
+    "torch.load with weights_only=True; anything else is a clear error naming the file."
+    import pickle, torch
+    try: return torch.load(path, map_location='cpu', weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        raise HaltingLabError(f'{path}: not a nav data set readable with weights_only=True '
+                              f'({str(e).splitlines()[0][:120]})') from None
+
 def load_split(path:str|Path)->dict:
-    "Load a `train.pt`/`test.pt`, checking its keys (clear error naming the file)."
-    import torch
+    "Load a `train.pt`/`test.pt` (tensors only), checking keys, shapes, dtypes and token ranges."
     path = Path(path)
     if not path.exists():
-        raise HaltingLabError(f'{path}: file not found (create it with `halting-lab nav generate --output-dir {path.parent}`)')
-    d = torch.load(path, map_location='cpu', weights_only=False)
+        raise HaltingLabError(f'{path}: file not found (create it with '
+                              f'`halting-lab nav generate --output-dir {path.parent}`)')
+    d = _read_pt(path)
     missing = [k for k in ('grids', 'actions') if not isinstance(d, dict) or k not in d]
     if missing: raise HaltingLabError(f'{path}: not a nav data set (missing keys {missing})')
-    if d['grids'].ndim != 3 or d['grids'].shape[1] != d['grids'].shape[2] or len(d['grids']) != len(d['actions']):
-        raise HaltingLabError(f"{path}: grids must be [N, G, G] with N == len(actions), got {tuple(d['grids'].shape)}")
+    g, a = d['grids'], d['actions']
+    if g.ndim != 3 or g.shape[1] != g.shape[2] or len(g) != len(a) or len(a) == 0:
+        raise HaltingLabError(f"{path}: grids must be [N, G, G] with N == len(actions) >= 1, "
+                              f"got {tuple(g.shape)} and {len(a)} actions")
+    if g.is_floating_point() or a.is_floating_point():
+        raise HaltingLabError(f'{path}: grids/actions must be integer tensors, got {g.dtype}/{a.dtype}')
+    if int(g.min()) < 0 or int(g.max()) >= NUM_TOKENS:
+        raise HaltingLabError(f'{path}: grids: tokens must be in 0..{NUM_TOKENS - 1}')
+    if int(a.min()) < 0 or int(a.max()) >= NUM_ACTIONS:
+        raise HaltingLabError(f'{path}: actions: labels must be in 0..{NUM_ACTIONS - 1}')
     return d
 
 class NavDataset:
-    "A nav split as a torch-style dataset; items are `{'inputs': [G*G] long, 'labels': [1] long}` (workbench batch format)."
+    "A nav split as a torch dataset of workbench batches (`inputs` [G*G] long, `labels` [1] long)."
     def __init__(self, path_or_dict):
         self.data = path_or_dict if isinstance(path_or_dict, dict) else load_split(path_or_dict)
         self.grid_size = int(self.data['grids'].shape[-1])
-    def __len__(self): return len(self.data['actions'])
+        self._x = self.data['grids'].reshape(len(self.data['actions']), -1)   # uint8: 8x less memory
+        self._y = self.data['actions'].long()
+    def __len__(self): return len(self._y)
     def __getitem__(self, i):
-        return {'inputs': self.data['grids'][i].reshape(-1).long(), 'labels': self.data['actions'][i].reshape(1).long()}
+        return {'inputs': self._x[i].long(), 'labels': self._y[i].reshape(1)}
+    def __getitems__(self, idx:list)->dict:
+        "A whole batch in one gather (the DataLoader passes it to `batch_collate` as is)."
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return {'inputs': self._x[idx].long(), 'labels': self._y[idx, None]}
     def tensors(self):
         "All samples at once: `(inputs [N, G*G] long, labels [N] long)`."
-        return self.data['grids'].reshape(len(self), -1).long(), self.data['actions'].long()
+        return self._x.long(), self._y
+
+def batch_collate(batch):
+    "Collate of `NavDataset`: its `__getitems__` already returns the batch."
+    return batch
+
+# %% ../../nbs/tasks/nav.ipynb #3c302613
+def dihedral_tables(grid_size:int)->tuple:
+    "`(cell_perm [8, G*G], action_map [8, 5])`: transform t sends flat grid `x` to `x[cell_perm[t]]`."
+    cells = np.arange(grid_size * grid_size).reshape(grid_size, grid_size)
+    perm = np.stack([dihedral_transform(cells, t).reshape(-1) for t in range(8)])
+    return torch.as_tensor(perm.copy(), dtype=torch.long), torch.as_tensor(ACTION_MAP, dtype=torch.long)
+
+def augment_batch(inputs:torch.Tensor, labels:torch.Tensor, t:torch.Tensor, tables:tuple)->tuple:
+    "Apply dihedral transform `t[b]` to sample b of a batch (`inputs` [B, G*G], `labels` [B, 1])."
+    perm, amap = tables
+    return inputs.gather(1, perm[t]), amap[t, labels[:, 0]][:, None]
+
+# %% ../../nbs/tasks/nav.ipynb #4a679975
+def _f(default, help:str): return field(default=default, metadata={'help': help})
+
+@dataclass
+class NavTaskConfig:
+    "Flags of the `nav` task (seed 003's trainer flags that are not model structure or optimizer)."
+    train_path: str = _f('data/nav/train.pt', 'training set (`halting-lab nav generate`)')
+    val_path: str = _f('data/nav/test.pt', 'validation set')
+    checkpoint_dir: Optional[str] = _f(None, 'where best.pt, checkpoint_epoch_N.pt, history.json go '
+                                             '(default: <run dir>/checkpoints)')
+    patience: int = _f(15, 'early stopping: epochs without improvement of --monitor')
+    monitor: str = _f('val_acc', 'val_acc or val_loss: what best.pt and early stopping follow')
+    save_every: int = _f(1, 'write checkpoint_epoch_N.pt every N epochs (and at the last)')
+    eval_batch_size: int = _f(1024, 'validation batch size')
+    dihedral: bool = _f(True, 'train on a random rotation/reflection of every sample (online augmentation)')
+
+def nav_settings(cfg)->NavTaskConfig:
+    "The `NavTaskConfig` inside a train config (dataclass or dict; nested `task_config` or flat keys)."
+    get = (lambda k: cfg.get(k)) if isinstance(cfg, dict) else (lambda k: getattr(cfg, k, None))
+    nested = get('task_config')
+    if nested is not None and not isinstance(nested, dict): nested = dataclasses.asdict(nested)
+    src = nested if nested else {f.name: get(f.name) for f in dataclasses.fields(NavTaskConfig)}
+    kw = {k: v for k, v in src.items() if v is not None and k in NavTaskConfig.__dataclass_fields__}
+    c = NavTaskConfig(**kw)
+    if c.monitor not in ('val_acc', 'val_loss'):
+        raise HaltingLabError(f'--monitor: expected val_acc or val_loss, got {c.monitor!r}')
+    for k in ('patience', 'save_every', 'eval_batch_size'):
+        if int(getattr(c, k)) < 1: raise HaltingLabError(f'--{k.replace("_", "-")}: expected >= 1, got {getattr(c, k)}')
+    return c
+
+# %% ../../nbs/tasks/nav.ipynb #c167ef5d
+class NavDataModule(L.LightningDataModule):
+    "Train/val splits of a nav data set (`train.pt`, `test.pt`) as workbench batches."
+    def __init__(self, train_path:str|Path, val_path:str|Path, batch_size:int=64,
+                 seed:int=0,                  # data order of epoch e is a function of (seed, e)
+                 num_workers:int=0, eval_batch_size:int=1024):
+        super().__init__()
+        self.train_path, self.val_path = Path(train_path), Path(val_path)
+        self.batch_size, self.seed, self.num_workers = int(batch_size), int(seed), int(num_workers)
+        self.eval_batch_size = int(eval_batch_size)
+        self.train_dataset = self.val_dataset = None
+    def setup(self, stage:Optional[str]=None):
+        if self.train_dataset is not None: return
+        tr, va = NavDataset(self.train_path), NavDataset(self.val_path)
+        if tr.grid_size != va.grid_size:
+            raise HaltingLabError(f'{self.val_path}: grid size {va.grid_size} differs from the training '
+                                  f"set's {tr.grid_size} ({self.train_path})")
+        self.train_dataset, self.val_dataset = tr, va
+    @property
+    def grid_size(self)->int: self.setup(); return self.train_dataset.grid_size
+    def model_fields(self)->dict:
+        "Model-config values the data dictates."
+        return {'grid_size': self.grid_size}
+    def _loader(self, ds, **kw):
+        return torch.utils.data.DataLoader(ds, num_workers=self.num_workers, collate_fn=batch_collate,
+                                           persistent_workers=self.num_workers > 0, **kw)
+    def train_dataloader(self):
+        from halting_lab.data.datamodule import ResumableRandomSampler
+        self.setup()
+        return self._loader(self.train_dataset, batch_size=self.batch_size,
+                            sampler=ResumableRandomSampler(len(self.train_dataset), self.seed))
+    def val_dataloader(self):
+        self.setup()
+        return self._loader(self.val_dataset, batch_size=self.eval_batch_size, shuffle=False)
+
+# %% ../../nbs/tasks/nav.ipynb #92cf41e2
+@register_task('nav', config_cls=NavTaskConfig, kind='episodes', builder='nav generate',
+               help='grid navigation: next A* action of a state (seed 003)')
+def nav_datamodule(train_config)->NavDataModule:
+    "The `nav` task's DataModule for a train config (its `NavTaskConfig` flags + batch size, seed)."
+    c = nav_settings(train_config)
+    get = (lambda k, d: train_config.get(k, d)) if isinstance(train_config, dict) else \
+          (lambda k, d: getattr(train_config, k, d))
+    dm = NavDataModule(c.train_path, c.val_path, batch_size=get('batch_size', 64), seed=get('seed', 0),
+                       num_workers=get('num_workers', 0), eval_batch_size=c.eval_batch_size)
+    dm.setup('fit')
+    return dm

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Optional
 import numpy as np
 from ..core import HaltingLabError
+from ..registry import register_task
 
 # %% auto #0
-__all__ = ['count_solutions', 'is_valid_solution', 'random_solution', 'make_puzzle', 'shuffle_sudoku', 'build_sudoku',
-           'build_sudoku_cli']
+__all__ = ['SUDOKU_CHARSET', 'count_solutions', 'is_valid_solution', 'random_solution', 'make_puzzle', 'shuffle_sudoku',
+           'build_sudoku', 'build_sudoku_cli', 'sudoku_difficulty', 'render_sudoku']
 
 # %% ../../nbs/tasks/sudoku.ipynb #91aebfd9
 _ROW = [i // 9 for i in range(81)]; _COL = [i % 9 for i in range(81)]
@@ -127,7 +128,7 @@ def build_sudoku(output_dir:str|Path, num_train:int=1000, num_test:int=200, min_
             p, s = make_puzzle(rng, int(rng.integers(min_givens, max_givens + 1))); puz.append(p); sol.append(s)
             if verbose and (k + 1) % 1000 == 0: print(f'{split}: {k + 1}/{n} puzzles ({time.time() - t0:.0f}s)', flush=True)
         splits[split] = _to_split(puz, sol, a, rng)
-    return write_dataset(output_dir, splits, vocab_size=11, identifiers=['<blank>'])
+    return write_dataset(output_dir, splits, vocab_size=11, identifiers=['<blank>'], task='sudoku')
 
 # %% ../../nbs/tasks/sudoku.ipynb #7a34d9c7
 def build_sudoku_cli(argv:list|None=None)->int:
@@ -145,3 +146,19 @@ def build_sudoku_cli(argv:list|None=None)->int:
     out = build_sudoku(a.output_dir, a.num_train, a.num_test, lo, hi, a.aug, a.seed, verbose=True)
     print(f'wrote {out} ({a.num_train} train x {1 + a.aug}, {a.num_test} test; givens {lo}..{hi}) in {time.time() - t0:.1f}s')
     return 0
+
+# %% ../../nbs/tasks/sudoku.ipynb #1d6e8f30
+SUDOKU_CHARSET = '.123456789'   # token i -> SUDOKU_CHARSET[i-1]
+
+def sudoku_difficulty(inputs:np.ndarray, labels:np.ndarray)->np.ndarray:
+    "Number of blanks each puzzle has to fill."
+    return (np.asarray(inputs) == 1).sum(-1)
+
+def render_sudoku(tokens)->str:
+    "The 9 x 9 board as text (`.` for a blank)."
+    t = np.asarray(tokens).reshape(9, 9)
+    return '\n'.join(''.join(SUDOKU_CHARSET[v - 1] if v > 0 else ' ' for v in row) for row in t)
+
+register_task('sudoku', 'halting_lab.train.run:puzzle_datamodule', builder='build-sudoku',
+              difficulty=sudoku_difficulty, renderer=render_sudoku, charset=SUDOKU_CHARSET,
+              kind='puzzle', help='9 x 9 Sudoku (HRM format, `halting-lab build-sudoku`)')

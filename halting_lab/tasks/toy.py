@@ -4,17 +4,18 @@
 
 # %% ../../nbs/tasks/toy.ipynb #7164353a
 from __future__ import annotations
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 import numpy as np
 import torch
 import lightning as L
 from ..core import HaltingLabError
+from ..registry import register_task
 
 # %% auto #0
 __all__ = ['PAD', 'ZERO', 'ONE', 'SEP', 'BLANK', 'SYM0', 'NUM_SYMBOLS', 'TOY_VOCAB_SIZE', 'IGNORE_INDEX', 'TOY_TASKS',
-           'toy_seq_len', 'toy_max_length', 'make_example', 'ToyDataset', 'ToyMetadata', 'toy_metadata',
-           'ToyDataModule']
+           'TOY_CHARSET', 'toy_seq_len', 'toy_max_length', 'make_example', 'ToyDataset', 'ToyMetadata', 'toy_metadata',
+           'ToyDataModule', 'ToyTaskConfig', 'toy_difficulty', 'toy_datamodule']
 
 # %% ../../nbs/tasks/toy.ipynb #7a58a4f0
 PAD, ZERO, ONE, SEP, BLANK, SYM0 = 0, 1, 2, 3, 4, 5
@@ -149,3 +150,32 @@ class ToyDataModule(L.LightningDataModule):
                                            num_workers=self.num_workers)
 
     test_dataloader = val_dataloader
+
+# %% ../../nbs/tasks/toy.ipynb #5f0d3e67
+TOY_CHARSET = '_01|?' + 'abcdefgh'     # token id -> character (PAD ZERO ONE SEP BLANK, symbols)
+
+def _h(default, help:str): return field(default=default, metadata={'help': help})
+
+@dataclass
+class ToyTaskConfig:
+    "Flags of the toy tasks (generated on the fly)."
+    toy_length: int = _h(16, 'toy tasks: sequence length (max length for variable-length tasks)')
+    toy_min_length: Optional[int] = _h(None, "toy tasks: minimum length (default: the task's own)")
+    toy_train_size: int = _h(10000, 'toy tasks: training examples per epoch')
+    toy_val_size: int = _h(1000, 'toy tasks: validation examples')
+
+def toy_difficulty(inputs:np.ndarray, labels:np.ndarray)->np.ndarray:
+    "Per-example difficulty of a toy task: its number of supervised positions."
+    return (np.asarray(labels) != IGNORE_INDEX).sum(-1)
+
+# %% ../../nbs/tasks/toy.ipynb #2e7d9c41
+def toy_datamodule(tc)->ToyDataModule:
+    "The `ToyDataModule` of `tc.task` for a `TrainConfig` (its `toy_*` flags)."
+    return ToyDataModule(task=tc.task, max_length=tc.toy_length, min_length=tc.toy_min_length,
+                         batch_size=tc.batch_size, num_train=tc.toy_train_size,
+                         num_val=tc.toy_val_size, seed=tc.seed, num_workers=tc.num_workers)
+
+for _t in TOY_TASKS:
+    register_task(_t, toy_datamodule, config_cls=ToyTaskConfig, kind='generated',
+                  charset=TOY_CHARSET, difficulty=toy_difficulty,
+                  help=f'toy task {_t!r}, generated on the fly (--toy_length ...)')

@@ -7,94 +7,136 @@ from __future__ import annotations
 import argparse, dataclasses, types, typing, sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
-from ..core import HaltingLabError, MODEL_TYPES, model_class
+from fastcore.basics import patch
+from ..core import HaltingLabError
+from ..registry import get_model, get_task, entries, trainable_models, load_plugins
 
 # %% auto #0
-__all__ = ['MAZE_LIKE_TASKS', 'TOY_TASKS', 'TASKS', 'TRAIN_MODEL_TYPES', 'ONLY_FOR', 'TOY_ONLY', 'IPYTHON_NAMES', 'TrainConfig',
-           'model_config_cls', 'params_to_configs', 'validate_train_config', 'build_parser', 'parse_train_args',
-           'flag_defaults', 'parameter_defaults', 'cli_default', 'parameters_cell_source', 'notebook_params']
+__all__ = ['OPTIMIZERS', 'LR_SCHEDULES', 'IPYTHON_NAMES', 'TrainConfig', 'model_config_cls', 'family_train_flags',
+           'params_to_configs', 'validate_train_config', 'build_parser', 'parse_train_args', 'flag_defaults',
+           'flag_aliases', 'parameter_defaults', 'cli_default', 'parameters_cell_source', 'notebook_params']
 
 # %% ../../nbs/train/config.ipynb #e4a59e22
-MAZE_LIKE_TASKS = ('maze', 'sudoku', 'arc')
-TOY_TASKS = ('parity', 'addition', 'copy', 'reverse', 'sort')
-TASKS = MAZE_LIKE_TASKS + TOY_TASKS
-TRAIN_MODEL_TYPES = ('act_rnn', 'universal_transformer', 'trm')
-
 def _f(default, help:str, **kw):
     "A dataclass field with its `--help` text."
     return field(default=default, metadata={'help': help, **kw})
 
+OPTIMIZERS = ('adamw', 'adam_atan2')
+LR_SCHEDULES = ('constant', 'cosine')
+
+# %% ../../nbs/train/config.ipynb #2b9c0d11
 @dataclass
-class TrainConfig:
-    "Everything about a training run that is not model structure (one field per CLI flag)."
-    task: str = _f('maze', f'task: one of {", ".join(TASKS)}', choices=TASKS)
-    model_type: str = _f('act_rnn', 'model family: act_rnn (default), universal_transformer, trm', choices=TRAIN_MODEL_TYPES)
-    data_dir: Optional[str] = _f(None, 'HRM-format dataset directory (with train/ and test/) for maze/sudoku/arc')
+class _Run:
+    "The run: task, model, data, optimisation, EMA, checkpoints (first half of TrainConfig)."
+    task: str = _f('maze', 'a registered task (`halting-lab registry --kind task`)')
+    model_type: str = _f('act_rnn', 'a registered model family (`halting-lab registry --kind model`)')
+    data_dir: Optional[str] = _f(None, "the task's dataset directory (HRM format: train/ and test/)")
+    plugins: Optional[str] = _f(None, 'modules to import first (comma separated): they register '
+                                'models / tasks / halting rules; recorded for resume and viewers')
     batch_size: int = _f(128, 'examples per optimizer step (per device)')
     max_epochs: int = _f(10, 'number of epochs')
     max_steps: int = _f(-1, 'stop after this many optimizer steps (-1: no limit)')
-    learning_rate: float = _f(1e-4, 'peak learning rate (AdamW)')
-    weight_decay: float = _f(0.0, 'AdamW weight decay')
-    beta1: float = _f(0.9, 'AdamW beta1')
-    beta2: float = _f(0.95, 'AdamW beta2')
+    learning_rate: float = _f(1e-4, 'peak learning rate')
+    weight_decay: float = _f(0.0, 'decoupled weight decay')
+    beta1: float = _f(0.9, 'Adam beta1')
+    beta2: float = _f(0.95, 'Adam beta2')
+    optimizer: str = _f('adamw', 'network optimizer: adamw | adam_atan2 (PyPI adam-atan2-pytorch)',
+                        choices=OPTIMIZERS)
     grad_clip: float = _f(1.0, 'gradient norm clipping (0: off)')
-    lr_warmup_epochs: float = _f(0.0, 'linear LR warm-up length in epochs (fractions allowed), then --lr_schedule')
-    lr_schedule: str = _f('constant', 'after warm-up: constant (default, as the original) or cosine (to 10% of the peak)', choices=('constant', 'cosine'))
-    log_every_n_steps: int = _f(50, 'write a step row (train/loss_step, lr, ponder weight) to metrics.csv every N optimizer steps')
-    use_ema: bool = _f(False, 'keep an exponential moving average of the weights (updated every optimizer step); validate and export it')
+    lr_warmup_epochs: float = _f(0.0, 'linear LR warm-up in epochs (fractions allowed), then --lr_schedule')
+    lr_schedule: str = _f('constant', 'after warm-up: constant (as the original) or cosine (to 10% '
+                          'of the peak)', choices=LR_SCHEDULES)
+    log_every_n_steps: int = _f(50, 'a step row (loss, lr, ponder weight) in metrics.csv every N steps')
+    eval_interval: int = _f(1, 'validate every N epochs (and at the last one)')
+    use_ema: bool = _f(False, 'exponential moving average of the weights (every optimizer step); '
+                       'validate and export it')
     ema_decay: float = _f(0.999, 'EMA decay per optimizer step')
+    ema_rate: float = _f(0.0, 'the reference name: > 0 is --use_ema --ema_decay EMA_RATE')
     default_root_dir: Optional[str] = _f(None, 'the run directory (default: runs/<run_id>)')
-    run_id: Optional[str] = _f(None, 'run id; the run directory is runs/<run_id> unless --default_root_dir is given')
-    save_every_n_epochs: int = _f(1, 'also keep checkpoints/epoch=E.ckpt every N epochs (0: off); only the newest --keep_last_k are kept')
+    run_id: Optional[str] = _f(None, 'run id: the run directory is runs/<run_id> unless '
+                               '--default_root_dir is given')
+    save_every_n_epochs: int = _f(1, 'also keep checkpoints/epoch=E.ckpt every N epochs (0: off)')
     keep_last_k: int = _f(3, 'how many periodic epoch checkpoints to keep')
-    resume_ckpt: Optional[str] = _f(None, "checkpoint to resume from (exact resume), or 'auto': <run>/checkpoints/last.ckpt if it exists")
+    resume_ckpt: Optional[str] = _f(None, "checkpoint to resume from (exact resume), or 'auto': "
+                                    '<run>/checkpoints/last.ckpt if it exists')
     seed: int = _f(0, 'one seed for model init, data order and dropout')
-    time_penalty_start: float = _f(0.0, 'act_rnn: ponder-cost weight at step 0')
-    time_penalty_warmup_steps: int = _f(0, 'act_rnn: optimizer steps of the linear ramp from --time_penalty_start to --time_penalty')
-    time_penalty: float = _f(0.001, 'act_rnn: final ponder-cost weight tau (ponder cost = N + R per cell)')
-    accelerator: str = _f('auto', "lightning accelerator: auto (CUDA GPU, else Apple MPS, else CPU), cpu, gpu, mps")
-    devices: str = _f('1', "devices per node: 1, N (>1 = DDP) or auto")
+
+# %% ../../nbs/train/config.ipynb #4e61f0a2
+@dataclass
+class _Loop:
+    "Ponder schedule, sparse-embedding optimizer and hardware flags (second half of TrainConfig)."
+    time_penalty_start: float = _f(0.0, 'ACT ponder-cost weight at step 0', model_specific=True)
+    time_penalty_warmup_steps: int = _f(0, 'ACT: optimizer steps of the linear ramp from '
+                                        '--time_penalty_start to --time_penalty', model_specific=True)
+    time_penalty: float = _f(0.001, 'ACT: final ponder-cost weight tau (ponder cost = N + R)',
+                             model_specific=True)
+    puzzle_emb_lr: float = _f(1e-4, 'sign-SGD learning rate of the per-puzzle embedding',
+                              model_specific=True)
+    puzzle_emb_weight_decay: float = _f(1.0, 'weight decay of the per-puzzle embedding',
+                                        model_specific=True)
+    accelerator: str = _f('auto', 'auto (CUDA GPU, else Apple MPS, else CPU), cpu, gpu, mps')
+    devices: str = _f('1', 'devices per node: 1, N (>1 = DDP) or auto')
     strategy: str = _f('auto', 'lightning strategy (auto; ddp is used when devices > 1)')
     precision: Optional[str] = _f(None, 'lightning precision; default bf16-mixed on GPU, 32-true on CPU')
     num_workers: int = _f(0, 'DataLoader worker processes')
     compile: bool = _f(False, 'torch.compile the model')
-    limit_train_batches: Optional[int] = _f(None, 'use only the first N batches of each epoch (debugging)')
+    limit_train_batches: Optional[int] = _f(None, 'use only the first N batches of each epoch')
     limit_val_batches: Optional[int] = _f(None, 'validate on only N batches (debugging)')
     val_split: str = _f('test', 'split validated every epoch (HRM datasets have train/ and test/)')
     progress_bar: bool = _f(True, 'tqdm progress bar on the console')
-    # toy tasks (generated on the fly)
-    toy_length: int = _f(16, 'toy tasks: sequence length (max length for variable-length tasks)')
-    toy_min_length: Optional[int] = _f(None, 'toy tasks: minimum length (default: the task\'s own default)')
-    toy_train_size: int = _f(10000, 'toy tasks: training examples per epoch')
-    toy_val_size: int = _f(1000, 'toy tasks: validation examples')
+    task_config: Any = field(default=None, repr=False, compare=False, metadata={'internal': True})
 
-    def to_dict(self)->dict: return dataclasses.asdict(self)
+@dataclass
+class TrainConfig(_Loop, _Run):
+    "Everything about a training run that is not model structure (one field per CLI flag)."
+
+# %% ../../nbs/train/config.ipynb #0a7be5c3
+@patch
+def __getattr__(self:TrainConfig, name:str):
+    "Task flags read as attributes (`tc.toy_length`)."
+    tcfg = self.__dict__.get('task_config')
+    if tcfg is not None and name in {f.name for f in fields(tcfg)}: return getattr(tcfg, name)
+    raise AttributeError(f'TrainConfig has no attribute {name!r}')
+
+@patch
+def to_dict(self:TrainConfig)->dict:
+    "The flat dict stored in config.json and checkpoints (task flags included)."
+    out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != 'task_config'}
+    if self.task_config is not None: out.update(dataclasses.asdict(self.task_config))
+    return out
 
 # %% ../../nbs/train/config.ipynb #ba272157
-ONLY_FOR = {  # training flag -> model types it applies to
-    'time_penalty': ('act_rnn',), 'time_penalty_start': ('act_rnn',), 'time_penalty_warmup_steps': ('act_rnn',),
-}
-TOY_ONLY = ('toy_length', 'toy_min_length', 'toy_train_size', 'toy_val_size')
-
 def model_config_cls(model_type:str):
-    "The config dataclass of `model_type`'s model class (`ModelClass.config_cls`)."
-    cls = model_class(model_type)
-    cfg = getattr(cls, 'config_cls', None)
-    if cfg is None or not dataclasses.is_dataclass(cfg):
-        raise HaltingLabError(f'model_type {model_type!r}: {cls.__name__} has no dataclass `config_cls`')
-    return cfg
+    "The config dataclass of the registered `model_type`."
+    return get_model(model_type).config()
 
 def _available_families()->dict:
-    "{model_type: config class} for the training model types whose code is installed."
+    "{model_type: config class} of the registered trainable model families."
+    return {mt: get_model(mt).config() for mt in trainable_models()}
+
+def _task_configs()->dict:
+    "{config class: [task names]} of the registered tasks with their own flags."
     out = {}
-    for mt in TRAIN_MODEL_TYPES:
-        try: out[mt] = model_config_cls(mt)
-        except (ImportError, AttributeError): pass
+    for name, spec in entries('task').items():
+        if spec.config() is not None: out.setdefault(spec.config(), []).append(name)
     return out
 
 def _config_fields(cls)->dict:
-    "{name: dataclasses.Field} of a config dataclass, without bookkeeping fields like model_type."
-    return {f.name: f for f in fields(cls) if f.init and f.name != 'model_type' and not f.name.startswith('_')}
+    "{name: Field} of a config dataclass, without bookkeeping fields like model_type."
+    return {f.name: f for f in fields(cls)
+            if f.init and f.name != 'model_type' and not f.name.startswith('_')}
+
+# %% ../../nbs/train/config.ipynb #8c4b7f02
+def _train_fields()->dict:
+    "{name: Field} of the flags of `TrainConfig` (the internal `task_config` left out)."
+    return {f.name: f for f in fields(TrainConfig) if not (f.metadata or {}).get('internal')}
+
+def family_train_flags()->dict:
+    "{training flag: [model types]} for the flags some family declares as its own."
+    out = {}
+    for mt in trainable_models():
+        for k in get_model(mt).train_flags: out.setdefault(k, []).append(mt)
+    return out
 
 # %% ../../nbs/train/config.ipynb #745b8256
 def _coerce(name:str, value, tp):
@@ -126,100 +168,156 @@ def _coerce(name:str, value, tp):
 
 def _hints(cls)->dict: return typing.get_type_hints(cls)
 
+# %% ../../nbs/train/config.ipynb #1b7e2c55
+def _plugins_of(params:dict)->list:
+    "The `plugins` value as a list of module names (and import them)."
+    names = [p.strip() for p in str(params.get('plugins') or '').split(',') if p.strip()]
+    if names: load_plugins(names)
+    return names
+
+def _lookup(params:dict)->tuple:
+    "(model spec, task spec) named by `params` (defaults from `TrainConfig`)."
+    mt = params.get('model_type', TrainConfig.model_type)
+    spec = get_model(mt)
+    if not spec.trainable:
+        raise HaltingLabError(f'--model_type: {mt!r} is not trainable here; '
+                              f'expected one of {", ".join(trainable_models())}')
+    return spec, get_task(params.get('task', TrainConfig.task))
+
+# %% ../../nbs/train/config.ipynb #6d8e1f93
+def _owners_error(k:str, spec, tspec)->HaltingLabError:
+    "The error for a flag the chosen model / task does not take (naming who does)."
+    fams = [mt for mt, c in _available_families().items()
+            if k in _config_fields(c) or k in get_model(mt).aliases()]
+    if fams:
+        return HaltingLabError(f'--{k}: is a flag of model_type {" / ".join(fams)}, '
+                               f'not of --model_type {spec.name}')
+    tasks = [n for c, ns in _task_configs().items() if k in _config_fields(c) for n in ns]
+    if tasks:
+        return HaltingLabError(f'--{k}: only for the task(s) {", ".join(tasks)}, '
+                               f'not --task {tspec.name}')
+    return HaltingLabError(f'--{k}: unknown flag (see `halting-lab train --help`)')
+
+# %% ../../nbs/train/config.ipynb #0e4c9a71
+def _split_flags(params:dict, spec, tspec, strict:bool=True)->tuple:
+    "(train kw, task kw, model kw), each coerced to its field's type."
+    tf, th = _train_fields(), _hints(TrainConfig)
+    mcls, tcls = spec.config(), tspec.config()
+    mf, mh = _config_fields(mcls), _hints(mcls)
+    kf, kh = (_config_fields(tcls), _hints(tcls)) if tcls else ({}, {})
+    al = {a: c for a, c in spec.aliases().items() if a not in tf}
+    tkw, kkw, mkw = {}, {}, {}
+    for k, v in params.items():
+        if k in al and al[k] in params:
+            raise HaltingLabError(f'--{k}: is an alias of --{al[k]}; give only one of them')
+        name = al.get(k, k)
+        if name in tf: tkw[name] = _coerce(k, v, th[name])
+        if name in mf: mkw[name] = _coerce(k, v, mh[name])
+        elif name in kf: kkw[name] = _coerce(k, v, kh[name])
+        elif name not in tf and strict: raise _owners_error(k, spec, tspec)
+    return tkw, kkw, mkw
+
+# %% ../../nbs/train/config.ipynb #2c8d4f6a
+def _check_owned(tkw:dict, spec):
+    "A training flag a family declares as its own, given to another family: error."
+    for k in tkw:
+        fams = family_train_flags().get(k)
+        if fams and spec.name not in fams:
+            raise HaltingLabError(f'--{k}: applies to model_type {" / ".join(fams)} only, '
+                                  f'not to --model_type {spec.name}')
+
+def _check_task(tc, tspec):
+    "Data-directory rules of the task's kind."
+    if tspec.kind == 'puzzle' and not tc.data_dir:
+        raise HaltingLabError(f'--data_dir: required for --task {tspec.name} '
+                              '(an HRM-format dataset directory)')
+    if tspec.kind == 'generated' and tc.data_dir:
+        raise HaltingLabError(f'--data_dir: task {tspec.name!r} is generated on the fly; '
+                              'do not pass --data_dir')
+
+# %% ../../nbs/train/config.ipynb #745b9f21
 def params_to_configs(params:dict, # flag name -> value (None values are ignored = default)
                       strict:bool=True):
-    "Split `params` into `(TrainConfig, model config)`; unknown keys and bad combinations are errors naming the flag."
+    "Split `params` into `(TrainConfig, model config)`; bad flags are errors naming the flag."
     params = {k.lstrip('-'): v for k, v in dict(params).items() if v is not None}
-    tfields, thints = {f.name: f for f in fields(TrainConfig)}, _hints(TrainConfig)
-    model_type = params.get('model_type', TrainConfig.model_type)
-    if model_type not in TRAIN_MODEL_TYPES:
-        raise HaltingLabError(f'--model_type: unknown {model_type!r}; expected one of {", ".join(TRAIN_MODEL_TYPES)}')
-    mcls = model_config_cls(model_type)
-    mfields, mhints = _config_fields(mcls), _hints(mcls)
-    families = _available_families()
-    tkw, mkw = {}, {}
-    for k, v in params.items():
-        if k in tfields:
-            tkw[k] = _coerce(k, v, thints[k])
-            if k in mfields: mkw[k] = _coerce(k, v, mhints[k])   # shared name: both get it
-        elif k in mfields: mkw[k] = _coerce(k, v, mhints[k])
-        else:
-            owners = [mt for mt, c in families.items() if k in _config_fields(c)]
-            if owners:
-                raise HaltingLabError(f'--{k}: is a flag of model_type {" / ".join(owners)}, '
-                                      f'not of --model_type {model_type}')
-            if strict: raise HaltingLabError(f'--{k}: unknown flag (see `halting-lab train --help`)')
-    for k in tkw:
-        if k in ONLY_FOR and model_type not in ONLY_FOR[k]:
-            raise HaltingLabError(f'--{k}: applies to model_type {" / ".join(ONLY_FOR[k])} only, '
-                                  f'not to --model_type {model_type}'
-                                  + (' (its ponder weight is --ut_act_loss_weight)' if model_type == 'universal_transformer' else ''))
-    tc = TrainConfig(**tkw)
-    validate_train_config(tc, given=set(tkw))
-    if hasattr(mcls, 'validate_flags'):  # optional per-family combination checks
-        mcls.validate_flags(mkw)
-    try: mc = mcls(**mkw)
-    except (TypeError, ValueError) as e: raise HaltingLabError(f'model config ({model_type}): {e}') from e
-    if getattr(mc, 'halting_rule', 'act') != 'act':
-        for k in ONLY_FOR:
-            if k in tkw: raise HaltingLabError(f'--{k}: applies to --halting_rule act only; PonderNet is regularised by '
-                                               '--pondernet_beta and --pondernet_lambda_p')
-    return tc, mc
+    _plugins_of(params)
+    spec, tspec = _lookup(params)
+    tkw, kkw, mkw = _split_flags(params, spec, tspec, strict)
+    _check_owned(tkw, spec)
+    if float(tkw.get('ema_rate') or 0) > 0:        # the reference's name for the EMA
+        tkw.setdefault('use_ema', True)
+        tkw.setdefault('ema_decay', tkw['ema_rate'])
+    tc = TrainConfig(**tkw, task_config=tspec.make_config(kkw))
+    _check_task(tc, tspec)
+    validate_train_config(tc, given=set(tkw) - {'ema_rate'})
+    if hasattr(spec.config(), 'validate_flags'):   # per-family combination checks
+        spec.config().validate_flags({**tkw, **mkw})
+    return tc, spec.make_config(mkw)
 
+# %% ../../nbs/train/config.ipynb #9a0b3c6d
 def validate_train_config(tc:TrainConfig, given:set=frozenset()):
-    "Combination checks on a `TrainConfig` (errors name the flag)."
-    if tc.task not in TASKS: raise HaltingLabError(f'--task: unknown {tc.task!r}; expected one of {", ".join(TASKS)}')
-    if tc.task in MAZE_LIKE_TASKS and not tc.data_dir:
-        raise HaltingLabError(f'--data_dir: required for --task {tc.task} (an HRM-format dataset directory)')
-    if tc.task in TOY_TASKS and tc.data_dir:
-        raise HaltingLabError(f'--data_dir: toy task {tc.task!r} is generated on the fly; do not pass --data_dir')
-    if tc.task in MAZE_LIKE_TASKS:
-        for k in TOY_ONLY:
-            if k in given: raise HaltingLabError(f'--{k}: only for the toy tasks ({", ".join(TOY_TASKS)}), not --task {tc.task}')
-    for k in ('batch_size', 'max_epochs', 'log_every_n_steps', 'keep_last_k'):
+    "Range checks on a `TrainConfig` (errors name the flag)."
+    for k in ('batch_size', 'max_epochs', 'log_every_n_steps', 'keep_last_k', 'eval_interval'):
         if getattr(tc, k) < 1: raise HaltingLabError(f'--{k}: must be >= 1, got {getattr(tc, k)}')
-    for k in ('learning_rate',):
-        if not getattr(tc, k) > 0: raise HaltingLabError(f'--{k}: must be > 0, got {getattr(tc, k)}')
-    for k in ('weight_decay', 'lr_warmup_epochs', 'time_penalty', 'time_penalty_start', 'time_penalty_warmup_steps',
-              'save_every_n_epochs', 'num_workers', 'grad_clip'):
+    if not tc.learning_rate > 0:
+        raise HaltingLabError(f'--learning_rate: must be > 0, got {tc.learning_rate}')
+    for k in ('weight_decay', 'lr_warmup_epochs', 'time_penalty', 'time_penalty_start',
+              'time_penalty_warmup_steps', 'save_every_n_epochs', 'num_workers', 'grad_clip', 'ema_rate'):
         if getattr(tc, k) < 0: raise HaltingLabError(f'--{k}: must be >= 0, got {getattr(tc, k)}')
-    if not 0.0 < tc.ema_decay < 1.0: raise HaltingLabError(f'--ema_decay: must be in (0, 1), got {tc.ema_decay}')
-    if 'ema_decay' in given and not tc.use_ema: raise HaltingLabError('--ema_decay: has no effect without --use_ema')
-    if tc.lr_schedule not in ('constant', 'cosine'): raise HaltingLabError(f'--lr_schedule: constant or cosine, got {tc.lr_schedule!r}')
-    if tc.model_type not in TRAIN_MODEL_TYPES:
-        raise HaltingLabError(f'--model_type: unknown {tc.model_type!r}; expected one of {", ".join(TRAIN_MODEL_TYPES)}')
+    if not 0.0 < tc.ema_decay < 1.0:
+        raise HaltingLabError(f'--ema_decay: must be in (0, 1), got {tc.ema_decay}')
+    if 'ema_decay' in given and not tc.use_ema:
+        raise HaltingLabError('--ema_decay: has no effect without --use_ema')
+    if tc.lr_schedule not in LR_SCHEDULES:
+        raise HaltingLabError(f'--lr_schedule: constant or cosine, got {tc.lr_schedule!r}')
+    if tc.optimizer not in OPTIMIZERS:
+        raise HaltingLabError(f'--optimizer: expected one of {OPTIMIZERS}, got {tc.optimizer!r}')
     return tc
 
 # %% ../../nbs/train/config.ipynb #898991f8
 class _Parser(argparse.ArgumentParser):
     def error(self, message): raise HaltingLabError(message)
 
-def _add_field(group, name:str, f, tp, seen:set):
+def _add_field(group, name:str, f, tp, seen:set, help:str|None=None):
+    "One `--name` option for dataclass field `f` (SUPPRESS default: only given flags are parsed)."
     if name in seen: return
     seen.add(name)
-    help = (f.metadata or {}).get('help', '').replace('%', '%%')
-    default = f.default if f.default is not dataclasses.MISSING else None
+    help = (help or (f.metadata or {}).get('help', '')).replace('%', '%%')
+    default = _default(f)
     args = typing.get_args(tp)
     base = next((a for a in args if a is not type(None)), tp) if args else tp
     if base is bool:
-        group.add_argument(f'--{name}', action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=f'{help} (default: {default})')
+        group.add_argument(f'--{name}', action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=f'{help} (default: {default})')
     else:
-        group.add_argument(f'--{name}', type=str, default=argparse.SUPPRESS, metavar=getattr(base, '__name__', 'X').upper(),
+        group.add_argument(f'--{name}', type=str, default=argparse.SUPPRESS,
+                           metavar=getattr(base, '__name__', 'X').upper(),
                            choices=(f.metadata or {}).get('choices'), help=f'{help} (default: {default})')
 
+def _default(f):
+    if f.default is not dataclasses.MISSING: return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+# %% ../../nbs/train/config.ipynb #5e2a8b90
+def _add_family(p, mt:str, cls, seen:set):
+    "The argument group of one model family: its config fields, then its seed aliases."
+    g = p.add_argument_group(f'model_type {mt} ({cls.__name__})')
+    h, fs = _hints(cls), _config_fields(cls)
+    for name, f in fs.items(): _add_field(g, name, f, h[name], seen)
+    for alias, name in get_model(mt).aliases().items():
+        if name in fs: _add_field(g, alias, fs[name], h[name], seen, f'alias of --{name}')
+
 def build_parser(prog:str='halting-lab train')->argparse.ArgumentParser:
-    "The `halting-lab train` parser: TrainConfig flags + each installed model family's flags (SUPPRESS defaults)."
-    p = _Parser(prog=prog, description='Train an adaptive-computation model; writes runs/<run_id>/ '
-                '(config.json, metrics.csv, train.log, checkpoints/, results.json).', allow_abbrev=False)
-    seen = set()
+    "The `halting-lab train` parser: training, task and model-family flags (SUPPRESS defaults)."
+    p = _Parser(prog=prog, allow_abbrev=False, description='Train a registered model on a registered '
+                'task; writes runs/<run_id>/ (config.json, metrics.csv, train.log, checkpoints/).')
+    seen, th = set(), _hints(TrainConfig)
     g = p.add_argument_group('training')
-    th = _hints(TrainConfig)
-    for f in fields(TrainConfig): _add_field(g, f.name, f, th[f.name], seen)
-    for mt, cls in _available_families().items():
-        g = p.add_argument_group(f'model_type {mt} ({cls.__name__})')
-        h = _hints(cls)
+    for name, f in _train_fields().items(): _add_field(g, name, f, th[name], seen)
+    for cls, tasks in _task_configs().items():
+        g, h = p.add_argument_group(f'task {" / ".join(tasks)} ({cls.__name__})'), _hints(cls)
         for name, f in _config_fields(cls).items(): _add_field(g, name, f, h[name], seen)
+    for mt, cls in _available_families().items(): _add_family(p, mt, cls, seen)
     return p
 
 def parse_train_args(argv:list)->dict:
@@ -229,21 +327,28 @@ def parse_train_args(argv:list)->dict:
 # %% ../../nbs/train/config.ipynb #70074703
 IPYTHON_NAMES = ('In', 'Out', 'get_ipython', 'exit', 'quit', 'open', 'display')   # not parameters
 
-def _default(f):
-    if f.default is not dataclasses.MISSING: return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-
 def flag_defaults()->dict:
-    "{flag: {owner: default}} for every flag of `halting-lab train`; owner is 'train' (TrainConfig) or a model_type."
-    out = {f.name: {'train': _default(f)} for f in fields(TrainConfig)}
+    "{flag: {owner: default}}; owner is 'train', 'task <names>' or a model_type."
+    out = {name: {'train': _default(f)} for name, f in _train_fields().items()}
+    for cls, tasks in _task_configs().items():
+        for name, f in _config_fields(cls).items():
+            out.setdefault(name, {})[f'task {" / ".join(tasks)}'] = _default(f)
     for mt, cls in _available_families().items():
         for name, f in _config_fields(cls).items(): out.setdefault(name, {})[mt] = _default(f)
     return out
 
+def flag_aliases()->dict:
+    "{alias: {model_type: canonical flag}} of every trainable family."
+    out = {}
+    for mt in trainable_models():
+        for a, c in get_model(mt).aliases().items(): out.setdefault(a, {})[mt] = c
+    return out
+
 def _same(a, b)->bool: return a == b and isinstance(a, bool) == isinstance(b, bool)
 
+# %% ../../nbs/train/config.ipynb #7b3e5f14
 def parameter_defaults()->dict:
-    "{flag: default} of a parameters cell mirroring the CLI (None where the families' defaults differ)."
+    "{flag: default} of a parameters cell mirroring the CLI (None where the owners' defaults differ)."
     out = {}
     for name, d in flag_defaults().items():
         v = list(d.values())
@@ -251,39 +356,47 @@ def parameter_defaults()->dict:
     return out
 
 def cli_default(name:str, model_type:str):
-    "What `halting-lab train --model_type <model_type>` uses for `--<name>` when the flag is not given."
-    d = flag_defaults()[name]
+    "What `halting-lab train --model_type <model_type>` uses for `--<name>` when not given."
+    al = flag_aliases().get(name, {})
+    if model_type in al: name = al[model_type]
+    d = flag_defaults().get(name)
+    if d is None: return None
     if 'train' in d: return d['train']
     return d[model_type] if model_type in d else parameter_defaults()[name]
 
+# %% ../../nbs/train/config.ipynb #3c6f0e27
 def parameters_cell_source(notebook_only:dict|None=None)->str:
-    "The source of a papermill `parameters` cell with every `halting-lab train` flag and its CLI default."
-    notebook_only = notebook_only or {}
+    "The source of a papermill `parameters` cell: every `halting-lab train` flag, CLI defaults."
     owners, defaults = flag_defaults(), parameter_defaults()
     groups = {'train': []}
     for name, d in owners.items(): groups.setdefault(next(iter(d)), []).append(name)
     lines = []
     for g, names in groups.items():
-        lines.append('# training flags (TrainConfig)' if g == 'train' else
-                     f'# model_type {g} flags ({model_config_cls(g).__name__}; a name an earlier family has is listed there)')
+        if g == 'train': lines.append('# training flags (TrainConfig)')
+        elif g.startswith('task '): lines.append(f'# {g} flags')
+        else: lines.append(f'# model_type {g} flags ({model_config_cls(g).__name__}; '
+                           'a name an earlier family has is listed there)')
         for n in names:
             shared = defaults[n] is None and len(owners[n]) > 1 and 'train' not in owners[n]
-            lines.append(f'{n} = {defaults[n]!r}' + ('   # None: the model family\'s default' if shared else ''))
+            lines.append(f'{n} = {defaults[n]!r}' + ("   # None: the family's default" if shared else ''))
     if notebook_only: lines.append('# this notebook only')
-    for n, (v, comment) in notebook_only.items(): lines.append(f'{n} = {v!r}   # {comment}')
+    for n, (v, comment) in (notebook_only or {}).items(): lines.append(f'{n} = {v!r}   # {comment}')
     return '\n'.join(lines)
 
-def notebook_params(namespace:dict, # a notebook's globals() after the parameters (and papermill's injected) cell
+# %% ../../nbs/train/config.ipynb #0d9b4e3a
+def notebook_params(namespace:dict, # a notebook's globals() after the parameters cell(s)
                     notebook_only=()): # parameter names of the notebook itself (not training flags)
-    "Executed parameters -> `train()` kwargs: the flags whose value differs from the CLI default; unknown names raise."
-    ns = {k: v for k, v in namespace.items() if not k.startswith('_') and k not in IPYTHON_NAMES and k not in notebook_only
+    "Executed parameters -> `train()` kwargs: flags that differ from the CLI default; typos raise."
+    ns = {k: v for k, v in namespace.items()
+          if not k.startswith('_') and k not in IPYTHON_NAMES and k not in notebook_only
           and not callable(v) and not isinstance(v, types.ModuleType)}
-    known = flag_defaults()
-    unknown = sorted(set(ns) - set(known))
-    if unknown: raise HaltingLabError(f'parameters: {", ".join(unknown)}: not a flag of `halting-lab train` (see its --help)')
+    _plugins_of(ns)                      # a plugin's flags are known from here on
+    known = set(flag_defaults()) | set(flag_aliases())
+    unknown = sorted(set(ns) - known)
+    if unknown: raise HaltingLabError(f'parameters: {", ".join(unknown)}: not a flag of '
+                                      '`halting-lab train` (see its --help)')
     mt = ns.get('model_type', TrainConfig.model_type)
-    if mt not in TRAIN_MODEL_TYPES:
-        raise HaltingLabError(f'--model_type: unknown {mt!r}; expected one of {", ".join(TRAIN_MODEL_TYPES)}')
+    get_model(mt)
     given = {k: v for k, v in ns.items() if v is not None and not _same(v, cli_default(k, mt))}
     params_to_configs(given)     # the CLI's checks, before any work: errors name the flag
     return given

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/train/lightning.ipynb #cd088ebf
 from __future__ import annotations
-import copy, csv, io, math, os, random, signal, shutil, time, contextlib
+import copy, csv, dataclasses, io, math, os, random, signal, shutil, time, contextlib
 from pathlib import Path
 from typing import Any, Optional
 import numpy as np
@@ -13,21 +13,21 @@ import torch.nn.functional as F
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from ..core import HaltingLabError, HaltingOutput, model_class, torch_save_atomic, seed_everything
-from ..halting import pondernet_loss, masked_mean
+from fastcore.basics import patch
+from ..core import HaltingLabError, HaltingOutput, torch_save_atomic, seed_everything
+from ..halting import HaltingCriterion, act_ponder_weight
+from ..registry import get_model
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'STAT_KEYS', 'METRIC_NAMES', 'CSV_COLUMNS', 'ponder_weight_at', 'lr_factor_at', 'label_mask',
-           'batch_stats', 'stats_to_metrics', 'HaltingLitModule', 'get_rng_state', 'set_rng_state', 'ResumableLoader',
-           'AtomicCheckpointIO', 'atomic_copy', 'read_metrics_csv', 'MetricsCSV', 'RunCheckpoints', 'Preemption']
+__all__ = ['IGNORE_INDEX', 'ponder_weight_at', 'STAT_KEYS', 'METRIC_NAMES', 'CSV_COLUMNS', 'CONSOLE_KEYS', 'lr_factor_at',
+           'label_mask', 'batch_stats', 'stats_to_metrics', 'HaltingLitModule', 'adam_atan2_class', 'get_rng_state',
+           'set_rng_state', 'ResumableLoader', 'AtomicCheckpointIO', 'atomic_copy', 'read_metrics_csv', 'MetricsCSV',
+           'RunCheckpoints', 'Preemption']
 
 # %% ../../nbs/train/lightning.ipynb #9d16ab69
 IGNORE_INDEX = -100
 
-def ponder_weight_at(step:int, start:float, end:float, warmup_steps:int)->float:
-    "Linear ramp `start -> end` over `warmup_steps` optimizer steps, then `end`."
-    if warmup_steps <= 0: return float(end)
-    return float(start + (end - start) * min(1.0, step / warmup_steps))
+ponder_weight_at = act_ponder_weight   # the ACT schedule lives in `halting_lab.halting`
 
 def lr_factor_at(step:int, warmup_steps:int, total_steps:int, schedule:str='constant', min_ratio:float=0.1)->float:
     "LR multiplier at optimizer step `step` (linear warm-up, then constant or cosine)."
@@ -71,12 +71,14 @@ def stats_to_metrics(s:dict)->dict:
 # %% ../../nbs/train/lightning.ipynb #69697cd1
 class HaltingLitModule(L.LightningModule):
     "LightningModule wrapping any model that returns a `HaltingOutput`."
-    def __init__(self, train_cfg:dict, model_cfg:dict, model_type:str, steps_per_epoch:Optional[int]=None):
+    metric_columns = ()        # extra `val/...` / `train/...` metrics a subclass writes to metrics.csv
+    epoch_console = True       # MetricsCSV prints an `epoch E step S: ...` line
+    def __init__(self, train_cfg:dict, model_cfg:dict, model_type:str,
+                 steps_per_epoch:Optional[int]=None):
         super().__init__()
         self.save_hyperparameters()
         self.tc, self.mc, self.model_type = dict(train_cfg), dict(model_cfg), model_type
-        cls = model_class(model_type)
-        self.model = cls(cls.config_cls(**{k: v for k, v in model_cfg.items() if k != 'model_type' or hasattr(cls.config_cls, 'model_type')}))
+        self.model = get_model(model_type).build(model_cfg)
         self.ema_model = None
         if self.tc.get('use_ema'):
             self.ema_model = copy.deepcopy(self.model)
@@ -87,149 +89,181 @@ class HaltingLitModule(L.LightningModule):
         self.saving_mid_epoch = False
         self.last_metrics = {'train': {}, 'val': {}}
 
-    # ---------------------------------------------------------------- helpers
     def forward(self, batch): return self.model(batch)
 
     @property
     def eval_model(self): return self.ema_model if self.ema_model is not None else self.model
 
-    def ponder_weight(self)->float:
-        "Weight of the masked mean ponder cost at the current optimizer step."
-        if self.model_type == 'universal_transformer':
-            return float(self.mc.get('ut_act_loss_weight', 0.0)) if self.mc.get('ut_act', False) else 0.0
-        if self.model_type == 'act_rnn':
-            if self.mc.get('halting_rule', 'act') != 'act': return 0.0    # PonderNet: its KL term regularises instead
-            return ponder_weight_at(self.global_step, self.tc['time_penalty_start'], self.tc['time_penalty'],
-                                    self.tc['time_penalty_warmup_steps'])
-        return 0.0
+# %% ../../nbs/train/lightning.ipynb #4b1e7c20
+@patch
+def ponder_weight(self:HaltingLitModule)->float:
+    "Weight of the ponder cost at the current step: the model's `ponder_weight(step, tc)`, else 0."
+    fn = getattr(self.model, 'ponder_weight', None)
+    if fn is None: fn = getattr(getattr(self.model, '_orig_mod', None), 'ponder_weight', None)
+    return float(fn(self.global_step, self.tc)) if callable(fn) else 0.0
 
-    def compute_loss(self, out:HaltingOutput, batch:dict, ponder_weight:Optional[float]=None):
-        "(loss, ce, stats): CE over labelled positions + w * masked mean ponder cost + aux loss (PonderNet: its loss)."
-        labels = batch['labels']
-        logits = out.logits.float()
-        p = (out.extras or {}).get('pondernet_p') if self.training and out.step_logits is not None else None
-        if p is not None: return self.pondernet_loss(out, batch, p)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=IGNORE_INDEX)
-        if 'mask' in batch and batch['mask'] is not None:  # explicit mask: recompute CE over it
-            m = label_mask(batch).reshape(-1)
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1])[m], labels.reshape(-1).long()[m])
-        loss = ce
-        w = self.ponder_weight() if ponder_weight is None else ponder_weight
-        if out.ponder_cost is not None and w:
-            hmask = (out.halting_steps > 0).float()
-            loss = loss + w * (out.ponder_cost.float() * hmask).sum() / hmask.sum().clamp_min(1.0)
-        if out.aux_loss is not None: loss = loss + out.aux_loss.float()
-        return loss, ce, batch_stats(out, batch, loss, ce)
+@patch
+def compute_loss(self:HaltingLitModule, out:HaltingOutput, batch:dict,
+                 ponder_weight:Optional[float]=None):
+    "(loss, ce, stats): the halting rule's training loss (`criterion.train_loss`) and batch sums."
+    crit = (out.extras or {}).get('criterion')
+    if not isinstance(crit, HaltingCriterion): crit = HaltingCriterion()
+    w = self.ponder_weight() if ponder_weight is None else ponder_weight
+    loss, ce = crit.train_loss(out, batch['labels'], label_mask(batch), w)
+    return loss, ce, batch_stats(out, batch, loss, ce)
 
-    def pondernet_loss(self, out:HaltingOutput, batch:dict, p:torch.Tensor):
-        "PonderNet's training loss `sum_n p_n L_n + beta KL(p || Geometric(lambda_p))` over labelled positions; ce = the first term."
-        sl = out.step_logits.float()                                      # [S, B, L, V]
-        S, (B, L) = sl.shape[0], batch['labels'].shape
-        m = label_mask(batch)                                             # [B, L]
-        y = torch.where(m, batch['labels'].long(), torch.zeros_like(batch['labels'].long()))
-        step_ce = F.cross_entropy(sl.reshape(-1, sl.shape[-1]), y.expand(S, B, L).reshape(-1), reduction='none').view(S, B, L)
-        step_ce = step_ce * m                                             # L_n per position, 0 where unlabelled
-        ce = masked_mean((p * step_ce).sum(0), m)
-        loss = pondernet_loss(p, step_ce, m, float(self.mc['pondernet_lambda_p']), float(self.mc['pondernet_beta']),
-                              max_steps=int(self.mc.get('time_limit', S)))
-        return loss, ce, batch_stats(out, batch, loss, ce)
+# %% ../../nbs/train/lightning.ipynb #2c7a9e4f
+@patch
+def accumulate(self:HaltingLitModule, stage:str, stats:dict):
+    "Add a batch's sums to the epoch's (max for `halt_max`)."
+    acc = self._acc[stage]
+    if acc is None:
+        self._acc[stage] = {k: v.clone() for k, v in stats.items()}
+        return
+    for k, v in stats.items(): acc[k] = torch.maximum(acc[k], v) if k == 'halt_max' else acc[k] + v
 
-    def accumulate(self, stage:str, stats:dict):
-        acc = self._acc[stage]
-        if acc is None: self._acc[stage] = {k: v.clone() for k, v in stats.items()}
-        else:
-            for k, v in stats.items(): acc[k] = torch.maximum(acc[k], v) if k == 'halt_max' else acc[k] + v
+@patch
+def epoch_metrics(self:HaltingLitModule, stage:str, sync:bool=True)->dict:
+    "Metrics of the epoch so far for `stage` ('train' sums are all-reduced across DDP ranks)."
+    acc = self._acc[stage]
+    if acc is None: return {}
+    acc = {k: v.clone() for k, v in acc.items()}
+    dist = torch.distributed
+    if sync and stage == 'train' and dist.is_available() and dist.is_initialized():
+        for k, v in acc.items():
+            dist.all_reduce(v, op=dist.ReduceOp.MAX if k == 'halt_max' else dist.ReduceOp.SUM)
+    return {f'{stage}/{k}': v for k, v in stats_to_metrics(acc).items()}
 
-    def epoch_metrics(self, stage:str, sync:bool=True)->dict:
-        "Metrics of the epoch so far for `stage` ('train' sums are all-reduced across DDP ranks)."
-        acc = self._acc[stage]
-        if acc is None: return {}
-        acc = {k: v.clone() for k, v in acc.items()}
-        if sync and stage == 'train' and torch.distributed.is_available() and torch.distributed.is_initialized():
-            for k, v in acc.items():
-                torch.distributed.all_reduce(v, op=torch.distributed.ReduceOp.MAX if k == 'halt_max' else torch.distributed.ReduceOp.SUM)
-        return {f'{stage}/{k}': v for k, v in stats_to_metrics(acc).items()}
+# %% ../../nbs/train/lightning.ipynb #5d0f8b31
+@patch
+def training_step(self:HaltingLitModule, batch, batch_idx):
+    out = self.model(batch)
+    loss, ce, stats = self.compute_loss(out, batch)
+    self.accumulate('train', stats)
+    self.log('loss', loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False,
+             batch_size=batch['labels'].shape[0])
+    self._last_step_loss = float(loss.detach())
+    return loss
 
-    # ---------------------------------------------------------------- steps
-    def training_step(self, batch, batch_idx):
-        out = self.model(batch)
-        loss, ce, stats = self.compute_loss(out, batch)
-        self.accumulate('train', stats)
-        self.log('loss', loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False, batch_size=batch['labels'].shape[0])
-        self._last_step_loss = float(loss.detach())
-        return loss
+@patch
+def validation_step(self:HaltingLitModule, batch, batch_idx):
+    out = self.eval_model(batch)
+    loss, ce, stats = self.compute_loss(out, batch)
+    self.accumulate('val', stats)
 
-    def validation_step(self, batch, batch_idx):
-        out = self.eval_model(batch)
-        loss, ce, stats = self.compute_loss(out, batch)
-        self.accumulate('val', stats)
+@patch
+def on_validation_epoch_start(self:HaltingLitModule): self._acc['val'] = None
 
-    def on_train_epoch_start(self):
-        self._acc['train'] = None
-        # each epoch starts from RNG streams derived from (seed, epoch): resuming at an epoch boundary is exact
-        seed_everything(int(self.tc['seed']) * 100_003 + int(self.current_epoch))
+@patch
+def on_validation_epoch_end(self:HaltingLitModule):
+    m = self.epoch_metrics('val', sync=False)
+    self.last_metrics['val'] = dict(m)
+    if 'val/exact_acc' in m:
+        self.log('val_exact', m['val/exact_acc'], prog_bar=True, logger=False, sync_dist=False)
 
-    def on_validation_epoch_start(self): self._acc['val'] = None
+# %% ../../nbs/train/lightning.ipynb #6a2d9e15
+@patch
+def validates_at(self:HaltingLitModule, epoch:int)->bool:
+    "Whether epoch `epoch` ends with validation: every `eval_interval` epochs and at the last one."
+    k, tr = int(self.tc.get('eval_interval') or 1), self.trainer
+    if k <= 1 or (epoch + 1) % k == 0: return True
+    if tr.max_epochs is not None and tr.max_epochs >= 0 and epoch + 1 >= tr.max_epochs: return True
+    ms = tr.max_steps
+    return ms is not None and ms >= 0 and tr.global_step + tr.num_training_batches >= ms
 
-    def on_validation_epoch_end(self):
-        m = self.epoch_metrics('val', sync=False)
-        self.last_metrics['val'] = {k: v for k, v in m.items()}
-        if 'val/exact_acc' in m: self.log('val_exact', m['val/exact_acc'], prog_bar=True, logger=False, sync_dist=False)
+@patch
+def on_train_epoch_start(self:HaltingLitModule):
+    self._acc['train'] = None
+    seed_everything(int(self.tc['seed']) * 100_003 + int(self.current_epoch))
+    if int(self.tc.get('eval_interval') or 1) > 1:
+        v = self.validates_at(self.current_epoch)
+        self.trainer.check_val_every_n_epoch = 1 if v else 10**9   # validates when (e+1) % n == 0
+        if not v: self.last_metrics['val'] = {}          # no stale validation numbers in this row
 
-    def on_train_batch_start(self, batch, batch_idx):
-        if self._pending_rng is not None:   # first batch after a mid-epoch resume
-            set_rng_state(self._pending_rng); self._pending_rng = None
+@patch
+def on_train_batch_start(self:HaltingLitModule, batch, batch_idx):
+    if self._pending_rng is not None:   # first batch after a mid-epoch resume
+        set_rng_state(self._pending_rng)
+        self._pending_rng = None
 
-    def optimizer_step(self, *args, **kwargs):
-        "The optimizer step, then the EMA update (before any callback's `on_train_batch_end` can save a checkpoint)."
-        out = super().optimizer_step(*args, **kwargs)
-        self.update_ema()
-        return out
+# %% ../../nbs/train/lightning.ipynb #7b3f0e26
+@patch
+def optimizer_step(self:HaltingLitModule, *args, **kwargs):
+    "The optimizer step, then the EMA update (before any callback can save a checkpoint)."
+    out = L.LightningModule.optimizer_step(self, *args, **kwargs)
+    self.update_ema()
+    return out
 
-    @torch.no_grad()
-    def update_ema(self):
-        "ema = d * ema + (1 - d) * weights (buffers copied)."
-        if self.ema_model is None: return
-        d = float(self.tc['ema_decay'])
-        for pe, p in zip(self.ema_model.parameters(), self.model.parameters()): pe.lerp_(p.detach(), 1.0 - d)
-        for be, b in zip(self.ema_model.buffers(), self.model.buffers()): be.copy_(b)
+@patch
+@torch.no_grad()
+def update_ema(self:HaltingLitModule):
+    "ema = d * ema + (1 - d) * weights (buffers copied)."
+    if self.ema_model is None: return
+    d = float(self.tc['ema_decay'])
+    for pe, p in zip(self.ema_model.parameters(), self.model.parameters()): pe.lerp_(p.detach(), 1.0 - d)
+    for be, b in zip(self.ema_model.buffers(), self.model.buffers()): be.copy_(b)
 
-    # ---------------------------------------------------------------- optimizer
-    def make_optimizer(self):
-        "The optimizer (subclasses such as TRM's override this and keep the LR schedule)."
-        tc = self.tc
-        return torch.optim.AdamW(self.model.parameters(), lr=tc['learning_rate'], weight_decay=tc['weight_decay'],
-                                 betas=(tc.get('beta1', 0.9), tc.get('beta2', 0.95)))
+# %% ../../nbs/train/lightning.ipynb #9e4b2d73
+def adam_atan2_class():
+    "`AdamAtan2` of the PyPI package `adam-atan2-pytorch`; a clear error when it is not installed."
+    try: from adam_atan2_pytorch import AdamAtan2
+    except ImportError as e:
+        raise HaltingLabError("--optimizer adam_atan2: needs the PyPI package 'adam-atan2-pytorch' "
+                              '(pure PyTorch): pip install adam-atan2-pytorch; or train with '
+                              '--optimizer adamw') from e
+    return AdamAtan2
 
-    def configure_optimizers(self):
-        tc, opt = self.tc, self.make_optimizer()
-        spe = self.steps_per_epoch or max(1, int(self.trainer.num_training_batches))
-        warm = int(round(float(tc['lr_warmup_epochs']) * spe))
-        total = spe * int(tc['max_epochs']) if tc.get('max_steps', -1) in (-1, None) else int(tc['max_steps'])
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor_at(s, warm, total, tc.get('lr_schedule', 'constant')))
-        return {'optimizer': opt, 'lr_scheduler': {'scheduler': sched, 'interval': 'step', 'frequency': 1}}
+@patch
+def make_optimizer(self:HaltingLitModule):
+    "AdamW (or AdamATan2 with `--optimizer adam_atan2`) over all parameters."
+    tc = self.tc
+    betas = (tc.get('beta1', 0.9), tc.get('beta2', 0.95))
+    if tc.get('optimizer', 'adamw') == 'adam_atan2':
+        return adam_atan2_class()(self.model.parameters(), lr=tc['learning_rate'],
+                                  weight_decay=tc['weight_decay'], betas=betas, a=1.0, b=1.0)
+    return torch.optim.AdamW(self.model.parameters(), lr=tc['learning_rate'],
+                             weight_decay=tc['weight_decay'], betas=betas)
 
-    # ---------------------------------------------------------------- checkpoint
-    def extra_state_dict(self)->dict: return {}
-    def load_extra_state(self, d:dict): pass
+@patch
+def configure_optimizers(self:HaltingLitModule):
+    tc, opt = self.tc, self.make_optimizer()
+    spe = self.steps_per_epoch or max(1, int(self.trainer.num_training_batches))
+    warm = int(round(float(tc['lr_warmup_epochs']) * spe))
+    ms = tc.get('max_steps', -1)
+    total = spe * int(tc['max_epochs']) if ms in (-1, None) else int(ms)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor_at(s, warm, total, tc.get('lr_schedule', 'constant')))
+    return {'optimizer': opt, 'lr_scheduler': {'scheduler': sched, 'interval': 'step', 'frequency': 1}}
 
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint['halting_lab'] = {
-            'format': 1, 'model_type': self.model_type, 'model_config': dict(self.mc), 'train_config': dict(self.tc),
-            'has_ema': self.ema_model is not None, 'mid_epoch': bool(self.saving_mid_epoch),
-            'train_acc': {k: v.detach().cpu() for k, v in (self._acc['train'] or {}).items()},
-            'rng': get_rng_state(), 'extra': self.extra_state_dict(),
-            'last_metrics': {s: {k: float(v) for k, v in m.items()} for s, m in self.last_metrics.items()}}
-        checkpoint['hyper_parameters'] = {'train_cfg': dict(self.tc), 'model_cfg': dict(self.mc),
-                                          'model_type': self.model_type, 'steps_per_epoch': self.steps_per_epoch}
+# %% ../../nbs/train/lightning.ipynb #0a5c8e94
+@patch
+def extra_state_dict(self:HaltingLitModule)->dict: return {}
+@patch
+def load_extra_state(self:HaltingLitModule, d:dict): pass
 
-    def on_load_checkpoint(self, checkpoint):
-        h = checkpoint.get('halting_lab', {})
-        acc = h.get('train_acc') or None
-        self._acc['train'] = {k: v.to(self.device) for k, v in acc.items()} if acc else None
-        self._pending_rng = h.get('rng') if h.get('mid_epoch') else None
-        self.load_extra_state(h.get('extra', {}))
-        for split, m in (h.get('last_metrics') or {}).items(): self.last_metrics[split] = dict(m)   # a finished run resumed reports its final metrics
+@patch
+def on_save_checkpoint(self:HaltingLitModule, checkpoint):
+    acc = self._acc['train'] or {}
+    checkpoint['halting_lab'] = {
+        'format': 1, 'model_type': self.model_type, 'model_config': dict(self.mc),
+        'train_config': dict(self.tc), 'has_ema': self.ema_model is not None,
+        'mid_epoch': bool(self.saving_mid_epoch),
+        'train_acc': {k: v.detach().cpu() for k, v in acc.items()},
+        'rng': get_rng_state(), 'extra': self.extra_state_dict(),
+        'last_metrics': {s: {k: float(v) for k, v in m.items()} for s, m in self.last_metrics.items()}}
+    checkpoint['hyper_parameters'] = {'train_cfg': dict(self.tc), 'model_cfg': dict(self.mc),
+                                      'model_type': self.model_type,
+                                      'steps_per_epoch': self.steps_per_epoch}
+
+@patch
+def on_load_checkpoint(self:HaltingLitModule, checkpoint):
+    h = checkpoint.get('halting_lab', {})
+    acc = h.get('train_acc') or None
+    self._acc['train'] = {k: v.to(self.device) for k, v in acc.items()} if acc else None
+    self._pending_rng = h.get('rng') if h.get('mid_epoch') else None
+    self.load_extra_state(h.get('extra', {}))
+    for split, m in (h.get('last_metrics') or {}).items():
+        self.last_metrics[split] = dict(m)   # a finished run resumed reports its final metrics
 
 # %% ../../nbs/train/lightning.ipynb #4a9dd2c3
 def get_rng_state()->dict:
@@ -322,50 +356,75 @@ def _is_rank0(trainer)->bool: return trainer.is_global_zero
 
 class MetricsCSV(Callback):
     "Per-epoch and per-N-step rows to `<run>/metrics.csv`, exact under resume (no duplicate rows)."
-    def __init__(self, path:str|Path, log_every_n_steps:int=50, preemption:'Preemption'=None, console:bool=True):
-        self.path, self.every, self.preemption, self.console = Path(path), int(log_every_n_steps), preemption, console
-        self._t0 = None
+    def __init__(self, path:str|Path, log_every_n_steps:int=50, preemption:'Preemption'=None,
+                 console:bool=True):
+        self.path, self.every, self.preemption = Path(path), int(log_every_n_steps), preemption
+        self.console, self._t0, self.columns = console, None, list(CSV_COLUMNS)
+
     def _write_rows(self, rows:list, mode:str='a'):
         new = mode == 'w' or not self.path.exists() or self.path.stat().st_size == 0
-        buf = io.StringIO(); w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction='ignore', lineterminator='\n')
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.columns, extrasaction='ignore', lineterminator='\n')
         if new: w.writeheader()
         for r in rows: w.writerow({k: ('' if v is None else v) for k, v in r.items()})
         if mode == 'w':
             from halting_lab.core import atomic_write_text
             atomic_write_text(self.path, buf.getvalue())
-        else:
-            with open(self.path, 'a', encoding='utf-8') as f: f.write(buf.getvalue()); f.flush(); os.fsync(f.fileno())
-    def on_train_start(self, trainer, pl_module):
-        if not _is_rank0(trainer): return
-        step = trainer.global_step
-        kept = []
-        if self.path.exists():  # drop rows written after the checkpoint we resume from (and torn lines)
-            with open(self.path, encoding='utf-8', newline='') as f:
-                for r in csv.DictReader(f):
-                    try:
-                        if r.get('step') not in (None, '') and int(float(r['step'])) <= step and None not in r: kept.append(r)
-                    except ValueError: pass
-        self._write_rows(kept, mode='w')
-        self._t0 = time.time()
-    def on_train_epoch_start(self, trainer, pl_module): self._t0 = time.time()
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step
-        if _is_rank0(trainer) and step % self.every == 0:
-            self._write_rows([{'epoch': trainer.current_epoch, 'step': step, 'kind': 'step', 'lr': _lr(trainer),
-                               'ponder_weight': pl_module.ponder_weight(),
-                               'train/loss_step': getattr(pl_module, '_last_step_loss', None)}])
-    def on_train_epoch_end(self, trainer, pl_module):
-        if self.preemption is not None and self.preemption.triggered: return
-        m = {**pl_module.epoch_metrics('train'), **pl_module.last_metrics.get('val', {})}
-        pl_module.last_metrics['train'] = {k: v for k, v in m.items() if k.startswith('train/')}
-        if not _is_rank0(trainer): return
-        row = {'epoch': trainer.current_epoch, 'step': trainer.global_step, 'kind': 'epoch', 'lr': _lr(trainer),
-               'ponder_weight': pl_module.ponder_weight(), 'epoch_time_s': round(time.time() - (self._t0 or time.time()), 3), **m}
-        self._write_rows([row])
-        if self.console:
-            keys = ['train/loss', 'train/exact_acc', 'val/loss', 'val/cell_acc', 'val/exact_acc', 'val/mean_halting_steps', 'val/max_halting_steps']
-            msg = ' '.join(f'{k}={m[k]:.4g}' for k in keys if k in m)
-            print(f'epoch {trainer.current_epoch} step {trainer.global_step}: {msg}', flush=True)
+            return
+        with open(self.path, 'a', encoding='utf-8') as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+
+# %% ../../nbs/train/lightning.ipynb #4f8d2b60
+def _kept_rows(path:Path, step:int)->list:
+    "Rows of an existing metrics.csv up to `step` (later rows and torn lines dropped)."
+    kept = []
+    if not path.exists(): return kept
+    with open(path, encoding='utf-8', newline='') as f:
+        for r in csv.DictReader(f):
+            with contextlib.suppress(ValueError):
+                if r.get('step') not in (None, '') and int(float(r['step'])) <= step and None not in r:
+                    kept.append(r)
+    return kept
+
+@patch
+def on_train_start(self:MetricsCSV, trainer, pl_module):
+    "Columns: the fixed ones + the module's `metric_columns`; drop rows after the resumed step."
+    extra = [c for c in getattr(pl_module, 'metric_columns', ()) if c not in CSV_COLUMNS]
+    self.columns = list(CSV_COLUMNS[:-1]) + extra + [CSV_COLUMNS[-1]]
+    if not _is_rank0(trainer): return
+    self._write_rows(_kept_rows(self.path, trainer.global_step), mode='w')
+    self._t0 = time.time()
+
+@patch
+def on_train_epoch_start(self:MetricsCSV, trainer, pl_module): self._t0 = time.time()
+
+# %% ../../nbs/train/lightning.ipynb #5a9e3c17
+@patch
+def on_train_batch_end(self:MetricsCSV, trainer, pl_module, outputs, batch, batch_idx):
+    step = trainer.global_step
+    if _is_rank0(trainer) and step % self.every == 0:
+        self._write_rows([{'epoch': trainer.current_epoch, 'step': step, 'kind': 'step',
+                           'lr': _lr(trainer), 'ponder_weight': pl_module.ponder_weight(),
+                           'train/loss_step': getattr(pl_module, '_last_step_loss', None)}])
+
+CONSOLE_KEYS = ('train/loss', 'train/exact_acc', 'val/loss', 'val/cell_acc', 'val/exact_acc',
+                'val/mean_halting_steps', 'val/max_halting_steps')
+
+@patch
+def on_train_epoch_end(self:MetricsCSV, trainer, pl_module):
+    if self.preemption is not None and self.preemption.triggered: return
+    m = {**pl_module.epoch_metrics('train'), **pl_module.last_metrics.get('val', {})}
+    pl_module.last_metrics['train'] = {k: v for k, v in m.items() if k.startswith('train/')}
+    if not _is_rank0(trainer): return
+    dt = round(time.time() - (self._t0 or time.time()), 3)
+    self._write_rows([{'epoch': trainer.current_epoch, 'step': trainer.global_step, 'kind': 'epoch',
+                       'lr': _lr(trainer), 'ponder_weight': pl_module.ponder_weight(),
+                       'epoch_time_s': dt, **m}])
+    if self.console and getattr(pl_module, 'epoch_console', True):
+        msg = ' '.join(f'{k}={m[k]:.4g}' for k in CONSOLE_KEYS if k in m)
+        print(f'epoch {trainer.current_epoch} step {trainer.global_step}: {msg}', flush=True)
 
 def _lr(trainer):
     try: return trainer.optimizers[0].param_groups[0]['lr']

@@ -4,87 +4,107 @@
 
 # %% ../../nbs/train/run.ipynb #595320bd
 from __future__ import annotations
-import contextlib, dataclasses, datetime, inspect, io, os, shlex, sys, time, warnings, logging
+import contextlib, dataclasses, datetime, io, os, shlex, sys, time, warnings, logging
 from pathlib import Path
 from typing import Any, Optional
 import numpy as np
 import torch
-from ..core import (HaltingLabError, RunDir, runs_root, new_run_id, save_json, load_json, seed_everything,
-                              library_versions, model_class)
-from .config import TrainConfig, params_to_configs, MAZE_LIKE_TASKS, TOY_TASKS, _config_fields, model_config_cls
-from .lightning import (HaltingLitModule, ResumableLoader, AtomicCheckpointIO, MetricsCSV, RunCheckpoints,
-                                          Preemption, _TrackBatches, stats_to_metrics, batch_stats, label_mask)
+from ..core import (HaltingLabError, RunDir, new_run_id, save_json, load_json,
+                              seed_everything, library_versions, resolve_device, atomic_write_text)
+from ..registry import get_model, get_task, load_plugins, user_plugins
+from .config import TrainConfig, params_to_configs
+from .lightning import (HaltingLitModule, ResumableLoader, AtomicCheckpointIO,
+                                         MetricsCSV, RunCheckpoints, Preemption, _TrackBatches,
+                                         label_mask)
 from .checkpoint import read_checkpoint, checkpoint_info, load_checkpoint
 
 # %% auto #0
-__all__ = ['DATA_FIELDS', 'RESUME_MUST_MATCH', 'NON_STRUCTURAL', 'make_datamodule', 'data_fields', 'resolve_run_dir',
-           'resolve_resume', 'check_resume_compatible', 'tee_console', 'lit_module_class', 'train', 'evaluate']
+__all__ = ['DATA_FIELDS', 'RESUME_MUST_MATCH', 'NON_STRUCTURAL', 'MOVED_TO_TRAIN', 'puzzle_datamodule', 'make_datamodule',
+           'data_fields', 'resolve_run_dir', 'resolve_resume', 'upgrade_info', 'check_resume_compatible', 'tee_console',
+           'lit_module_class', 'quiet_lightning', 'write_config', 'train', 'split_batches', 'dataset_task', 'evaluate']
 
 # %% ../../nbs/train/run.ipynb #c5c14efe
-DATA_FIELDS = ('vocab_size', 'seq_len', 'num_puzzle_identifiers', 'output_vocab_size', 'num_classes', 'pad_id')
+DATA_FIELDS = ('vocab_size', 'seq_len', 'num_puzzle_identifiers', 'output_vocab_size',
+               'num_classes', 'pad_id')
 
-def _call_accepted(cls, **kw):
-    sig = inspect.signature(cls)
-    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()): return cls(**kw)
-    return cls(**{k: v for k, v in kw.items() if k in sig.parameters})
+def puzzle_datamodule(tc):
+    "The `PuzzleDataModule` of an HRM-format `tc.data_dir` (the factory of puzzle tasks)."
+    from halting_lab.data.datamodule import PuzzleDataModule
+    if not Path(tc.data_dir).exists():
+        raise HaltingLabError(f'--data_dir: {tc.data_dir} does not exist')
+    return PuzzleDataModule(data_dir=tc.data_dir, task=tc.task, val_split=tc.val_split,
+                            batch_size=tc.batch_size, seed=tc.seed, num_workers=tc.num_workers)
 
 def make_datamodule(tc:TrainConfig):
-    "The Lightning data module of `tc.task` (set up for fitting)."
-    common = dict(batch_size=tc.batch_size, seed=tc.seed, num_workers=tc.num_workers)
-    if tc.task in MAZE_LIKE_TASKS:
-        from halting_lab.data.datamodule import PuzzleDataModule
-        if not Path(tc.data_dir).exists(): raise HaltingLabError(f'--data_dir: {tc.data_dir} does not exist')
-        dm = _call_accepted(PuzzleDataModule, data_dir=tc.data_dir, task=tc.task, val_split=tc.val_split, **common)
-    else:
-        from halting_lab.tasks.toy import ToyDataModule
-        dm = _call_accepted(ToyDataModule, task=tc.task, length=tc.toy_length, max_length=tc.toy_length,
-                            min_length=tc.toy_min_length, train_size=tc.toy_train_size, val_size=tc.toy_val_size,
-                            num_train=tc.toy_train_size, num_val=tc.toy_val_size, **common)
+    "The registered task's data module for `tc`, set up for fitting."
+    dm = get_task(tc.task).make_datamodule(tc)
     dm.setup('fit')
     return dm
 
+# %% ../../nbs/train/run.ipynb #3e9b0f47
 def data_fields(dm)->dict:
-    "Model-config values the data dictates (vocab_size, seq_len, ...), from the data module or its metadata."
-    out = {}
-    meta = getattr(dm, 'metadata', None)
+    "Model-config values the data dictates (vocab_size, seq_len, ..., `dm.model_fields()`)."
+    out, meta = {}, getattr(dm, 'metadata', None)
     for k in DATA_FIELDS:
         for src in (dm, meta):
-            v = getattr(src, k, None) if src is not None and not isinstance(src, dict) else (src or {}).get(k)
-            if v is not None and not callable(v): out[k] = v; break
+            if src is None: continue
+            v = src.get(k) if isinstance(src, dict) else getattr(src, k, None)
+            if v is not None and not callable(v):
+                out[k] = v
+                break
+    if callable(getattr(dm, 'model_fields', None)): out.update(dm.model_fields())
     return out
 
 # %% ../../nbs/train/run.ipynb #770979c2
 RESUME_MUST_MATCH = ('task', 'batch_size', 'seed', 'use_ema')
-NON_STRUCTURAL = ('ut_act_loss_weight', 'dropout', 'halt_exploration_prob', 'eval_halting', 'forward_dtype',
-                  'puzzle_emb_lr', 'puzzle_emb_weight_decay', 'ema_rate')  # model-config fields that may change on resume
+NON_STRUCTURAL = ('dropout', 'eval_halting', 'forward_dtype')  # may change on resume, any family
 
 def resolve_run_dir(tc:TrainConfig)->RunDir:
+    "`--default_root_dir`, else `runs/<run_id>` (a fresh id from the task name)."
     if tc.default_root_dir: return RunDir.create(path=tc.default_root_dir)
     return RunDir.create(run_id=tc.run_id or new_run_id(tc.task))
 
 def resolve_resume(tc:TrainConfig, run:RunDir)->Optional[Path]:
+    "The checkpoint to resume from (None: a fresh start)."
     if not tc.resume_ckpt: return None
     if tc.resume_ckpt == 'auto': return run.last_ckpt if run.last_ckpt.exists() else None
     p = Path(tc.resume_ckpt)
     if not p.exists(): raise HaltingLabError(f'--resume_ckpt: {p} does not exist')
     return p
 
+# %% ../../nbs/train/run.ipynb #6b2f8d90
+MOVED_TO_TRAIN = ('optimizer', 'eval_interval', 'ema_rate', 'puzzle_emb_lr',
+                  'puzzle_emb_weight_decay')   # once model-config fields, now TrainConfig flags
+
+def upgrade_info(info:dict)->dict:
+    "`checkpoint_info` of an older checkpoint in today's layout (moved keys, canonical names)."
+    mc, tc = dict(info['model_config']), dict(info.get('train_config') or {})
+    for k in MOVED_TO_TRAIN:
+        if k in mc: tc.setdefault(k, mc.pop(k))
+    if float(tc.get('ema_rate') or 0) > 0:
+        tc['use_ema'], tc['ema_decay'] = True, float(tc['ema_rate'])
+    with contextlib.suppress(HaltingLabError): mc = get_model(info['model_type']).canonical(mc)
+    return {**info, 'model_config': mc, 'train_config': tc}
+
+# %% ../../nbs/train/run.ipynb #0f3b7e55
 def check_resume_compatible(info:dict, tc:TrainConfig, model_cfg:dict):
-    "Error naming the first flag whose value differs from the checkpoint's (model_type, structure, data order)."
+    "Error naming the first flag whose value differs from the checkpoint's."
+    info = upgrade_info(info)
     if info['model_type'] != tc.model_type:
-        raise HaltingLabError(f"--model_type: the checkpoint was trained with model_type {info['model_type']!r}, "
-                              f"this run asks for {tc.model_type!r}; resume with the same --model_type")
-    skip = set(NON_STRUCTURAL) | set(getattr(model_config_cls(tc.model_type), 'NON_STRUCTURAL', ()))
+        raise HaltingLabError(f"--model_type: the checkpoint was trained with model_type "
+                              f"{info['model_type']!r}, this run asks for {tc.model_type!r}; "
+                              'resume with the same --model_type')
+    skip = set(NON_STRUCTURAL) | get_model(tc.model_type).non_structural()
     for k, v in model_cfg.items():
-        if k in skip: continue
-        if k in info['model_config'] and info['model_config'][k] != v:
-            raise HaltingLabError(f"--{k}: the checkpoint has {k}={info['model_config'][k]!r}, this run asks for {v!r}; "
-                                  f"structural flags must match when resuming")
+        old = info['model_config'].get(k, v)
+        if k not in skip and old != v:
+            raise HaltingLabError(f'--{k}: the checkpoint has {k}={old!r}, this run asks for '
+                                  f'{v!r}; structural flags must match when resuming')
     for k in RESUME_MUST_MATCH:
         old = info['train_config'].get(k)
         if old is not None and old != getattr(tc, k):
-            raise HaltingLabError(f'--{k}: the checkpoint was trained with {k}={old!r}, this run asks for {getattr(tc, k)!r}; '
-                                  'exact resume needs the same value')
+            raise HaltingLabError(f'--{k}: the checkpoint was trained with {k}={old!r}, this run '
+                                  f'asks for {getattr(tc, k)!r}; exact resume needs the same value')
 
 # %% ../../nbs/train/run.ipynb #0c76541e
 def _file_open_elsewhere(path:Path)->bool:
@@ -138,24 +158,32 @@ def _precision(tc:TrainConfig, accel:str)->str:
     return 'bf16-mixed' if accel in ('gpu', 'cuda') else '32-true'
 
 def _accelerator(tc:TrainConfig)->str:
-    "Lightning accelerator of `tc.accelerator`; `auto` = gpu (CUDA) > mps (Apple) > cpu, as `resolve_device`."
-    if tc.accelerator == 'auto':
-        from halting_lab.train.nav import resolve_device
-        return {'cuda': 'gpu', 'mps': 'mps', 'cpu': 'cpu'}[resolve_device('auto')]
-    return tc.accelerator
+    "Lightning accelerator of `tc.accelerator`; `auto` = gpu (CUDA) > mps (Apple) > cpu."
+    if tc.accelerator != 'auto': return tc.accelerator
+    from halting_lab import core
+    return {'cuda': 'gpu', 'mps': 'mps', 'cpu': 'cpu'}[core.resolve_device('auto')]
 
 def _devices(tc:TrainConfig):
     d = str(tc.devices)
     return d if d == 'auto' else int(d)
 
 def lit_module_class(model_type:str):
-    "The LightningModule class for `model_type`: `ModelClass.lightning_module` ('module:Class') or `HaltingLitModule`."
-    spec = getattr(model_class(model_type), 'lightning_module', None)
-    if not spec: return HaltingLitModule
-    if isinstance(spec, str):
-        import importlib
-        mod, name = spec.split(':'); return getattr(importlib.import_module(mod), name)
-    return spec
+    "The family's registered LightningModule, else the generic `HaltingLitModule`."
+    return get_model(model_type).lightning() or HaltingLitModule
+
+# %% ../../nbs/train/run.ipynb #1c8e4d57
+_BANNER_LOGGERS = ('lightning.pytorch.utilities.rank_zero', 'lightning.fabric.utilities.rank_zero',
+                   'lightning.pytorch.accelerators.cuda', 'lightning.pytorch.utilities.distributed')
+
+@contextlib.contextmanager
+def quiet_lightning():
+    "Lightning's INFO banner lines (devices, tips) silenced inside the block."
+    loggers = [logging.getLogger(n) for n in _BANNER_LOGGERS]
+    old = [lg.level for lg in loggers]
+    for lg in loggers: lg.setLevel(logging.WARNING)
+    try: yield
+    finally:
+        for lg, lv in zip(loggers, old): lg.setLevel(lv)
 
 def _command_line()->str:
     argv0 = Path(sys.argv[0]).name if sys.argv else ''
@@ -163,145 +191,193 @@ def _command_line()->str:
         return shlex.join(sys.argv)
     return ''
 
-class _QuietLightning(logging.Filter):
-    "Drop Lightning's advertising tip from the console/log."
-    def filter(self, record): return 'litlogger' not in str(record.getMessage()).lower()
+# %% ../../nbs/train/run.ipynb #6e1d9f02
+def write_config(run:RunDir, tc:TrainConfig, model_cfg:dict, given:dict, resume, command)->dict:
+    "config.json: full params, the command, versions (a resume is appended to `resumes`)."
+    doc = load_json(run.config_json) if run.config_json.exists() else {}
+    now = datetime.datetime.now().isoformat(timespec='seconds')
+    cmd = _command_line() or command or f'train(**{given!r})'
+    if not doc or resume is None:
+        doc = {'run_id': run.run_id, 'run_dir': str(run.path), 'model_type': tc.model_type,
+               'task': tc.task, 'train_config': tc.to_dict(), 'model_config': model_cfg,
+               'command': cmd, 'given': given, 'versions': library_versions(), 'started': now,
+               'resumes': []}
+    else:
+        doc.setdefault('resumes', []).append({'time': now, 'command': cmd, 'given': given,
+                                              'resumed_from': str(resume),
+                                              'versions': library_versions()})
+    save_json(run.config_json, doc)
+    return doc
 
-def _quiet_lightning():
-    for name in ('lightning.pytorch', 'lightning.fabric', 'pytorch_lightning'):
-        for h in logging.getLogger(name).handlers:
-            if not any(isinstance(f, _QuietLightning) for f in h.filters): h.addFilter(_QuietLightning())
+# %% ../../nbs/train/run.ipynb #7a0c5e3b
+def _callbacks(run:RunDir, tc:TrainConfig, nb:int, extra:list)->list:
+    "Batch tracking, metrics.csv, checkpoints, preemption (+ a progress bar, + `extra`)."
+    pre = Preemption(run.path)
+    cbs = [_TrackBatches(), MetricsCSV(run.metrics_csv, tc.log_every_n_steps, preemption=pre),
+           RunCheckpoints(run.checkpoints, tc.save_every_n_epochs, tc.keep_last_k, preemption=pre),
+           pre, *extra]
+    if tc.progress_bar:
+        from lightning.pytorch.callbacks import TQDMProgressBar
+        cbs.append(TQDMProgressBar(refresh_rate=max(1, nb // 50)))
+    return cbs
 
+def _trainer(run:RunDir, tc:TrainConfig, accel:str, devices, world:int, cbs:list):
+    "The Lightning `Trainer` of a run (no logger, our checkpoints, atomic checkpoint writes)."
+    import lightning as L
+    strategy = 'ddp' if tc.strategy == 'auto' and world > 1 else tc.strategy
+    return L.Trainer(default_root_dir=str(run.path), max_epochs=tc.max_epochs, max_steps=tc.max_steps,
+                     accelerator=accel, devices=devices, strategy=strategy,
+                     precision=_precision(tc, accel), logger=False, enable_checkpointing=False,
+                     callbacks=cbs, plugins=[AtomicCheckpointIO()], enable_progress_bar=tc.progress_bar,
+                     log_every_n_steps=tc.log_every_n_steps, gradient_clip_val=tc.grad_clip or None,
+                     num_sanity_val_steps=0, use_distributed_sampler=False,
+                     limit_train_batches=tc.limit_train_batches,
+                     limit_val_batches=tc.limit_val_batches, check_val_every_n_epoch=1,
+                     deterministic=False, enable_model_summary=False, min_epochs=0)
+
+# %% ../../nbs/train/run.ipynb #3b5f1a7e
+_IGNORED_WARNINGS = ('.*does not have many workers.*', '.*The `srun` command is available.*',
+                     '.*LeafSpec.*', '.*on_train_batch_end.*')
+
+def _fit(trainer, module, train_dl, val_dl, resume):
+    "`trainer.fit` with the resumable loader (exact mid-epoch resume)."
+    loader = ResumableLoader(train_dl, rank=trainer.global_rank, world=trainer.world_size,
+                             epoch_fn=lambda: trainer.fit_loop.epoch_progress.current.processed)
+    with warnings.catch_warnings():
+        for m in _IGNORED_WARNINGS: warnings.filterwarnings('ignore', message=m)
+        trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_dl,
+                    ckpt_path=str(resume) if resume else None, weights_only=True)
+
+def _results(run:RunDir, tc, trainer, module, cbs, t_start:float)->dict:
+    "The results dict (also `results.json`)."
+    pre, ckcb = next(c for c in cbs if isinstance(c, Preemption)), cbs[2]
+    status = 'preempted' if pre.triggered else 'finished'
+    last = module.last_metrics
+    return {'status': status, 'run_id': run.run_id, 'run_dir': str(run.path),
+            'model_type': tc.model_type, 'task': tc.task,
+            'epochs_completed': int(trainer.current_epoch), 'global_step': int(trainer.global_step),
+            'final': {**last.get('train', {}), **last.get('val', {})},
+            'best': {'epoch': ckcb.best_epoch, 'val/exact_acc': ckcb.best_score},
+            'last_ckpt': str(run.last_ckpt),
+            'best_ckpt': str(run.checkpoints / 'best.ckpt') if ckcb.best_epoch is not None else None,
+            'preempt_reason': pre.reason, 'elapsed_s': round(time.time() - t_start, 2)}
+
+# %% ../../nbs/train/run.ipynb #4171ef91
+def _prepare(params:dict)->tuple:
+    "(given flags, TrainConfig, model config): plugins imported and recorded first."
+    given = {k: v for k, v in params.items() if v is not None}
+    if given.get('plugins'): load_plugins(str(given['plugins']).split(','))
+    elif user_plugins(): given['plugins'] = ','.join(user_plugins())   # e.g. from --plugin
+    tc, mc = params_to_configs(given)
+    return given, tc, mc
+
+def _module(tc:TrainConfig, mc, dm, resume, nb:int):
+    "The LightningModule, its model config completed by the data (and checked against `resume`)."
+    names = {f.name for f in dataclasses.fields(mc)}
+    mc = dataclasses.replace(mc, **{k: v for k, v in data_fields(dm).items() if k in names})
+    mcd = dataclasses.asdict(mc)
+    if resume is not None:
+        check_resume_compatible(checkpoint_info(read_checkpoint(resume)), tc, mcd)
+    seed_everything(tc.seed)
+    module = lit_module_class(tc.model_type)(tc.to_dict(), mcd, tc.model_type,
+                                             steps_per_epoch=max(1, nb))
+    if tc.compile: module.model = torch.compile(module.model)
+    return module, mcd
+
+# %% ../../nbs/train/run.ipynb #4171ef92
 def train(**params)->dict:
     "Train one model (flags as keyword arguments); see the notes above. Returns the results dict."
-    import lightning as L
-    extra_cbs = list(params.pop('_callbacks', None) or [])   # programmatic extra Lightning callbacks (tests, notebooks)
+    extra_cbs = list(params.pop('_callbacks', None) or [])   # extra Lightning callbacks (tests)
     command = params.pop('_command', None)
-    given = {k: v for k, v in params.items() if v is not None}
-    tc, mc = params_to_configs(given)
-    run = resolve_run_dir(tc)
+    given, tc, mc = _prepare(params)
+    run, t_start = resolve_run_dir(tc), time.time()
     resume = resolve_resume(tc, run)
     seed_everything(tc.seed)
-    t_start = time.time()
-    with tee_console(run.train_log):
-        print(f'halting-lab train: run dir {run.path}' + (f', resuming from {resume}' if resume else ''), flush=True)
+    with tee_console(run.train_log), quiet_lightning():
+        print(f'halting-lab train: run dir {run.path}'
+              + (f', resuming from {resume}' if resume else ''), flush=True)
         dm = make_datamodule(tc)
-        names = {f.name for f in dataclasses.fields(mc)}
-        mc = dataclasses.replace(mc, **{k: v for k, v in data_fields(dm).items() if k in names})
-        mcd = dataclasses.asdict(mc)
-        info = None
-        if resume is not None:
-            info = checkpoint_info(read_checkpoint(resume))
-            check_resume_compatible(info, tc, mcd)
-        # config.json: full params, the command, versions (resumes are appended)
-        cfg_doc = load_json(run.config_json) if run.config_json.exists() else {}
-        entry = {'time': datetime.datetime.now().isoformat(timespec='seconds'), 'command': _command_line() or command or
-                 f'train(**{given!r})', 'given': given, 'resumed_from': str(resume) if resume else None}
-        if not cfg_doc or resume is None:
-            cfg_doc = {'run_id': run.run_id, 'run_dir': str(run.path), 'model_type': tc.model_type, 'task': tc.task,
-                       'train_config': tc.to_dict(), 'model_config': mcd, 'command': entry['command'], 'given': given,
-                       'versions': library_versions(), 'started': entry['time'], 'resumes': []}
-        else: cfg_doc.setdefault('resumes', []).append({**entry, 'versions': library_versions()})
-        save_json(run.config_json, cfg_doc)
-
-        accel = _accelerator(tc); devices = _devices(tc)
-        train_dl = dm.train_dataloader(); val_dl = dm.val_dataloader()
-        world = int(devices) if isinstance(devices, int) else (torch.cuda.device_count() if accel == 'gpu' else 1)
+        accel, devices = _accelerator(tc), _devices(tc)
+        train_dl, val_dl = dm.train_dataloader(), dm.val_dataloader()
+        world = devices if isinstance(devices, int) else (
+            torch.cuda.device_count() if accel == 'gpu' else 1)
         nb = len(train_dl) // max(1, world)
         if tc.limit_train_batches: nb = min(nb, tc.limit_train_batches)
-        seed_everything(tc.seed)
-        module = lit_module_class(tc.model_type)(tc.to_dict(), mcd, tc.model_type, steps_per_epoch=max(1, nb))
-        if tc.compile: module.model = torch.compile(module.model)
-        pre = Preemption(run.path)
-        cbs = [_TrackBatches(), MetricsCSV(run.metrics_csv, tc.log_every_n_steps, preemption=pre),
-               RunCheckpoints(run.checkpoints, tc.save_every_n_epochs, tc.keep_last_k, preemption=pre), pre, *extra_cbs]
-        if tc.progress_bar:
-            from lightning.pytorch.callbacks import TQDMProgressBar
-            cbs.append(TQDMProgressBar(refresh_rate=max(1, nb // 50)))
-        strategy = tc.strategy
-        if strategy == 'auto' and world > 1: strategy = 'ddp'
-        _quiet_lightning()
+        module, mcd = _module(tc, mc, dm, resume, nb)
+        write_config(run, tc, mcd, given, resume, command)
+        cbs = _callbacks(run, tc, nb, extra_cbs)
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', message='.*The `srun` command is available.*')
-            trainer = L.Trainer(default_root_dir=str(run.path), max_epochs=tc.max_epochs, max_steps=tc.max_steps,
-                            accelerator=accel, devices=devices, strategy=strategy, precision=_precision(tc, accel),
-                            logger=False, enable_checkpointing=False, callbacks=cbs, plugins=[AtomicCheckpointIO()],
-                            enable_progress_bar=tc.progress_bar, log_every_n_steps=tc.log_every_n_steps,
-                            gradient_clip_val=tc.grad_clip or None, num_sanity_val_steps=0, use_distributed_sampler=False,
-                            limit_train_batches=tc.limit_train_batches, limit_val_batches=tc.limit_val_batches,
-                            check_val_every_n_epoch=1, deterministic=False, enable_model_summary=False, min_epochs=0)
-        _quiet_lightning()
-        loader = ResumableLoader(train_dl, epoch_fn=lambda: trainer.fit_loop.epoch_progress.current.processed,
-                                 rank=trainer.global_rank, world=trainer.world_size)
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message='.*does not have many workers.*')
-            warnings.filterwarnings('ignore', message='.*The `srun` command is available.*')
-            warnings.filterwarnings('ignore', message='.*LeafSpec.*')
-            warnings.filterwarnings('ignore', message='.*on_train_batch_end.*')
-            trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_dl,
-                        ckpt_path=str(resume) if resume else None, weights_only=True)
-        status = 'preempted' if pre.triggered else 'finished'
-        ckcb = cbs[2]
-        res = {'status': status, 'run_id': run.run_id, 'run_dir': str(run.path), 'model_type': tc.model_type, 'task': tc.task,
-               'epochs_completed': int(trainer.current_epoch) if status == 'preempted' else int(trainer.current_epoch),
-               'global_step': int(trainer.global_step), 'final': {**module.last_metrics.get('train', {}), **module.last_metrics.get('val', {})},
-               'best': {'epoch': ckcb.best_epoch, 'val/exact_acc': ckcb.best_score},
-               'last_ckpt': str(run.last_ckpt), 'best_ckpt': str(run.checkpoints / 'best.ckpt') if ckcb.best_epoch is not None else None,
-               'preempt_reason': pre.reason, 'elapsed_s': round(time.time() - t_start, 2)}
+            trainer = _trainer(run, tc, accel, devices, world, cbs)
+        _fit(trainer, module, train_dl, val_dl, resume)
+        res = _results(run, tc, trainer, module, cbs, t_start)
         if trainer.is_global_zero:
             save_json(run.path / 'results.json', res)
-            print(f"halting-lab train: {status}; " + ' '.join(f'{k}={v:.4g}' for k, v in res['final'].items() if k.startswith('val/')), flush=True)
+            val = ' '.join(f'{k}={v:.4g}' for k, v in res['final'].items() if k.startswith('val/'))
+            print(f"halting-lab train: {res['status']}; {val}", flush=True)
     return res
 
 # %% ../../nbs/train/run.ipynb #1cc573db
-def _maze_path_length(inputs:np.ndarray, labels:np.ndarray)->Optional[np.ndarray]:
-    try:
-        from halting_lab.tasks.maze import shortest_path_length
-        return np.asarray(shortest_path_length(inputs))
-    except Exception:
-        return (labels == 5).sum(-1)  # 'o' cells of the label
+def split_batches(data_dir:str|Path, split:str='test', batch_size:int=256,
+                  limit:Optional[int]=None)->list:
+    "Batches (inputs, labels with ignore -> -100, puzzle_identifiers) of an HRM split, in order."
+    from halting_lab.data.datamodule import PuzzleDataset
+    ds = PuzzleDataset(data_dir, split=split)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    keys, out = ('inputs', 'labels', 'puzzle_identifiers'), []
+    for s in range(0, n, batch_size):
+        items = [ds[i] for i in range(s, min(n, s + batch_size))]
+        out.append({k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in keys})
+    return out
 
-def evaluate(ckpt:str|Path, data_dir:str|Path, split:str='test', output:str|Path|None=None, batch_size:int=256,
-             ema:bool=True, device:str='cpu', limit:Optional[int]=None):
-    "Per-example results of checkpoint `ckpt` on `data_dir/split` (CSV at `output` when given)."
-    import pandas as pd
-    from halting_lab.data.hrm import read_split
-    model = load_checkpoint(ckpt, ema=ema).to(device)
-    info = model.checkpoint_info
-    md, sets = read_split(Path(data_dir) / split, mmap=False)
-    arrs = sets['all'] if 'all' in sets else next(iter(sets.values()))
-    ignore = getattr(md, 'ignore_label_id', 0)
-    inputs, labels = np.asarray(arrs['inputs']), np.asarray(arrs['labels'])
-    if limit: inputs, labels = inputs[:limit], labels[:limit]
-    pid = np.asarray(arrs.get('puzzle_identifiers', np.zeros(len(inputs))))
-    pidx = np.asarray(arrs.get('puzzle_indices', np.arange(len(inputs) + 1)))
-    ex_pid = np.zeros(len(inputs), dtype=np.int64)
-    if len(pid) and len(pidx) == len(pid) + 1:
-        for i in range(len(pid)): ex_pid[pidx[i]:pidx[i + 1]] = pid[i]
+def dataset_task(data_dir:str|Path, split:str='test')->Optional[str]:
+    "The task a dataset records in `dataset.json` (None for datasets written before it did)."
+    p = Path(data_dir) / split / 'dataset.json'
+    return load_json(p).get('task') if p.exists() else None
+
+# %% ../../nbs/train/run.ipynb #7f2c9d14
+def _rows(model, batches:list, device)->list:
+    "One dict per example: correct, cell accuracy, halting steps."
     rows = []
     with torch.no_grad():
-        for s in range(0, len(inputs), batch_size):
-            x = torch.as_tensor(inputs[s:s + batch_size].astype(np.int64), device=device)
-            y = torch.as_tensor(labels[s:s + batch_size].astype(np.int64), device=device)
-            if ignore is not None: y = torch.where(y == ignore, torch.full_like(y, -100), y)
-            batch = {'inputs': x, 'labels': y, 'puzzle_identifiers': torch.as_tensor(ex_pid[s:s + batch_size], device=device)}
-            out = model(batch)
-            m = label_mask(batch); pred = out.logits.argmax(-1)
-            right = (pred == y) & m
-            hs = out.halting_steps.float(); hm = hs > 0
-            for i in range(x.shape[0]):
-                rows.append({'index': s + i, 'correct': bool((right[i] | ~m[i]).all()),
+        for b in batches:
+            b = {k: v.to(device) for k, v in b.items()}
+            out, m = model(b), label_mask(b)
+            right = (out.logits.argmax(-1) == b['labels']) & m
+            hs = out.halting_steps.float()
+            hm = hs > 0
+            for i in range(right.shape[0]):
+                rows.append({'index': len(rows), 'correct': bool((right[i] | ~m[i]).all()),
                              'cell_acc': float(right[i].sum() / m[i].sum().clamp_min(1)),
                              'halting_steps_mean': float(hs[i][hm[i]].mean()) if hm[i].any() else 0.0,
                              'halting_steps_max': float(hs[i].max())})
-    df = pd.DataFrame(rows)
-    if info['train_config'].get('task', 'maze') == 'maze' and getattr(md, 'vocab_size', 6) == 6:
-        with contextlib.suppress(Exception): df['path_length'] = _maze_path_length(inputs, labels)[:len(df)]
-    df.attrs['summary'] = {'ckpt': str(ckpt), 'split': split, 'n': len(df), 'exact_acc': float(df['correct'].mean()) if len(df) else 0.0,
-                           'cell_acc': float(df['cell_acc'].mean()) if len(df) else 0.0,
-                           'mean_halting_steps': float(df['halting_steps_mean'].mean()) if len(df) else 0.0,
+    return rows
+
+# %% ../../nbs/train/run.ipynb #4e8a1b26
+def _add_difficulty(df, task:Optional[str], batches:list):
+    "The task's registered difficulty column (skipped when the task has none or it fails)."
+    if not task or not len(df): return df
+    with contextlib.suppress(HaltingLabError): spec = get_task(task)
+    if task is None or 'spec' not in locals() or spec.difficulty is None: return df
+    x = np.concatenate([b['inputs'].numpy() for b in batches])[:len(df)]
+    y = np.concatenate([b['labels'].numpy() for b in batches])[:len(df)]
+    with contextlib.suppress(Exception): df[spec.difficulty_name] = np.asarray(spec.difficulty(x, y))
+    return df
+
+def evaluate(ckpt:str|Path, data_dir:str|Path, split:str='test', output:str|Path|None=None,
+             batch_size:int=256, ema:bool=True, device:str='cpu', limit:Optional[int]=None):
+    "Per-example results of checkpoint `ckpt` on `data_dir/split` (CSV at `output` when given)."
+    import pandas as pd
+    model = load_checkpoint(ckpt, ema=ema).to(device)
+    info = model.checkpoint_info
+    batches = split_batches(data_dir, split, batch_size, limit)
+    df = pd.DataFrame(_rows(model, batches, device))
+    task = (info.get('train_config') or {}).get('task') or dataset_task(data_dir, split)
+    df = _add_difficulty(df, task, batches)
+    mean = lambda c: float(df[c].mean()) if len(df) else 0.0
+    df.attrs['summary'] = {'ckpt': str(ckpt), 'split': split, 'n': len(df),
+                           'exact_acc': mean('correct'), 'cell_acc': mean('cell_acc'),
+                           'mean_halting_steps': mean('halting_steps_mean'),
                            'model_type': info['model_type'], 'weights': info['weights']}
-    if output is not None:
-        from halting_lab.core import atomic_write_text
-        atomic_write_text(output, df.to_csv(index=False))
+    if output is not None: atomic_write_text(output, df.to_csv(index=False))
     return df

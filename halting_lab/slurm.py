@@ -18,7 +18,8 @@ __all__ = ['TEMPLATE_DIR', 'PREEMPTED_RC', 'SlurmConfig', 'time_to_seconds', 'si
            'sbatch_directives', 'papermill_args', 'render_notebook_job', 'render_command_job', 'notebook_ran_cells',
            'update_status', 'job_begin', 'job_end', 'job_term', 'sbatch', 'squeue_states', 'scontrol_job',
            'job_final_state', 'live_job', 'submit_notebook', 'submit_command', 'array_indices', 'submit_sweep',
-           'reconciled_state', 'run_statuses', 'format_status', 'submit_lab', 'slurm_cli']
+           'reconciled_state', 'run_statuses', 'format_status', 'submit_lab', 'recipe_job', 'slurm_script',
+           'submit_recipe', 'slurm_cli']
 
 # %% ../nbs/slurm.ipynb #f710d7f6
 @dataclass
@@ -167,7 +168,6 @@ def render_command_job(command:str|list, # shell command line (a list is quoted 
     cmd = shlex.join(map(str, command)) if isinstance(command, (list, tuple)) else str(command)
     return _job_script(f'RUN_ID={shlex.quote(run_id)}', cmd, cfg, output or str(run_dir/'slurm-%j.out'), job_name or run_id, root)
 
-
 # %% ../nbs/slurm.ipynb #92bc365e
 def notebook_ran_cells(path:str|Path)->bool:
     "True when papermill's output notebook at `path` shows a started cell (missing/unreadable: True, a real failure)."
@@ -175,7 +175,6 @@ def notebook_ran_cells(path:str|Path)->bool:
     except (OSError, ValueError): return True
     return any(c.get('execution_count') or c.get('metadata', {}).get('papermill', {}).get('start_time')
                for c in nb.get('cells', []) if c.get('cell_type') == 'code')
-
 
 # %% ../nbs/slurm.ipynb #6dffbb53
 def _now()->str: return datetime.datetime.now().isoformat(timespec='seconds')
@@ -295,7 +294,6 @@ def job_term(run_dir:str|Path, # the run directory
         if name: att['notebook'] = f'{name}.attempt{attempt}.ipynb'
         return outcome
 
-
 # %% ../nbs/slurm.ipynb #56ce04db
 def _need(cmd:str)->str:
     path = shutil.which(cmd)
@@ -352,7 +350,6 @@ def live_job(run_dir:str|Path, live:dict|None=None)->Optional[str]:
     except json.JSONDecodeError: return None
     live = squeue_states() if live is None else live
     return str(ids[-1]) if ids and live and str(ids[-1]) in live else None
-
 
 # %% ../nbs/slurm.ipynb #852be50e
 def _check_notebook(notebook, params:dict)->dict:
@@ -425,7 +422,6 @@ def submit_command(command:str|list, # shell command line (a list is quoted); it
     if dry_run: return {'job_id': None, 'run_dir': str(run_dir), 'script': script}
     cmd = shlex.join(map(str, command)) if isinstance(command, (list, tuple)) else str(command)
     return {'job_id': _submit_run(run_dir, script, cfg, command=cmd, name=''), 'run_dir': str(run_dir), 'script': script}
-
 
 # %% ../nbs/slurm.ipynb #3a5bc49c
 def array_indices(idx:list[int])->str:
@@ -511,7 +507,6 @@ def submit_sweep(notebook:str|Path, # the parameterized notebook
     spec.update(array_job_id=array_id, collector_job_id=collector_id, max_parallel=max_parallel, skipped=skipped)
     save_json(sweep_dir/'sweep.json', spec)
     return {**out, 'array_job_id': array_id, 'collector_job_id': collector_id, 'collector_script': cscript}
-
 
 # %% ../nbs/slurm.ipynb #8b4e5df8
 def _scheduler_state(job_ids:list, live:dict|None)->str:
@@ -623,6 +618,50 @@ def submit_lab(cfg:SlurmConfig|None=None, wait:float=300, login_host:str|None=No
         st.update(state='running', node=c['node'], port=c['port'], tunnel=tunnel)
     return {**info, 'up': True, 'node': c['node'], 'port': c['port'], 'token': c['token'], 'tunnel': tunnel, 'url': url,
             'direct_url': f"http://{c['node']}:{c['port']}/lab?token={c['token']}"}
+
+# %% ../nbs/slurm.ipynb #d2e3f4a5
+def _job_recipe(recipe:dict, gpus:int)->dict:
+    "The recipe as the job runs it: per-device batch, one rank per GPU, resume from last.ckpt."
+    if not recipe.get('run_id') or recipe.get('default_root_dir'):
+        raise HaltingLabError('slurm_script: the recipe needs a run_id (and no default_root_dir): '
+                              'the job resumes runs/<run_id>/')
+    r = {**recipe, 'devices': str(max(1, gpus)), 'resume_ckpt': 'auto'}
+    if gpus > 1:
+        if int(recipe['batch_size']) % gpus:
+            raise HaltingLabError(f"slurm_script: batch_size {recipe['batch_size']} is not "
+                                  f'divisible by gpus={gpus}')
+        r['batch_size'] = int(recipe['batch_size']) // gpus     # per-device; global unchanged
+    return r
+
+def recipe_job(recipe:dict|None=None,  # `halting-lab train` flags with a run_id (default: Maze-Hard)
+               gpus:int=4,                # GPUs on one node, one DDP rank each (0: one CPU rank)
+               cfg=None,                  # `SlurmConfig` (walltime, partition, signal lead, ...)
+               source_dir:str|Path|None=None)->tuple:  # official maze files for the dataset step
+    "`(command, run_id, cfg)` of a recipe's job: `srun halting-lab train ...` and its resources."
+    import shlex
+    from halting_lab.train.recipes import MAZE_HARD_RECIPE, recipe_argv, maze_hard_data_argv
+    recipe = MAZE_HARD_RECIPE if recipe is None else recipe
+    cfg = cfg or SlurmConfig(time='24:00:00', cpus_per_task=8)
+    if gpus > 0 and not (cfg.gres or cfg.gpus): cfg.gres = f'gpu:{gpus}'
+    cfg.extra_sbatch = ['--nodes=1', f'--ntasks-per-node={max(1, gpus)}', *cfg.extra_sbatch]
+    r = _job_recipe(recipe, gpus)
+    cmd = 'srun --kill-on-bad-exit=1 halting-lab train ' + shlex.join(recipe_argv(r))
+    if source_dir is not None:      # the dataset step runs once, in the job, before the training
+        cmd = (f'{{ test -f {shlex.quote(str(r["data_dir"]) + "/train/dataset.json")} || '
+               f'halting-lab {shlex.join(maze_hard_data_argv(source_dir, r["data_dir"]))}; }} && {cmd}')
+    return cmd, r['run_id'], cfg
+
+def slurm_script(recipe:dict|None=None, gpus:int=4, cfg=None, source_dir:str|Path|None=None,
+                 root:str|Path|None=None)->str:
+    "The sbatch script of a recipe (`render_command_job`): traps USR1, checkpoints, requeues."
+    cmd, rid, cfg = recipe_job(recipe, gpus, cfg, source_dir)
+    return render_command_job(cmd, rid, cfg, root)
+
+def submit_recipe(recipe:dict|None=None, gpus:int=4, cfg=None, source_dir:str|Path|None=None,
+                  root:str|Path|None=None, dry_run:bool=False)->dict:
+    "Submit a recipe (`submit_command`: run dir, status.json, sbatch) -> `{'job_id', 'run_dir', ...}`."
+    cmd, rid, cfg = recipe_job(recipe, gpus, cfg, source_dir)
+    return submit_command(cmd, rid, cfg, dry_run=dry_run, root=root)
 
 # %% ../nbs/slurm.ipynb #1be6b259
 def _add_resource_args(ap, time_default='04:00:00', cpus_default=4):

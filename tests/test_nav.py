@@ -1,4 +1,4 @@
-"Grid navigation (seed 003): A*, augmentation, data, model, trainer (checkpoints, early stopping, resume, NaN)."
+"Grid navigation (seed 003): A*, augmentation, data, model, trainer through train() (checkpoints, early stopping, resume, NaN)."
 import json, os, random, re, subprocess, sys
 from collections import deque
 from pathlib import Path
@@ -126,8 +126,9 @@ def test_checkpoint_keys_history_and_seed_snippet(data, tmp_path):
     s = _train(data, tmp_path / 'exp001' / 'checkpoints', epochs=3)
     ck_dir = tmp_path / 'exp001' / 'checkpoints'
     for e in (1, 2, 3): assert (ck_dir / f'checkpoint_epoch_{e}.pt').exists()
+    assert (ck_dir / 'metrics.csv').exists() and (ck_dir / 'config.json').exists()   # the run layout beside them
     for name in ('best.pt', 'checkpoint_epoch_3.pt'):
-        ck = torch.load(ck_dir / name, map_location='cpu', weights_only=False)
+        ck = torch.load(ck_dir / name, map_location='cpu')   # the seed's snippet: PyTorch's default weights_only=True
         assert {'epoch', 'model_state_dict', 'optimizer_state_dict', 'val_acc', 'val_loss', 'config'} <= set(ck)
         assert {'grid_size', 'dim', 'depth', 'dropout'} <= set(ck['config']) and ck['config']['model_type'] == 'nav_trm'
         # the seed's loading recipe
@@ -157,27 +158,23 @@ done
 
 
 @pytest.mark.parametrize('recursion', [{}, {'n_sup': 3, 'n_latent': 2}], ids=['defaults', 'n_sup3_n_latent2'])
-def test_seed_snippet_rebuilds_the_trained_model(data, tmp_path, monkeypatch, recursion):
+def test_seed_snippet_rebuilds_the_trained_model(data, tmp_path, recursion):
     "The seed's create_model(4 keys) + load_state_dict gives the trained model's logits exactly (defaults or not)."
-    from halting_lab.models import nav_mixer
-    built = []
-    class Recorded(nav_mixer.NavTRM):
-        def __init__(self, *a, **k): super().__init__(*a, **k); built.append(self)
-    monkeypatch.setattr(nav_mixer, 'NavTRM', Recorded)
+    from halting_lab import load_checkpoint
     _train(data, tmp_path, epochs=2, **recursion)
-    trained = built[0].eval()                                   # the trainer's model, weights of the last epoch
+    path = tmp_path / 'checkpoint_epoch_2.pt'
+    trained = load_checkpoint(path)                             # the Lightning weights of the same moment
     want = {'n_sup': 2, 'n_latent': 1, **recursion}
     assert {k: getattr(trained.config, k) for k in want} == want
     assert N.train_defaults()['n_sup'] == NavConfig().n_sup == create_model().config.n_sup  # one source
-    ck = torch.load(tmp_path / 'checkpoint_epoch_2.pt', map_location='cpu', weights_only=False)
+    ck = torch.load(path, map_location='cpu')
     assert {k: ck['config'][k] for k in want} == want and set(N.SEED_CONFIG_KEYS) <= set(ck['config'])
     x = T.load_split(data / 'test.pt')['grids'][:64].reshape(64, -1).long()
     with torch.no_grad(): ref = trained(x, return_steps=True).step_logits
-    monkeypatch.undo()
     model = create_model(grid_size=ck['config']['grid_size'], dim=ck['config']['dim'], depth=ck['config']['depth'],
                          dropout=ck['config']['dropout'])      # the seed's loading snippet, unchanged
     model.load_state_dict(ck['model_state_dict']); model.eval()
-    loaded, _ = N.load_nav_checkpoint(tmp_path / 'checkpoint_epoch_2.pt')
+    loaded, _ = N.load_nav_checkpoint(path)
     with torch.no_grad():
         for m in (model, loaded):
             got = m(x, return_steps=True).step_logits
@@ -185,7 +182,7 @@ def test_seed_snippet_rebuilds_the_trained_model(data, tmp_path, monkeypatch, re
 
 
 def test_early_stopping_triggers(data, tmp_path):
-    s = _train(data, tmp_path, lr=0.0, weight_decay=0.0, epochs=20, patience=2)  # nothing can improve
+    s = _train(data, tmp_path, lr=1e-12, weight_decay=0.0, epochs=20, patience=2)  # nothing can improve
     assert s['stopped_early'] and s['epochs_run'] == 3 and s['best_epoch'] == 1
     assert not (tmp_path / 'checkpoint_epoch_4.pt').exists() and (tmp_path / 'checkpoint_epoch_3.pt').exists()
 
@@ -193,8 +190,8 @@ def test_early_stopping_triggers(data, tmp_path):
 def test_resume_equals_uninterrupted(data, tmp_path):
     full = _train(data, tmp_path / 'full', epochs=4, patience=2)
     res = _train(data, tmp_path / 'res', resume=str(tmp_path / 'full' / 'checkpoint_epoch_2.pt'))
-    a = torch.load(tmp_path / 'full' / 'checkpoint_epoch_4.pt', weights_only=False)
-    b = torch.load(tmp_path / 'res' / 'checkpoint_epoch_4.pt', weights_only=False)
+    a = torch.load(tmp_path / 'full' / 'checkpoint_epoch_4.pt', weights_only=True)
+    b = torch.load(tmp_path / 'res' / 'checkpoint_epoch_4.pt', weights_only=True)
     for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), k
     for k in ('train_loss', 'train_acc', 'val_loss', 'val_acc', 'best'): assert a['history'][k] == b['history'][k]
     assert a['bad_epochs'] == b['bad_epochs'] and a['best'] == b['best']
@@ -202,7 +199,7 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     # an interrupted run (stopped after epoch 2) resumed in place continues the same way
     _train(data, tmp_path / 'cut', epochs=2, patience=2)
     _train(data, tmp_path / 'cut', epochs=4, resume=str(tmp_path / 'cut' / 'checkpoint_epoch_2.pt'))
-    c = torch.load(tmp_path / 'cut' / 'checkpoint_epoch_4.pt', weights_only=False)
+    c = torch.load(tmp_path / 'cut' / 'checkpoint_epoch_4.pt', weights_only=True)
     for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], c['model_state_dict'][k]), k
 
 
@@ -299,7 +296,7 @@ def test_nan_loss_stops_without_poisoned_checkpoint(data, tmp_path, monkeypatch,
     with pytest.raises(N.NavDiverged, match='NaN|nan'):
         _train(data, tmp_path, epochs=5)
     assert (tmp_path / 'checkpoint_epoch_2.pt').exists() and not (tmp_path / 'checkpoint_epoch_3.pt').exists()
-    best = torch.load(tmp_path / 'best.pt', weights_only=False)
+    best = torch.load(tmp_path / 'best.pt', weights_only=True)
     assert all(torch.isfinite(v).all() for v in best['model_state_dict'].values())
     assert len(json.loads((tmp_path / 'history.json').read_text())['val_acc']) == 2
 
@@ -321,7 +318,11 @@ def test_cli_generate_train_console_and_run_dir(tmp_path, capsys):
     cfg = json.loads((rd / 'config.json').read_text())
     assert cfg['command'].startswith('halting-lab nav train') and 'torch' in cfg['versions']
     assert (rd / 'checkpoints' / 'best.pt').exists() and (rd / 'train.log').read_text().count('Epoch ') == 2
-    assert (rd / 'metrics.csv').read_text().splitlines()[0].startswith('epoch,train_loss,train_acc,val_loss,val_acc')
+    import pandas as pd
+    m = pd.read_csv(rd / 'metrics.csv'); m = m[m.kind == 'epoch']          # the workbench's metrics.csv
+    h = json.loads((rd / 'checkpoints' / 'history.json').read_text())
+    assert len(m) == 2 and np.allclose(m['val/exact_acc'], h['val_acc']) and np.allclose(m['train/ce'], h['train_loss'])
+    assert cfg['task'] == 'nav' and cfg['model_type'] == 'nav_trm'
     assert cli_main(['nav', 'train', '--train-path', str(tmp_path / 'missing.pt'), '--quiet']) == 1
     assert 'file not found' in capsys.readouterr().err
 
@@ -341,8 +342,8 @@ def test_preempt_file_stops_and_auto_resume_continues(data, tmp_path):
     (root / 'r' / 'PREEMPT').unlink()
     s3 = N.train_nav(command='pytest', resume='auto', epochs=3, quiet=True, threads=1, **kw)
     assert s3['status'] == 'finished' and s3['history']['val_acc'] == full['history']['val_acc']
-    a = torch.load(tmp_path / 'full' / 'checkpoint_epoch_3.pt', weights_only=False)
-    b = torch.load(root / 'r' / 'checkpoints' / 'checkpoint_epoch_3.pt', weights_only=False)
+    a = torch.load(tmp_path / 'full' / 'checkpoint_epoch_3.pt', weights_only=True)
+    b = torch.load(root / 'r' / 'checkpoints' / 'checkpoint_epoch_3.pt', weights_only=True)
     for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), k
 
 
@@ -364,7 +365,7 @@ def test_grid_search_sweep_then_compare(tmp_path, monkeypatch):
         assert json.loads((rd / 'status.json').read_text())['state'] == 'finished'
         res = json.loads((rd / 'results.json').read_text())
         assert res['status'] == 'finished' and res['epochs_run'] == 2 and 0 <= res['rollout_success'] <= 1
-        cfg = json.loads((rd / 'config.json').read_text())['config']
+        cfg = json.loads((rd / 'config.json').read_text())['model_config']
         assert (cfg['dim'], cfg['depth'], cfg['dropout'], cfg['grid_size'], cfg['n_sup']) == (d, k, 0.1, 5, NavConfig.n_sup)
         assert (rd / 'nav_train.ipynb').exists() and (rd / 'checkpoints' / 'best.pt').exists()
         for f in ('curves.png', 'rollouts.png', 'success_by_difficulty.png'): assert (rd / 'figures' / f).stat().st_size > 1000
@@ -415,3 +416,62 @@ def test_recipe_slurm_job_renders(tmp_path, run_id):
     assert f'-r run_id {run_id}' in pline and '-r resume_ckpt auto' in pline
     for line in ('#SBATCH --gpus=1', '#SBATCH --requeue', f'NOTEBOOK={NAV_TRAIN}'): assert line in r.stdout, line
     assert list(tmp_path.iterdir()) == []                                  # a dry run writes nothing
+
+
+def test_optimal_actions_and_augmented_labels_match_bfs():
+    "Augmented labels are the tie-break label of the transformed grid (not just the transformed action)."
+    d = T.build_split(300, grid_size=6, seed=9, progress=False)
+    opt = T.optimal_actions(d['grids'])
+    for i in range(0, 300, 11):
+        walls, pos, goal = T.decode_state(d['grids'][i].numpy()); dist = bfs_dist(walls, goal)
+        want = [a for a in range(4) if T.step(walls, pos, a) != pos and dist[T.step(walls, pos, a)] == dist[pos] - 1]
+        assert opt[i].nonzero().flatten().tolist() == (want if pos != goal else [T.STAY])
+    x = d['grids'].reshape(300, -1).long(); t = torch.arange(300) % 8
+    xa, ya = T.augment_batch(x, opt, t, T.dihedral_tables(6))
+    for i in range(0, 300, 13):
+        w, p, g = T.decode_state(xa[i].reshape(6, 6).numpy())
+        assert int(ya[i]) == T.next_action(w, p, g)
+
+
+def _old_format_checkpoint(path, model, **extra):
+    "A checkpoint as the previous nav trainer wrote it (numpy RNG state pickled as a numpy array)."
+    opt = torch.optim.AdamW(model.parameters())
+    torch.save({'epoch': 3, 'model_state_dict': model.state_dict(), 'optimizer_state_dict': opt.state_dict(),
+                'val_acc': 0.5, 'val_loss': 1.0, 'config': model.config.to_dict(), 'model_type': 'nav_trm',
+                'rng': {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(), 'python': random.getstate()},
+                'train_args': {'dim': model.config.dim}, **extra}, path)
+
+
+def test_old_checkpoints_load_safely_and_hostile_files_are_refused(tmp_path, data):
+    from halting_lab.viewers import nav as V
+    m = create_model(grid_size=5, dim=16, depth=1).eval()
+    _old_format_checkpoint(tmp_path / 'old.pt', m)
+    with pytest.raises(Exception): torch.load(tmp_path / 'old.pt', weights_only=True)   # needs numpy globals
+    loaded, ck = N.load_nav_checkpoint(tmp_path / 'old.pt')                            # converted on read, safely
+    x = T.load_split(data / 'test.pt')['grids'][:8].reshape(8, -1).long()
+    with torch.no_grad(): assert torch.equal(loaded(x).logits, m(x).logits)
+    assert V.NavViewer(tmp_path / 'old.pt').model.config.dim == 16
+    with pytest.raises(Exception, match='cannot be resumed exactly'):
+        N.train_nav(resume=str(tmp_path / 'old.pt'), checkpoint_dir=str(tmp_path / 'x'), quiet=True)
+    # a pickled object that is not a tensor/plain type: refused unless trusted=True (never executed here)
+    _old_format_checkpoint(tmp_path / 'hostile.pt', m, payload=Path('/tmp'))
+    with pytest.raises(Exception, match='trusted=True'): N.load_nav_checkpoint(tmp_path / 'hostile.pt')
+    assert N.load_nav_checkpoint(tmp_path / 'hostile.pt', trusted=True)[1]['payload'] == Path('/tmp')
+    for bad in (b'', b'hello', os.urandom(256)):
+        (tmp_path / 'bad.pt').write_bytes(bad)
+        with pytest.raises(Exception, match='not a halting_lab checkpoint'): N.load_nav_checkpoint(tmp_path / 'bad.pt')
+    (tmp_path / 'bad.pt').write_bytes(b'junk')
+    with pytest.raises(Exception, match='weights_only'): T.load_split(tmp_path / 'bad.pt')
+
+
+def test_seed_resume_snippet(data, tmp_path):
+    "The seed's 'Resume Training' snippet, unchanged, under PyTorch's default weights_only=True."
+    _train(data, tmp_path / 'checkpoints', epochs=2)
+    checkpoint = torch.load(tmp_path / 'checkpoints' / 'checkpoint_epoch_2.pt')
+    model = create_model(grid_size=checkpoint['config']['grid_size'], dim=checkpoint['config']['dim'],
+                         depth=checkpoint['config']['depth'], dropout=checkpoint['config']['dropout'])
+    optimizer = torch.optim.AdamW(model.parameters())
+    model.load_state_dict(checkpoint['model_state_dict'])
+    optimizer.load_state_dict(checkpoint['optimizer_state_dict'])
+    start_epoch = checkpoint['epoch'] + 1
+    assert start_epoch == 3 and optimizer.state_dict()['state'][0]['step'] > 0

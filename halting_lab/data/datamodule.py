@@ -17,15 +17,24 @@ IGNORE_INDEX = -100
 __all__ = ['IGNORE_INDEX', 'PuzzleDataset', 'ResumableRandomSampler', 'PuzzleDataModule']
 
 # %% ../../nbs/data/datamodule.ipynb #f2c1a108
+def _splits_to_check(data_dir:Path, split:str)->tuple:
+    "`split`, with `train` first when it exists: a model trained on train must fit the split it reads."
+    has_train = split != 'train' and (data_dir/'train'/'dataset.json').exists()
+    return ('train', split) if has_train else (split,)
+
 class PuzzleDataset(torch.utils.data.Dataset):
     "Examples of one split of an HRM/TRM dataset, memory-mapped; items are the batch dict (labels: ignore -> -100)."
     def __init__(self, data_dir:str|Path,        # dataset root (holds train/ and test/)
                  split:str='train',              # split folder
                  set_name:Optional[str]=None,    # one set of `sets` (e.g. 'all'); None: every set, concatenated
-                 indices:Optional[np.ndarray]=None): # optional subset of example indices (e.g. a subsample)
+                 indices:Optional[np.ndarray]=None, # optional subset of example indices (e.g. a subsample)
+                 validate:bool=True):            # `hrm.validate_dataset` this split (and train, to agree with)
         self.data_dir, self.split, self.set_name = Path(data_dir), split, set_name
         split_dir = self.data_dir/split
-        if not split_dir.is_dir(): raise hrm.MissingFileError(f'{split_dir}: split directory not found (data_dir must be the dataset root holding train/ and test/)')
+        if not split_dir.is_dir():
+            raise hrm.MissingFileError(f'{split_dir/"dataset.json"}: split {split!r} missing; expected data_dir to be '
+                                       'the dataset root holding train/ and test/')
+        if validate: hrm.validate_dataset(self.data_dir, _splits_to_check(self.data_dir, split))
         self.metadata = hrm.read_metadata(split_dir)
         self.sets = [set_name] if set_name is not None else list(self.metadata.sets)
         self._arrays = None
@@ -145,15 +154,16 @@ def setup(self:PuzzleDataModule, stage:Optional[str]=None):
         splits = ('train',) + ((self.val_split,) if self.val_split and self.val_split != 'train' else ())
         self.validated = hrm.validate_dataset(self.data_dir, splits)
     if self.train_dataset is None:
-        full = PuzzleDataset(self.data_dir, 'train', self.set_name)
+        full = PuzzleDataset(self.data_dir, 'train', self.set_name, validate=False)
         idx = None
         if self.subsample is not None and self.subsample < len(full):
             rng = np.random.default_rng(self.seed)
             idx = np.sort(rng.choice(len(full), int(self.subsample), replace=False))
-        self.train_dataset = PuzzleDataset(self.data_dir, 'train', self.set_name, indices=idx) if idx is not None else full
+        self.train_dataset = full if idx is None else PuzzleDataset(self.data_dir, 'train', self.set_name,
+                                                                    indices=idx, validate=False)
         self.train_sampler = ResumableRandomSampler(len(self.train_dataset), self.seed)
     if self.val_dataset is None and self.val_split:
-        self.val_dataset = PuzzleDataset(self.data_dir, self.val_split, self.set_name)
+        self.val_dataset = PuzzleDataset(self.data_dir, self.val_split, self.set_name, validate=False)
 
 # %% ../../nbs/data/datamodule.ipynb #3c8e1b7a
 @patch

@@ -393,30 +393,41 @@ def _check_across(data_dir:Path, out:dict):
             raise SplitMismatchError(f"{data_dir/s}: field 'puzzle_identifiers' has id {hi}; expected "
                                      f"< num_puzzle_identifiers of {ref}/dataset.json ({ref_md['num_puzzle_identifiers']})")
 
+_VALIDATED: dict = {}   # (root, splits, file stats) -> summary: a dataset checked once per process
+
+def _stat_key(data_dir:Path, splits:tuple)->tuple:
+    "What identifies the checked files: name, size and mtime of every file of the splits."
+    files = [p for s in splits for p in sorted((data_dir/s).iterdir()) if p.is_file()]
+    return (str(data_dir.resolve()), tuple(splits),
+            tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
 def validate_dataset(data_dir:str|Path,             # dataset root
                      splits:tuple=('train', 'test'), # splits that must exist and be valid
+                     cache:bool=True,                # skip files already validated unchanged in this process
                     )->dict:
     "Validate `splits` of `data_dir` and their agreement; raise a named error or return `{split: summary}`."
-    data_dir = Path(data_dir)
+    data_dir, splits = Path(data_dir), tuple(splits)
     if not data_dir.is_dir():
         raise MissingFileError(f'{data_dir}: dataset directory not found; expected a folder holding train/ and test/')
     for s in splits:
         if not (data_dir/s/'dataset.json').exists():
             raise MissingFileError(f'{data_dir/s/"dataset.json"}: dataset.json missing; expected split {s!r} '
                                    f'in {data_dir} (a dataset root holds train/ and test/)')
+    key = _stat_key(data_dir, splits) if cache else None
+    if key in _VALIDATED: return _VALIDATED[key]
     out = {s: check_split(data_dir/s) for s in splits}
     if out: _check_across(data_dir, out)
+    if key is not None: _VALIDATED[key] = out
     return out
 
 def check_dataset(data_dir:str|Path)->dict:
-    "Validate a dataset root (every split present); raise a named `DatasetFormatError` or return `{split: summary}`."
+    "Validate a dataset root (train, test and any other split); raise a named `DatasetFormatError` or return `{split: summary}`."
     data_dir = Path(data_dir)
     if not data_dir.is_dir(): raise MissingFileError(f'{data_dir}: dataset directory not found; expected a folder holding train/ and test/')
     if (data_dir/'dataset.json').exists() and not dataset_splits(data_dir):
         raise MissingFileError(f'{data_dir}: this is a split directory; expected the dataset root that holds train/ and test/')
-    splits = dataset_splits(data_dir)
-    if not splits: raise MissingFileError(f'{data_dir}/train/dataset.json: dataset.json missing (expected train/ and test/ split directories)')
-    return validate_dataset(data_dir, tuple(splits))
+    extra = [s for s in dataset_splits(data_dir) if s not in SPLITS]
+    return validate_dataset(data_dir, SPLITS + tuple(extra))
 
 # %% ../../nbs/data/hrm.ipynb #abdb1153
 MAZE_CHARSET = '# SGo'

@@ -179,7 +179,7 @@ def train_mdlm(backbone:TinyMDLMBackbone, rows:list, # backbone to train; proble
         nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if log and log_every and (step + 1) % log_every == 0:
             log(f'mdlm step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.3f} ({time.time() - t0:.0f}s)')
     backbone.eval()

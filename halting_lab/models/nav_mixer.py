@@ -53,11 +53,12 @@ class MixerBlock(nn.Module):
         return x + self.drop(self.channel_mlp(self.norm2(x)))
 
 # %% ../../nbs/models/nav_mixer.ipynb #406c5d33
-@register_model(trainable=False)
+@register_model(trainable=True)
 class NavTRM(nn.Module):
     "Recursive MLP-Mixer (TRM-style, deep supervision) predicting the next navigation action."
     model_type = 'nav_trm'
     config_cls = NavConfig
+    lightning_module = 'halting_lab.train.nav:NavLitModule'   # seed 003's loss, early stopping, exports
     def __init__(self, config:Optional[NavConfig]=None, **kwargs):
         super().__init__()
         if config is None: config = NavConfig(**kwargs)

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, asdict, fields
 from typing import Any, Optional
 import torch, torch.nn as nn, torch.nn.functional as F
 from ..core import HaltingOutput, HaltingLabError
-from ..halting import q_halt_decision
+from ..halting import (q_halt_decision, q_halt_loss, q_continue_target, seq_correct,
+                                 make_criterion, EXIT_DEFAULTS)
 from ..registry import register_model
 
 # %% auto #0
@@ -43,13 +44,10 @@ class TRMConfig:
     forward_dtype: str = 'auto'         # 'auto' | 'float32' | 'bfloat16'
     loss_type: str = 'stablemax_cross_entropy'  # or 'softmax_cross_entropy'
     eval_halting: str = 'fixed'         # default halting mode of forward(): 'fixed' | 'q' | exit rule name
-    # optimisation settings of the reference that belong to this family (used by TRMLitModule)
-    puzzle_emb_lr: float = 1e-4         # sign-SGD learning rate of the puzzle embedding
-    puzzle_emb_weight_decay: float = 1.0  # decoupled weight decay of the puzzle embedding (ARC: 0.1)
-    ema_rate: float = 0.0               # reference name: > 0 turns EMA on with this decay (same as --use_ema --ema_decay)
-    optimizer: str = 'adamw'            # network optimizer: 'adamw' | 'adam_atan2' (the reference's; PyPI adam-atan2-pytorch)
-    eval_interval: int = 1              # validate every N epochs (and at the last one); the reference's eval_interval
-    NON_STRUCTURAL = ('eval_interval',) # may change when resuming (class attribute, not a field)
+    # structure only: optimizer, EMA and evaluation settings are TrainConfig flags
+    NON_STRUCTURAL = ('halt_exploration_prob', 'eval_halting', 'forward_dtype')  # may change on resume
+    FLAG_ALIASES = {'n_sup': 'halt_max_steps', 'N_sup': 'halt_max_steps',
+                    'max_sup': 'halt_max_steps'}   # the paper's / seeds' names of the budget
 
     def __post_init__(self):
         if self.model_type != 'trm': raise HaltingLabError(f"model_type: TRMConfig is for 'trm', got {self.model_type!r}")
@@ -59,9 +57,7 @@ class TRMConfig:
             raise HaltingLabError(f'hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})')
         if self.loss_type not in ('stablemax_cross_entropy', 'softmax_cross_entropy'):
             raise HaltingLabError(f'loss_type: unknown {self.loss_type!r}')
-        if self.optimizer not in ('adamw', 'adam_atan2'):
-            raise HaltingLabError(f"optimizer: expected 'adamw' or 'adam_atan2', got {self.optimizer!r}")
-        for k in ('H_cycles', 'L_cycles', 'L_layers', 'halt_max_steps', 'eval_interval'):
+        for k in ('H_cycles', 'L_cycles', 'L_layers', 'halt_max_steps'):
             if getattr(self, k) < 1: raise HaltingLabError(f'{k} must be >= 1, got {getattr(self, k)}')
 
     @property
@@ -175,6 +171,7 @@ class TRM(nn.Module):
     "Tiny Recursive Model with deep supervision and a Q-halting head (see the notebook for the algorithm)."
     model_type = 'trm'
     config_cls = TRMConfig
+    train_flags = ('puzzle_emb_lr', 'puzzle_emb_weight_decay')   # its sparse-embedding optimizer
     lightning_module = 'halting_lab.train.trm:TRMLitModule'   # training with the reference carry (train/trm.ipynb)
 
     def __init__(self, config:TRMConfig|dict|None=None, **kwargs):
@@ -285,7 +282,7 @@ def _forward_step(self:TRM, carry:TRMCarry, batch:dict)->tuple[TRMCarry, dict]:
                                          cfg.halt_exploration_prob)
             if not cfg.no_ACT_continue:      # bootstrapped target for q_continue (HRM-style)
                 _, _, _, nq = self.inner(z_H, z_L, data['inputs'], data.get('puzzle_identifiers'))
-                out['target_q_continue'] = torch.sigmoid(torch.where(is_last, nq[:, 0], nq.max(-1).values))
+                out['target_q_continue'] = q_continue_target(nq[:, 0], nq[:, 1], is_last)
     return TRMCarry(z_H, z_L, steps, new_halted, data), out
 TRM.forward_step = _forward_step
 
@@ -320,22 +317,22 @@ def trm_loss(outputs:dict, labels:torch.Tensor, loss_type:str='stablemax_cross_e
         seq_correct = correct.sum(-1) == counts
         token_acc = (correct.sum(-1) / div.squeeze(-1))
     q_halt = outputs['q_halt_logits']
-    q_loss = F.binary_cross_entropy_with_logits(q_halt, seq_correct.to(q_halt.dtype), reduction='sum')
+    q_loss = q_halt_loss(q_halt, seq_correct, reduction='sum')           # halting's Q-halt loss
     total = lm + 0.5 * q_loss
     if 'target_q_continue' in outputs:
-        total = total + 0.5 * F.binary_cross_entropy_with_logits(outputs['q_continue_logits'], outputs['target_q_continue'], reduction='sum')
+        total = total + 0.5 * q_halt_loss(outputs['q_continue_logits'], outputs['target_q_continue'],
+                                          reduction='sum')
     return total, seq_correct, {'lm_loss': lm.detach(), 'q_halt_loss': q_loss.detach(), 'token_acc': token_acc,
                                 'q_halt_accuracy': ((q_halt >= 0) == seq_correct)}
 
 # %% ../../nbs/models/trm.ipynb #09011574
 def make_eval_criterion(halting:str|Any, max_steps:int, threshold:float|str|None='auto'):
-    "A criterion object of `halting_lab.halting` for an eval halting mode name (objects pass through)."
-    from halting_lab import halting as H
+    "The `halting_lab.halting.make_criterion` of an eval halting mode (objects pass through)."
     if not isinstance(halting, str): return halting
-    if halting == 'fixed': return H.ExitRule('none', max_steps=max_steps)
-    if halting in ('q', 'q_halt'): return H.QHalt(max_steps, explore_prob=0.0, training=False)
-    if halting in H.EXIT_DEFAULTS: return H.ExitRule(halting, threshold=threshold, max_steps=max_steps)
-    raise HaltingLabError(f"halting: expected 'fixed', 'q' or an exit rule {sorted(H.EXIT_DEFAULTS)}, got {halting!r}")
+    name = 'q' if halting == 'q_halt' else halting          # at evaluation: no exploration
+    kw = {'threshold': threshold} if name in EXIT_DEFAULTS and name != 'none' else {}
+    try: return make_criterion(name, max_steps, **kw)
+    except ValueError as e: raise HaltingLabError(f'halting: {e}') from None
 
 # %% ../../nbs/models/trm.ipynb #95780cf5
 @torch.no_grad()
@@ -368,7 +365,7 @@ def _forward_eval(self:TRM, batch:dict, return_steps:bool=False, halting=None, m
     hs = torch.where(mask, halt_step[:, None].float().expand(B, L), torch.zeros(B, L, device=dev))
     return HaltingOutput(logits=cur, halting_steps=hs, step_logits=torch.stack(steps_out) if return_steps else None,
                          halt_cumprob=res.halt_cumprob,
-                         extras={'q_halt_logits': torch.stack(q_hist), 'halt_step': halt_step, 'criterion': repr(crit)})
+                         extras={'q_halt_logits': torch.stack(q_hist), 'halt_step': halt_step, 'criterion': crit})
 
 # %% ../../nbs/models/trm.ipynb #51844419
 def _forward_train(self:TRM, batch:dict, max_steps:Optional[int]=None)->HaltingOutput:
@@ -381,7 +378,7 @@ def _forward_train(self:TRM, batch:dict, max_steps:Optional[int]=None)->HaltingO
         if lab is not None:
             l, _, _ = trm_loss({'logits': lg, 'q_halt_logits': q[:, 0]}, lab, cfg.loss_type)
             if t < S - 1: aux = aux + l / B
-            else: aux = aux + 0.5 * F.binary_cross_entropy_with_logits(q[:, 0], (((lg.argmax(-1) == lab) | (lab == -100)).all(-1)).float(), reduction='mean')
+            else: aux = aux + 0.5 * q_halt_loss(q[:, 0], seq_correct(lg, lab))
     hs = (inp != 0).float() * S
     return HaltingOutput(logits=lgs[-1], halting_steps=hs, step_logits=torch.stack(lgs),
                          aux_loss=(aux / S if lab is not None else None))

@@ -40,8 +40,8 @@ class UTConfig:
     ut_key_depth: int = _h(256, 'total query/key depth over all heads (t2t total_key_depth)')
     ut_value_depth: int = _h(256, 'total value depth over all heads (t2t total_value_depth)')
     ut_filter_size: int = _h(256, 'inner size of the feed-forward of every hop (t2t filter_size)')
-    halt_max_steps: int = _h(6, 'hop budget: the shared block runs at most this many times (the runbook\'s --ut_max_hops)')
-    ut_max_hops: Optional[int] = _h(None, 'alias of --halt_max_steps (the runbook\'s name); when given it sets it')
+    halt_max_steps: int = _h(6, "hop budget: the shared block runs at most this many times "
+                             "(the runbook's --ut_max_hops)")
     ut_act: bool = _h(False, 'per-position ACT (opt-in, as the runbook passes it); without it every position '
                       'runs --halt_max_steps hops')
     ut_act_type: str = _h('basic', "ACT variant, tensor2tensor's names: basic (output w*y + (1-w)*previous), "
@@ -55,11 +55,10 @@ class UTConfig:
                             'seq_len is a square, else 1d)', choices=POS_SIGNALS)
     dropout: float = _h(0.0, 'dropout after attention and inside/after the feed-forward')
     pad_id: int = _h(0, 'input token of padding positions (they never run and are never attended to)')
-    FLAG_ALIASES: ClassVar[dict] = {'ut_max_hops': 'halt_max_steps'}     # seed name -> canonical field
+    FLAG_ALIASES: ClassVar[dict] = {'ut_max_hops': 'halt_max_steps'}   # seed name -> canonical field
     NON_STRUCTURAL: ClassVar[tuple] = ('ut_act_loss_weight', 'dropout')   # may change when a run resumes
 
     def __post_init__(self):
-        if self.ut_max_hops is not None: self.halt_max_steps, self.ut_max_hops = int(self.ut_max_hops), None
         if self.ut_act_type not in ACT_TYPES_UT:
             raise HaltingLabError(f"ut_act_type: expected 'basic', 'accumulated' or 'global', got {self.ut_act_type!r}")
         if self.ut_pos_signal not in POS_SIGNALS:
@@ -69,6 +68,11 @@ class UTConfig:
                 raise HaltingLabError(f'{k} ({getattr(self, k)}) must be divisible by ut_heads ({self.ut_heads})')
         for k in ('hidden_size', 'ut_embedding_size', 'halt_max_steps'):
             if getattr(self, k) < 1: raise HaltingLabError(f'{k}: must be >= 1, got {getattr(self, k)}')
+
+    @property
+    def ut_max_hops(self)->int:
+        "The runbook's name of `halt_max_steps` (read-only here; `UTConfig(ut_max_hops=n)` sets it)."
+        return self.halt_max_steps
 
     @property
     def pos_kind(self)->str:
@@ -92,7 +96,7 @@ V1_FIELDS = frozenset({'vocab_size', 'seq_len', 'num_puzzle_identifiers', 'hidde
 
 def is_v1_config(d:dict)->bool:
     "Whether `d` is a config stored before `hidden_size` became the width (the old class's whole field set)."
-    return V1_FIELDS <= set(d) and 'ut_pos_signal' not in d and ('ut_max_hops' in d or 'halt_max_steps' in d)
+    return V1_FIELDS <= set(d) and 'ut_pos_signal' not in d
 
 def upgrade_stored_config(d:dict)->dict:
     "A stored config as today's fields of the same model (earlier layout: width = `ut_embedding_size`, 1-D signal)."
@@ -102,8 +106,10 @@ def upgrade_stored_config(d:dict)->dict:
 _dataclass_init = UTConfig.__init__
 @functools.wraps(_dataclass_init)
 def _ut_config_init(self, *args, **kw):
-    "The dataclass `__init__`, with a stored config of the earlier layout rebuilt first."
-    _dataclass_init(self, *args, **upgrade_stored_config(kw))
+    "The dataclass `__init__`; an earlier-layout config is rebuilt first, the alias `ut_max_hops` sets the budget."
+    kw = upgrade_stored_config(kw)
+    if 'ut_max_hops' in kw: kw['halt_max_steps'] = kw.pop('ut_max_hops')   # alias wins: `replace` passes both
+    _dataclass_init(self, *args, **kw)
 UTConfig.__init__ = _ut_config_init
 
 # %% ../../nbs/models/universal_transformer.ipynb #1cd8120a
@@ -168,7 +174,12 @@ class UniversalTransformer(nn.Module):
         self.register_buffer('pos_signal', pos, persistent=False)                                   # [L, d]
         self.register_buffer('step_signal', timing_signal(cfg.halt_max_steps, d), persistent=False)  # [T, d]
 
+    def ponder_weight(self, step:int, train_config:dict)->float:
+        "Weight of the ACT ponder cost in the loss (the trainer asks every optimizer step): constant, 0 without ACT."
+        return float(self.config.ut_act_loss_weight) if self.config.ut_act else 0.0
+
     def criterion(self)->ACT:
+        "The halting rule: tensor2tensor's ACT variant `ut_act_type` over `halt_max_steps` hops."
         return ACT(self.config.halt_max_steps, eps=self.config.ut_act_epsilon, act_type=self.config.ut_act_type)
 
     def embed_inputs(self, batch:dict)->Tensor:
@@ -207,4 +218,4 @@ class UniversalTransformer(nn.Module):
         return HaltingOutput(logits=logits, halting_steps=hs, ponder_cost=pc,
                              step_logits=torch.stack(steps) if return_steps else None,
                              halt_cumprob=cum if return_steps else None,
-                             extras={'step_probs': probs, 'mask': mask})
+                             extras={'step_probs': probs, 'mask': mask, 'criterion': act})

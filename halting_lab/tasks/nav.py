@@ -20,7 +20,8 @@ __all__ = ['EMPTY', 'WALL', 'AGENT', 'GOAL', 'AGENT_ON_GOAL', 'TOKEN_NAMES', 'NU
            'ACTION_NAMES', 'NUM_ACTIONS', 'ACTION_DELTAS', 'MAP_CHARS', 'ACTION_MAP', 'FORMAT_VERSION', 'encode_state',
            'decode_state', 'step', 'parse_map', 'format_map', 'astar', 'next_action', 'episode', 'augment_dihedral',
            'random_problem', 'build_split', 'generate_dataset', 'load_split', 'NavDataset', 'batch_collate',
-           'dihedral_tables', 'augment_batch', 'NavTaskConfig', 'nav_settings', 'NavDataModule', 'nav_datamodule']
+           'dihedral_tables', 'goal_distances', 'optimal_actions', 'augment_batch', 'NavTaskConfig', 'nav_settings',
+           'NavDataModule', 'nav_datamodule']
 
 # %% ../../nbs/tasks/nav.ipynb #b752a9da
 EMPTY, WALL, AGENT, GOAL, AGENT_ON_GOAL = 0, 1, 2, 3, 4
@@ -255,13 +256,21 @@ class NavDataset:
         self.grid_size = int(self.data['grids'].shape[-1])
         self._x = self.data['grids'].reshape(len(self.data['actions']), -1)   # uint8: 8x less memory
         self._y = self.data['actions'].long()
+        self._opt, self.with_optimal = None, False
+    @property
+    def optimal(self)->torch.Tensor:
+        "[N, 5] bool: every sample's optimal moves (computed once, on first use)."
+        if self._opt is None: self._opt = optimal_actions(self.data['grids'])
+        return self._opt
     def __len__(self): return len(self._y)
     def __getitem__(self, i):
         return {'inputs': self._x[i].long(), 'labels': self._y[i].reshape(1)}
     def __getitems__(self, idx:list)->dict:
         "A whole batch in one gather (the DataLoader passes it to `batch_collate` as is)."
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return {'inputs': self._x[idx].long(), 'labels': self._y[idx, None]}
+        b = {'inputs': self._x[idx].long(), 'labels': self._y[idx, None]}
+        if self.with_optimal: b['optimal'] = self.optimal[idx]
+        return b
     def tensors(self):
         "All samples at once: `(inputs [N, G*G] long, labels [N] long)`."
         return self._x.long(), self._y
@@ -270,19 +279,47 @@ def batch_collate(batch):
     "Collate of `NavDataset`: its `__getitems__` already returns the batch."
     return batch
 
-# %% ../../nbs/tasks/nav.ipynb #3c302613
+# %% ../../nbs/tasks/nav.ipynb #d0216c30
 def dihedral_tables(grid_size:int)->tuple:
     "`(cell_perm [8, G*G], action_map [8, 5])`: transform t sends flat grid `x` to `x[cell_perm[t]]`."
     cells = np.arange(grid_size * grid_size).reshape(grid_size, grid_size)
     perm = np.stack([dihedral_transform(cells, t).reshape(-1) for t in range(8)])
     return torch.as_tensor(perm.copy(), dtype=torch.long), torch.as_tensor(ACTION_MAP, dtype=torch.long)
 
-def augment_batch(inputs:torch.Tensor, labels:torch.Tensor, t:torch.Tensor, tables:tuple)->tuple:
-    "Apply dihedral transform `t[b]` to sample b of a batch (`inputs` [B, G*G], `labels` [B, 1])."
-    perm, amap = tables
-    return inputs.gather(1, perm[t]), amap[t, labels[:, 0]][:, None]
+def goal_distances(grids:torch.Tensor)->torch.Tensor:
+    "Shortest-path distance of every cell to the goal ([N, G, G] long; walls/unreachable: a large value)."
+    g = torch.as_tensor(grids).long()
+    free, big = g != WALL, g.shape[-1] ** 2 + 1
+    d = torch.where((g == GOAL) | (g == AGENT_ON_GOAL), 0, big)
+    for _ in range(big):
+        p = torch.nn.functional.pad(d, (1, 1, 1, 1), value=big)
+        nb = torch.minimum(torch.minimum(p[:, :-2, 1:-1], p[:, 2:, 1:-1]), torch.minimum(p[:, 1:-1, :-2], p[:, 1:-1, 2:]))
+        new = torch.where(free, torch.minimum(d, nb + 1), big)
+        if torch.equal(new, d): break
+        d = new
+    return d
 
-# %% ../../nbs/tasks/nav.ipynb #4a679975
+def optimal_actions(grids:torch.Tensor)->torch.Tensor:
+    "[N, 5] bool: the moves that start a shortest path from the agent (only `stay` on the goal)."
+    g = torch.as_tensor(grids).long(); N, G = g.shape[0], g.shape[-1]
+    d = torch.nn.functional.pad(goal_distances(g), (1, 1, 1, 1), value=G * G + 1)
+    flat = ((g == AGENT) | (g == AGENT_ON_GOAL)).reshape(N, -1).float().argmax(1)
+    r, c = flat // G + 1, flat % G + 1
+    here, n = d[torch.arange(N), r, c], torch.arange(N)
+    out = torch.zeros(N, NUM_ACTIONS, dtype=torch.bool)
+    for a, (dr, dc) in enumerate(ACTION_DELTAS[:4]): out[:, a] = d[n, r + dr, c + dc] == here - 1
+    out[:, STAY] = here == 0
+    return out
+
+def augment_batch(inputs:torch.Tensor, # [B, G*G] tokens
+                  optimal:torch.Tensor, # [B, 5] bool, `optimal_actions` of the inputs
+                  t:torch.Tensor, tables:tuple)->tuple:
+    "Dihedral transform `t[b]` of sample b: `(inputs, labels [B, 1])`, labels by the transformed grid's order."
+    perm, amap = tables
+    moved = torch.zeros_like(optimal).scatter_(1, amap[t], optimal)
+    return inputs.gather(1, perm[t]), moved.float().argmax(1, keepdim=True)
+
+# %% ../../nbs/tasks/nav.ipynb #6d9ff1a4
 def _f(default, help:str): return field(default=default, metadata={'help': help})
 
 @dataclass
@@ -312,7 +349,7 @@ def nav_settings(cfg)->NavTaskConfig:
         if int(getattr(c, k)) < 1: raise HaltingLabError(f'--{k.replace("_", "-")}: expected >= 1, got {getattr(c, k)}')
     return c
 
-# %% ../../nbs/tasks/nav.ipynb #c167ef5d
+# %% ../../nbs/tasks/nav.ipynb #421056cd
 class NavDataModule(L.LightningDataModule):
     "Train/val splits of a nav data set (`train.pt`, `test.pt`) as workbench batches."
     def __init__(self, train_path:str|Path, val_path:str|Path, batch_size:int=64,
@@ -329,6 +366,7 @@ class NavDataModule(L.LightningDataModule):
         if tr.grid_size != va.grid_size:
             raise HaltingLabError(f'{self.val_path}: grid size {va.grid_size} differs from the training '
                                   f"set's {tr.grid_size} ({self.train_path})")
+        tr.with_optimal = True   # training batches carry their optimal moves (for augmentation)
         self.train_dataset, self.val_dataset = tr, va
     @property
     def grid_size(self)->int: self.setup(); return self.train_dataset.grid_size
@@ -347,7 +385,7 @@ class NavDataModule(L.LightningDataModule):
         self.setup()
         return self._loader(self.val_dataset, batch_size=self.eval_batch_size, shuffle=False)
 
-# %% ../../nbs/tasks/nav.ipynb #92cf41e2
+# %% ../../nbs/tasks/nav.ipynb #e4eae9ce
 @register_task('nav', config_cls=NavTaskConfig, kind='episodes', builder='nav generate',
                help='grid navigation: next A* action of a state (seed 003)')
 def nav_datamodule(train_config)->NavDataModule:

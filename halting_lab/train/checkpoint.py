@@ -38,7 +38,7 @@ def read_checkpoint(path:str|Path,        # a .ckpt / .pt file
     except pickle.UnpicklingError as e:
         if not trusted: raise _not_ckpt(path, _refusal(e)) from None
         ck = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
+    except Exception as e:   # whatever the parser trips on (KeyError, IndexError, RuntimeError, ...)
         raise _not_ckpt(path, _refusal(e)) from None
     if not isinstance(ck, dict):
         raise _not_ckpt(path, f'it holds a {type(ck).__name__}; expected a dict of weights and config')

@@ -9,46 +9,94 @@ from ..core import HaltingLabError
 from .config import build_parser, parse_train_args
 
 # %% auto #0
-__all__ = ['PREEMPTED_EXIT', 'train_cli', 'eval_cli']
+__all__ = ['PREEMPTED_EXIT', 'train_cli', 'halting_eval_cli', 'eval_cli']
 
 # %% ../../nbs/train/cli.ipynb #d6fe9ced
 PREEMPTED_EXIT = 3
 
+def _early_plugins(argv:list)->list:
+    "argv without `--plugin M`; `--plugin` / `--plugins` modules imported (their flags then parse)."
+    from halting_lab.registry import split_plugin_args, load_plugins
+    plugins, argv = split_plugin_args(list(argv))
+    for i, a in enumerate(argv):
+        if a == '--plugins' and i + 1 < len(argv): plugins += argv[i + 1].split(',')
+        elif a.startswith('--plugins='): plugins += a.split('=', 1)[1].split(',')
+    if plugins: load_plugins(plugins)
+    return argv
+
 def train_cli(argv:list|None=None)->int:
     "`halting-lab train`: parse the flags, run `train(**params)`, print the results JSON."
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ('-h', '--help') for a in argv): build_parser().print_help(); return 0
+    argv = _early_plugins(sys.argv[1:] if argv is None else argv)
+    if any(a in ('-h', '--help') for a in argv):
+        build_parser().print_help()
+        return 0
     params = parse_train_args(argv)
     from halting_lab.train.run import train
     params['_command'] = 'halting-lab train ' + shlex.join(argv)
     res = train(**params)
-    print(json.dumps({k: res[k] for k in ('status', 'run_dir', 'epochs_completed', 'global_step', 'best')}, default=str))
+    keys = ('status', 'run_dir', 'epochs_completed', 'global_step', 'best')
+    print(json.dumps({k: res[k] for k in keys}, default=str))
     return PREEMPTED_EXIT if res['status'] == 'preempted' else 0
 
+# %% ../../nbs/train/cli.ipynb #7c2f4a81
 def _eval_parser():
-    p = argparse.ArgumentParser(prog='halting-lab eval', description='Evaluate a checkpoint: one CSV row per example.',
-        epilog='TRM adaptive halting at evaluation: add --halting fixed|q|entropy-diff|latent-diff|cosine|kl|minp-kl|argmax-stability|all '
-               '[--max_steps N] [--threshold X] [--output rows.json] (see halting_lab.train.trm.trm_eval_cli).')
+    p = argparse.ArgumentParser(prog='halting-lab eval', description='Evaluate a checkpoint: '
+                                'one CSV row per example, or one JSON row per halting rule.')
     p.add_argument('--ckpt', required=True, help='checkpoint (.ckpt) written by halting-lab train')
     p.add_argument('--data_dir', required=True, help='HRM-format dataset directory')
     p.add_argument('--split', default='test', help='split to evaluate (default: test)')
-    p.add_argument('--output', default=None, help='CSV file to write (default: print the summary only)')
+    p.add_argument('--output', default=None, help='CSV (rows) / JSON (--halting) file to write')
     p.add_argument('--batch_size', type=int, default=256)
     p.add_argument('--no_ema', action='store_true', help='use the raw weights instead of the EMA')
     p.add_argument('--device', default='auto', help='auto (cuda > mps > cpu) | cpu | cuda | mps')
     p.add_argument('--limit', type=int, default=None, help='first N examples only')
+    p.add_argument('--halting', default=None, help='a registered halting rule (fixed, q, kl, ...) '
+                   'or all: accuracy and steps under it')
+    p.add_argument('--halt_max_steps', type=int, default=None, help='step budget (default: the '
+                   "model's halt_max_steps)")
+    p.add_argument('--max_steps', type=int, default=None, help=argparse.SUPPRESS)  # deprecated
+    p.add_argument('--threshold', default='auto', help="exit-rule threshold (default: the rule's)")
     return p
 
+# %% ../../nbs/train/cli.ipynb #8d3a5b92
+def _budget(a)->int|None:
+    "`--halt_max_steps`, or the deprecated `--max_steps` (with a note on stderr)."
+    if a.max_steps is not None:
+        if a.halt_max_steps is not None:
+            raise HaltingLabError('--max_steps: deprecated alias of --halt_max_steps; give one')
+        print('halting-lab eval: --max_steps is deprecated here (in `train` it means optimizer '
+              'steps); use --halt_max_steps', file=sys.stderr)
+        return a.max_steps
+    return a.halt_max_steps
+
+def halting_eval_cli(argv:list|None=None)->int:
+    "`halting-lab eval --ckpt C --data_dir D --halting RULE|all [--halt_max_steps N --threshold X]`."
+    from halting_lab.core import resolve_device, save_json
+    from halting_lab.train import run
+    a = _eval_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    dev = resolve_device(a.device)
+    model = run.load_trained(a.ckpt, ema=not a.no_ema).to(dev)
+    bs = run.split_batches(a.data_dir, a.split, a.batch_size, a.limit)
+    thr = a.threshold if a.threshold == 'auto' else float(a.threshold)
+    S = _budget(a)
+    if (a.halting or 'fixed') == 'all':
+        rows = run.evaluate_halting_modes(model, bs, run.all_modes(model), device=dev)
+    else: rows = [run.evaluate_halting(model, bs, a.halting or 'fixed', S, thr, device=dev)]
+    for r in rows: print(json.dumps(r))
+    if a.output: save_json(a.output, rows)
+    return 0
+
+# %% ../../nbs/train/cli.ipynb #9e4b6ca3
 def eval_cli(argv:list|None=None)->int:
-    "`halting-lab eval --ckpt ... --data_dir ... --output results.csv`."
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a.split('=')[0] in ('--halting', '--max_steps', '--threshold') for a in argv):
-        from halting_lab.train.trm import trm_eval_cli  # adaptive halting at eval (TRM): fixed | q | exit rules
-        return trm_eval_cli(argv)
+    "`halting-lab eval --ckpt ... --data_dir ... [--output results.csv | --halting RULE]`."
+    argv = _early_plugins(sys.argv[1:] if argv is None else argv)
+    if any(a.split('=')[0] in ('--halting', '--max_steps', '--halt_max_steps', '--threshold')
+           for a in argv):
+        return halting_eval_cli(argv)
     a = _eval_parser().parse_args(argv)
+    from halting_lab.core import resolve_device
     from halting_lab.train.run import evaluate
-    from halting_lab.train.nav import resolve_device
-    df = evaluate(a.ckpt, a.data_dir, split=a.split, output=a.output, batch_size=a.batch_size, ema=not a.no_ema,
-                  device=resolve_device(a.device), limit=a.limit)
+    df = evaluate(a.ckpt, a.data_dir, split=a.split, output=a.output, batch_size=a.batch_size,
+                  ema=not a.no_ema, device=resolve_device(a.device), limit=a.limit)
     print(json.dumps(df.attrs['summary']))
     return 0

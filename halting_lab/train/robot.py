@@ -19,11 +19,11 @@ from ..tasks.lerobot import (RobotConfig, robot_flags, validate_dataset, blocked
 from .lightning import HaltingLitModule, Preemption, atomic_copy, read_metrics_csv
 
 # %% auto #0
-__all__ = ['FREEZE_EXEMPT', 'ROBOT_TRAIN_DEFAULTS', 'FIT_DEFAULTS', 'frozen_changes', 'refuse_changes', 'ACTLitModule',
+__all__ = ['FREEZE_EXEMPT', 'FIT_DEFAULTS', 'ROBOT_TRAIN_DEFAULTS', 'frozen_changes', 'refuse_changes', 'ACTLitModule',
            'checkpoint_loss', 'epoch_dirs', 'prune_dirs', 'copy_dir_atomic', 'RobotCheckpoints', 'fmt_lr', 'gpu_memory',
            'format_report', 'parse_report', 'split_messages', 'format_handoff', 'parse_handoff', 'epoch_losses',
            'loss_curve_png', 'RobotReporter', 'restore_from_copy', 'robot_params', 'split_params', 'fit_local',
-           'generic_train_accepts_robot', 'run_robot']
+           'generic_train_accepts_robot', 'run_robot', 'train_flags', 'load_policy', 'replanning_summary', 'robot_cli']
 
 # %% ../../nbs/train/robot.ipynb #20bc3ed3
 FREEZE_EXEMPT = ('run_id', 'default_root_dir', 'resume_ckpt', 'accelerator', 'devices', 'strategy', 'num_workers',
@@ -295,11 +295,12 @@ def _num(s:str):
 
 # %% ../../nbs/train/robot.ipynb #78fc0bf3
 def parse_report(text:str)->dict:
-    "A [REPORT] message -> {'restart', 'epoch', 'total', 'loss', 'loss_initial', 'lr', 'gpu', 'eta', 'checkpoint'}."
+    "A [REPORT] message -> {'kind', 'restart', 'epoch', 'total', 'loss', 'loss_initial', 'lr', 'gpu', 'eta', 'checkpoint'}."
     lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
     if not lines or not lines[0].startswith('@Watcher [REPORT] ACT 학습'):
         raise HaltingLabError(f'report: expected "@Watcher [REPORT] ACT 학습 ...", got {lines[:1]}')
-    out = {'restart': '재시작' in lines[0]}
+    kind = 'restart' if '학습 재시작' in lines[0] else 'stopped' if '학습 중단' in lines[0] else 'progress'
+    out = {'kind': kind, 'restart': kind == 'restart'}
     for key, rx in _REPORT_RE.items():
         m = next((re.match(rx, l) for l in lines[1:] if re.match(rx, l)), None)
         if m is None: raise HaltingLabError(f'report: no {key!r} line ({rx})')
@@ -426,7 +427,7 @@ def on_train_batch_end(self:RobotReporter, trainer, pl_module, outputs, batch, b
 def on_train_end(self:RobotReporter, trainer, pl_module):
     pre = _find(trainer, Preemption)
     if pre is not None and pre.triggered:
-        self.emit(trainer, self.report_text(trainer, pl_module).replace('ACT 학습 진행.', f'ACT 학습 중단 ({pre.reason}): 재시작 시 재개.'))
+        self.emit(trainer, self.report_text(trainer, pl_module).replace('ACT 학습 진행.', f'ACT 학습 중단 ({pre.reason}): 저장 후 종료.'))
         return
     if trainer.max_epochs is None or trainer.current_epoch < trainer.max_epochs: return
     self.handoff(trainer, pl_module)
@@ -473,8 +474,11 @@ def restore_from_copy(run_dir:str|Path, copy_to:Optional[str|Path])->Optional[Pa
     return src
 
 # %% ../../nbs/train/robot.ipynb #e6d23ea4
-ROBOT_TRAIN_DEFAULTS = dict(task='lerobot', model_type='act_policy', grad_clip=10.0, weight_decay=1e-4, beta2=0.999,
-                            log_every_n_steps=50, progress_bar=False)
+FIT_DEFAULTS = dict(learning_rate=1e-4, weight_decay=1e-4, beta1=0.9, beta2=0.999, max_epochs=500, max_steps=-1, seed=42,
+                    batch_size=64, lr_warmup_epochs=0.0, lr_schedule='constant', grad_clip=10.0, log_every_n_steps=50,
+                    num_workers=0, accelerator='auto', precision=None, limit_train_batches=None)
+ROBOT_TRAIN_DEFAULTS = dict(task='lerobot', model_type='act_policy', progress_bar=False,
+                            **{k: v for k, v in FIT_DEFAULTS.items() if v is not None})
 
 def robot_params(preset:Optional[str]=None, **flags)->dict:
     "Flags of a robot run: defaults < preset ('seed004') < `flags` (None values ignored)."
@@ -491,10 +495,6 @@ def split_params(params:dict)->tuple:
     return ({k: v for k, v in params.items() if k not in names}, {k: v for k, v in params.items() if k in names})
 
 # %% ../../nbs/train/robot.ipynb #585e9d8f
-FIT_DEFAULTS = dict(learning_rate=1e-4, weight_decay=1e-4, beta1=0.9, beta2=0.999, max_epochs=500, max_steps=-1, seed=42,
-                    batch_size=64, lr_warmup_epochs=0.0, lr_schedule='constant', grad_clip=10.0, log_every_n_steps=50,
-                    num_workers=0, accelerator='auto', precision=None, limit_train_batches=None)
-
 def _accel(name:str)->str:
     if name != 'auto': return name
     return 'gpu' if torch.cuda.is_available() else 'cpu'
@@ -513,8 +513,8 @@ def fit_local(train_cfg:dict, model_cfg:dict, run_dir:str|Path, callbacks:list=(
     from halting_lab.train.lightning import MetricsCSV, RunCheckpoints, ResumableLoader, AtomicCheckpointIO, _TrackBatches
     from halting_lab.tasks.lerobot import lerobot_datamodule
     tc, mc = {**FIT_DEFAULTS, **train_cfg}, dict(model_cfg)
-    run = RunDir.create(path=run_dir)
     dm = lerobot_datamodule(tc, model_config=mc)              # validates: refuses a failing dataset
+    run = RunDir.create(path=run_dir)
     mc.update({k: v for k, v in dm.model_fields().items() if v is not None})
     _check_run_config(run.path, tc, mc)
     resume = run.last_ckpt if run.last_ckpt.exists() else None
@@ -565,3 +565,140 @@ def run_robot(params:dict, run_dir:Optional[str|Path]=None, callbacks:list=(), e
     from halting_lab.train.run import train
     _check_run_config(run_path, {**FIT_DEFAULTS, **tc}, mc)
     return train(**params, default_root_dir=str(run_path), resume_ckpt='auto', _callbacks=list(callbacks))
+
+# %% ../../nbs/train/robot.ipynb #ed529c28
+class _Parser(argparse.ArgumentParser):
+    def error(self, message): raise HaltingLabError(f'{self.prog}: {message}')
+
+def _flag_type(default, hint:str):
+    "argparse type for a dataclass field (bool flags parse true/false)."
+    if isinstance(default, bool) or 'bool' in hint: return lambda s: str(s).lower() in ('1', 'true', 'yes', 'on')
+    if isinstance(default, int) or hint.startswith('int'): return int
+    if isinstance(default, float) or 'float' in hint: return float
+    return str
+
+def train_flags()->dict:
+    "{flag: (default, type)} of `robot train`: generic training flags, RobotConfig, ACTConfig."
+    out = {k: (v, _flag_type(v, type(v).__name__)) for k, v in FIT_DEFAULTS.items()}
+    for cls in (RobotConfig, ACTConfig):
+        for f in dataclasses.fields(cls):
+            if f.name != 'model_type': out[f.name] = (f.default, _flag_type(f.default, str(f.type)))
+    return out
+
+# %% ../../nbs/train/robot.ipynb #d5f0ffd2
+def _validate_cmd(a)->int:
+    rep = validate_dataset(a.dataset, a.min_episodes, parse_resolution(a.resolution))
+    if a.json: save_json(a.json, rep.to_dict())
+    checks = rep.by_check()
+    print(f'{a.dataset}: {rep.n_episodes} episodes, {rep.n_frames} frames; ' +
+          ', '.join(f'{c} {"ok" if n == 0 else f"FAIL({n})"}' for c, n in checks.items()))
+    for f in rep.failures: print(f'  [{f.check}] {f.message}')
+    if not rep.ok: print(blocked_message(rep))
+    return 0 if rep.ok else 1
+
+def _synthetic_cmd(a)->int:
+    root = make_synthetic(a.out, a.episodes, a.length, a.width, a.height, a.fps, codec=a.codec, seed=a.seed)
+    if a.break_:
+        for how in a.break_: break_dataset(root, how, a.break_episode)
+    info = load_json(root / 'meta/info.json')
+    print(f'{root}: {info["total_episodes"]} episodes, {info["total_frames"]} frames, '
+          f'video {info["features"]["observation.images.ego"]["info"]["video.codec"]}' +
+          (f'; broken: {", ".join(a.break_)}' if a.break_ else ''))
+    return 0
+
+# %% ../../nbs/train/robot.ipynb #54fb738f
+def _train_cmd(a, flags:dict)->int:
+    from halting_lab.tasks.lerobot import ValidationFailed
+    given = {k: getattr(a, k) for k in flags if getattr(a, k, None) is not None}
+    params = robot_params(a.preset, **given)
+    if a.run_id: params['run_id'] = a.run_id
+    try: res = run_robot(params, run_dir=a.run_dir, engine=a.engine)
+    except ValidationFailed as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    print(json.dumps({k: res.get(k) for k in ('status', 'run_dir', 'epochs_completed', 'global_step')}))
+    return 0 if res.get('status') in ('finished', 'preempted') else 1
+
+def _report_cmd(a)->int:
+    run = Path(a.run_dir)
+    log = run / 'report.log'
+    msgs = split_messages(log.read_text(encoding='utf-8')) if log.exists() else []
+    reports = [m for m in msgs if m.startswith('@Watcher')]
+    handoffs = [m for m in msgs if m.startswith('@Evaluation')]
+    if not msgs: print(f'{run}: no report.log yet')
+    if reports: print(reports[-1] + '\n')
+    if handoffs: print(handoffs[-1] + '\n')
+    if a.replan_every: print(json.dumps({k: v for k, v in replanning_summary(run, a.replan_every, a.tol).items() if k != 'rows'}))
+    return 0
+
+# %% ../../nbs/train/robot.ipynb #3165a97a
+def load_policy(ckpt:str|Path)->ACTPolicy:
+    "ACTPolicy with the weights (and normalisation) of a robot run's Lightning checkpoint."
+    ck = torch.load(ckpt, map_location='cpu', weights_only=True)
+    mc = ck['halting_lab']['model_config']
+    names = {f.name for f in dataclasses.fields(ACTConfig)}
+    pol = ACTPolicy(ACTConfig(**{k: v for k, v in mc.items() if k in names}))
+    pol.load_state_dict({k[len('model.'):]: v for k, v in ck['state_dict'].items() if k.startswith('model.')})
+    return pol.eval()
+
+def replanning_summary(run_dir:str|Path, replan_every:int=5, tol:float=0.05, max_episodes:int=5)->dict:
+    "replan_profile of the run's best (else newest) checkpoint over its validation (else first) episodes."
+    from halting_lab.models.act_policy import replan_profile
+    from halting_lab.tasks.lerobot import LeRobotDataModule
+    run = Path(run_dir)
+    ck = next((p for p in [run / 'checkpoints/act_best/checkpoint.ckpt', run / 'checkpoints/last.ckpt'] if p.exists()), None)
+    if ck is None: raise HaltingLabError(f'{run}/checkpoints: no act_best or last.ckpt')
+    pol = load_policy(ck)
+    tc = load_json(run / 'config.json')['train_config']
+    rc, c = robot_flags(tc), pol.config
+    dm = LeRobotDataModule(rc.dataset, c.chunk_size, (c.image_height, c.image_width), cameras=tuple(c.camera_list),
+                           val_episodes=rc.val_episodes, validate=False)
+    tr, va = dm.split()
+    totals = {'compared': 0, 'changed': 0, 'replans': 0, 'rows': []}
+    for ep in (va or tr)[:max_episodes]:
+        ds = EpisodeChunks(dm.data, [ep], c.chunk_size, (c.image_height, c.image_width), tuple(c.camera_list))
+        obs = [{k: v[None] for k, v in ds[t].items() if k.startswith('observation')} for t in range(len(ds))]
+        p = replan_profile(pol, obs, replan_every, tol)
+        for k in ('compared', 'changed', 'replans'): totals[k] += p[k]
+        totals['rows'] += [(int(ep['episode_index']), *r) for r in p['rows']]
+    totals.update(checkpoint=str(ck), replan_every=replan_every, tol=tol,
+                  changed_fraction=totals['changed'] / totals['compared'] if totals['compared'] else 0.0)
+    return totals
+
+# %% ../../nbs/train/robot.ipynb #b391826d
+def _parser()->argparse.ArgumentParser:
+    ap = _Parser(prog='halting-lab robot', description='Robot ACT policy (seed 004): validate LeRobot v3.0 data, '
+                 'make synthetic episodes, train with preemption-safe checkpoints, report.')
+    sub = ap.add_subparsers(dest='cmd', required=True, parser_class=_Parser)
+    v = sub.add_parser('validate', help='check every item of the seed\'s data checklist')
+    v.add_argument('dataset')
+    v.add_argument('--min-episodes', type=int, default=50)
+    v.add_argument('--resolution', default=None, help='required WxH of the camera frames (e.g. 640x480)')
+    v.add_argument('--json', default=None, help='write the machine-readable report here')
+    s = sub.add_parser('make-synthetic', help='write simulated wheel-loader episodes in the LeRobot v3.0 layout')
+    s.add_argument('out')
+    for k, d in (('episodes', 50), ('length', 40), ('width', 64), ('height', 48), ('fps', 30), ('seed', 0), ('break-episode', 1)):
+        s.add_argument(f'--{k}', type=int, default=d)
+    s.add_argument('--codec', default='auto', help='auto (AV1 like lerobot), av1, h264, mpeg4')
+    s.add_argument('--break', dest='break_', action='append', choices=BREAKS, help='damage the dataset this way (repeatable)')
+    r = sub.add_parser('report', help='latest REPORT / HANDOFF of a run; --replan-every K: replanning changes')
+    r.add_argument('run_dir')
+    r.add_argument('--replan-every', type=int, default=0)
+    r.add_argument('--tol', type=float, default=0.05)
+    t = sub.add_parser('train', help='train the ACT policy on a validated LeRobot dataset')
+    t.add_argument('--preset', default=None, help='seed004: the seed\'s values (chunk 20, batch 64, lr 1e-4, 500 epochs, ...)')
+    t.add_argument('--run-id', dest='run_id', default=None)
+    t.add_argument('--run-dir', dest='run_dir', default=None)
+    t.add_argument('--engine', default='auto', choices=('auto', 'train', 'local'))
+    for k, (d, tp) in train_flags().items():
+        t.add_argument(f'--{k}', type=tp, default=None, help=f'(default: {d})')
+    return ap
+
+# %% ../../nbs/train/robot.ipynb #0daa5f0c
+def robot_cli(argv:list)->int:
+    "`halting-lab robot validate|make-synthetic|train|report ...`"
+    a = _parser().parse_args(list(argv))
+    if a.cmd == 'validate': return _validate_cmd(a)
+    if a.cmd == 'make-synthetic': return _synthetic_cmd(a)
+    if a.cmd == 'report': return _report_cmd(a)
+    return _train_cmd(a, train_flags())

@@ -19,9 +19,11 @@ from .lightning import (HaltingLitModule, ResumableLoader, AtomicCheckpointIO,
 from .checkpoint import read_checkpoint, checkpoint_info, load_checkpoint
 
 # %% auto #0
-__all__ = ['DATA_FIELDS', 'RESUME_MUST_MATCH', 'NON_STRUCTURAL', 'MOVED_TO_TRAIN', 'puzzle_datamodule', 'make_datamodule',
-           'data_fields', 'resolve_run_dir', 'resolve_resume', 'upgrade_info', 'check_resume_compatible', 'tee_console',
-           'lit_module_class', 'quiet_lightning', 'write_config', 'train', 'split_batches', 'dataset_task', 'evaluate']
+__all__ = ['DATA_FIELDS', 'RESUME_MUST_MATCH', 'NON_STRUCTURAL', 'MOVED_TO_TRAIN', 'EXIT_RULES', 'puzzle_datamodule',
+           'make_datamodule', 'data_fields', 'resolve_run_dir', 'resolve_resume', 'upgrade_info',
+           'check_resume_compatible', 'tee_console', 'lit_module_class', 'quiet_lightning', 'write_config', 'train',
+           'split_batches', 'dataset_task', 'evaluate', 'model_budget', 'evaluate_halting', 'evaluate_halting_modes',
+           'all_modes', 'load_trained']
 
 # %% ../../nbs/train/run.ipynb #c5c14efe
 DATA_FIELDS = ('vocab_size', 'seq_len', 'num_puzzle_identifiers', 'output_vocab_size',
@@ -356,9 +358,9 @@ def _rows(model, batches:list, device)->list:
 # %% ../../nbs/train/run.ipynb #4e8a1b26
 def _add_difficulty(df, task:Optional[str], batches:list):
     "The task's registered difficulty column (skipped when the task has none or it fails)."
-    if not task or not len(df): return df
-    with contextlib.suppress(HaltingLabError): spec = get_task(task)
-    if task is None or 'spec' not in locals() or spec.difficulty is None: return df
+    try: spec = get_task(task) if task else None
+    except HaltingLabError: spec = None
+    if spec is None or spec.difficulty is None or not len(df): return df
     x = np.concatenate([b['inputs'].numpy() for b in batches])[:len(df)]
     y = np.concatenate([b['labels'].numpy() for b in batches])[:len(df)]
     with contextlib.suppress(Exception): df[spec.difficulty_name] = np.asarray(spec.difficulty(x, y))
@@ -368,7 +370,7 @@ def evaluate(ckpt:str|Path, data_dir:str|Path, split:str='test', output:str|Path
              batch_size:int=256, ema:bool=True, device:str='cpu', limit:Optional[int]=None):
     "Per-example results of checkpoint `ckpt` on `data_dir/split` (CSV at `output` when given)."
     import pandas as pd
-    model = load_checkpoint(ckpt, ema=ema).to(device)
+    model = load_trained(ckpt, ema=ema).to(device)
     info = model.checkpoint_info
     batches = split_batches(data_dir, split, batch_size, limit)
     df = pd.DataFrame(_rows(model, batches, device))
@@ -381,3 +383,89 @@ def evaluate(ckpt:str|Path, data_dir:str|Path, split:str='test', output:str|Path
                            'model_type': info['model_type'], 'weights': info['weights']}
     if output is not None: atomic_write_text(output, df.to_csv(index=False))
     return df
+
+# %% ../../nbs/train/run.ipynb #5c2e8f13
+EXIT_RULES = ('entropy', 'entropy-diff', 'latent-diff', 'cosine', 'kl', 'minp-kl', 'argmax-stability')
+
+def model_budget(model)->int:
+    "The model's step budget: its config's `halt_max_steps`."
+    S = getattr(getattr(model, 'config', None), 'halt_max_steps', None)
+    if S is None:
+        raise HaltingLabError(f'{type(model).__name__}: its config has no halt_max_steps; '
+                              'pass the budget (--halt_max_steps N)')
+    return int(S)
+
+def _natively(model)->bool:
+    "Whether `model.forward` takes `halting=` (halts itself under any rule)."
+    import inspect
+    return 'halting' in inspect.signature(model.forward).parameters
+
+# %% ../../nbs/train/run.ipynb #6d3f9a24
+def _halted(model, b:dict, halting:str, S:int, threshold)->tuple:
+    "(logits [B, L, V], steps [B]) of one batch under rule `halting` with budget `S`."
+    from halting_lab.halting import make_criterion, replay_exit, select_steps, EXIT_DEFAULTS
+    if _natively(model):
+        out = model(b, halting=halting, max_steps=S, threshold=threshold)
+        st = out.extras.get('halt_step')
+        return out.logits, (st if st is not None else out.halting_steps.amax(-1))
+    out = model(b, return_steps=True)
+    if halting in ('model', None) or out.step_logits is None:
+        return out.logits, out.halting_steps.amax(-1)
+    kw = {'threshold': threshold} if halting in EXIT_DEFAULTS and halting != 'none' else {}
+    crit = make_criterion(halting, min(S, out.num_steps), **kw)
+    try: res = replay_exit(crit, b['inputs'] != 0, step_logits=out.step_logits.float())
+    except ValueError as e:
+        raise HaltingLabError(f'--halting {halting}: {e} (this model records logits only)') from None
+    return select_steps(out.step_logits.float(), res.step_probs), res.halting_steps.amax(-1)
+
+# %% ../../nbs/train/run.ipynb #7e4a0b35
+@torch.no_grad()
+def evaluate_halting(model, batches, # iterable of batch dicts (labels with -100 = ignore)
+                     halting:str='fixed', max_steps:Optional[int]=None, threshold='auto',
+                     device:str|torch.device|None=None)->dict:
+    "`{halting, budget, exact_acc, token_acc, mean_steps, p95_steps, n, wall_s}` under one rule."
+    model.eval()
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    S = int(max_steps or model_budget(model))
+    ok, tok, steps, t0 = [], [], [], time.perf_counter()
+    for b in batches:
+        b = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in b.items()}
+        logits, st = _halted(model, b, halting, S, threshold)
+        lab = b['labels']
+        m = lab != -100
+        right = (logits.argmax(-1) == lab) & m
+        ok.append((right | ~m).all(-1).cpu())
+        tok.append((right.sum(-1) / m.sum(-1).clamp_min(1)).cpu())
+        steps.append(st.float().cpu())
+    if dev.type == 'cuda': torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    ok, tok, steps = torch.cat(ok).float(), torch.cat(tok).float(), torch.cat(steps).float()
+    return {'halting': halting if isinstance(halting, str) else repr(halting), 'budget': S,
+            'threshold': threshold, 'exact_acc': float(ok.mean()), 'token_acc': float(tok.mean()),
+            'mean_steps': float(steps.mean()), 'p95_steps': float(torch.quantile(steps, 0.95)),
+            'n': int(len(ok)), 'wall_s': round(wall, 4)}
+
+# %% ../../nbs/train/run.ipynb #8f5b1c46
+def evaluate_halting_modes(model, batches, modes=('fixed', 'q', 'latent-diff', 'kl', 'argmax-stability'),
+                           budgets=None, device=None)->list:
+    "One `evaluate_halting` row per (mode, budget); `fixed` at every budget (default 1, 2, 4, ... max)."
+    import math
+    S = model_budget(model)
+    budgets = budgets or sorted({*[2 ** k for k in range(int(math.log2(S)) + 1)], S})
+    rows = [evaluate_halting(model, batches, 'fixed', b, device=device) for b in budgets]
+    rows += [evaluate_halting(model, batches, m, S, device=device) for m in modes if m != 'fixed']
+    return rows
+
+# %% ../../nbs/train/run.ipynb #4b0d8e62
+def all_modes(model)->tuple:
+    "The halting rules `eval --halting all` runs on `model` (latent rules only where it halts itself)."
+    native = _natively(model)
+    rules = [r for r in EXIT_RULES if native or r not in ('latent-diff', 'cosine')]
+    return ('fixed', *(['q'] if native else []), *rules)
+
+def load_trained(ckpt:str|Path, ema:bool=True, map_location='cpu'):
+    "`load_checkpoint` after importing the plugins the run recorded (a plugin model loads too)."
+    info = checkpoint_info(read_checkpoint(ckpt, map_location))
+    plugins = (info.get('train_config') or {}).get('plugins')
+    if plugins: load_plugins(str(plugins).split(','))
+    return load_checkpoint(ckpt, map_location=map_location, ema=ema)

@@ -4,39 +4,29 @@
 
 # %% ../../nbs/train/trm.ipynb #4ba4e30d
 from __future__ import annotations
-import math, time, warnings
+import warnings
 from pathlib import Path
 from typing import Any, Optional
-import numpy as np
-import torch, torch.nn.functional as F
+import torch
+from fastcore.basics import patch
 from ..core import HaltingLabError, HaltingOutput, RunDir, torch_save_atomic
 from ..models.trm import TRM, TRMConfig, TRMCarry, CARRY_KEYS, trm_loss
-from .lightning import HaltingLitModule, batch_stats, lr_factor_at
+from .lightning import HaltingLitModule, batch_stats, adam_atan2_class
+from .config import OPTIMIZERS
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'CARRY_DIR', 'EXIT_RULES', 'MAZE_HARD_SOURCE', 'MAZE_HARD_RECIPE', 'SUDOKU_EXTREME_RECIPE',
-           'CPU_RECIPES', 'adam_atan2_class', 'TRMOptimizer', 'TRMLitModule', 'carry_to_dict', 'carry_from_dict',
-           'carry_path', 'evaluate_adaptive', 'dataset_batches', 'evaluate_halting_modes', 'trm_eval_cli',
-           'recipe_argv', 'maze_hard_data_argv', 'recipe_job', 'slurm_script', 'submit_recipe']
+__all__ = ['CARRY_DIR', 'TRMOptimizer', 'TRMLitModule', 'q_halt_first_step', 'carry_to_dict', 'carry_from_dict', 'carry_path',
+           'trm_eval_cli']
 
 # %% ../../nbs/train/trm.ipynb #06d607da
-OPTIMIZERS = ('adamw', 'adam_atan2')
-
-def adam_atan2_class():
-    "`AdamAtan2` of the PyPI package `adam-atan2-pytorch`; a clear error when it is not installed."
-    try: from adam_atan2_pytorch import AdamAtan2
-    except ImportError as e:
-        raise HaltingLabError("--optimizer adam_atan2: needs the PyPI package 'adam-atan2-pytorch' (pure PyTorch): "
-                              "pip install adam-atan2-pytorch; or train with --optimizer adamw") from e
-    return AdamAtan2
-
 class TRMOptimizer(torch.optim.Optimizer):
-    "Param groups by `kind`: 'adamw', 'adam_atan2' (the reference's AdamATan2) or 'signsgd' (sparse sign-SGD of the puzzle embedding)."
-    def __init__(self, params, lr:float=1e-4, betas=(0.9, 0.95), eps:float=1e-8, weight_decay:float=0.0, kind:str='adamw'):
+    "Param groups by `kind`: 'adamw', 'adam_atan2' (the reference's) or 'signsgd' (puzzle embedding)."
+    def __init__(self, params, lr:float=1e-4, betas=(0.9, 0.95), eps:float=1e-8,
+                 weight_decay:float=0.0, kind:str='adamw'):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, kind=kind))
         self._atan2 = None
         if groups := self._groups('adam_atan2'):
-            # the package's update with a = b = 1 (the reference kernel); its extra hyper-parameters join our groups
+            # the package's update with a = b = 1 (the reference kernel); its extra settings join ours
             self._atan2 = adam_atan2_class()([{'params': g['params']} for g in groups], lr=lr, a=1.0, b=1.0)
             for g, d in zip(groups, self._atan2.param_groups):
                 for k, v in d.items(): g.setdefault(k, v)
@@ -48,132 +38,139 @@ class TRMOptimizer(torch.optim.Optimizer):
         loss = None
         if closure is not None:
             with torch.enable_grad(): loss = closure()
-        if self._atan2 is not None:   # same group dicts (LR schedule) and state (checkpoints) as ours, also after load_state_dict
+        if self._atan2 is not None:   # same group dicts (LR schedule) and state (checkpoints) as ours
             self._atan2.param_groups, self._atan2.state = self._groups('adam_atan2'), self.state
             self._atan2.step()
         for g in self.param_groups:
             if g['kind'] == 'adam_atan2': continue
-            lr, wd = g['lr'], g['weight_decay']
             for p in g['params']:
-                if p.grad is None: continue
-                grad = p.grad
-                if g['kind'] == 'signsgd':            # p <- p (1 - lr wd) - lr sign(grad), on touched rows
-                    rows = grad.reshape(grad.shape[0], -1).abs().sum(-1) != 0
-                    p[rows] = p[rows] * (1 - lr * wd) - lr * torch.sign(grad[rows])
-                    continue
-                st = self.state[p]
-                if not st: st['step'] = 0; st['exp_avg'] = torch.zeros_like(p); st['exp_avg_sq'] = torch.zeros_like(p)
-                b1, b2 = g['betas']; st['step'] += 1; t = st['step']
-                st['exp_avg'].lerp_(grad, 1 - b1); st['exp_avg_sq'].mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                p.mul_(1 - lr * wd)
-                denom = (st['exp_avg_sq'] / (1 - b2 ** t)).sqrt_().add_(g['eps'])
-                p.addcdiv_(st['exp_avg'], denom, value=-lr / (1 - b1 ** t))
+                if p.grad is not None: self._update(p, g)
         return loss
+
+# %% ../../nbs/train/trm.ipynb #2b8e6a10
+@patch
+def _update(self:TRMOptimizer, p, g:dict):
+    "One parameter's sign-SGD (rows with a gradient) or AdamW update."
+    lr, wd, grad = g['lr'], g['weight_decay'], p.grad
+    if g['kind'] == 'signsgd':            # p <- p (1 - lr wd) - lr sign(grad), on touched rows
+        rows = grad.reshape(grad.shape[0], -1).abs().sum(-1) != 0
+        p[rows] = p[rows] * (1 - lr * wd) - lr * torch.sign(grad[rows])
+        return
+    st = self.state[p]
+    if not st: st.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+    b1, b2 = g['betas']
+    st['step'] += 1
+    t = st['step']
+    st['exp_avg'].lerp_(grad, 1 - b1)
+    st['exp_avg_sq'].mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    p.mul_(1 - lr * wd)
+    denom = (st['exp_avg_sq'] / (1 - b2 ** t)).sqrt_().add_(g['eps'])
+    p.addcdiv_(st['exp_avg'], denom, value=-lr / (1 - b1 ** t))
 
 # %% ../../nbs/train/trm.ipynb #680faf6a
 class TRMLitModule(HaltingLitModule):
-    "TRM training with the reference carry, deep supervision, Q-halt BCE, sign-SGD puzzle embedding and EMA."
-    def __init__(self, train_cfg:dict, model_cfg:dict, model_type:str='trm', steps_per_epoch:Optional[int]=None):
-        self._tc_given = dict(train_cfg); train_cfg = dict(train_cfg)
-        if float(model_cfg.get('ema_rate') or 0) > 0:           # reference flag name
-            train_cfg['use_ema'], train_cfg['ema_decay'] = True, float(model_cfg['ema_rate'])
+    "TRM training: the reference carry, deep supervision, Q-halt BCE, sign-SGD puzzle embedding."
+    metric_columns = ('val/q_exact_acc', 'val/q_mean_steps')   # Q-halting's validation, in metrics.csv
+
+    def __init__(self, train_cfg:dict, model_cfg:dict, model_type:str='trm',
+                 steps_per_epoch:Optional[int]=None):
         super().__init__(train_cfg, model_cfg, model_type, steps_per_epoch)
         self.carry: Optional[TRMCarry] = None
-        self._carry_keep = {'recent': [], 'periodic': [], 'best': None}   # carry files still referenced (see below)
-        if self.model.config.optimizer == 'adam_atan2': adam_atan2_class()   # fail before any data is loaded
+        self._carry_keep = {'recent': [], 'periodic': [], 'best': None}   # carry files still named
+        if self.tc.get('optimizer') == 'adam_atan2': adam_atan2_class()   # fail before any data
         if self.tc.get('compile'): self.model.L_level.compile()   # in place: state_dict keys unchanged
 
     def setup(self, stage=None):
-        # `train(compile=True)` wraps the whole model; unwrap it and compile the shared network in place instead
+        # `train(compile=True)` wraps the whole model: unwrap it, compile the shared network in place
         if isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
-            self.model = self.model._orig_mod; self.model.L_level.compile()
+            self.model = self.model._orig_mod
+            self.model.L_level.compile()
 
     @staticmethod
     def _fit_batch(batch:dict, B:int)->dict:
         "Keep the carry's batch size: a short last batch is filled up by repeating its examples."
-        b = {k: batch[k] for k in CARRY_KEYS if k in batch}; n = b['inputs'].shape[0]
+        b = {k: batch[k] for k in CARRY_KEYS if k in batch}
+        n = b['inputs'].shape[0]
         if n == B: return b
         idx = torch.arange(B, device=b['inputs'].device) % n
         return {k: v[idx] for k, v in b.items()}
 
-    def training_step(self, batch, batch_idx):
-        cfg = self.model.config
-        B = batch['inputs'].shape[0] if self.carry is None else self.carry.steps.shape[0]
-        batch = self._fit_batch(batch, B)
-        if self.carry is None: self.carry = self.model.initial_carry(batch)
-        self.carry = self.carry.to(batch['inputs'].device)
-        self.carry, out = self.model.forward_step(self.carry, batch)
-        labels = self.carry.current_data['labels']
-        total, seq_correct, met = trm_loss(out, labels, cfg.loss_type)
-        loss = total / B
-        h = self.carry.halted                                      # metrics over the examples that finished
-        if h.any():
-            ho = HaltingOutput(logits=out['logits'][h].detach(), halting_steps=(labels[h] != -100).float() * self.carry.steps[h, None].float())
-            self.accumulate('train', batch_stats(ho, {'labels': labels[h]}, loss, met['lm_loss'] / B))
-        self.log('loss', loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False, batch_size=B)
-        self._last_step_loss = float(loss.detach())
-        return loss
+# %% ../../nbs/train/trm.ipynb #3c9f2e71
+@patch
+def training_step(self:TRMLitModule, batch, batch_idx):
+    "One supervision step of every carry slot (halted slots take this batch's examples)."
+    B = batch['inputs'].shape[0] if self.carry is None else self.carry.steps.shape[0]
+    batch = self._fit_batch(batch, B)
+    if self.carry is None: self.carry = self.model.initial_carry(batch)
+    self.carry = self.carry.to(batch['inputs'].device)
+    self.carry, out = self.model.forward_step(self.carry, batch)
+    labels = self.carry.current_data['labels']
+    total, seq_correct, met = trm_loss(out, labels, self.model.config.loss_type)
+    loss = total / B
+    h = self.carry.halted                                      # metrics over the finished examples
+    if h.any():
+        steps = (labels[h] != -100).float() * self.carry.steps[h, None].float()
+        ho = HaltingOutput(logits=out['logits'][h].detach(), halting_steps=steps)
+        self.accumulate('train', batch_stats(ho, {'labels': labels[h]}, loss, met['lm_loss'] / B))
+    self.log('loss', loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False,
+             batch_size=B)
+    self._last_step_loss = float(loss.detach())
+    return loss
 
 # %% ../../nbs/train/trm.ipynb #d9fa919f
-def _validation_step(self:TRMLitModule, batch, batch_idx):
+def q_halt_first_step(q:torch.Tensor)->torch.Tensor:
+    "[B] the first step whose `q_halt > 0` (the last step when none), from logits `[S, B]`."
+    S = q.shape[0]
+    return torch.where((q > 0).any(0), (q > 0).float().argmax(0), torch.full_like(q[0], S - 1)).long()
+
+@patch
+def validation_step(self:TRMLitModule, batch, batch_idx):
     out = self.eval_model(batch, return_steps=True)
     loss, ce, stats = self.compute_loss(out, batch)
     self.accumulate('val', stats)
-    q = out.extras['q_halt_logits']                                        # [S, B]
-    S = q.shape[0]; first = torch.where((q > 0).any(0), (q > 0).float().argmax(0), torch.full_like(q[0], S - 1)).long()
-    pred = out.step_logits[first, torch.arange(q.shape[1], device=q.device)].argmax(-1)
-    lab = batch['labels']; ok = ((pred == lab) | (lab == -100)).all(-1)
-    if self._acc.get('val_q') is None: self._acc['val_q'] = torch.zeros(3, dtype=torch.float64, device=q.device)
-    self._acc['val_q'] += torch.stack([ok.sum().double(), (first + 1).sum().double(), torch.tensor(float(len(ok)), dtype=torch.float64, device=q.device)])
-TRMLitModule.validation_step = _validation_step
+    first = q_halt_first_step(out.extras['q_halt_logits'])               # [B]
+    pred = out.step_logits[first, torch.arange(first.shape[0], device=first.device)].argmax(-1)
+    lab = batch['labels']
+    ok = ((pred == lab) | (lab == -100)).all(-1)
+    row = torch.stack([ok.sum(), (first + 1).sum(), torch.tensor(len(ok), device=ok.device)])
+    acc = self._acc.get('val_q')
+    self._acc['val_q'] = row.double() if acc is None else acc + row.double()
 
-def _on_validation_epoch_start(self:TRMLitModule):
-    self._acc['val'] = None; self._acc['val_q'] = None
-TRMLitModule.on_validation_epoch_start = _on_validation_epoch_start
+# %% ../../nbs/train/trm.ipynb #4d7a1c93
+@patch
+def on_validation_epoch_start(self:TRMLitModule):
+    self._acc['val'] = None
+    self._acc['val_q'] = None
 
-def _on_validation_epoch_end(self:TRMLitModule):
+@patch
+def on_validation_epoch_end(self:TRMLitModule):
     HaltingLitModule.on_validation_epoch_end(self)
     a = self._acc.get('val_q')
     if a is not None and a[2] > 0:
-        self.last_metrics['val'].update({'val/q_exact_acc': float(a[0] / a[2]), 'val/q_mean_steps': float(a[1] / a[2])})
-TRMLitModule.on_validation_epoch_end = _on_validation_epoch_end
-
-# %% ../../nbs/train/trm.ipynb #c1d2e3f4
-def _validates_at(self:TRMLitModule, epoch:int)->bool:
-    "Whether epoch `epoch` ends with validation: every `eval_interval` epochs and at the last one."
-    k, tr = int(self.model.config.eval_interval), self.trainer
-    if k <= 1 or (epoch + 1) % k == 0: return True
-    if tr.max_epochs is not None and tr.max_epochs >= 0 and epoch + 1 >= tr.max_epochs: return True
-    return tr.max_steps is not None and tr.max_steps >= 0 and tr.global_step + tr.num_training_batches >= tr.max_steps
-TRMLitModule.validates_at = _validates_at
-
-def _on_train_epoch_start(self:TRMLitModule):
-    HaltingLitModule.on_train_epoch_start(self)
-    if int(self.model.config.eval_interval) > 1:
-        v = self.validates_at(self.current_epoch)
-        self.trainer.check_val_every_n_epoch = 1 if v else 10**9   # Lightning validates when (epoch + 1) % n == 0
-        if not v: self.last_metrics['val'] = {}                      # no stale validation numbers in this epoch's row
-TRMLitModule.on_train_epoch_start = _on_train_epoch_start
+        self.last_metrics['val'].update({'val/q_exact_acc': float(a[0] / a[2]),
+                                         'val/q_mean_steps': float(a[1] / a[2])})
 
 # %% ../../nbs/train/trm.ipynb #01dd26c7
-def _make_optimizer(self:TRMLitModule):
-    "AdamW or AdamATan2 (`optimizer`) on the network, sign-SGD on the puzzle embedding (the LR schedule comes from `HaltingLitModule`)."
-    tc, mc = self.tc, self.model.config
-    emb = [self.model.puzzle_emb.weight] if self.model.puzzle_emb is not None else []
-    rest = [p for n, p in self.model.named_parameters() if not n.startswith('puzzle_emb.')]
-    groups = [{'params': rest, 'kind': mc.optimizer}]
-    if emb: groups.append({'params': emb, 'kind': 'signsgd', 'lr': mc.puzzle_emb_lr, 'weight_decay': mc.puzzle_emb_weight_decay})
+@patch
+def make_optimizer(self:TRMLitModule):
+    "`--optimizer` on the network, sign-SGD on the puzzle embedding (LR schedule: the base class's)."
+    tc, model = self.tc, self.model
+    emb = [model.puzzle_emb.weight] if model.puzzle_emb is not None else []
+    rest = [p for n, p in model.named_parameters() if not n.startswith('puzzle_emb.')]
+    groups = [{'params': rest, 'kind': tc.get('optimizer', 'adamw')}]
+    if emb:
+        groups.append({'params': emb, 'kind': 'signsgd', 'lr': tc.get('puzzle_emb_lr', 1e-4),
+                       'weight_decay': tc.get('puzzle_emb_weight_decay', 1.0)})
     return TRMOptimizer(groups, lr=tc['learning_rate'], weight_decay=tc['weight_decay'],
                         betas=(tc.get('beta1', 0.9), tc.get('beta2', 0.95)))
-TRMLitModule.make_optimizer = _make_optimizer
 
 # %% ../../nbs/train/trm.ipynb #1b45774b
 CARRY_DIR = 'carry'   # <checkpoint dir>/carry/<id>.rank<r>.pt: one file per rank and save
 
 def carry_to_dict(c:TRMCarry)->dict:
     "The carry as CPU tensors (the content of a carry file)."
-    return {'z_H': c.z_H.detach().cpu(), 'z_L': c.z_L.detach().cpu(), 'steps': c.steps.cpu(), 'halted': c.halted.cpu(),
-            'current_data': {k: v.cpu() for k, v in c.current_data.items()}}
+    return {'z_H': c.z_H.detach().cpu(), 'z_L': c.z_L.detach().cpu(), 'steps': c.steps.cpu(),
+            'halted': c.halted.cpu(), 'current_data': {k: v.cpu() for k, v in c.current_data.items()}}
 
 def carry_from_dict(d:dict)->TRMCarry:
     "Inverse of `carry_to_dict`."
@@ -185,206 +182,72 @@ def carry_path(ckpt_dir:str|Path, carry_id:str, rank:int)->Path:
 
 def _ckpt_dir(self:TRMLitModule)->Path: return RunDir(self.trainer.default_root_dir).checkpoints
 
-def _extra_state_dict(self:TRMLitModule)->dict:
+@patch
+def extra_state_dict(self:TRMLitModule)->dict:
+    "The carry: inline without a trainer, else this rank's carry file (named in the checkpoint)."
     c = self.carry
     if c is None: return {}
-    if self._trainer is None: return {'carry': carry_to_dict(c)}              # no trainer: inline
-    tr = self.trainer; cid = f'step{tr.global_step:09d}'
-    torch_save_atomic(carry_to_dict(c), carry_path(_ckpt_dir(self), cid, tr.global_rank))   # every rank, its own file
+    if self._trainer is None: return {'carry': carry_to_dict(c)}
+    tr = self.trainer
+    cid = f'step{tr.global_step:09d}'
+    torch_save_atomic(carry_to_dict(c), carry_path(_ckpt_dir(self), cid, tr.global_rank))
     self._carry_saved = cid
     return {'carry_file': {'id': cid, 'world_size': int(tr.world_size)}}
 
-def _retain_carries(self:TRMLitModule, cid:str, checkpoint:dict)->dict:
-    "Update which carry ids checkpoints may still name (newest two, periodic, best) and delete this rank's others."
+# %% ../../nbs/train/trm.ipynb #6f3a0d82
+@patch
+def retain_carries(self:TRMLitModule, cid:str, checkpoint:dict)->dict:
+    "Carry ids checkpoints may still name (newest two, periodic, best); delete this rank's others."
     k, tc, mid, ep = self._carry_keep, self.tc, bool(self.saving_mid_epoch), int(self.current_epoch)
     recent = [i for i in k['recent'] if i != cid][-1:] + [cid]
     every, periodic, best = int(tc.get('save_every_n_epochs') or 0), list(k['periodic']), k['best']
     if not mid and every > 0 and (ep + 1) % every == 0 and cid not in periodic:
         periodic = (periodic + [cid])[-max(1, int(tc.get('keep_last_k') or 1)):]
-    if not mid and ((checkpoint.get('callbacks') or {}).get('RunCheckpoints') or {}).get('best_epoch') == ep: best = cid
+    ck = (checkpoint.get('callbacks') or {}).get('RunCheckpoints') or {}
+    if not mid and ck.get('best_epoch') == ep: best = cid
     self._carry_keep = {'recent': recent, 'periodic': periodic, 'best': best}
     names = {*recent, *periodic, *([best] if best else [])}
     for p in (_ckpt_dir(self) / CARRY_DIR).glob(f'*.rank{self.trainer.global_rank}.pt'):
         if p.name.split('.rank')[0] not in names: p.unlink(missing_ok=True)
     return dict(self._carry_keep)
 
-def _load_extra_state(self:TRMLitModule, d:dict):
+@patch
+def on_save_checkpoint(self:TRMLitModule, checkpoint):
+    self._carry_saved = None
+    HaltingLitModule.on_save_checkpoint(self, checkpoint)   # extra_state_dict writes the carry file
+    if self._carry_saved:
+        keep = self.retain_carries(self._carry_saved, checkpoint)
+        checkpoint['halting_lab']['extra']['carry_keep'] = keep
+
+# %% ../../nbs/train/trm.ipynb #7a4e1b55
+@patch
+def load_extra_state(self:TRMLitModule, d:dict):
+    "The carry of a resumed run: inline, or this rank's carry file (fresh carry + warning if gone)."
     self._carry_keep = dict(d.get('carry_keep') or {'recent': [], 'periodic': [], 'best': None})
     self.carry = carry_from_dict(d['carry']) if d.get('carry') else None
     f = d.get('carry_file')
     if not f or self._trainer is None: return
     tr = self.trainer
     if int(f['world_size']) != tr.world_size:
-        warnings.warn(f"resume: the carry was saved by {f['world_size']} rank(s), this run has {tr.world_size}; "
-                      'starting from a fresh carry (weights, optimizer, EMA and RNG are restored; the carry is not)'); return
-    p = carry_path(Path(tr.ckpt_path).parent if tr.ckpt_path else _ckpt_dir(self), f['id'], tr.global_rank)
+        warnings.warn(f"resume: the carry was saved by {f['world_size']} rank(s), this run has "
+                      f'{tr.world_size}; starting from a fresh carry (weights, optimizer, EMA and RNG '
+                      'are restored; the carry is not)')
+        return
+    p = carry_path(Path(tr.ckpt_path).parent if tr.ckpt_path else _ckpt_dir(self), f['id'],
+                   tr.global_rank)
     if not p.exists():
-        warnings.warn(f'resume: carry file {p} is missing; starting from a fresh carry (the resume is not exact)'); return
+        warnings.warn(f'resume: carry file {p} is missing; starting from a fresh carry '
+                      '(the resume is not exact)')
+        return
     self.carry = carry_from_dict(torch.load(p, map_location='cpu', weights_only=True))
 
-def _on_save_checkpoint(self:TRMLitModule, checkpoint):
-    self._carry_saved = None
-    HaltingLitModule.on_save_checkpoint(self, checkpoint)          # calls extra_state_dict (writes this rank's carry file)
-    if self._carry_saved: checkpoint['halting_lab']['extra']['carry_keep'] = _retain_carries(self, self._carry_saved, checkpoint)
-    # store the flags as given (ema_rate implies use_ema here): resuming with the same flags passes the resume check
-    checkpoint['halting_lab']['train_config'] = dict(self._tc_given)
-    checkpoint['hyper_parameters']['train_cfg'] = dict(self._tc_given)
-TRMLitModule.on_save_checkpoint = _on_save_checkpoint
-TRMLitModule.extra_state_dict = _extra_state_dict
-TRMLitModule.load_extra_state = _load_extra_state
-
 # %% ../../nbs/train/trm.ipynb #45e6f1bb
-@torch.no_grad()
-def evaluate_adaptive(model:TRM, batches, # iterable of batch dicts (inputs, labels with -100 = ignore)
-                      halting:str='fixed', max_steps:Optional[int]=None, threshold='auto',
-                      device:str|torch.device|None=None)->dict:
-    "`{halting, budget, exact_acc, token_acc, mean_steps, p95_steps, n, wall_s}` of `model` under one halting mode."
-    model.eval(); dev = torch.device(device) if device is not None else next(model.parameters()).device
-    S = int(max_steps or model.config.halt_max_steps); ok, tok, steps = [], [], []
-    t0 = time.perf_counter()
-    for b in batches:
-        b = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in b.items()}
-        out = model(b, halting=halting, max_steps=S, threshold=threshold)
-        lab = b['labels']; m = lab != -100; right = (out.logits.argmax(-1) == lab) & m
-        ok.append((right | ~m).all(-1).cpu()); tok.append((right.sum(-1) / m.sum(-1).clamp_min(1)).cpu())
-        steps.append(out.extras['halt_step'].cpu())
-    if dev.type == 'cuda': torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
-    ok, tok, steps = torch.cat(ok).float(), torch.cat(tok).float(), torch.cat(steps).float()
-    return {'halting': halting if isinstance(halting, str) else repr(halting), 'budget': S, 'threshold': threshold,
-            'exact_acc': float(ok.mean()), 'token_acc': float(tok.mean()), 'mean_steps': float(steps.mean()),
-            'p95_steps': float(torch.quantile(steps, 0.95)), 'n': int(len(ok)), 'wall_s': round(wall, 4)}
-
-# %% ../../nbs/train/trm.ipynb #781b56a4
-def dataset_batches(data_dir:str|Path, split:str='test', batch_size:int=256, limit:Optional[int]=None)->list:
-    "Batches (inputs, labels with ignore -> -100, puzzle_identifiers) of an HRM-format split, in order."
-    from halting_lab.data.datamodule import PuzzleDataset
-    ds = PuzzleDataset(data_dir, split=split)
-    n = len(ds) if limit is None else min(limit, len(ds)); out = []
-    for s in range(0, n, batch_size):
-        items = [ds[i] for i in range(s, min(n, s + batch_size))]
-        out.append({k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in ('inputs', 'labels', 'puzzle_identifiers')})
-    return out
-
-def evaluate_halting_modes(model:TRM, batches, modes=('fixed', 'q', 'latent-diff', 'kl', 'argmax-stability'),
-                           budgets=None, device=None)->list:
-    "One `evaluate_adaptive` row per (mode, budget); `fixed` is run at every budget in `budgets` (default: 1, 2, 4, ... max)."
-    S = model.config.halt_max_steps
-    budgets = budgets or sorted({*[2 ** k for k in range(int(math.log2(S)) + 1)], S})
-    rows = [evaluate_adaptive(model, batches, 'fixed', b, device=device) for b in budgets]
-    rows += [evaluate_adaptive(model, batches, m, S, device=device) for m in modes if m != 'fixed']
-    return rows
-
-# %% ../../nbs/train/trm.ipynb #7aac0d36
-EXIT_RULES = ('entropy', 'entropy-diff', 'latent-diff', 'cosine', 'kl', 'minp-kl', 'argmax-stability')
+from .run import (evaluate_halting as evaluate_adaptive, split_batches as dataset_batches,
+                                   evaluate_halting_modes, EXIT_RULES)
+from .recipes import (MAZE_HARD_SOURCE, MAZE_HARD_RECIPE, SUDOKU_EXTREME_RECIPE,
+                                       CPU_RECIPES, recipe_argv, maze_hard_data_argv)
 
 def trm_eval_cli(argv:list|None=None)->int:
-    "`halting-lab eval --ckpt C --data_dir D --halting fixed|q|<exit rule>|all [--max_steps N --threshold X --output F.json]`."
-    import argparse, json, sys
-    from halting_lab.train.checkpoint import load_checkpoint
-    from halting_lab.core import save_json
-    from halting_lab.train.nav import resolve_device
-    p = argparse.ArgumentParser(prog='halting-lab eval', description=trm_eval_cli.__doc__)
-    p.add_argument('--ckpt', required=True); p.add_argument('--data_dir', required=True)
-    p.add_argument('--split', default='test'); p.add_argument('--halting', default='fixed',
-                   help="fixed | q | " + ' | '.join(EXIT_RULES) + " | all")
-    p.add_argument('--max_steps', type=int, default=None, help='step budget (default: halt_max_steps)')
-    p.add_argument('--threshold', default='auto', help='exit-rule threshold (default: the rule\'s own)')
-    p.add_argument('--batch_size', type=int, default=256); p.add_argument('--limit', type=int, default=None)
-    p.add_argument('--device', default='auto', help='auto (cuda > mps > cpu) | cpu | cuda | mps'); p.add_argument('--no_ema', action='store_true')
-    p.add_argument('--output', default=None, help='write the rows as JSON')
-    a = p.parse_args(sys.argv[1:] if argv is None else list(argv))
-    a.device = resolve_device(a.device)
-    model = load_checkpoint(a.ckpt, ema=not a.no_ema).to(a.device)
-    if getattr(model, 'model_type', None) != 'trm': raise HaltingLabError(f'--halting: {a.ckpt} is not a TRM checkpoint')
-    bs = dataset_batches(a.data_dir, a.split, a.batch_size, a.limit)
-    thr = a.threshold if a.threshold == 'auto' else float(a.threshold)
-    if a.halting == 'all': rows = evaluate_halting_modes(model, bs, ('fixed', 'q') + EXIT_RULES, device=a.device)
-    else: rows = [evaluate_adaptive(model, bs, a.halting, a.max_steps, thr, device=a.device)]
-    for r in rows: print(json.dumps(r))
-    if a.output: save_json(a.output, rows)
-    return 0
-
-# %% ../../nbs/train/trm.ipynb #88ba3a0f
-MAZE_HARD_SOURCE = 'data/maze-30x30-hard-1k'   # the official dataset, as the official builder writes it
-
-MAZE_HARD_RECIPE = dict(
-    task='maze', model_type='trm', data_dir='data/maze-30x30-hard-1k-aug8',
-    hidden_size=512, num_heads=8, expansion=4.0, H_cycles=3, L_cycles=4, L_layers=2,
-    halt_max_steps=16, halt_exploration_prob=0.1, puzzle_emb_ndim=512, puzzle_emb_len=16,
-    pos_encodings='rope', mlp_t=False, loss_type='stablemax_cross_entropy', forward_dtype='bfloat16',
-    optimizer='adam_atan2', batch_size=768, learning_rate=1e-4, weight_decay=1.0, beta1=0.9, beta2=0.95,
-    puzzle_emb_lr=1e-4, puzzle_emb_weight_decay=1.0, ema_rate=0.999,
-    lr_warmup_epochs=2000 / (8000 / 768),     # 2000 warm-up steps, then constant
-    lr_schedule='constant', grad_clip=0.0, max_epochs=10000, max_steps=65100, save_every_n_epochs=100,
-    eval_interval=625,                        # the reference's eval_interval=5000 of its (1000-maze) epochs
-    precision='bf16-mixed', devices='auto', resume_ckpt='auto', run_id='trm-maze-hard', seed=0)
-
-SUDOKU_EXTREME_RECIPE = {**MAZE_HARD_RECIPE, 'task': 'sudoku', 'data_dir': 'data/sudoku-extreme-1k-aug-1000',
-                         'L_cycles': 6, 'mlp_t': True, 'pos_encodings': 'none', 'run_id': 'trm-sudoku-extreme',
-                         'lr_warmup_epochs': 2000 / (1001000 / 768), 'max_epochs': 60, 'max_steps': 65100, 'eval_interval': 6}
-
-CPU_RECIPES = {   # small runs for 2 CPU cores (README numbers)
-    'maze7': dict(task='maze', model_type='trm', data_dir='data/maze-7x7-aug8', batch_size=64, hidden_size=64, num_heads=4,
-                  H_cycles=2, L_cycles=2, halt_max_steps=6, puzzle_emb_ndim=0, mlp_t=True, pos_encodings='none',
-                  loss_type='softmax_cross_entropy', learning_rate=3e-3, weight_decay=0.1, lr_warmup_epochs=0.2,
-                  ema_rate=0.99, max_epochs=200, seed=0),
-    'sudoku_easy': dict(task='sudoku', model_type='trm', data_dir='data/sudoku-45-55', batch_size=64, hidden_size=64, num_heads=4,
-                        H_cycles=2, L_cycles=2, halt_max_steps=6, puzzle_emb_ndim=0, mlp_t=True, pos_encodings='none',
-                        learning_rate=1e-3, weight_decay=0.1, lr_warmup_epochs=0.2, ema_rate=0.99, max_epochs=200, seed=0)}
-CPU_RECIPES['maze9'] = {**CPU_RECIPES['maze7'], 'data_dir': 'data/maze-9x9-aug8'}
-
-def recipe_argv(recipe:dict)->list:
-    "`halting-lab train` arguments for a recipe dict (booleans as --flag / --no-flag)."
-    out = []
-    for k, v in recipe.items():
-        if isinstance(v, bool): out.append(f'--{k}' if v else f'--no-{k}')
-        else: out += [f'--{k}', f'{v:.6g}' if isinstance(v, float) else str(v)]
-    return out
-
-def maze_hard_data_argv(source_dir:str|Path=MAZE_HARD_SOURCE, output_dir:str|Path=MAZE_HARD_RECIPE['data_dir'])->list:
-    "`halting-lab` arguments that re-pack the official Maze-Hard files with 8 dihedral copies per training maze."
-    return ['build-maze', 'preprocess-data', '--source-dir', str(source_dir), '--output-dir', str(output_dir), '--aug', '--quiet']
-
-# %% ../../nbs/train/trm.ipynb #d2e3f4a5
-def _job_recipe(recipe:dict, gpus:int)->dict:
-    "The recipe as the job runs it: per-device batch, one rank per GPU, resume from last.ckpt."
-    if not recipe.get('run_id') or recipe.get('default_root_dir'):
-        raise HaltingLabError('slurm_script: the recipe needs a run_id (and no default_root_dir): the job resumes runs/<run_id>/')
-    r = {**recipe, 'devices': str(max(1, gpus)), 'resume_ckpt': 'auto'}
-    if gpus > 1:
-        if int(recipe['batch_size']) % gpus:
-            raise HaltingLabError(f"slurm_script: batch_size {recipe['batch_size']} is not divisible by gpus={gpus}")
-        r['batch_size'] = int(recipe['batch_size']) // gpus     # per-device batch; global batch unchanged
-    return r
-
-def recipe_job(recipe:dict=MAZE_HARD_RECIPE,  # `halting-lab train` flags, with a run_id
-               gpus:int=4,                     # GPUs on one node, one DDP rank each (0: one CPU rank)
-               cfg=None,                       # `halting_lab.slurm.SlurmConfig` (walltime, partition, signal lead, ...)
-               source_dir:str|Path|None=None)->tuple:  # official maze files: build recipe['data_dir'] from them when missing
-    "`(command, run_id, cfg)` of the training job: `srun halting-lab train ...` (after the dataset step) and its resources."
-    import shlex
-    from halting_lab.slurm import SlurmConfig
-    cfg = cfg or SlurmConfig(time='24:00:00', cpus_per_task=8)
-    if gpus > 0 and not (cfg.gres or cfg.gpus): cfg.gres = f'gpu:{gpus}'
-    cfg.extra_sbatch = ['--nodes=1', f'--ntasks-per-node={max(1, gpus)}', *cfg.extra_sbatch]
-    r = _job_recipe(recipe, gpus)
-    cmd = 'srun --kill-on-bad-exit=1 halting-lab train ' + shlex.join(recipe_argv(r))
-    if source_dir is not None:      # the dataset step runs once, in the job, before the training
-        cmd = (f'{{ test -f {shlex.quote(str(r["data_dir"]) + "/train/dataset.json")} || '
-               f'halting-lab {shlex.join(maze_hard_data_argv(source_dir, r["data_dir"]))}; }} && {cmd}')
-    return cmd, r['run_id'], cfg
-
-def slurm_script(recipe:dict=MAZE_HARD_RECIPE, gpus:int=4, cfg=None, source_dir:str|Path|None=None,
-                 root:str|Path|None=None)->str:
-    "The sbatch script of a recipe, rendered by `halting_lab.slurm.render_command_job`: traps USR1, checkpoints, requeues, resumes."
-    from halting_lab.slurm import render_command_job
-    cmd, rid, cfg = recipe_job(recipe, gpus, cfg, source_dir)
-    return render_command_job(cmd, rid, cfg, root)
-
-def submit_recipe(recipe:dict=MAZE_HARD_RECIPE, gpus:int=4, cfg=None, source_dir:str|Path|None=None,
-                  root:str|Path|None=None, dry_run:bool=False)->dict:
-    "Submit the recipe with `halting_lab.slurm.submit_command` (run dir, status.json, sbatch): `{'job_id', 'run_dir', 'script'}`."
-    from halting_lab.slurm import submit_command
-    cmd, rid, cfg = recipe_job(recipe, gpus, cfg, source_dir)
-    return submit_command(cmd, rid, cfg, dry_run=dry_run, root=root)
+    "`halting-lab eval ... --halting MODE` (kept name; the generic `halting_eval_cli`)."
+    from halting_lab.train.cli import halting_eval_cli
+    return halting_eval_cli(argv)

@@ -24,15 +24,23 @@ class HaltingLabError(Exception):
 class DiskFullError(HaltingLabError):
     "A write failed because the file system is full (or the quota is exhausted)."
 
-def _is_disk_full(e:BaseException)->bool:
-    "Whether `e`, or an exception it was raised from, is ENOSPC/EDQUOT."
+def _no_space(where)->bool:
+    "Whether the file system holding `where` has (almost) no space left for unprivileged writes."
+    try: st = os.statvfs(where)
+    except (OSError, TypeError): return False
+    return st.f_bavail * st.f_frsize < 256 * 1024
+
+def _is_disk_full(e:BaseException, # the exception a write raised
+                  where=None)->bool: # a path on the written file system (for errors without an errno)
+    "Whether `e` (or an exception it was raised from) is ENOSPC/EDQUOT, or an I/O error on a full `where`."
     import errno
-    seen = set()
+    seen, io_error = set(), False
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
+        io_error |= isinstance(e, (OSError, RuntimeError))   # numpy/torch report short writes without errno
         e = e.__cause__ or e.__context__
-    return False
+    return io_error and where is not None and _no_space(where)
 
 def _umask()->int:
     "The process umask, read without changing it where /proc allows."
@@ -57,8 +65,9 @@ def _atomic_file(path:Path):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        full = _is_disk_full(e, path.parent)   # judged before the temp file frees its space
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-        if _is_disk_full(e):
+        if full:
             raise DiskFullError(f'{path}: no space left on device; nothing was written '
                                 '(free space or write elsewhere)') from e
         raise
@@ -122,8 +131,9 @@ def atomic_dir(final:str|Path, # directory to create (replaced if it exists)
             shutil.rmtree(old, ignore_errors=True)
         else: os.replace(tmp, final)
     except BaseException as e:
+        full = _is_disk_full(e, final.parent)
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_disk_full(e) and not isinstance(e, DiskFullError):
+        if full and not isinstance(e, DiskFullError):
             raise DiskFullError(f'{final}: no space left on device; nothing was written') from e
         raise
 

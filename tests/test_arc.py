@@ -298,3 +298,17 @@ def test_train_and_arc_eval_end_to_end(tmp_path, monkeypatch, capsys):
     assert res['tasks'] == 2 and res['halting'] == 'q' and 1 <= res['avg_trm_steps'] <= 2 and res['step_budget'] == 2
     saved = json.loads((ck.parent / 'eval_results.json').read_text())
     assert len(saved['per_task']) == 2 and 0.0 <= saved['pass@2'] <= 1.0
+
+
+def test_slurm_template_matches_the_recipe():
+    import shlex
+    from pathlib import Path
+    from halting_lab.train.recipes import recipe_argv
+    from halting_lab.train.config import parse_train_args
+    text = (Path(__file__).parent.parent / 'slurm' / 'arc_pretrain.sbatch').read_text()
+    block = text.split('halting-lab train \\\n', 1)[1].split('\n\n', 1)[0]
+    argv = shlex.split(block.replace('\\\n', ' ').replace('"$DATA_DIR"', A.ARC_RECIPE['data_dir']))
+    expect = recipe_argv({**A.ARC_RECIPE, 'devices': '4', 'batch_size': A.ARC_RECIPE['batch_size'] // 4})
+    assert argv == expect
+    parse_train_args(argv)
+    assert ' '.join(A.build_argv(A.ARC_DATA, 'X')[1:]).replace('X', '"$DATA_DIR"') in text

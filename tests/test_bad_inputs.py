@@ -489,3 +489,35 @@ def test_full_disk_training(good, tmp_path):
         msg = str(ei.value)
         assert 'no space left on device' in msg and str(d) in msg and '\n' not in msg, msg
         assert not [p for p in d.rglob('*') if '.tmp' in p.name], list(d.rglob('*'))
+
+
+# ---------------------------------------------------------------- kill -9, then the same command again
+_KILLED = """
+import json, os, signal, sys
+import lightning as L
+from halting_lab.train.run import train
+class Die(L.Callback):
+    def on_train_batch_end(self, trainer, *a):
+        if trainer.global_step == 5: os.kill(os.getpid(), signal.SIGKILL)
+train(**json.loads(sys.argv[1]), _callbacks=[Die()])
+"""
+
+def test_kill_9_then_resume_is_bit_exact(good, tmp_path):
+    "kill -9 in the middle of epoch 1, then resume: the same weights (model + EMA) and metrics as an uninterrupted run."
+    import csv
+    kw = dict({**TINY_KW, "log_every_n_steps": 1}, data_dir=str(good), max_epochs=3, use_ema=True, ema_decay=0.9,
+              time_penalty_warmup_steps=4, time_penalty=0.01)
+    full = guarded_train(**kw, default_root_dir=str(tmp_path / 'full'))
+    run = tmp_path / 'killed'
+    p = subprocess.run([sys.executable, '-c', _KILLED, json.dumps({**kw, 'default_root_dir': str(run)})], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    assert torch.load(run / 'checkpoints' / 'last.ckpt', weights_only=True)['global_step'] == 3
+    res = guarded_train(**kw, default_root_dir=str(run), **({} if HOOKS else {'resume_ckpt': 'auto'}))
+    assert res['status'] == 'finished' and res['final'] == full['final']
+    a = torch.load(tmp_path / 'full' / 'checkpoints' / 'last.ckpt', weights_only=True)['state_dict']
+    b = torch.load(run / 'checkpoints' / 'last.ckpt', weights_only=True)['state_dict']
+    assert a.keys() == b.keys() and any(k.startswith('ema_model.') for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = lambda r: [{k: v for k, v in row.items() if k != 'epoch_time_s'} for row in csv.DictReader(open(r / 'metrics.csv'))]
+    assert rows(run) == rows(tmp_path / 'full')

@@ -350,3 +350,55 @@ def test_subsample(small):
     assert len(dm.train_dataset) == 10
     idx = sorted(int(b['index'][i]) for b in dm.train_dataloader() for i in range(len(b['index'])))
     assert len(set(idx)) == 10 and max(idx) < 96
+
+
+# ---------------------------------------------------------------- issue 19: files cut short, object arrays, splits that disagree
+def _bytes(d, split, field): return d / split / f'all__{field}.npy'
+
+MORE_BAD = {
+    'truncated_body':   (hrm.TruncatedFileError, ['train/all__inputs.npy', "'inputs'", 'truncated'],
+                         lambda d: _bytes(d, 'train', 'inputs').write_bytes(_bytes(d, 'train', 'inputs').read_bytes()[:-7])),
+    'truncated_header': (hrm.TruncatedFileError, ['test/all__labels.npy', 'header'],
+                         lambda d: _bytes(d, 'test', 'labels').write_bytes(_bytes(d, 'test', 'labels').read_bytes()[:30])),
+    'empty_file':       (hrm.TruncatedFileError, ['train/all__group_indices.npy', 'not a .npy'],
+                         lambda d: _bytes(d, 'train', 'group_indices').write_bytes(b'')),
+    'object_array':     (hrm.WrongDtypeError, ['train/all__labels.npy', 'dtype object'],
+                         lambda d: np.save(_bytes(d, 'train', 'labels'), np.array([None, 1], dtype=object), allow_pickle=True)),
+    'empty_test':       (hrm.EmptySplitError, ['test/all__inputs.npy', '0 examples'],
+                         lambda d: hrm.write_split(d / 'test', {'inputs': np.zeros((0, 81)), 'labels': np.zeros((0, 81))}, vocab_size=6)),
+    'test_seq_len':     (hrm.SeqLenMismatchError, ['test/dataset.json', "'seq_len' is 25", 'train/dataset.json'],
+                         lambda d: hrm.write_split(d / 'test', {'inputs': np.ones((3, 25)), 'labels': np.ones((3, 25))}, vocab_size=6)),
+    'test_vocab':       (hrm.SplitMismatchError, ['test/dataset.json', "'vocab_size' is 8"],
+                         lambda d: hrm.write_split(d / 'test', {'inputs': np.ones((3, 81)), 'labels': np.ones((3, 81))}, vocab_size=8)),
+    'test_ids':         (hrm.SplitMismatchError, ["'puzzle_identifiers' has id 3", 'num_puzzle_identifiers of train/dataset.json (1)'],
+                         lambda d: hrm.write_split(d / 'test', {'inputs': np.ones((3, 81)), 'labels': np.ones((3, 81)),
+                                                                'puzzle_identifiers': np.array([3, 3, 3])}, vocab_size=6)),
+    'missing_test':     (hrm.MissingFileError, ['test/dataset.json', 'missing'], lambda d: __import__('shutil').rmtree(d / 'test')),
+    'bad_task':         (hrm.DatasetFormatError, ['train/dataset.json', "'task'"], lambda d: _edit_json(d, task=3)),
+}
+
+@pytest.mark.parametrize('case', list(MORE_BAD))
+def test_more_named_errors(small, tmp_path, case):
+    err, needles, corrupt = MORE_BAD[case]
+    d = _copy(small, tmp_path); corrupt(d)
+    with pytest.raises(err) as ei: hrm.check_dataset(d)
+    for n in needles: assert n in str(ei.value), str(ei.value)
+    assert 'expected' in str(ei.value)
+
+
+def test_task_field_is_optional(small, tmp_path):
+    "Newer builders record `task` in dataset.json; datasets without it read and validate the same."
+    d = _copy(small, tmp_path)
+    assert hrm.read_metadata(d / 'train').task in (None, 'maze')
+    _edit_json(d, task='maze')
+    assert hrm.read_metadata(d / 'train').task == 'maze'
+    assert hrm.validate_dataset(d)['train']['metadata']['task'] == 'maze'
+
+
+def test_datamodule_validates_both_splits_first(small, tmp_path):
+    "A broken test split stops the DataModule's setup (before any training step), naming the file."
+    from halting_lab.data.datamodule import PuzzleDataModule
+    d = _copy(small, tmp_path)
+    np.save(_bytes(d, 'test', 'inputs'), np.load(_bytes(d, 'test', 'inputs')).astype(np.float32))
+    dm = PuzzleDataModule(d, batch_size=8)
+    with pytest.raises(hrm.WrongDtypeError, match="test/all__inputs.npy: field 'inputs' has dtype float32"): dm.setup('fit')

@@ -55,7 +55,7 @@ def test_verifier_feedback_on_wrong_answers():
         'colours': ([[0, 8], [6, 0]], '[8]'),
         'not_copy': ([[5, 0], [0, 6]], 'copies the test input'),
         'parsed': (None, 'no grid'),
-        'target': ([[0, 5], [0, 6]], '75% of cells right'),
+        'target': ([[0, 5], [0, 6]], '50% of cells right'),
     }
     for check, (cand, words) in cases.items():
         r = v.verify(cand, t, target=target)
@@ -65,7 +65,7 @@ def test_verifier_feedback_on_wrong_answers():
     assert ok.ok and ok.feedback == 'ACCEPTED' and ok.cell_accuracy == 1.0
     # label-free: a plausible wrong grid passes (the verifier cannot know), the target check is absent
     lf = GridVerifier(use_target=False).verify([[0, 6], [5, 0]], t, target=target)
-    assert lf.ok and 'target' not in lf.checks and lf.cell_accuracy == 0.0
+    assert lf.ok and 'target' not in lf.checks and lf.cell_accuracy == 0.5
 
 
 @pytest.mark.parametrize('max_attempts', [1, 3, 16])
@@ -178,9 +178,10 @@ def test_joint_cli_end_to_end(llm, tmp_path):
 
 
 def test_registered_and_light_import():
-    from halting_lab.registry import get_model, get_command
+    from halting_lab.registry import get_model, find_command, trainable_models
     assert get_model('hybrid_arc').cls() is H.HybridARC and not get_model('hybrid_arc').trainable
-    assert get_command('arc').fn == 'halting_lab.train.hybrid:arc_cli' or callable(get_command('arc').fn)
+    assert find_command('arc').fn == 'halting_lab.train.hybrid:arc_cli'
+    assert find_command('arc')(['--help']) == 0
     code = 'import sys, halting_lab.train.hybrid; print("transformers" in sys.modules)'
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
     assert r.stdout.strip() == 'False', r.stderr[-500:]

@@ -23,9 +23,9 @@ def _toy_batch(task='addition', B=4):
     return dm, next(iter(dm.train_dataloader()))
 
 def _models(vocab, seq_len, steps=4):
-    return [ActRNN(ActRNNConfig(vocab_size=vocab, seq_len=seq_len, hidden_size=16, time_limit=steps, halt_bias_init=-1.)),
-            ActRNN(ActRNNConfig(vocab_size=vocab, seq_len=seq_len, hidden_size=16, time_limit=steps, act_mode='per_sequence')),
-            ActRNN(ActRNNConfig(vocab_size=vocab, seq_len=seq_len, hidden_size=16, time_limit=steps, mixing='attention')),
+    return [ActRNN(ActRNNConfig(vocab_size=vocab, seq_len=seq_len, hidden_size=16, halt_max_steps=steps, halt_bias_init=-1.)),
+            ActRNN(ActRNNConfig(vocab_size=vocab, seq_len=seq_len, hidden_size=16, halt_max_steps=steps, act_mode='per_sequence')),
+            ActRNN(ActRNNConfig(vocab_size=vocab, seq_len=seq_len, hidden_size=16, halt_max_steps=steps, mixing='attention')),
             *[UniversalTransformer(UTConfig(vocab_size=vocab, seq_len=seq_len, ut_embedding_size=16, ut_key_depth=16,
                                             ut_value_depth=16, ut_filter_size=32, ut_max_hops=steps, ut_act=True, ut_act_type=t,
                                             halt_bias_init=-1.)) for t in ('basic', 'accumulated', 'global')]]
@@ -96,10 +96,10 @@ def test_padding_does_not_leak():
 
 def test_budget_and_early_stop():
     b = _maze_batch(B=2, side=6)
-    m = ActRNN(ActRNNConfig(vocab_size=6, seq_len=36, hidden_size=8, time_limit=3, halt_bias_init=-20.))
+    m = ActRNN(ActRNNConfig(vocab_size=6, seq_len=36, hidden_size=8, halt_max_steps=3, halt_bias_init=-20.))
     o = m(b, return_steps=True)
     assert o.num_steps == 3 and (o.halting_steps == 3).all()                             # tiny h: the budget closes
-    m = ActRNN(ActRNNConfig(vocab_size=6, seq_len=36, hidden_size=8, time_limit=10, halt_bias_init=20.))
+    m = ActRNN(ActRNNConfig(vocab_size=6, seq_len=36, hidden_size=8, halt_max_steps=10, halt_bias_init=20.))
     o = m(b, return_steps=True)
     assert o.num_steps == 1 and (o.halting_steps == 1).all()                             # h ~ 1: one step, loop stops
     u = UniversalTransformer(UTConfig(vocab_size=6, seq_len=36, ut_embedding_size=16, ut_key_depth=16, ut_value_depth=16,
@@ -123,7 +123,7 @@ def test_parity_notebook(tmp_path):
 def test_pondernet_eval_halts_at_cumulative_median():
     "ActRNN with halting_rule='pondernet' in eval mode: each cell stops at the first step whose cumulative p reaches 0.5."
     torch.manual_seed(0)
-    m = ActRNN(ActRNNConfig(vocab_size=6, seq_len=36, hidden_size=16, time_limit=6, halting_rule='pondernet',
+    m = ActRNN(ActRNNConfig(vocab_size=6, seq_len=36, hidden_size=16, halt_max_steps=6, halting_rule='pondernet',
                             halt_bias_init=-1.)).eval()
     b = _maze_batch(B=2, side=6)
     with torch.no_grad(): o = m(b, return_steps=True)
@@ -139,8 +139,8 @@ def test_compiled_path_has_no_graph_break_and_same_result():
     import unittest.mock
     torch.manual_seed(0)
     b = _maze_batch(B=2, side=6)
-    models = [ActRNN(ActRNNConfig(vocab_size=6, seq_len=36, hidden_size=8, time_limit=4, halt_bias_init=0.)),
-              ActRNN(ActRNNConfig(vocab_size=6, seq_len=36, hidden_size=8, time_limit=4, halting_rule='pondernet', halt_bias_init=0.))]
+    models = [ActRNN(ActRNNConfig(vocab_size=6, seq_len=36, hidden_size=8, halt_max_steps=4, halt_bias_init=0.)),
+              ActRNN(ActRNNConfig(vocab_size=6, seq_len=36, hidden_size=8, halt_max_steps=4, halting_rule='pondernet', halt_bias_init=0.))]
     for m in models:
         for train_mode in (True, False):
             m.train(train_mode)

@@ -5,7 +5,7 @@ import csv, json, os, signal, subprocess, sys
 from pathlib import Path
 import pytest, torch
 import lightning as L
-from halting_lab.core import HaltingLabError, MODEL_TYPES
+from halting_lab.core import HaltingLabError
 from halting_lab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -431,7 +431,7 @@ def test_accelerator_auto_order(monkeypatch):
     import torch
     from halting_lab.train.run import _accelerator
     from halting_lab.train.config import TrainConfig
-    from halting_lab.train.nav import resolve_device
+    from halting_lab.core import resolve_device
     tc = TrainConfig(accelerator='auto')
     for cuda, mps, want, dev in ((True, True, 'gpu', 'cuda'), (False, True, 'mps', 'mps'), (False, False, 'cpu', 'cpu')):
         monkeypatch.setattr(torch.cuda, 'is_available', lambda c=cuda: c)

@@ -358,22 +358,21 @@ def test_adam_atan2_missing_package_is_a_clear_error(monkeypatch):
 
 def test_device_auto_prefers_cuda_then_mps(monkeypatch):
     "`--device auto` of `halting-lab eval --halting`: cuda > mps > cpu; a missing requested device is a clear error."
-    from halting_lab.core import HaltingLabError
-    from halting_lab.train import nav
+    from halting_lab.core import HaltingLabError, resolve_device
     for cuda, mps, want in ((True, True, 'cuda'), (False, True, 'mps'), (False, False, 'cpu')):
         monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
         monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: mps)
-        assert nav.resolve_device('auto') == want
-    with pytest.raises(HaltingLabError, match='MPS is not available'): nav.resolve_device('mps')
+        assert resolve_device('auto') == want
+    with pytest.raises(HaltingLabError, match='MPS is not available'): resolve_device('mps')
 
 
 def test_trm_eval_cli_resolves_auto_device(tiny_sudoku, tmp_path, monkeypatch):
-    from halting_lab.train import nav
+    from halting_lab import core
     from halting_lab.train.run import train
     from halting_lab.train.trm import trm_eval_cli
     r = train(**{**RESUME_KW, 'data_dir': str(tiny_sudoku)}, max_epochs=1, limit_train_batches=1, default_root_dir=str(tmp_path / 'r'))
     seen = []
-    monkeypatch.setattr(nav, 'resolve_device', lambda d: seen.append(d) or 'cpu')
+    monkeypatch.setattr(core, 'resolve_device', lambda d: seen.append(d) or 'cpu')
     assert trm_eval_cli(['--ckpt', r['last_ckpt'], '--data_dir', str(tiny_sudoku), '--halting', 'entropy', '--limit', '4']) == 0
     assert seen == ['auto']
 
@@ -386,7 +385,7 @@ STANDINS = {'srun': 'while [[ "$1" == -* ]]; do shift; done; exec "$@"',        
 def test_slurm_script_traps_usr1_checkpoints_requeues_and_resumes(tiny_sudoku, tmp_path):
     "The rendered job (stand-in srun/scontrol): USR1 -> PREEMPT -> last.ckpt -> scontrol requeue; the next attempt resumes and finishes."
     from halting_lab.slurm import SlurmConfig
-    from halting_lab.train.trm import slurm_script
+    from halting_lab.slurm import slurm_script
     root = tmp_path / 'runs'
     recipe = dict(RESUME_KW, data_dir=str(tiny_sudoku), run_id='trm-slurm', max_epochs=30, limit_train_batches=2, accelerator='cpu')
     s = slurm_script(recipe, gpus=0, cfg=SlurmConfig(time='00:20:00'), root=root)

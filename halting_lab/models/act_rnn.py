@@ -5,7 +5,7 @@
 # %% ../../nbs/models/act_rnn.ipynb #531ad1a3
 from __future__ import annotations
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, InitVar
 from typing import Optional
 import torch
 from torch import nn, Tensor
@@ -38,11 +38,13 @@ class ActRNNConfig:
     halting_rule: str = 'act'      # 'act' (Graves: N + R ponder cost) | 'pondernet' (Banino: p_n, KL to a geometric prior)
     pondernet_lambda_p: float = 0.2   # pondernet: prior halting probability per step (Geometric(lambda_p))
     pondernet_beta: float = 0.01      # pondernet: weight of KL(p || Geometric(lambda_p)) in the loss
+    time_limit: InitVar[Optional[int]] = None   # the seed's name: ActRNNConfig(time_limit=8) still works
 
     NON_STRUCTURAL = ('pondernet_lambda_p', 'pondernet_beta')   # loss weights: may change on resume
     FLAG_ALIASES = {'time_limit': 'halt_max_steps'}             # seed 000's name of the budget
 
-    def __post_init__(self):
+    def __post_init__(self, time_limit=None):
+        if isinstance(time_limit, int): self.halt_max_steps = time_limit
         if self.act_mode not in ('per_cell', 'per_sequence'):
             raise HaltingLabError(f"act_mode: expected 'per_cell' or 'per_sequence', got {self.act_mode!r}")
         if self.mixing not in ('conv', 'attention'):
@@ -71,15 +73,13 @@ class ActRNNConfig:
                 raise HaltingLabError(f'--{k}: applies to --halting_rule act only; PonderNet is '
                                       'regularised by --pondernet_beta and --pondernet_lambda_p')
 
-    @property
-    def time_limit(self)->int:
-        "The seed's name of `halt_max_steps` (read-only)."
-        return self.halt_max_steps
 
     @property
     def grid_side(self)->Optional[int]:
         "Side of the square grid when `seq_len` is a perfect square, else None (1-D mixing)."
         s = math.isqrt(self.seq_len); return s if s * s == self.seq_len else None
+
+ActRNNConfig.time_limit = property(lambda self: self.halt_max_steps, doc="The seed's name of `halt_max_steps`.")
 
 # %% ../../nbs/models/act_rnn.ipynb #a2f0ca96
 class ConvMix(nn.Module):

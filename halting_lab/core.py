@@ -253,9 +253,3 @@ def model_class(model_type:str): # a registered `model_type` such as 'act_rnn'
     "The model class registered for `model_type` (clear error listing the known ones)."
     from halting_lab.registry import get_model
     return get_model(model_type).cls()
-
-def __getattr__(name:str):
-    "`MODEL_TYPES` (deprecated): {model_type: 'module:Class'} built from the registry on access."
-    if name != 'MODEL_TYPES': raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    from halting_lab import registry
-    return {k: registry._qualname(s) for k, s in registry.entries('model').items()}

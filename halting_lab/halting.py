@@ -405,9 +405,9 @@ def act_ponder_weight(step:int, start:float, end:float, warmup_steps:int)->float
 def masked_ce(logits:Tensor, labels:Tensor, mask:Tensor)->Tensor:
     "Mean cross-entropy over the positions where `mask` is True (`logits` `[..., V]`)."
     lg = logits.float().reshape(-1, logits.shape[-1])
-    m = mask.reshape(-1)
-    if not bool(m.any()): return lg.sum() * 0.0
-    return F.cross_entropy(lg[m], labels.reshape(-1).long()[m])
+    y = torch.where(mask, labels.long(), torch.full_like(labels.long(), -100)).reshape(-1)
+    if not bool(mask.any()): return lg.sum() * 0.0
+    return F.cross_entropy(lg, y, ignore_index=-100)
 
 # %% ../nbs/halting/halting.ipynb #8b1d4f60
 @patch

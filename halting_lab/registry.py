@@ -11,10 +11,11 @@ from fastcore.basics import patch
 from .core import HaltingLabError
 
 # %% auto #0
-__all__ = ['KINDS', 'BUILTIN_PLUGINS', 'ENTRY_POINT_GROUP', 'BUILTIN_COMMANDS', 'ModelSpec', 'TaskSpec', 'HaltingSpec',
-           'CommandSpec', 'register_model', 'register_task', 'register_halting', 'register_command', 'user_plugins',
-           'env_plugins', 'load_plugins', 'split_plugin_args', 'builtin_command_available', 'get_model', 'get_task',
-           'get_halting', 'get_command', 'names', 'entries', 'trainable_models', 'find_command', 'registry_cli']
+__all__ = ['KINDS', 'BUILTIN_PLUGINS', 'DEFAULT_TASK', 'DEFAULT_MODEL', 'ENTRY_POINT_GROUP', 'BUILTIN_COMMANDS', 'ModelSpec',
+           'TaskSpec', 'HaltingSpec', 'CommandSpec', 'register_model', 'register_task', 'register_halting',
+           'register_command', 'user_plugins', 'env_plugins', 'load_plugins', 'split_plugin_args',
+           'builtin_command_available', 'get_model', 'get_task', 'get_halting', 'get_command', 'names', 'entries',
+           'trainable_models', 'find_command', 'registry_cli']
 
 # %% ../nbs/registry.ipynb #615d00b9
 def _target(spec):
@@ -95,6 +96,7 @@ class TaskSpec:
     kind: str = 'puzzle'                     # 'puzzle' (HRM-format dir), 'generated', 'episodes', ...
     help: str = ''
     difficulty_name: str = 'difficulty'      # column / axis name of `difficulty` (e.g. path_length)
+    colors: Optional[list] = None            # token id -> colour for the viewers (index 0: padding)
     def make_datamodule(self, train_config):
         "The task's DataModule for `train_config`."
         if self.datamodule is None:
@@ -185,11 +187,11 @@ def register_model(cls=None, # nn.Module class with `model_type` and `config_cls
 def register_task(name:str, # `--task` value
                   datamodule=None, *, builder:str|None=None, difficulty=None, renderer=None,
                   charset:str|None=None, config_cls=None, kind:str='puzzle', help:str='',
-                  difficulty_name:str='difficulty', replace:bool=False):
+                  difficulty_name:str='difficulty', colors:list|None=None, replace:bool=False):
     "Register a task; with `datamodule` omitted, decorates the DataModule factory `fn(train_config)`."
     def deco(fn):
         spec = TaskSpec(name, fn, builder, difficulty, renderer, charset, config_cls, kind,
-                        help or _first_doc_line(fn), difficulty_name)
+                        help or _first_doc_line(fn), difficulty_name, colors)
         _add('task', name, spec, replace)
         return fn
     return deco if datamodule is None else deco(datamodule)
@@ -226,6 +228,7 @@ BUILTIN_PLUGINS = (   # modules whose import registers the workbench's own entri
     'halting_lab.train.hybrid', 'halting_lab.train.reoac', 'halting_lab.train.robot',
     'halting_lab.slurm', 'halting_lab.sweep', 'halting_lab.docs',
 )
+DEFAULT_TASK, DEFAULT_MODEL = 'maze', 'act_rnn'   # what `halting-lab train` trains without --task/--model_type
 ENTRY_POINT_GROUP = 'halting_lab.plugins'
 _loaded: set = set()
 _loading: list = []

@@ -243,6 +243,16 @@ def _official_layout(root):
     return root
 
 
+def test_official_layout_trains(tmp_path, monkeypatch):
+    monkeypatch.setenv('HALTING_LAB_RUNS', str(tmp_path / 'runs'))
+    root = _official_layout(tmp_path / 'official')
+    from halting_lab.train.run import train
+    res = train(model_type='trm', task='arc', data_dir=str(root), default_root_dir=str(tmp_path / 'run'), max_epochs=1,
+                batch_size=4, limit_train_batches=1, limit_val_batches=1, progress_bar=False, hidden_size=16, num_heads=2,
+                H_cycles=1, L_cycles=1, halt_max_steps=2, puzzle_emb_ndim=16, puzzle_emb_len=1, seed=0)
+    assert res['status'] == 'finished' and (tmp_path / 'run' / 'checkpoints' / 'last.ckpt').exists()
+
+
 def test_official_layout_loads_and_evaluates_with_a_perfect_model(tmp_path):
     root = _official_layout(tmp_path / 'official')
     ids, tp = A.read_arc_meta(root)
@@ -312,3 +322,26 @@ def test_slurm_template_matches_the_recipe():
     assert argv == expect
     parse_train_args(argv)
     assert ' '.join(A.build_argv(A.ARC_DATA, 'X')[1:]).replace('X', '"$DATA_DIR"') in text
+
+
+# --- sparse puzzle embedding (models/sparse_emb) --------------------------------------------------
+
+def test_sparse_embedding_matches_dense_update_on_touched_rows_only():
+    from halting_lab.models.sparse_emb import SparseEmbedding, SparseSignSGD, dense_signsgd_reference
+    torch.manual_seed(0)
+    emb = SparseEmbedding(100, 6, init_std=1.0); start = emb.weight.detach().clone()
+    ids = [torch.tensor([5, 9, 9, 60, 99]), torch.tensor([[9, 1], [5, 5]])]    # repeats, 2-D ids, two forwards
+    proj = torch.randn(6)
+    loss = lambda es: sum((e @ proj).sin().sum() for e in es)
+    ref = dense_signsgd_reference(start, ids, loss, lr=0.05, wd=0.2)
+    opt = SparseSignSGD([emb], lr=0.05, weight_decay=0.2)
+    emb.train(); loss([emb(i) for i in ids]).backward(); opt.step()
+    touched = torch.tensor([1, 5, 9, 60, 99])
+    torch.testing.assert_close(emb.weight[touched], ref[touched])
+    rest = torch.ones(100, dtype=torch.bool); rest[touched] = False
+    assert torch.equal(emb.weight[rest], start[rest]) and emb.weight.grad is None
+    assert emb.weight.sparse_pending == [] and emb.weight.sparse_last_rows.tolist() == touched.tolist()
+    opt.step()                                                                  # nothing recorded: no change
+    torch.testing.assert_close(emb.weight[touched], ref[touched])
+    emb.eval(); emb(torch.tensor([3]))
+    assert emb.weight.sparse_pending == []                                      # eval forwards are not recorded

@@ -259,23 +259,18 @@ def test_eval_and_resume_refuse(hostile, kind, good, tmp_path, capsys):
     assert not (tmp_path / 'PWNED').exists()
 
 
-def _nav_unsafe()->list:
-    "The nav loaders that still unpickle with weights_only=False."
-    import halting_lab.train.nav as n, halting_lab.tasks.nav as t
-    return [m.__name__ for m in (n, t) if 'weights_only=False' in inspect.getsource(m)]
-
-
-@pytest.mark.xfail(bool(_nav_unsafe()), reason='h17nav: nav loaders still use weights_only=False', strict=False)
-@pytest.mark.parametrize('kind', ['pickle_code', 'zip_code', 'text'])
+@pytest.mark.parametrize('kind', ['pickle_code', 'zip_code', 'text', 'truncated_zip'])
 def test_nav_loaders_refuse(hostile, kind, tmp_path):
     "nav train --resume FILE, nav train --train-path FILE and the nav checkpoint loader run no code."
     from halting_lab.train import nav
     from halting_lab.tasks.nav import load_split
-    for call in (lambda: nav.load_nav_checkpoint(hostile[kind]), lambda: load_split(hostile[kind]),
-                 lambda: nav.train_nav(resume=str(hostile[kind]), epochs=1, quiet=True)):
-        with pytest.raises(HaltingLabError): call()
+    calls = {'load_nav_checkpoint': lambda: nav.load_nav_checkpoint(hostile[kind]),
+             'load_split': lambda: load_split(hostile[kind]),
+             'train_nav(resume=)': lambda: nav.train_nav(resume=str(hostile[kind]), epochs=1, quiet=True)}
+    for name, call in calls.items():
+        with pytest.raises(HaltingLabError) as ei: call()
+        assert str(hostile[kind]) in str(ei.value) and 'weights_only=False' not in str(ei.value), (name, str(ei.value))
     assert not (tmp_path / 'PWNED').exists()
-    assert not _nav_unsafe()
 
 
 # ---------------------------------------------------------------- one writer per run

@@ -201,7 +201,7 @@ def test_tiny_training_writes_every_output(tiny_run):
     s = json.loads(samples[0].read_text())
     assert {'prompt', 'final_text', 'reward', 'cost', 'operator_id', 'feature_vector', 'relation', 'trace'} <= set(s)
     assert len(s['feature_vector']) == 11 and len(s['operator_id']) == s['steps'] == len(s['trace'])
-    assert len(s['relation']) == 36 and len(s['relation'][0]) == 80 and len(s['trace'][0]['q_values']) == 5
+    assert len(s['relation']) == 10 and len(s['relation'][0]) == 12 and len(s['trace'][0]['q_values']) == 5
     assert abs(s['cost'] - 0.02 * s['steps']) < 1e-9
     for f in ('energy_map.csv', 'energy_map.png', 'embedding_proj.csv', 'embedding_proj.png', 'loss.png'):
         assert (run / 'viz' / f).exists(), f

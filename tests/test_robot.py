@@ -428,8 +428,56 @@ def test_notebook_parameters_are_cli_flags():
 
 def test_preempt_flag_and_frozen_flags_in_the_module(small, tmp_path):
     "The PREEMPT flag file stops a run; a resume with another lr is refused by the module itself."
-    first = run_robot(_params(small), run_dir=tmp_path / 'run', callbacks=[_PreemptAt(3)], engine='train')
+    first = run_robot(
+        _params(small), run_dir=tmp_path / 'run', callbacks=[_PreemptAt(3)], engine='train'
+    )
     assert first['status'] == 'preempted' and first['preempt_reason'] == 'PREEMPT file'
-    (tmp_path / 'run/config.json').unlink()  # bypass the CLI's config.json check: the checkpoint still refuses
+    (
+        tmp_path / 'run/config.json'
+    ).unlink()  # bypass the CLI's config.json check: the checkpoint still refuses
     with pytest.raises(HaltingLabError, match=r'--learning_rate 0\.001 -> 0\.0003'):
-        run_robot({**_params(small), 'learning_rate': 3e-4}, run_dir=tmp_path / 'run', engine='train')
+        run_robot(
+            {**_params(small), 'learning_rate': 3e-4}, run_dir=tmp_path / 'run', engine='train'
+        )
+
+
+@pytest.mark.timeout(600)
+def test_robot_train_notebook(tmp_path):
+    "The papermill notebook end to end (small parameters): HANDOFF, loss curve, replanning numbers."
+    import subprocess, sys
+
+    root = Path(__file__).parents[1]
+    out = tmp_path / 'robot_train.ipynb'
+    cmd = [
+        sys.executable,
+        '-m',
+        'papermill',
+        str(root / 'nbs/experiments/robot_train.ipynb'),
+        str(out),
+        '-p',
+        'runs_root',
+        str(tmp_path / 'runs'),
+        '-p',
+        'synthetic_length',
+        '8',
+        '-p',
+        'max_epochs',
+        '2',
+        '-p',
+        'report_every_min',
+        '30.0',
+        '-p',
+        'replan_every',
+        '3',
+        '--cwd',
+        str(root),
+    ]
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    subprocess.run(cmd, check=True, cwd=root, capture_output=True, timeout=580, env=env)
+    run = tmp_path / 'runs/robot_demo'
+    h = parse_handoff(split_messages((run / 'report.log').read_text())[-1])
+    assert (
+        h['epochs'] == 2 and h['episodes'] == 50 and (run / 'checkpoints/loss_curve.png').exists()
+    )
+    text = out.read_text()
+    assert "'changed_fraction'" in text and 'ACT 학습 완료' in text

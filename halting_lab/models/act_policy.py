@@ -63,7 +63,8 @@ class ACTConfig:
     def __post_init__(self):
         if not 1 <= self.n_action_steps <= self.chunk_size:
             raise HaltingLabError(
-                f'--n_action_steps: must be in [1, chunk_size={self.chunk_size}], got {self.n_action_steps}'
+                f'--n_action_steps: must be in [1, chunk_size={self.chunk_size}], '
+                f'got {self.n_action_steps}'
             )
         if self.temporal_ensemble_coeff is not None and self.n_action_steps != 1:
             raise HaltingLabError(
@@ -102,7 +103,7 @@ SEED_004_PRESET = {
 
 # %% ../../nbs/models/act_policy.ipynb #4ae06f28
 def make_backbone(cfg: ACTConfig) -> nn.Module:
-    "ResNet trunk (to layer4) of `cfg.vision_backbone` with FrozenBatchNorm2d; optional local weights."
+    "ResNet trunk (to layer4) with FrozenBatchNorm2d; optional local weights."
     import torchvision
     from torchvision.ops.misc import FrozenBatchNorm2d
     from torchvision.models._utils import IntermediateLayerGetter
@@ -111,7 +112,8 @@ def make_backbone(cfg: ACTConfig) -> nn.Module:
         torchvision.models, cfg.vision_backbone
     ):
         raise HaltingLabError(
-            f'--vision_backbone: expected a torchvision ResNet (resnet18, resnet34, ...), got {cfg.vision_backbone!r}'
+            '--vision_backbone: expected a torchvision ResNet (resnet18, resnet34, ...), '
+            f'got {cfg.vision_backbone!r}'
         )
     net = getattr(torchvision.models, cfg.vision_backbone)(
         weights=None,
@@ -122,13 +124,15 @@ def make_backbone(cfg: ACTConfig) -> nn.Module:
         p = Path(cfg.pretrained_backbone_weights)
         if not p.exists():
             raise HaltingLabError(
-                f'--pretrained_backbone_weights: {p} not found (a local file; nothing is downloaded)'
+                f'--pretrained_backbone_weights: {p} not found '
+                '(a local file; nothing is downloaded)'
             )
         sd = torch.load(p, map_location='cpu', weights_only=True)
         missing, unexpected = net.load_state_dict(sd, strict=False)
         if [k for k in missing if not k.startswith('fc.')]:
             raise HaltingLabError(
-                f'--pretrained_backbone_weights: {p} lacks {missing[:3]}... for {cfg.vision_backbone}'
+                f'--pretrained_backbone_weights: {p} lacks {missing[:3]}... '
+                f'for {cfg.vision_backbone}'
             )
     return IntermediateLayerGetter(net, return_layers={'layer4': 'feature_map'})
 
@@ -407,7 +411,7 @@ def _latent(self: ACTPolicy, state, actions=None, is_pad=None) -> tuple:
 # %% ../../nbs/models/act_policy.ipynb #847f40e1
 @patch
 def forward(self: ACTPolicy, batch: dict) -> dict:
-    "{'action': normalised chunk [B, chunk, A], 'mu', 'log_sigma_x2'} (CVAE terms None at inference)."
+    "{'action': normalised chunk [B, chunk, A], 'mu', 'log_sigma_x2'} (None at inference)."
     c = self.config
     state = (batch['observation.state'] - self.state_mean) / self.state_std
     actions = (batch['action'] - self.action_mean) / self.action_std if 'action' in batch else None
@@ -453,7 +457,7 @@ def compute_loss(self: ACTPolicy, batch: dict) -> dict:
 
 # %% ../../nbs/models/act_policy.ipynb #93b0c995
 class TemporalEnsembler:
-    "Online exponentially weighted average of overlapping chunk predictions (lerobot's ACTTemporalEnsembler)."
+    "Online exponentially weighted average of overlapping chunks (lerobot's ACTTemporalEnsembler)."
 
     def __init__(self, coeff: float, chunk_size: int):
         self.chunk_size = chunk_size

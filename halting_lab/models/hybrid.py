@@ -216,10 +216,11 @@ class TextReasoningModule(nn.Module):
                  dtype:str='auto',
                  log_path:str|Path|None=None,       # JSONL file that receives every generation (prompt + answer)
                  max_new_tokens:int=128,            # cap on generated tokens per call
-                 system_prompt:str=SYSTEM_PROMPT):
+                 system_prompt:str=SYSTEM_PROMPT,
+                 answer_prefix:str='Output grid:\n'):  # start of the assistant's answer, written for it
         super().__init__()
         self.model_name, self.frozen, self.device_name = model_name, frozen, device
-        self.max_new_tokens, self.system_prompt = max_new_tokens, system_prompt
+        self.max_new_tokens, self.system_prompt, self.answer_prefix = max_new_tokens, system_prompt, answer_prefix
         self.log_path = Path(log_path) if log_path else None
         self.llm, self.tokenizer = load_llm(model_name, dtype, device)
         if frozen: self.llm.requires_grad_(False)
@@ -244,6 +245,9 @@ def _prompt_ids(self:TextReasoningModule, prompt:str)->torch.Tensor:
         ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors='pt')
         if not torch.is_tensor(ids): ids = ids['input_ids']
     else: ids = tok(self.system_prompt + '\n\n' + prompt + '\n', return_tensors='pt')['input_ids']
+    if self.answer_prefix:
+        pre = tok(self.answer_prefix, add_special_tokens=False, return_tensors='pt')['input_ids']
+        ids = torch.cat([ids, pre], 1)
     return ids.to(self.llm.device)
 
 @patch

@@ -15,8 +15,8 @@ from ..halting import ACT
 from ..registry import register_model
 
 # %% auto #0
-__all__ = ['ACT_TYPES_UT', 'POS_SIGNALS', 'V1_FIELDS', 'UTConfig', 'is_v1_config', 'upgrade_stored_config', 'timing_signal',
-           'timing_signal_2d', 'UTBlock', 'UniversalTransformer']
+__all__ = ['ACT_TYPES_UT', 'POS_BIASES', 'V1_FIELDS', 'UTConfig', 'is_v1_config', 'upgrade_stored_config', 'timing_signal',
+           'grid_offsets', 'GridPositionBias', 'UTBlock', 'UniversalTransformer']
 
 # %% ../../nbs/models/universal_transformer.ipynb #523a44de
 def _h(default, help:str, **kw):
@@ -24,7 +24,7 @@ def _h(default, help:str, **kw):
     return field(default=default, metadata={'help': help, **kw})
 
 ACT_TYPES_UT = ('basic', 'accumulated', 'global')
-POS_SIGNALS = ('auto', '1d', '2d')
+POS_BIASES = ('auto', 'none', '2d')
 
 @dataclass
 class UTConfig:
@@ -50,9 +50,11 @@ class UTConfig:
     ut_act_epsilon: float = _h(0.01, 'ACT halts a position once its summed halting probability reaches 1 - epsilon')
     ut_act_loss_weight: float = _h(0.001, 'weight of the ACT ponder cost (N + R, mean over positions) in the loss')
     halt_bias_init: float = _h(1.0, "initial bias of the halting unit (t2t's act_halting_bias_init)")
-    ut_pos_signal: str = _h('auto', 'position signal added before every hop: 1d (t2t sinusoid over the sequence), '
-                            '2d (t2t timing signal over rows and columns of a square grid), auto (2d when '
-                            'seq_len is a square, else 1d)', choices=POS_SIGNALS)
+    ut_inner_layers: int = _h(1, "attention + feed-forward layers per hop, each with its own weights, shared "
+                              "by all hops (t2t's num_inrecurrence_layers)")
+    ut_pos_bias: str = _h('auto', 'attention position bias: 2d (a learned bias per head and 2-D offset on a square '
+                          'grid, started as -slope x Manhattan distance), none (t2t: the timing signal only), '
+                          'auto (2d when seq_len is a square, else none)', choices=POS_BIASES)
     dropout: float = _h(0.0, 'dropout after attention and inside/after the feed-forward')
     pad_id: int = _h(0, 'input token of padding positions (they never run and are never attended to)')
     FLAG_ALIASES: ClassVar[dict] = {'ut_max_hops': 'halt_max_steps'}   # seed name -> canonical field
@@ -61,12 +63,14 @@ class UTConfig:
     def __post_init__(self):
         if self.ut_act_type not in ACT_TYPES_UT:
             raise HaltingLabError(f"ut_act_type: expected 'basic', 'accumulated' or 'global', got {self.ut_act_type!r}")
-        if self.ut_pos_signal not in POS_SIGNALS:
-            raise HaltingLabError(f'ut_pos_signal: expected one of {", ".join(POS_SIGNALS)}, got {self.ut_pos_signal!r}')
+        if self.ut_pos_bias not in POS_BIASES:
+            raise HaltingLabError(f'ut_pos_bias: expected one of {", ".join(POS_BIASES)}, got {self.ut_pos_bias!r}')
+        if self.ut_pos_bias == '2d' and math.isqrt(self.seq_len) ** 2 != self.seq_len:
+            raise HaltingLabError(f'ut_pos_bias: 2d needs a square grid; seq_len {self.seq_len} is not a square')
         for k in ('ut_key_depth', 'ut_value_depth'):
             if getattr(self, k) % self.ut_heads:
                 raise HaltingLabError(f'{k} ({getattr(self, k)}) must be divisible by ut_heads ({self.ut_heads})')
-        for k in ('hidden_size', 'ut_embedding_size', 'halt_max_steps'):
+        for k in ('hidden_size', 'ut_embedding_size', 'halt_max_steps', 'ut_inner_layers'):
             if getattr(self, k) < 1: raise HaltingLabError(f'{k}: must be >= 1, got {getattr(self, k)}')
 
     @property
@@ -75,11 +79,11 @@ class UTConfig:
         return self.halt_max_steps
 
     @property
-    def pos_kind(self)->str:
-        "The position signal the model uses: '1d' or '2d' ('auto' resolved from `seq_len`)."
-        if self.ut_pos_signal != 'auto': return self.ut_pos_signal
+    def pos_bias_kind(self)->str:
+        "The attention position bias the model uses: 'none' or '2d' ('auto' resolved from `seq_len`)."
+        if self.ut_pos_bias != 'auto': return self.ut_pos_bias
         side = math.isqrt(self.seq_len)
-        return '2d' if side > 1 and side * side == self.seq_len else '1d'
+        return '2d' if side > 1 and side * side == self.seq_len else 'none'
 
     @classmethod
     def validate_flags(cls, flags:dict):
@@ -96,12 +100,12 @@ V1_FIELDS = frozenset({'vocab_size', 'seq_len', 'num_puzzle_identifiers', 'hidde
 
 def is_v1_config(d:dict)->bool:
     "Whether `d` is a config stored before `hidden_size` became the width (the old class's whole field set)."
-    return V1_FIELDS <= set(d) and 'ut_pos_signal' not in d
+    return V1_FIELDS <= set(d) and 'ut_pos_bias' not in d
 
 def upgrade_stored_config(d:dict)->dict:
-    "A stored config as today's fields of the same model (earlier layout: width = `ut_embedding_size`, 1-D signal)."
+    "A stored config as today's fields of the same model (earlier layout: width `ut_embedding_size`, no bias)."
     if not is_v1_config(d): return dict(d)
-    return {**d, 'hidden_size': d['ut_embedding_size'], 'ut_pos_signal': '1d'}
+    return {**d, 'hidden_size': d['ut_embedding_size'], 'ut_pos_bias': 'none', 'ut_inner_layers': 1}
 
 _dataclass_init = UTConfig.__init__
 @functools.wraps(_dataclass_init)
@@ -123,15 +127,23 @@ def timing_signal(length:int, channels:int, min_timescale:float=1.0, max_timesca
     sig = torch.cat([torch.sin(t), torch.cos(t)], 1)
     return F.pad(sig, (0, channels % 2))
 
-def timing_signal_2d(side:int, channels:int, min_timescale:float=1.0, max_timescale:float=1e4)->Tensor:
-    "t2t's `add_timing_signal_nd` for a `side x side` grid, row-major: `[side*side, channels]` (rows, then columns)."
-    n = channels // 4                                                     # timescales per dimension
-    inc = math.log(max_timescale / min_timescale) / max(n - 1, 1)
-    inv = min_timescale * torch.exp(torch.arange(n, dtype=torch.float32) * -inc)
-    t = torch.arange(side, dtype=torch.float32)[:, None] * inv[None]     # [side, n]
-    sig = torch.cat([torch.sin(t), torch.cos(t)], 1)                      # [side, 2n]
-    rows, cols = sig[:, None].expand(side, side, 2 * n), sig[None].expand(side, side, 2 * n)
-    return F.pad(torch.cat([rows, cols], -1).reshape(side * side, 4 * n), (0, channels - 4 * n))
+def grid_offsets(side:int)->tuple:
+    "(index `[L, L]` of each query/key pair's 2-D offset into a `(2 side - 1)^2` table, Manhattan length per offset)."
+    r, c = torch.arange(side * side) // side, torch.arange(side * side) % side
+    idx = (r[:, None] - r[None] + side - 1) * (2 * side - 1) + (c[:, None] - c[None] + side - 1)
+    o = torch.arange(-(side - 1), side)
+    return idx, (o[:, None].abs() + o[None].abs()).float().reshape(-1)
+
+class GridPositionBias(nn.Module):
+    "A learned attention bias per head and 2-D offset (Swin-style table), started at `-slope_h * |offset|_1`."
+    def __init__(self, side:int, heads:int):
+        super().__init__()
+        idx, dist = grid_offsets(side)
+        slopes = 2.0 ** (1 - torch.arange(heads, dtype=torch.float32))   # 2, 1, 1/2, ...: near to wide heads
+        self.table = nn.Parameter(-slopes[:, None] * dist[None])          # [heads, (2 side - 1)^2]
+        self.register_buffer('idx', idx, persistent=False)
+
+    def forward(self, L:int)->Tensor: return self.table[:, self.idx[:L, :L]]   # [heads, L, L]
 
 class UTBlock(nn.Module):
     "Pre-norm self-attention (SDPA, key/value depths split over heads) + pre-norm ReLU feed-forward, at `hidden_size`."
@@ -145,11 +157,16 @@ class UTBlock(nn.Module):
                                 nn.Linear(cfg.ut_filter_size, d))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x:Tensor, key_mask:Tensor)->Tensor:                   # x: [B, L, d]; key_mask [B, L]
+    def forward(self, x:Tensor,             # [B, L, d]
+                key_mask:Tensor,            # [B, L] bool: keys that may be attended to
+                bias:Optional[Tensor]=None  # [heads, L, L] added to the attention logits
+               )->Tensor:
         B, L, _ = x.shape
         u = self.n1(x)
         q, k, v = (f(u).view(B, L, self.h, -1).transpose(1, 2) for f in (self.q, self.k, self.v))  # [B, h, L, dk]
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        m = key_mask[:, None, None, :]
+        if bias is not None: m = bias[None].masked_fill(~m, float('-inf'))                          # [B, h, L, L]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
         x = x + self.drop(self.o(a.transpose(1, 2).reshape(B, L, -1)))
         return x + self.drop(self.ff(self.n2(x)))
 
@@ -167,11 +184,12 @@ class UniversalTransformer(nn.Module):
         nn.init.normal_(self.embed.weight, std=e ** -0.5)
         self.puzzle_embed = nn.Embedding(max(1, cfg.num_puzzle_identifiers), e); nn.init.zeros_(self.puzzle_embed.weight)
         self.proj = nn.Linear(e, d, bias=False) if e != d else None         # the port's embedding_proj
-        self.block = UTBlock(cfg)
+        self.block = UTBlock(cfg)                                             # hop layer (t2t: rec_layer_0)
+        self.inner = nn.ModuleList(UTBlock(cfg) for _ in range(cfg.ut_inner_layers - 1))   # rec_layer_1, ...
+        self.pos_bias = GridPositionBias(math.isqrt(cfg.seq_len), cfg.ut_heads) if cfg.pos_bias_kind == '2d' else None
         self.halt = nn.Linear(d, 1); nn.init.constant_(self.halt.bias, cfg.halt_bias_init)
         self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, cfg.vocab_size)
-        pos = timing_signal_2d(math.isqrt(cfg.seq_len), d) if cfg.pos_kind == '2d' else timing_signal(cfg.seq_len, d)
-        self.register_buffer('pos_signal', pos, persistent=False)                                   # [L, d]
+        self.register_buffer('pos_signal', timing_signal(cfg.seq_len, d), persistent=False)          # [L, d]
         self.register_buffer('step_signal', timing_signal(cfg.halt_max_steps, d), persistent=False)  # [T, d]
 
     def ponder_weight(self, step:int, train_config:dict)->float:
@@ -195,10 +213,12 @@ class UniversalTransformer(nn.Module):
         state = self.embed_inputs(batch)                                      # [B, L, d]
         pos = self.pos_signal[:L].to(state.dtype)
         key_mask = mask | ~mask.any(1, keepdim=True)                          # an all-pad row attends to itself
+        bias = None if self.pos_bias is None else self.pos_bias(L).to(state.dtype)   # [heads, L, L]
         act = self.criterion(); st = act.init(mask); acc, steps = None, []
         for t in range(cfg.halt_max_steps):
             s = state + pos + self.step_signal[t].to(state.dtype)
-            y = self.block(s, key_mask)                                       # [B, L, d]
+            y = self.block(s, key_mask, bias)                                 # [B, L, d]
+            for layer in self.inner: y = layer(y, key_mask, bias)
             if cfg.ut_act:
                 w, st2, _ = act.step(st, t, halt_logit=self.halt(s).squeeze(-1))
                 acc = act.combine(acc, y, w)

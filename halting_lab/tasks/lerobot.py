@@ -554,7 +554,8 @@ def check_episode_count(info: dict, episodes: list, min_episodes: int) -> list:
         out.append(
             Failure(
                 'episodes',
-                f'meta/info.json total_episodes={info["total_episodes"]} but the episodes table has {n}',
+                f'meta/info.json total_episodes={info["total_episodes"]}, '
+                f'but the episodes table has {n}',
                 f'total_episodes 불일치 (info.json {info["total_episodes"]}개, 에피소드 테이블 {n}개)',
                 field='total_episodes',
             )
@@ -573,7 +574,8 @@ def check_frame_counts(ep: dict, n_rows: int, n_frames: dict) -> list:
         out.append(
             Failure(
                 'frame_count',
-                f'{_ep(e)}: frame counts differ (video {vid}; action rows {n_rows}; metadata length {meta})',
+                f'{_ep(e)}: frame counts differ '
+                f'(video {vid}; action rows {n_rows}; metadata length {meta})',
                 f'{_ep(e)}의 프레임 수 불일치 ({vk}, 액션 {n_rows}프레임, 메타데이터 length {meta})',
                 e,
                 field,
@@ -623,7 +625,7 @@ def check_values(
 def check_resolution(
     e: int, key: str, frames: np.ndarray, feature: dict, expected: Optional[tuple]
 ) -> list:
-    "Decoded (height, width) == info.json's declared shape (and `expected` (width, height) if given)."
+    "Decoded (height, width) == info.json's shape (and `expected` (width, height) if given)."
     out = []
     shape = feature.get('shape') or []
     declared = tuple(int(v) for v in shape[:2]) if len(shape) >= 2 else None
@@ -634,7 +636,8 @@ def check_resolution(
         out.append(
             Failure(
                 'resolution',
-                f'{_ep(e)}: {key} frames are {got[1]}x{got[0]}, info.json declares {declared[1]}x{declared[0]}',
+                f'{_ep(e)}: {key} frames are {got[1]}x{got[0]}, '
+                f'info.json declares {declared[1]}x{declared[0]}',
                 f'{_ep(e)}의 이미지 해상도 불일치 ({key} {got[1]}x{got[0]}, 선언 {declared[1]}x{declared[0]})',
                 e,
                 key,
@@ -644,7 +647,8 @@ def check_resolution(
         out.append(
             Failure(
                 'resolution',
-                f'{_ep(e)}: {key} frames are {got[1]}x{got[0]}, expected {expected[0]}x{expected[1]} (--resolution)',
+                f'{_ep(e)}: {key} frames are {got[1]}x{got[0]}, '
+                f'expected {expected[0]}x{expected[1]} (--resolution)',
                 f'{_ep(e)}의 이미지 해상도 {got[1]}x{got[0]} (필요: {expected[0]}x{expected[1]})',
                 e,
                 key,
@@ -855,7 +859,7 @@ BREAKS = (
 
 
 def _rewrite_data(root: Path, fn):
-    "Apply `fn(dict of numpy columns) -> dict` to the data parquet and write it back (one row group per episode)."
+    "Apply `fn(dict of numpy columns) -> dict` to the data parquet and write it back."
     import pyarrow as pa, pyarrow.parquet as pq
 
     p = root / DATA_PATH.format(chunk_index=0, file_index=0)
@@ -886,7 +890,7 @@ def _set_value(c: dict, key: str, episode: int, dim: int, value: float) -> dict:
 
 
 def break_dataset(root: str | Path, how: str, episode: int = 1):
-    "Damage the dataset at `root` in exactly one way (`how` in BREAKS), at `episode` where per-episode."
+    "Damage the dataset at `root` in exactly one way (`how` in BREAKS), at `episode`."
     root = Path(root)
     info_p = root / 'meta/info.json'
     if how == 'episodes':
@@ -1063,7 +1067,7 @@ def dataset_signature(root: str | Path) -> tuple:
 def require_valid(
     root: str | Path, min_episodes: int = 50, expected_resolution: Optional[tuple] = None
 ) -> ValidationReport:
-    "validate_dataset, raising ValidationFailed (with the [BLOCKED] text) on any failure (a pass is remembered)."
+    "validate_dataset; ValidationFailed (the [BLOCKED] text) on any failure; passes are remembered."
     key = (
         str(Path(root).resolve()),
         dataset_signature(root),

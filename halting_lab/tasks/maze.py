@@ -370,5 +370,6 @@ def maze_difficulty(inputs:np.ndarray, labels:np.ndarray)->np.ndarray:
 
 register_task('maze', 'halting_lab.train.run:puzzle_datamodule', builder='build-maze',
               difficulty=maze_difficulty, difficulty_name='path_length', renderer=decode_maze,
+              colors=MAZE_COLORS,
               charset=CHARSET, kind='puzzle',
               help='shortest path in an n x n maze (HRM format, `halting-lab build-maze`)')

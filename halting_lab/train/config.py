@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 from fastcore.basics import patch
 from ..core import HaltingLabError
-from ..registry import get_model, get_task, entries, trainable_models, load_plugins
+from ..registry import (get_model, get_task, entries, trainable_models, load_plugins,
+                                  DEFAULT_TASK, DEFAULT_MODEL)
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'LR_SCHEDULES', 'IPYTHON_NAMES', 'TrainConfig', 'model_config_cls', 'family_train_flags',
@@ -28,8 +29,8 @@ LR_SCHEDULES = ('constant', 'cosine')
 @dataclass
 class _Run:
     "The run: task, model, data, optimisation, EMA, checkpoints (first half of TrainConfig)."
-    task: str = _f('maze', 'a registered task (`halting-lab registry --kind task`)')
-    model_type: str = _f('act_rnn', 'a registered model family (`halting-lab registry --kind model`)')
+    task: str = _f(DEFAULT_TASK, 'a registered task (`halting-lab registry --kind task`)')
+    model_type: str = _f(DEFAULT_MODEL, 'a registered model family (`halting-lab registry --kind model`)')
     data_dir: Optional[str] = _f(None, "the task's dataset directory (HRM format: train/ and test/)")
     plugins: Optional[str] = _f(None, 'modules to import first (comma separated): they register '
                                 'models / tasks / halting rules; recorded for resume and viewers')
@@ -90,7 +91,7 @@ class _Loop:
 class TrainConfig(_Loop, _Run):
     "Everything about a training run that is not model structure (one field per CLI flag)."
     def __getattr__(self, name:str):
-        "Task flags read as attributes (`tc.toy_length`)."
+        "Task flags read as attributes (`tc.<task flag>`)."
         tcfg = self.__dict__.get('task_config')
         if tcfg is not None and name in {f.name for f in fields(tcfg)}: return getattr(tcfg, name)
         raise AttributeError(f'TrainConfig has no attribute {name!r}')

@@ -7,18 +7,19 @@ from __future__ import annotations
 import atexit, contextlib, datetime, json, math, os, shlex, shutil, socket, sys, time
 from pathlib import Path
 from typing import Any, Optional
+from fastcore.basics import patch
 from ..core import HaltingLabError, DiskFullError, RunDir, save_json, _is_disk_full
 
 # %% auto #0
-__all__ = ['RANK_VARS', 'LOCK_NAME', 'PRECISIONS', 'launch_rank', 'RunLock', 'acquire', 'release', 'run_state', 'rerun_commands',
+__all__ = ['RANK_VARS', 'LOCK_NAME', 'NO_BATCHES', 'PRECISIONS', 'launch_rank', 'RunLock', 'run_state', 'rerun_commands',
            'check_rerun', 'remove_temp_files', 'mark_failed', 'TrainingDiverged', 'loss_terms', 'NonFiniteGuard',
-           'on_train_batch_end', 'on_validation_end', 'RunGuard', 'guarded_run', 'check_flag_ranges']
+           'RunGuard', 'guarded_run', 'check_flag_ranges']
 
 # %% ../../nbs/train/guard.ipynb #f5b6c7d8
 RANK_VARS = ('RANK', 'LOCAL_RANK', 'SLURM_PROCID', 'NODE_RANK')
 
 def launch_rank()->int:
-    "This process's rank as the DDP/Slurm launcher set it in the environment (0 when not launched so)."
+    "This process's rank as the DDP/Slurm launcher set it in the environment (0 when none)."
     ranks = [int(os.environ[k]) for k in RANK_VARS if os.environ.get(k, '').strip().isdigit()]
     return max(ranks, default=0)
 
@@ -62,16 +63,17 @@ class RunLock:
 def _busy(lock:RunLock, h:Optional[dict])->HaltingLabError:
     "The error the second writer gets."
     h = h or {}
-    msg = (f'{lock.run_dir}: another process is writing this run ({_holder_text(h)}); wait for it, stop it, '
-           'or use another --run_id / --default_root_dir')
+    msg = (f'{lock.run_dir}: another process is writing this run ({_holder_text(h)}); '
+           'wait for it, stop it, or use another --run_id / --default_root_dir')
     if h.get('host') not in (None, socket.gethostname()):
         msg += f' (if no such process runs on {h["host"]} any more, delete {lock.path})'
     return HaltingLabError(msg)
 
 def _write_holder(lock:RunLock, fd:int):
-    "Record this process in the lock file (the previous holder's record is kept as `took_over`)."
-    info = {'pid': os.getpid(), 'host': socket.gethostname(),
-            'started': datetime.datetime.now().isoformat(timespec='seconds'), 'command': lock.command}
+    "Record this process in the lock file."
+    now = datetime.datetime.now().isoformat(timespec='seconds')
+    info = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': now,
+            'command': lock.command}
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, (json.dumps(info) + '\n').encode())
@@ -87,19 +89,22 @@ def _flock(fd:int)->Optional[bool]:
     return True
 
 def _same_file(fd:int, path:Path)->bool:
-    "Whether `path` still names the file open as `fd` (it was not removed and re-created meanwhile)."
+    "Whether `path` still names the file open as `fd` (not removed and re-created meanwhile)."
     try: return os.fstat(fd).st_ino == os.stat(path).st_ino
     except FileNotFoundError: return False
 
 # %% ../../nbs/train/guard.ipynb #a2c3d4e5
+def _holder_alive(h:Optional[dict])->bool:
+    "Without flock: whether the recorded holder may still run (always, when it is on another host)."
+    if not h or h.get('pid') == os.getpid(): return False
+    return h.get('host') != socket.gethostname() or _pid_alive(h.get('pid', 0))
+
 def _open_locked(lock:RunLock)->int:
     "An fd of the lock file that this process holds; `_busy` error when a live process holds it."
     for _ in range(20):
         fd = os.open(lock.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         got, h = _flock(fd), lock.holder()
-        if got is None:   # no flock here: trust the recorded pid when it is on this host
-            got = not (h and h.get('pid') != os.getpid() and
-                       (h.get('host') != socket.gethostname() or _pid_alive(h.get('pid', 0))))
+        if got is None: got = not _holder_alive(h)   # no flock here: trust the recorded pid
         if not got:
             os.close(fd)
             raise _busy(lock, h)
@@ -109,17 +114,20 @@ def _open_locked(lock:RunLock)->int:
         os.close(fd)      # the holder removed the file as we opened it: open the new one
     raise HaltingLabError(f'{lock.path}: could not take the run lock (the file keeps changing)')
 
+@patch
 def acquire(self:RunLock)->RunLock:
-    "Take the lock or raise a `HaltingLabError` naming the holder; a dead holder's lock is taken over."
+    "Take the lock or raise a `HaltingLabError` naming the holder (a dead holder's lock is taken)."
     if not self.enabled or self._fd is not None: return self
     self.run_dir.mkdir(parents=True, exist_ok=True)
     self._fd = _open_locked(self)
     _write_holder(self, self._fd)
     if self.took_over:
-        print(f'{self.path}: took over a stale lock ({_holder_text(self.took_over)}; not running)', flush=True)
+        print(f'{self.path}: took over a stale lock ({_holder_text(self.took_over)}; not running)',
+              flush=True)
     atexit.register(self.release)
     return self
 
+@patch
 def release(self:RunLock):
     "Remove the lock file and drop the lock (idempotent)."
     if self._fd is None: return
@@ -128,15 +136,15 @@ def release(self:RunLock):
     with contextlib.suppress(OSError): os.close(self._fd)
     self._fd = None
 
-RunLock.acquire, RunLock.release = acquire, release
-
 # %% ../../nbs/train/guard.ipynb #e6a7b8c9
 def _metrics_rows(p:Path)->int:
     "Data rows in a metrics.csv (0 when absent)."
     if not p.exists(): return 0
-    with open(p, encoding='utf-8', errors='replace') as f: return max(0, sum(1 for l in f if l.strip()) - 1)
+    with open(p, encoding='utf-8', errors='replace') as f:
+        return max(0, sum(1 for l in f if l.strip()) - 1)
 
 def _results(p:Path)->Optional[dict]:
+    "A JSON object file as a dict (None when absent or not an object)."
     with contextlib.suppress(OSError, ValueError):
         d = json.loads(p.read_text())
         return d if isinstance(d, dict) else None
@@ -147,17 +155,17 @@ def run_state(run_dir:str|Path)->dict:
     rd = RunDir(run_dir)
     ckpts = sorted(p.name for p in rd.checkpoints.glob('*.ckpt')) if rd.checkpoints.is_dir() else []
     rows, res_p = _metrics_rows(rd.metrics_csv), rd.path/'results.json'
-    res = _results(res_p) or {}
-    status = res.get('status')
-    if status == 'finished' and rd.last_ckpt.exists() and rd.last_ckpt.stat().st_mtime > res_p.stat().st_mtime + 1:
-        status = None                       # a later segment (a resume) ran after these results
+    status = (_results(res_p) or {}).get('status')
+    later = (rd.last_ckpt.exists() and res_p.exists()
+             and rd.last_ckpt.stat().st_mtime > res_p.stat().st_mtime + 1)
+    if status == 'finished' and later: status = None   # a resume ran after these results
     if status is None: status = 'interrupted' if ckpts or rows else 'empty'
-    cfg = _results(rd.config_json) or {}
-    return {'status': status, 'ckpts': ckpts, 'metrics_rows': rows, 'command': cfg.get('command')}
+    cmd = (_results(rd.config_json) or {}).get('command')
+    return {'status': status, 'ckpts': ckpts, 'metrics_rows': rows, 'command': cmd}
 
 # %% ../../nbs/train/guard.ipynb #f7b8c9d0
 def _set_flag(argv:list, flag:str, value:Optional[str])->list:
-    "`argv` with `--flag` removed (both `--flag V` and `--flag=V`), then appended as `--flag value`."
+    "`argv` without `--flag V` / `--flag=V`, then with `--flag value` appended (unless None)."
     out, skip = [], False
     for a in argv:
         if skip: skip = False
@@ -178,17 +186,21 @@ def rerun_commands(run_dir:Path, command:Optional[str])->tuple:
         return ("train(..., resume_ckpt='auto')", f"train(..., run_id={fresh.name!r})")
     argv = _set_flag(shlex.split(command), '--resume_ckpt', None)
     resume = shlex.join(argv + ['--resume_ckpt', 'auto'])
-    if '--default_root_dir' in argv or any(a.startswith('--default_root_dir=') for a in argv):
+    if any(a == '--default_root_dir' or a.startswith('--default_root_dir=') for a in argv):
         return resume, shlex.join(_set_flag(argv, '--default_root_dir', str(fresh)))
     return resume, shlex.join(_set_flag(argv, '--run_id', fresh.name))
 
 # %% ../../nbs/train/guard.ipynb #b9d0e1f2
 def _stamp()->str: return datetime.datetime.now().strftime('%Y%m%d_%H%M%S')
 
+def _epoch_of(p:Path)->Optional[int]:
+    "K of an `epoch=K.ckpt` file name (None for other names)."
+    k = p.stem.split('=', 1)[1] if p.stem.startswith('epoch=') else ''
+    return int(k) if k.isdigit() else None
+
 def _supersede(rd:RunDir, epoch:int)->Optional[Path]:
-    "Move checkpoints newer than `epoch=K.ckpt` (and last/best) to `checkpoints/superseded-<time>/`."
-    later = [p for p in rd.checkpoints.glob('epoch=*.ckpt') if p.stem.split('=')[1].isdigit()
-             and int(p.stem.split('=')[1]) > epoch]
+    "Move checkpoints after `epoch` (and last/best) to `checkpoints/superseded-<time>/`."
+    later = [p for p in rd.checkpoints.glob('epoch=*.ckpt') if (_epoch_of(p) or -1) > epoch]
     later += [p for p in (rd.last_ckpt, rd.checkpoints/'best.ckpt') if p.exists()]
     if not later: return None
     dest = rd.checkpoints/f'superseded-{_stamp()}'
@@ -202,42 +214,49 @@ def _explicit(rd:RunDir, st:dict, resume_ckpt:str, command)->str:
     p = Path(resume_ckpt)
     own = p.exists() and rd.checkpoints.is_dir() and p.resolve().parent == rd.checkpoints.resolve()
     if st['ckpts'] and not own:
-        raise HaltingLabError(f'--resume_ckpt {resume_ckpt}: is not a checkpoint of {rd.path}, which holds its own run '
-                              f'({", ".join(st["ckpts"])}); resume into a fresh directory: '
-                              f'{rerun_commands(rd.path, command)[1]} --resume_ckpt {resume_ckpt}')
-    if own and p.stem.startswith('epoch=') and p.stem.split('=')[1].isdigit():
-        moved = _supersede(rd, int(p.stem.split('=')[1]))
-        if moved: print(f'{rd.path}: later checkpoints moved to {moved} (resuming from {p.name})', flush=True)
+        fresh = rerun_commands(rd.path, command)[1]
+        own_ckpts = ', '.join(st['ckpts'])
+        raise HaltingLabError(f'--resume_ckpt {resume_ckpt}: is not a checkpoint of {rd.path}, '
+                              f'which holds its own run ({own_ckpts}); resume into a fresh one: '
+                              f'{fresh} --resume_ckpt {resume_ckpt}')
+    if own and _epoch_of(p) is not None:
+        moved = _supersede(rd, _epoch_of(p))
+        if moved: print(f'{rd.path}: later checkpoints moved to {moved} (resuming from {p.name})')
     return resume_ckpt
 
 # %% ../../nbs/train/guard.ipynb #c0e1f2a3
-def check_rerun(run_dir:str|Path,                  # the run directory about to be written
-                resume_ckpt:Optional[str]=None,    # the --resume_ckpt given (None: not given)
-                command:Optional[str]=None)->Optional[str]: # the command line, for the refusal message
-    "The `--resume_ckpt` to use for a run into `run_dir` (None: fresh); refuses to overwrite a finished run."
+def _keep_metrics(rd:RunDir):
+    "Keep the metrics.csv of an attempt that left no checkpoint (a fresh run would truncate it)."
+    kept = rd.path/f'metrics.{_stamp()}.csv'
+    os.replace(rd.metrics_csv, kept)
+    print(f'{rd.path}: an earlier attempt left no checkpoint; '
+          f'its metrics.csv is kept as {kept.name}')
+
+def check_rerun(run_dir:str|Path,               # the run directory about to be written
+                resume_ckpt:Optional[str]=None, # the --resume_ckpt given (None: not given)
+                command:Optional[str]=None,     # the command line, for the refusal message
+               )->Optional[str]:
+    "The `--resume_ckpt` for a run into `run_dir` (None: fresh); never overwrites a finished run."
     rd, st = RunDir(run_dir), run_state(run_dir)
-    command = command or st['command']
-    side_effects = launch_rank() == 0
-    if resume_ckpt: return _explicit(rd, st, resume_ckpt, command) if side_effects else resume_ckpt
+    command, rank0 = command or st['command'], launch_rank() == 0
+    if resume_ckpt: return _explicit(rd, st, resume_ckpt, command) if rank0 else resume_ckpt
     if not st['ckpts']:
-        if st['metrics_rows'] and side_effects:
-            kept = rd.path/f'metrics.{_stamp()}.csv'
-            os.replace(rd.metrics_csv, kept)
-            print(f'{rd.path}: an earlier attempt left no checkpoint; its metrics.csv is kept as {kept.name}', flush=True)
+        if st['metrics_rows'] and rank0: _keep_metrics(rd)
         return None
     resume, fresh = rerun_commands(rd.path, command)
     if st['status'] in ('finished', 'diverged') or 'last.ckpt' not in st['ckpts']:
-        raise HaltingLabError(f'{rd.path}: already holds a {st["status"]} run ({", ".join(st["ckpts"])}, '
-                              f'{st["metrics_rows"]} metrics rows), which a new run would overwrite. '
-                              f'To continue it: {resume}   To start a new run: {fresh}')
-    if side_effects:
+        held = f'{", ".join(st["ckpts"])}, {st["metrics_rows"]} metrics rows'
+        raise HaltingLabError(f'{rd.path}: already holds a {st["status"]} run ({held}), which a '
+                              f'new run would overwrite. To continue it: {resume}   '
+                              f'To start a new run: {fresh}')
+    if rank0:
         print(f'{rd.path}: holds an unfinished run ({st["status"]}); resuming from last.ckpt '
               f'(--resume_ckpt auto). For a new run instead: {fresh}', flush=True)
     return 'auto'
 
 # %% ../../nbs/train/guard.ipynb #f3b4c5d6
 def remove_temp_files(run_dir:str|Path)->list:
-    "Delete the temp files of interrupted atomic writes (`.NAME.*.tmp`, `.NAME.tmpPID`) under `run_dir`."
+    "Delete the temp files of interrupted atomic writes (`.NAME.*.tmp`, `.NAME.tmpPID`)."
     gone = []
     for p in Path(run_dir).rglob('.*.tmp*'):
         if p.is_file():
@@ -250,7 +269,7 @@ def mark_failed(run_dir:str|Path,      # the run directory
                 reason:str,            # one line: what went wrong
                 status:str='failed',   # 'failed' or 'diverged'
                 created:bool=False)->str: # this attempt created the directory
-    "Remove a run dir this attempt created and left without checkpoint, else record `status` in results.json."
+    "Remove a run dir this attempt made and left without checkpoint, else record `status`."
     rd = RunDir(run_dir)
     if not rd.path.exists(): return 'absent'
     remove_temp_files(rd.path)
@@ -259,8 +278,9 @@ def mark_failed(run_dir:str|Path,      # the run directory
         shutil.rmtree(rd.path, ignore_errors=True)
         return 'removed'
     res = _results(rd.path/'results.json') or {}
-    res.update(status=status, reason=reason, stopped=datetime.datetime.now().isoformat(timespec='seconds'),
-               last_good_ckpt=str(rd.last_ckpt) if rd.last_ckpt.exists() else None)
+    now = datetime.datetime.now().isoformat(timespec='seconds')
+    last = str(rd.last_ckpt) if rd.last_ckpt.exists() else None
+    res.update(status=status, reason=reason, stopped=now, last_good_ckpt=last)
     with contextlib.suppress(DiskFullError): save_json(rd.path/'results.json', res)
     return 'marked'
 
@@ -280,20 +300,21 @@ def _finite(x)->bool:
 def loss_terms(out, loss, ce)->dict:
     "{'loss', 'ce', 'ponder_cost', 'aux_loss'} of one step (None where the model has no such term)."
     pc = getattr(out, 'ponder_cost', None)
-    return {'loss': loss, 'ce': ce, 'ponder_cost': None if pc is None else pc.detach().float().mean(),
-            'aux_loss': getattr(out, 'aux_loss', None)}
+    pc = None if pc is None else pc.detach().float().mean()
+    return {'loss': loss, 'ce': ce, 'ponder_cost': pc, 'aux_loss': getattr(out, 'aux_loss', None)}
 
 # %% ../../nbs/train/guard.ipynb #d7f8a9b0
+NO_BATCHES = ('0 training batches per epoch (--limit_train_batches, --batch_size or an empty '
+              'training set); expected at least one: nothing would be trained or saved')
+
 class NonFiniteGuard(Callback):
-    "Stop on a non-finite training/validation loss (`TrainingDiverged`) and on zero training batches."
+    "Stop on a non-finite train/validation loss (`TrainingDiverged`) and on zero training batches."
     def __init__(self, ckpt_dir:str|Path|None=None): # the run's checkpoints/ (named in the message)
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
         self.terms, self.diverged, self._orig = {}, None, None
 
     def on_train_start(self, trainer, pl_module):
-        if trainer.num_training_batches == 0:
-            raise HaltingLabError('0 training batches per epoch (--limit_train_batches, --batch_size or an empty '
-                                  'training set); expected at least one: nothing would be trained or saved')
+        if trainer.num_training_batches == 0: raise HaltingLabError(NO_BATCHES)
         orig = getattr(pl_module, 'compute_loss', None)
         if orig is None or self._orig is not None: return
         def compute_loss(out, batch, *a, **kw):   # remember the terms of the last loss
@@ -317,40 +338,41 @@ def _agree(trainer, bad:bool)->bool:
 
 def _bad_param(pl_module)->Optional[str]:
     "Name of the first parameter with a non-finite value, or None."
-    for n, p in pl_module.named_parameters():
-        if not _finite(p): return n
-    return None
+    return next((n for n, p in pl_module.named_parameters() if not _finite(p)), None)
 
+def _value(v)->float: return float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
+
+@patch
 def _stop(self:NonFiniteGuard, trainer, pl_module, where:str, what:dict):
     "Raise `TrainingDiverged` with the step, the non-finite terms and the last good checkpoint."
-    bad = [f'{k}={float(v.detach().float().mean()) if torch.is_tensor(v) else float(v):.4g}'
-           for k, v in what.items() if v is not None and not _finite(v)]
+    bad = [f'{k}={_value(v):.4g}' for k, v in what.items() if v is not None and not _finite(v)]
     p = _bad_param(pl_module)
     last = self.ckpt_dir/'last.ckpt' if self.ckpt_dir is not None else None
-    keep = f'last good checkpoint: {last}' if last is not None and last.exists() else 'no checkpoint was written yet'
-    self.diverged = dict(step=int(trainer.global_step), epoch=int(trainer.current_epoch), where=where, terms=bad)
-    raise TrainingDiverged(f'non-finite loss at {where} (epoch {trainer.current_epoch}, step {trainer.global_step}): '
-                           f'{", ".join(bad) or "loss"}' + (f'; first non-finite parameter: {p}' if p else '')
+    keep = (f'last good checkpoint: {last}' if last and last.exists()
+            else 'no checkpoint was written yet')
+    step, epoch = int(trainer.global_step), int(trainer.current_epoch)
+    self.diverged = dict(step=step, epoch=epoch, where=where, terms=bad)
+    raise TrainingDiverged(f'non-finite loss at {where} (epoch {epoch}, step {step}): '
+                           f'{", ".join(bad) or "loss"}'
+                           + (f'; first non-finite parameter: {p}' if p else '')
                            + f'; stopped with status diverged, {keep}')
 
-NonFiniteGuard._stop = _stop
-
 # %% ../../nbs/train/guard.ipynb #f9b0c1d2
+@patch
 def on_train_batch_end(self:NonFiniteGuard, trainer, pl_module, outputs, batch, batch_idx):
+    "A non-finite training loss (on any rank) stops the run."
     loss = outputs.get('loss') if isinstance(outputs, dict) else outputs
     if _agree(trainer, not _finite(loss)):
-        what = {k: v for k, v in self.terms.items()} if self.terms else {'loss': loss}
-        what['loss'] = loss
-        self._stop(trainer, pl_module, f'training batch {batch_idx}', what)
+        self._stop(trainer, pl_module, f'training batch {batch_idx}', {**self.terms, 'loss': loss})
 
+@patch
 def on_validation_end(self:NonFiniteGuard, trainer, pl_module):
+    "A non-finite validation loss stops the run before the epoch-end checkpoint."
     val = (getattr(pl_module, 'last_metrics', {}) or {}).get('val', {})
     what = {k: v for k, v in val.items() if k in ('val/loss', 'val/ce')}
     if trainer.sanity_checking or not what: return
     if _agree(trainer, not all(_finite(v) for v in what.values())):
         self._stop(trainer, pl_module, 'validation', what)
-
-NonFiniteGuard.on_train_batch_end, NonFiniteGuard.on_validation_end = on_train_batch_end, on_validation_end
 
 # %% ../../nbs/train/guard.ipynb #d3f4a5b7
 class RunGuard:
@@ -361,15 +383,30 @@ class RunGuard:
     @property
     def callbacks(self)->list: return [self.nonfinite]
 
+def _os_filename(e:BaseException)->Optional[str]:
+    "The file name an OSError in `e`'s chain names, if any."
+    while e is not None:
+        if isinstance(e, OSError) and getattr(e, 'filename', None): return e.filename
+        e = e.__cause__ or e.__context__
+    return None
+
 def _disk_full_error(e:BaseException, run_dir:Path)->DiskFullError:
     "One line naming the path a full disk stopped (the run directory when the write did not say)."
     if isinstance(e, DiskFullError): return e
-    c = e
-    while c is not None and not (isinstance(c, OSError) and getattr(c, 'filename', None)): c = c.__cause__ or c.__context__
-    where = c.filename if c is not None else run_dir
-    return DiskFullError(f'{where}: no space left on device; the run stopped (free space, then resume with --resume_ckpt auto)')
+    where = _os_filename(e) or run_dir
+    return DiskFullError(f'{where}: no space left on device; the run stopped '
+                         '(free space, then resume with --resume_ckpt auto)')
 
 # %% ../../nbs/train/guard.ipynb #e4a5b6c8
+def _on_failure(e:BaseException, run_dir:Path, created:bool):
+    "Record an honest status for the exception `e` that stopped the run (full disk: one line)."
+    if _is_disk_full(e, run_dir if run_dir.exists() else run_dir.parent):
+        err = _disk_full_error(e, run_dir)
+        mark_failed(run_dir, str(err), created=created)
+        raise err from e
+    status = 'diverged' if isinstance(e, TrainingDiverged) else 'failed'
+    mark_failed(run_dir, f'{type(e).__name__}: {e}'.splitlines()[0], status, created)
+
 @contextlib.contextmanager
 def guarded_run(run_dir:str|Path,                # the run directory (made if missing)
                 resume_ckpt:Optional[str]=None,  # --resume_ckpt as given
@@ -385,35 +422,33 @@ def guarded_run(run_dir:str|Path,                # the run directory (made if mi
         raise
     try: yield g
     except BaseException as e:
-        if not rank0: raise
-        if _is_disk_full(e, run_dir if run_dir.exists() else run_dir.parent):
-            err = _disk_full_error(e, run_dir)
-            mark_failed(run_dir, str(err), created=created)
-            raise err from e
-        diverged = isinstance(e, TrainingDiverged)
-        mark_failed(run_dir, f'{type(e).__name__}: {e}'.splitlines()[0], 'diverged' if diverged else 'failed', created)
+        if rank0: _on_failure(e, run_dir, created)
         raise
     finally: lock.release()
 
 # %% ../../nbs/train/guard.ipynb #b7d8e9f1
-_AT_LEAST_1 = ('hidden_size', 'num_heads', 'n_heads', 'ut_heads', 'ut_embedding_size', 'ut_key_depth',
-               'ut_value_depth', 'ut_filter_size', 'ut_max_hops', 'halt_max_steps', 'time_limit', 'H_cycles',
-               'L_cycles', 'L_layers', 'cell_layers', 'kernel_size', 'vocab_size', 'seq_len',
-               'num_puzzle_identifiers', 'batch_size', 'max_epochs', 'log_every_n_steps', 'dim', 'depth',
-               'n_layers', 'n_sup', 'n_latent', 'toy_length', 'toy_train_size', 'toy_val_size',
-               'eval_interval', 'grid_size', 'dim_model', 'eval_batch_size')
+_AT_LEAST_1 = ('hidden_size', 'num_heads', 'n_heads', 'ut_heads', 'ut_embedding_size',
+               'ut_key_depth', 'ut_value_depth', 'ut_filter_size', 'ut_max_hops', 'halt_max_steps',
+               'time_limit', 'H_cycles', 'L_cycles', 'L_layers', 'cell_layers', 'kernel_size',
+               'vocab_size', 'seq_len', 'num_puzzle_identifiers', 'batch_size', 'max_epochs',
+               'log_every_n_steps', 'dim', 'depth', 'n_layers', 'n_sup', 'n_latent', 'toy_length',
+               'toy_train_size', 'toy_val_size', 'eval_interval', 'grid_size', 'dim_model',
+               'eval_batch_size')
 _AT_LEAST_0 = ('save_every_n_epochs', 'keep_last_k', 'num_workers', 'time_penalty_warmup_steps',
-               'puzzle_emb_ndim', 'puzzle_emb_len', 'seed', 'weight_decay', 'grad_clip', 'lr_warmup_epochs',
-               'time_penalty', 'time_penalty_start', 'ut_act_loss_weight', 'puzzle_emb_lr',
-               'puzzle_emb_weight_decay', 'pondernet_beta', 'limit_val_batches', 'toy_min_length')
-_POSITIVE = ('learning_rate', 'expansion', 'rope_theta', 'rms_norm_eps', 'channel_mult', 'token_mult')
-_UNIT = {'dropout': (0, 1, '[0, 1)'), 'beta1': (0, 1, '[0, 1)'), 'beta2': (0, 1, '[0, 1)'),
-         'ema_rate': (0, 1, '[0, 1)'), 'ema_decay': (0, 1, '[0, 1)'), 'halt_exploration_prob': (0, 1.0000001, '[0, 1]'),
-         'act_eps': (0, 1, '[0, 1)'), 'ut_act_epsilon': (0, 1, '[0, 1)')}
-_HEADS = (('num_heads', 'hidden_size'), ('ut_heads', 'ut_key_depth'), ('ut_heads', 'ut_value_depth'),
-          ('n_heads', 'dim_model'), ('n_heads', 'dim'))
-PRECISIONS = ('64-true', '32-true', '16-mixed', 'bf16-mixed', '16-true', 'bf16-true', '64', '32', '16', 'bf16',
-              'transformer-engine', 'transformer-engine-float16')
+               'puzzle_emb_ndim', 'puzzle_emb_len', 'seed', 'weight_decay', 'grad_clip',
+               'lr_warmup_epochs', 'time_penalty', 'time_penalty_start', 'ut_act_loss_weight',
+               'puzzle_emb_lr', 'puzzle_emb_weight_decay', 'pondernet_beta', 'limit_val_batches',
+               'toy_min_length')
+_POSITIVE = ('learning_rate', 'expansion', 'rope_theta', 'rms_norm_eps', 'channel_mult',
+             'token_mult')
+_OPEN_1 = (0, 1, '[0, 1)')
+_UNIT = {'dropout': _OPEN_1, 'beta1': _OPEN_1, 'beta2': _OPEN_1, 'ema_rate': _OPEN_1,
+         'ema_decay': _OPEN_1, 'act_eps': _OPEN_1, 'ut_act_epsilon': _OPEN_1,
+         'halt_exploration_prob': (0, 1.0000001, '[0, 1]')}
+_HEADS = (('num_heads', 'hidden_size'), ('ut_heads', 'ut_key_depth'),
+          ('ut_heads', 'ut_value_depth'), ('n_heads', 'dim_model'), ('n_heads', 'dim'))
+PRECISIONS = ('64-true', '32-true', '16-mixed', 'bf16-mixed', '16-true', 'bf16-true',
+              '64', '32', '16', 'bf16', 'transformer-engine', 'transformer-engine-float16')
 
 # %% ../../nbs/train/guard.ipynb #c8e9f0a2
 def _num(v)->Optional[float]:
@@ -422,60 +457,74 @@ def _num(v)->Optional[float]:
     try: return float(v)
     except (TypeError, ValueError): return None
 
+def _range_error(k:str, v, x:float)->Optional[str]:
+    "The message for flag `k` = `v` (numerically `x`) when it is out of range."
+    if k in _AT_LEAST_1 and not x >= 1: return f'--{k}: {v!r}; expected >= 1'
+    if k in _AT_LEAST_0 and not x >= 0: return f'--{k}: {v!r}; expected >= 0'
+    if k in _POSITIVE and not (x > 0 and math.isfinite(x)):
+        return f'--{k}: {v!r}; expected a finite value > 0'
+    if k in _UNIT and not _UNIT[k][0] <= x < _UNIT[k][1]:
+        return f'--{k}: {v!r}; expected a value in {_UNIT[k][2]}'
+    return None
+
 def _range_errors(cfg:dict)->list:
     "Messages for the values of `cfg` outside their range."
-    errs = []
-    for k, v in cfg.items():
-        x = _num(v)
-        if x is None: continue
-        if k in _AT_LEAST_1 and not x >= 1: errs.append(f'--{k}: {v!r}; expected >= 1')
-        elif k in _AT_LEAST_0 and not x >= 0: errs.append(f'--{k}: {v!r}; expected >= 0')
-        elif k in _POSITIVE and not (x > 0 and math.isfinite(x)): errs.append(f'--{k}: {v!r}; expected a finite value > 0')
-        elif k in _UNIT and not _UNIT[k][0] <= x < _UNIT[k][1]: errs.append(f'--{k}: {v!r}; expected a value in {_UNIT[k][2]}')
-    return errs
+    errs = [_range_error(k, v, _num(v)) for k, v in cfg.items() if _num(v) is not None]
+    return [e for e in errs if e]
 
 def _heads_errors(cfg:dict)->list:
-    "Attention heads must divide the width they split (act_rnn uses heads only with --mixing attention)."
+    "Heads must divide the width they split (act_rnn has heads only with --mixing attention)."
     if cfg.get('model_type') == 'act_rnn' and cfg.get('mixing', 'conv') != 'attention': return []
     errs = []
     for h, w in _HEADS:
         nh, nw = _num(cfg.get(h)), _num(cfg.get(w))
         if nh and nw and nh >= 1 and nw >= 1 and nw % nh:
-            errs.append(f'--{h}: {cfg[h]} does not divide --{w} {cfg[w]}; expected a divisor of {cfg[w]}')
+            errs.append(f'--{h}: {cfg[h]} does not divide --{w} {cfg[w]}; '
+                        f'expected a divisor of {cfg[w]}')
     return errs
 
 # %% ../../nbs/train/guard.ipynb #d9f0a1b3
 def _steps_errors(tc:dict)->list:
-    "max_steps, limit_train_batches: -1/None or positive."
+    "max_steps: -1 or >= 1; limit_train_batches: None or > 0."
     errs = []
     ms = _num(tc.get('max_steps'))
-    if ms is not None and not (ms == -1 or ms >= 1): errs.append(f"--max_steps: {tc['max_steps']!r}; expected -1 (no limit) or >= 1")
+    if ms is not None and not (ms == -1 or ms >= 1):
+        errs.append(f"--max_steps: {tc['max_steps']!r}; expected -1 (no limit) or >= 1")
     lt = tc.get('limit_train_batches')
     if lt is not None and not (_num(lt) or 0) > 0:
-        errs.append(f'--limit_train_batches: {lt!r}; expected > 0 (a batch count, or a fraction in (0, 1])')
+        errs.append(f'--limit_train_batches: {lt!r}; expected > 0 '
+                    '(a batch count, or a fraction in (0, 1])')
     return errs
+
+def _accelerator_error(acc:str, cuda:bool)->Optional[str]:
+    "--accelerator known and present."
+    from halting_lab.core import _mps_available
+    if acc not in ('auto', 'cpu', 'gpu', 'cuda', 'mps'):
+        return f'--accelerator: {acc!r}; expected auto, cpu, gpu or mps'
+    if acc in ('gpu', 'cuda') and not cuda:
+        return f'--accelerator {acc}: no CUDA GPU is available; expected cpu, mps or auto'
+    if acc == 'mps' and not _mps_available():
+        return '--accelerator mps: MPS is not available; expected cpu, gpu or auto'
+    return None
 
 def _device_errors(tc:dict)->list:
     "accelerator known and present; devices 'auto' or a count it has; precision known."
-    from halting_lab.core import _mps_available
-    errs, acc = [], str(tc.get('accelerator', 'auto'))
-    cuda = torch.cuda.is_available()
-    if acc not in ('auto', 'cpu', 'gpu', 'cuda', 'mps'): errs.append(f'--accelerator: {acc!r}; expected auto, cpu, gpu or mps')
-    elif acc in ('gpu', 'cuda') and not cuda: errs.append(f'--accelerator {acc}: no CUDA GPU is available; expected cpu, mps or auto')
-    elif acc == 'mps' and not _mps_available(): errs.append('--accelerator mps: MPS is not available; expected cpu, gpu or auto')
-    d = str(tc.get('devices', '1'))
-    gpu = acc in ('gpu', 'cuda') or (acc == 'auto' and cuda)
-    if d != 'auto' and not (d.isdigit() and int(d) >= 1): errs.append(f'--devices: {d!r}; expected auto or a count >= 1')
+    acc, cuda = str(tc.get('accelerator', 'auto')), torch.cuda.is_available()
+    errs = [e for e in [_accelerator_error(acc, cuda)] if e]
+    d, gpu = str(tc.get('devices', '1')), acc in ('gpu', 'cuda') or (acc == 'auto' and cuda)
+    if d != 'auto' and not (d.isdigit() and int(d) >= 1):
+        errs.append(f'--devices: {d!r}; expected auto or a count >= 1')
     elif d.isdigit() and gpu and cuda and int(d) > torch.cuda.device_count():
         errs.append(f'--devices: {d}; this machine has {torch.cuda.device_count()} CUDA device(s)')
     p = tc.get('precision')
-    if p not in (None, '') and str(p) not in PRECISIONS: errs.append(f'--precision: {p!r}; expected one of {", ".join(PRECISIONS)}')
+    if p not in (None, '') and str(p) not in PRECISIONS:
+        errs.append(f'--precision: {p!r}; expected one of {", ".join(PRECISIONS)}')
     return errs
 
 # %% ../../nbs/train/guard.ipynb #e0a1b2c4
-def check_flag_ranges(train_cfg:dict,        # TrainConfig as a dict
+def check_flag_ranges(train_cfg:dict,            # TrainConfig as a dict
                       model_cfg:dict|None=None): # the model config as a dict
-    "Raise a `HaltingLabError` naming the first flag whose value is out of range (all problems listed)."
+    "Raise a `HaltingLabError` listing every flag whose value is out of range, each named."
     model_cfg = dict(model_cfg or {})
     errs = _range_errors({**model_cfg, **train_cfg}) + _heads_errors(model_cfg)
     errs += _steps_errors(train_cfg) + _device_errors(train_cfg)

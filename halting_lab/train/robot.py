@@ -55,7 +55,7 @@ FREEZE_EXEMPT = (
 
 
 def frozen_changes(old: dict, new: dict) -> list:
-    "[(flag, old, new)] of flags whose value differs (FREEZE_EXEMPT ignored; flags absent on one side skipped)."
+    "[(flag, old, new)] of differing flags (FREEZE_EXEMPT and one-sided flags skipped)."
     out = []
     for k in sorted(set(old) & set(new)):
         if k in FREEZE_EXEMPT or k == 'model_type':
@@ -83,7 +83,7 @@ def refuse_changes(changes: list, where: str):
 
 # %% ../../nbs/train/robot.ipynb #eaacb3b7
 class ACTLitModule(HaltingLitModule):
-    "LightningModule of `ACTPolicy` for robot runs (seed 004 checkpoints/REPORT/HANDOFF as callbacks)."
+    "LightningModule of `ACTPolicy` (seed 004 checkpoints/REPORT/HANDOFF as callbacks)."
 
     metric_columns = (
         'train/l1_loss',
@@ -134,7 +134,7 @@ def _stats(self: ACTLitModule, losses: dict, n: int) -> dict:
 
 @patch
 def epoch_metrics(self: ACTLitModule, stage: str, sync: bool = True) -> dict:
-    "{'<stage>/loss', '<stage>/l1_loss', '<stage>/kld_loss'} of the epoch so far (train sums all-reduced)."
+    "{'<stage>/loss', '<stage>/l1_loss', '<stage>/kld_loss'} of the epoch so far."
     acc = self._acc[stage]
     if acc is None:
         return {}
@@ -315,7 +315,7 @@ def _find(trainer, cls):
 
 # %% ../../nbs/train/robot.ipynb #70cf7541
 class RobotCheckpoints(Callback):
-    "act_epoch_NNN every `every` epochs (+ the last), newest `keep` + act_best by loss, optional copy."
+    "act_epoch_NNN every `every` epochs (+ the last); newest `keep` + act_best; optional copy."
 
     def __init__(self, every: int = 50, keep: int = 3, copy_to: Optional[str] = None):
         self.every, self.keep, self.copy_to = (
@@ -462,7 +462,7 @@ def _num(s: str):
 
 # %% ../../nbs/train/robot.ipynb #82c36567
 def parse_report(text: str) -> dict:
-    "A [REPORT] message -> {'kind', 'restart', 'epoch', 'total', 'loss', 'loss_initial', 'lr', 'gpu', 'eta', 'checkpoint'}."
+    "A [REPORT] message -> dict (kind, restart, epoch, total, loss, loss_initial, lr, ...)."
     lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
     if not lines or not lines[0].startswith('@Watcher [REPORT] ACT 학습'):
         raise HaltingLabError(f'report: expected "@Watcher [REPORT] ACT 학습 ...", got {lines[:1]}')
@@ -578,7 +578,7 @@ def loss_curve_png(rows: list, path: str | Path) -> Optional[Path]:
 
 # %% ../../nbs/train/robot.ipynb #ec33390b
 class RobotReporter(Callback):
-    "Periodic [REPORT] (and one at every (re)start) to report.log + console; [HANDOFF] when training finishes."
+    "Periodic [REPORT] (and at a restart) to report.log + console; [HANDOFF] at the end."
 
     def __init__(
         self,
@@ -728,7 +728,7 @@ def _ckpt_step(path: Path) -> int:
 
 
 def restore_from_copy(run_dir: str | Path, copy_to: Optional[str | Path]) -> Optional[Path]:
-    "Copy the newest checkpoint of `copy_to` to <run>/checkpoints/last.ckpt when the run has none; its source."
+    "Newest checkpoint of `copy_to` -> <run>/checkpoints/last.ckpt when the run has none."
     last = Path(run_dir) / 'checkpoints/last.ckpt'
     if last.exists() or not copy_to or not Path(copy_to).exists():
         return None
@@ -765,6 +765,7 @@ ROBOT_TRAIN_DEFAULTS = dict(
     task='lerobot',
     model_type='act_policy',
     progress_bar=False,
+    save_every_n_epochs=0,  # the generic epoch=E.ckpt copies: off (act_epoch_NNN are this run's)
     **{k: v for k, v in FIT_DEFAULTS.items() if v is not None},
 )
 
@@ -810,7 +811,7 @@ def _check_run_config(run_path: Path, tc: dict, mc: dict):
 
 # %% ../../nbs/train/robot.ipynb #22af5db6
 def fit_local(train_cfg: dict, model_cfg: dict, run_dir: str | Path, callbacks: list = ()) -> dict:
-    "Train ACT on the lerobot task into `run_dir` with the generic callbacks (exact resume from last.ckpt)."
+    "Train ACT on the lerobot task into `run_dir` with the generic callbacks (exact resume)."
     from halting_lab.core import RunDir, seed_everything
     from halting_lab.train.lightning import (
         MetricsCSV,
@@ -891,7 +892,7 @@ def fit_local(train_cfg: dict, model_cfg: dict, run_dir: str | Path, callbacks: 
 
 # %% ../../nbs/train/robot.ipynb #111fc7f4
 def generic_train_accepts_robot() -> bool:
-    "Whether halting_lab.train.run.train() takes registered tasks/models (the registry-driven core)."
+    "Whether halting_lab.train.run.train() takes registered tasks/models."
     try:
         from halting_lab.train.config import params_to_configs
 
@@ -912,7 +913,7 @@ def generic_train_accepts_robot() -> bool:
 def run_robot(
     params: dict, run_dir: Optional[str | Path] = None, callbacks: list = (), engine: str = 'auto'
 ) -> dict:
-    "Validate, check frozen flags, restore from the copy location, then train (generic train() or fit_local)."
+    "Validate, check frozen flags, restore from the copy location, then train."
     rc = robot_flags(params)
     if not rc.dataset:
         raise HaltingLabError('--dataset: required (a LeRobot v3.0 directory)')
@@ -1061,7 +1062,7 @@ def load_policy(ckpt: str | Path) -> ACTPolicy:
 def replanning_summary(
     run_dir: str | Path, replan_every: int = 5, tol: float = 0.05, max_episodes: int = 5
 ) -> dict:
-    "replan_profile of the run's best (else newest) checkpoint over its validation (else first) episodes."
+    "replan_profile of the run's best (else last) checkpoint on its validation episodes."
     from halting_lab.models.act_policy import replan_profile
     from halting_lab.tasks.lerobot import LeRobotDataModule
 

@@ -12,12 +12,12 @@ import numpy as np
 from ..core import HaltingLabError, HaltingOutput, runs_root, load_json, atomic_write_bytes
 
 # %% auto #0
-__all__ = ['MAZE_CHARSET', 'MAZE_COLORS', 'CKPT_SUFFIXES', 'PANEL_TITLES', 'load_split', 'is_maze', 'grid_shape', 'token_style',
-           'difficulty', 'InferenceResult', 'make_batch', 'default_device', 'available_devices', 'run_inference',
-           'list_checkpoints', 'list_runs', 'find_runs_dir', 'checkpoint_run_dir', 'run_data_dir', 'load_model',
-           'InferenceCache', 'cached_inference', 'sample_arrays', 'sample_figure', 'update_sample_figure',
-           'dataset_figure', 'update_dataset_highlight', 'sample_png', 'dataset_png', 'static_indices', 'save_static',
-           'static_dir', 'show_static', 'HaltingExplorer', 'pick_run', 'quick_demo_run']
+__all__ = ['CKPT_SUFFIXES', 'PANEL_TITLES', 'load_split', 'task_spec', 'grid_shape', 'token_style', 'difficulty',
+           'InferenceResult', 'make_batch', 'default_device', 'available_devices', 'run_inference', 'list_checkpoints',
+           'list_runs', 'find_runs_dir', 'checkpoint_run_dir', 'run_data_dir', 'load_model', 'InferenceCache',
+           'cached_inference', 'sample_arrays', 'sample_figure', 'update_sample_figure', 'dataset_figure',
+           'update_dataset_highlight', 'sample_png', 'dataset_png', 'static_indices', 'save_static', 'static_dir',
+           'show_static', 'HaltingExplorer', 'pick_run', 'quick_demo_run']
 
 # %% ../../nbs/viewers/halting_explorer.ipynb #41610202
 def load_split(data_dir:str|Path,       # dataset root holding `train/` and `test/` (HRM format)
@@ -25,52 +25,52 @@ def load_split(data_dir:str|Path,       # dataset root holding `train/` and `tes
                limit:Optional[int]=None, # keep only the first `limit` examples
               )->dict:
     "Inputs, labels and `dataset.json` metadata of one split of an HRM-format dataset."
+    from halting_lab.data import hrm
     d = Path(data_dir)/split
     meta = load_json(d/'dataset.json')
-    sets = meta.get('sets') or ['all']
-    ins, labs = [], []
-    for s in sets:
-        fi, fl = d/f'{s}__inputs.npy', d/f'{s}__labels.npy'
-        for f in (fi, fl):
-            if not f.exists(): raise HaltingLabError(f'{f}: file not found (expected by {d/"dataset.json"} sets={sets})')
-        ins.append(np.load(fi, mmap_mode='r')); labs.append(np.load(fl, mmap_mode='r'))
-    inputs = ins[0] if len(ins) == 1 else np.concatenate(ins)
-    labels = labs[0] if len(labs) == 1 else np.concatenate(labs)
+    _, sets = hrm.read_split(d, mmap=True)
+    inputs = np.concatenate([np.asarray(a['inputs'][:limit]) for a in sets.values()])[:limit]
+    labels = np.concatenate([np.asarray(a['labels'][:limit]) for a in sets.values()])[:limit]
     if inputs.shape != labels.shape:
         raise HaltingLabError(f'{d}: inputs shape {inputs.shape} != labels shape {labels.shape}')
-    if limit is not None: inputs, labels = inputs[:limit], labels[:limit]
-    return dict(inputs=np.asarray(inputs), labels=np.asarray(labels), meta=meta, data_dir=str(data_dir), split=split)
+    return dict(inputs=inputs, labels=labels, meta=meta, data_dir=str(data_dir), split=split)
 
 # %% ../../nbs/viewers/halting_explorer.ipynb #b86945ab
-MAZE_CHARSET = '# SGo'
-MAZE_COLORS = ['#ffffff', '#303030', '#f4f4f4', '#2ca02c', '#d62728', '#1f77b4']  # pad, wall, free, S, G, path
-_PALETTE = ['#ffffff', '#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f',
-            '#bcbd22', '#17becf', '#aec7e8', '#ffbb78', '#98df8a', '#ff9896', '#c5b0d5', '#c49c94', '#f7b6d2']
+_PALETTE = ['#ffffff', '#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2',
+            '#7f7f7f', '#bcbd22', '#17becf', '#aec7e8', '#ffbb78', '#98df8a', '#ff9896', '#c5b0d5',
+            '#c49c94', '#f7b6d2']
 
-def is_maze(meta:dict)->bool:
-    "True for maze datasets (vocab 6 = pad + `# SGo`)."
-    return int(meta.get('vocab_size', 0)) == 6
+def task_spec(meta:dict):
+    "The registered task of a dataset: `meta['task']`, else the one task whose charset fits."
+    from halting_lab.registry import entries
+    tasks = entries('task')
+    if meta.get('task') in tasks: return tasks[meta['task']]
+    v = int(meta.get('vocab_size', 0))
+    fit = [s for s in tasks.values() if s.charset and len(s.charset) + 1 == v and s.kind == 'puzzle']
+    return fit[0] if len(fit) == 1 else None
 
 def grid_shape(seq_len:int)->tuple:
     "(rows, cols) used to draw a sequence: square when `seq_len` is a perfect square, else one row."
     s = int(round(math.sqrt(seq_len)))
     return (s, s) if s * s == seq_len else (1, seq_len)
 
+# %% ../../nbs/viewers/halting_explorer.ipynb #7d2e9a41
 def token_style(meta:dict)->dict:
     "Colours and names of the tokens of a dataset (`colors[i]`, `names[i]` for token id i)."
-    v = int(meta.get('vocab_size', 0)) or 2
-    if is_maze(meta): return dict(colors=list(MAZE_COLORS), names=['pad'] + list(MAZE_CHARSET))
-    colors = [_PALETTE[i % len(_PALETTE)] for i in range(v)]
-    return dict(colors=colors, names=['pad'] + [str(i) for i in range(1, v)])
+    v, spec = int(meta.get('vocab_size', 0)) or 2, task_spec(meta)
+    names = ['pad'] + [str(i) for i in range(1, v)]
+    if spec is not None and spec.charset: names = ['pad'] + list(spec.charset)[:v - 1]
+    colors = list(spec.colors) if spec is not None and spec.colors else []
+    colors += [_PALETTE[i % len(_PALETTE)] for i in range(len(colors), v)]
+    return dict(colors=colors[:v], names=names)
 
 def difficulty(inputs:np.ndarray, labels:np.ndarray, meta:dict)->tuple:
-    "Per-example difficulty and its name: shortest-path length for mazes, else number of cells to fill."
-    if is_maze(meta):
-        try:
-            from halting_lab.tasks.maze import shortest_path_length  # BFS on the input
-            return np.asarray(shortest_path_length(np.asarray(inputs))), 'shortest-path length'
-        except Exception:  # fall back to the label: path cells 'o' (token 5); moves = #o + 1
-            return (labels == 5).sum(-1) + 1, 'shortest-path length'
+    "Per-example difficulty and its name: the task's registered measure, else cells to predict."
+    spec = task_spec(meta)
+    if spec is not None and spec.difficulty is not None:
+        try: return np.asarray(spec.difficulty(np.asarray(inputs), np.asarray(labels))), \
+                spec.difficulty_name.replace('_', ' ')
+        except Exception: pass
     return ((labels != inputs) & (labels != 0)).sum(-1), 'cells to predict'
 
 # %% ../../nbs/viewers/halting_explorer.ipynb #3148a3c3
@@ -147,15 +147,17 @@ def _pad_steps(a:np.ndarray, s:int)->np.ndarray:  # [S', B, L] -> [S, B, L], rep
     return a if a.shape[0] == s else np.concatenate([a, np.repeat(a[-1:], s - a.shape[0], 0)], 0)
 
 def default_device()->str:
-    "'cuda' when a GPU is visible, else 'cpu'."
-    import torch
-    return 'cuda' if torch.cuda.is_available() else 'cpu'
+    "The project's one device choice: CUDA, else Apple MPS, else the CPU (`core.resolve_device`)."
+    from halting_lab.core import resolve_device
+    return resolve_device('auto')
 
 def available_devices()->list:
-    "Devices inference can run on here: 'cpu', then 'cuda' (and 'cuda:1', ... with several GPUs)."
+    "Devices inference can run on here: 'cpu', then 'cuda' ('cuda:1', ...) or 'mps'."
     import torch
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return ['cpu'] + (['cuda'] if n else []) + [f'cuda:{i}' for i in range(1, n)]
+    mps = getattr(torch.backends, 'mps', None)
+    has_mps = mps is not None and mps.is_available()
+    return ['cpu'] + (['cuda'] if n else []) + [f'cuda:{i}' for i in range(1, n)] + (['mps'] if has_mps else [])
 
 def run_inference(model,                        # any model implementing the halting interface
                   data:dict,                    # from `load_split`
@@ -236,17 +238,18 @@ def run_data_dir(run:str|Path)->Optional[str]:
     "The dataset a run was trained on (`data_dir` in its `config.json`), if recorded; relative paths resolved."
     f = Path(run)/'config.json'
     if not f.exists(): return None
-    try: dd = _find_key(load_json(f), ('data_dir', 'data_path'))
+    try: cfg = load_json(f)
     except HaltingLabError: return None
+    dd = (cfg.get('train_config') or {}).get('data_dir') or _find_key(cfg, ('data_dir', 'data_path'))
     if not dd or Path(dd).is_absolute() or Path(dd).exists(): return dd
     for base in [Path(run).resolve().parent.parent, *Path.cwd().parents]:  # project root of runs/<id>, then upwards
         if (base/dd).exists(): return str(base/dd)
     return dd
 
 def load_model(ckpt:str|Path):
-    "The model stored in a checkpoint, through `halting_lab.load_checkpoint` (tuple/LightningModule results unwrapped)."
-    import halting_lab
-    obj = halting_lab.load_checkpoint(ckpt)
+    "The model of a checkpoint (`train.run.load_trained`: the run's plugins imported first)."
+    from halting_lab.train.run import load_trained
+    obj = load_trained(ckpt)
     if isinstance(obj, tuple): obj = obj[0]
     if isinstance(obj, dict) and 'model' in obj: obj = obj['model']
     return obj

@@ -31,14 +31,14 @@ def _no_space(where)->bool:
     return st.f_bavail * st.f_frsize < 256 * 1024
 
 def _is_disk_full(e:BaseException, # the exception a write raised
-                  where=None)->bool: # a path on the written file system (for errors without an errno)
-    "Whether `e` (or an exception it was raised from) is ENOSPC/EDQUOT, or an I/O error on a full `where`."
+                  where=None)->bool: # a path on the written file system (errors without errno)
+    "Whether `e` (or an exception it came from) is ENOSPC/EDQUOT, or an I/O error on a full `where`."
     import errno
     seen, io_error = set(), False
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
-        io_error |= isinstance(e, (OSError, RuntimeError))   # numpy/torch report short writes without errno
+        io_error |= isinstance(e, (OSError, RuntimeError))   # numpy/torch: short writes, no errno
         e = e.__cause__ or e.__context__
     return io_error and where is not None and _no_space(where)
 
@@ -54,7 +54,7 @@ def _umask()->int:
 # %% ../nbs/00_core.ipynb #0b7c51e2
 @contextlib.contextmanager
 def _atomic_file(path:Path):
-    "Yield a binary file that replaces `path` on success; on error remove it (disk full: `DiskFullError`)."
+    "A binary file that replaces `path` on success; removed on error (disk full: `DiskFullError`)."
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
@@ -170,7 +170,8 @@ def _mps_available()->bool:
 def resolve_device(name:str='auto')->str: # auto, cpu, cuda or mps
     "`auto` -> cuda, else mps, else cpu; a requested but missing accelerator is a clear error."
     import torch
-    if name == 'auto': return 'cuda' if torch.cuda.is_available() else ('mps' if _mps_available() else 'cpu')
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else ('mps' if _mps_available() else 'cpu')
     if name not in ('cpu', 'cuda', 'mps'):
         raise HaltingLabError(f'--device: expected auto|cpu|cuda|mps, got {name!r}')
     if name == 'cuda' and not torch.cuda.is_available():

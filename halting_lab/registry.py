@@ -27,6 +27,14 @@ def _target(spec):
     for part in attr.split('.'): obj = getattr(obj, part)
     return obj
 
+# %% ../nbs/registry.ipynb #1d4b7a90
+def _takes(fn, name:str)->bool:
+    "Whether callable `fn` accepts a keyword argument `name`."
+    import inspect
+    try: ps = inspect.signature(fn).parameters
+    except (TypeError, ValueError): return False
+    return name in ps or any(p.kind == p.VAR_KEYWORD for p in ps.values())
+
 # %% ../nbs/registry.ipynb #f9949bfe
 @dataclass
 class ModelSpec:
@@ -97,11 +105,14 @@ class TaskSpec:
     help: str = ''
     difficulty_name: str = 'difficulty'      # column / axis name of `difficulty` (e.g. path_length)
     colors: Optional[list] = None            # token id -> colour for the viewers (index 0: padding)
-    def make_datamodule(self, train_config):
-        "The task's DataModule for `train_config`."
+    def make_datamodule(self, train_config, model_config:dict|None=None):
+        "The task's DataModule for `train_config` (`model_config` too when the factory takes it)."
         if self.datamodule is None:
             raise HaltingLabError(f'task {self.name!r}: no DataModule registered')
-        return _target(self.datamodule)(train_config)
+        fn = _target(self.datamodule)
+        if model_config is not None and _takes(fn, 'model_config'):
+            return fn(train_config, model_config=model_config)
+        return fn(train_config)
     def config(self): return _target(self.config_cls) if self.config_cls else None
     def make_config(self, d:dict|None=None):
         "The task's flag dataclass from `d` (unknown keys ignored), or None without one."

@@ -88,7 +88,7 @@ def test_planner_stops_at_first_verified():
     # with a TRM that is right, the LM is never asked (TRM-only right => hybrid right)
     trm = tiny_trm()
     planner = ARCPlanner(ScriptedReasoner(['x']), trm=trm, max_attempts=5, trm_steps=1)
-    planner._trm_candidate = lambda task, ti, prompt=None: ([[0, 5], [6, 0]], 1, None)
+    planner._trm_candidate = lambda task, ti, prompt=None, trm=None: ([[0, 5], [6, 0]], 1, None)
     res = planner.solve(t)
     assert len(res.attempts) == 1 and res.attempts[0].source == 'trm' and planner.reasoner.calls == []
 

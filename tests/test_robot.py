@@ -417,6 +417,7 @@ def test_notebook_parameters_are_cli_flags():
         'run_id',
         'runs_root',
         'preset',
+        'demo',
         'synthetic_episodes',
         'synthetic_length',
         'synthetic_width',

@@ -9,9 +9,12 @@ RUNBOOK = dict(ut_embedding_size=64, ut_heads=4, ut_key_depth=256, ut_value_dept
 def nparams(model): return sum(p.numel() for p in model.parameters())
 
 def test_param_count_scales_with_hidden_size():
-    counts = {h: nparams(UniversalTransformer(UTConfig(vocab_size=6, seq_len=900, hidden_size=h, **RUNBOOK))) for h in (64, 128, 256, 512)}
+    counts = {h: nparams(UniversalTransformer(UTConfig(vocab_size=6, seq_len=900, hidden_size=h, ut_pos_bias='none', **RUNBOOK)))
+              for h in (64, 128, 256, 512)}
     assert counts[64] < counts[128] < counts[256] < counts[512]
     assert counts[64] == 99911                    # equal sizes: no projection, the earlier width-64 model
+    with_bias = nparams(UniversalTransformer(UTConfig(vocab_size=6, seq_len=900, hidden_size=512, **RUNBOOK)))
+    assert with_bias - counts[512] == 4 * 59 ** 2  # default on a square grid: one bias per head and 2-D offset
     m = UniversalTransformer(UTConfig(vocab_size=6, seq_len=900, hidden_size=512, **RUNBOOK))
     assert m.embed.weight.shape == (6, 64) and m.proj.weight.shape == (512, 64)
     assert m.block.q.weight.shape == (256, 512) and m.block.ff[0].weight.shape == (256, 512)
@@ -26,14 +29,14 @@ def test_runbook_flags_set_the_width():
             '--ut_filter_size', '256', '--ut_max_hops', '6', '--ut_act', '--ut_act_loss_weight', '0.001']
     tc, mc = params_to_configs(parse_train_args(argv))
     assert (mc.hidden_size, mc.ut_embedding_size, mc.halt_max_steps, mc.ut_act) == (512, 64, 6, True)
-    assert nparams(UniversalTransformer(dataclasses.replace(mc, seq_len=900))) == 827_079   # was 99,911 at any --hidden_size
+    assert nparams(UniversalTransformer(dataclasses.replace(mc, seq_len=900))) == 827_079 + 4 * 59 ** 2   # was 99,911
 
 def test_help_says_what_each_flag_is():
     from halting_lab.train.config import build_parser
     text = build_parser().format_help()
-    for flag in ('--ut_embedding_size', '--ut_key_depth', '--ut_max_hops', '--ut_pos_signal', '--ut_act_type'):
+    for flag in ('--ut_embedding_size', '--ut_key_depth', '--ut_max_hops', '--ut_pos_bias', '--ut_act_type', '--ut_inner_layers'):
         assert flag in text
-    assert 'projected to --hidden_size' in text and 'alias of --halt_max_steps' in text
+    assert 'projected to --hidden_size' in text and 'Manhattan distance' in text
 
 def _old_config(**kw):
     "A model config as the earlier class stored it (`dataclasses.asdict`): width ut_embedding_size, hidden_size ignored."
@@ -47,7 +50,7 @@ def _old_weights(seed=0):
     torch.manual_seed(seed)
     ref = UniversalTransformer(UTConfig(vocab_size=6, seq_len=25, hidden_size=16, ut_embedding_size=16, ut_heads=2,
                                         ut_key_depth=16, ut_value_depth=16, ut_filter_size=32, halt_max_steps=3,
-                                        ut_act=True, ut_pos_signal='1d'))
+                                        ut_act=True, ut_pos_bias='none'))
     sd = ref.state_dict()
     assert not any(k.startswith('proj.') for k in sd) and sd['embed.weight'].shape == (6, 16)
     return ref.eval(), sd
@@ -64,7 +67,7 @@ def test_old_checkpoint_loads(tmp_path):
     path = tmp_path / 'old.ckpt'
     torch.save(ck, path)
     m = halting_lab.load_checkpoint(path)
-    assert (m.config.hidden_size, m.config.halt_max_steps, m.config.pos_kind, m.proj) == (16, 3, '1d', None)
+    assert (m.config.hidden_size, m.config.halt_max_steps, m.pos_bias, m.proj) == (16, 3, None, None)
     x = torch.randint(1, 6, (4, 25))
     with torch.no_grad():
         a, b = m({'inputs': x}), ref({'inputs': x})

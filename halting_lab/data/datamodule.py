@@ -18,7 +18,7 @@ __all__ = ['IGNORE_INDEX', 'PuzzleDataset', 'ResumableRandomSampler', 'PuzzleDat
 
 # %% ../../nbs/data/datamodule.ipynb #f2c1a108
 def _splits_to_check(data_dir:Path, split:str)->tuple:
-    "`split`, with `train` first when it exists: a model trained on train must fit the split it reads."
+    "`split`, with `train` first when it exists: a model trained on train must fit `split`."
     has_train = split != 'train' and (data_dir/'train'/'dataset.json').exists()
     return ('train', split) if has_train else (split,)
 
@@ -27,13 +27,13 @@ class PuzzleDataset(torch.utils.data.Dataset):
     def __init__(self, data_dir:str|Path,        # dataset root (holds train/ and test/)
                  split:str='train',              # split folder
                  set_name:Optional[str]=None,    # one set of `sets` (e.g. 'all'); None: every set, concatenated
-                 indices:Optional[np.ndarray]=None, # optional subset of example indices (e.g. a subsample)
-                 validate:bool=True):            # `hrm.validate_dataset` this split (and train, to agree with)
+                 indices:Optional[np.ndarray]=None, # optional subset of example indices (a subsample)
+                 validate:bool=True):            # `hrm.validate_dataset` this split (and train)
         self.data_dir, self.split, self.set_name = Path(data_dir), split, set_name
         split_dir = self.data_dir/split
         if not split_dir.is_dir():
-            raise hrm.MissingFileError(f'{split_dir/"dataset.json"}: split {split!r} missing; expected data_dir to be '
-                                       'the dataset root holding train/ and test/')
+            raise hrm.MissingFileError(f'{split_dir/"dataset.json"}: split {split!r} missing; expected '
+                                       'data_dir to be the dataset root holding train/ and test/')
         if validate: hrm.validate_dataset(self.data_dir, _splits_to_check(self.data_dir, split))
         self.metadata = hrm.read_metadata(split_dir)
         self.sets = [set_name] if set_name is not None else list(self.metadata.sets)
@@ -126,11 +126,12 @@ class PuzzleDataModule(L.LightningDataModule):
                  drop_last:bool=False,
                  task:Optional[str]=None,         # accepted for the CLI; not used by the data
                  set_name:Optional[str]=None,     # restrict to one set name (default: all sets)
-                 validate:bool=True):             # run `hrm.validate_dataset` on the splits in `setup`
+                 validate:bool=True):             # `hrm.validate_dataset` the splits in `setup`
         super().__init__()
         self.data_dir, self.batch_size, self.seed = Path(data_dir), int(batch_size), int(seed)
         self.num_workers, self.val_split, self.subsample = int(num_workers), val_split, subsample
-        self.drop_last, self.task, self.set_name, self.validate = drop_last, task, set_name, validate
+        self.drop_last, self.task, self.set_name = drop_last, task, set_name
+        self.validate = validate
         self.eval_batch_size = int(eval_batch_size or batch_size)
         if not self.data_dir.is_dir():
             raise hrm.MissingFileError(f'{self.data_dir}: dataset directory not found (--data_dir)')
@@ -149,9 +150,10 @@ class PuzzleDataModule(L.LightningDataModule):
 # %% ../../nbs/data/datamodule.ipynb #6a2f8c4e
 @patch
 def setup(self:PuzzleDataModule, stage:Optional[str]=None):
-    "Validate the splits (once), then open the training set (and its sampler) and the validation set."
+    "Validate the splits (once), then open the training set (with its sampler) and the validation set."
     if self.validate and self.validated is None:
-        splits = ('train',) + ((self.val_split,) if self.val_split and self.val_split != 'train' else ())
+        val = (self.val_split,) if self.val_split and self.val_split != 'train' else ()
+        splits = ('train',) + val
         self.validated = hrm.validate_dataset(self.data_dir, splits)
     if self.train_dataset is None:
         full = PuzzleDataset(self.data_dir, 'train', self.set_name, validate=False)
@@ -163,12 +165,14 @@ def setup(self:PuzzleDataModule, stage:Optional[str]=None):
                                                                     indices=idx, validate=False)
         self.train_sampler = ResumableRandomSampler(len(self.train_dataset), self.seed)
     if self.val_dataset is None and self.val_split:
-        self.val_dataset = PuzzleDataset(self.data_dir, self.val_split, self.set_name, validate=False)
+        self.val_dataset = PuzzleDataset(self.data_dir, self.val_split, self.set_name,
+                                         validate=False)
 
 # %% ../../nbs/data/datamodule.ipynb #3c8e1b7a
 @patch
 def _loader(self:PuzzleDataModule, ds, **kw):
-    return torch.utils.data.DataLoader(ds, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+    return torch.utils.data.DataLoader(ds, num_workers=self.num_workers,
+                                       persistent_workers=self.num_workers > 0,
                                        pin_memory=torch.cuda.is_available(), **kw)
 
 @patch
@@ -178,8 +182,10 @@ def train_dataloader(self:PuzzleDataModule):
     dl = self._loader(self.train_dataset, batch_size=self.batch_size, sampler=self.train_sampler,
                       drop_last=self.drop_last)
     if len(dl) == 0:
-        raise HaltingLabError(f'--batch_size {self.batch_size}: {len(self.train_dataset)} training examples of '
-                              f'{self.data_dir/"train"} make 0 batches (drop_last); expected at least one')
+        n = len(self.train_dataset)
+        raise HaltingLabError(f'--batch_size {self.batch_size}: {n} training examples of '
+                              f'{self.data_dir/"train"} make 0 batches (drop_last); '
+                              'expected at least one')
     return dl
 
 @patch

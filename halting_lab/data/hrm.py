@@ -186,35 +186,37 @@ def _npy_header(f, p:Path, field:str)->tuple:
     head = f.read(6)
     f.seek(0)
     if head != b'\x93NUMPY':
-        raise TruncatedFileError(f'{p}: field {field!r} is not a .npy array file (starts with {head!r}); '
-                                 'expected the numpy .npy format')
+        raise TruncatedFileError(f'{p}: field {field!r} is not a .npy array file '
+                                 f'(starts with {head!r}); expected the numpy .npy format')
     try:
         version = npf.read_magic(f)
         read = npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0
         shape, _, dtype = read(f)
     except (ValueError, EOFError, SyntaxError) as e:
-        raise TruncatedFileError(f'{p}: field {field!r} has a truncated or damaged .npy header ({e}); '
-                                 'expected a complete .npy file') from None
+        raise TruncatedFileError(f'{p}: field {field!r} has a truncated or damaged .npy header '
+                                 f'({e}); expected a complete .npy file') from None
     return shape, dtype, f.tell()
 
 # %% ../../nbs/data/hrm.ipynb #0e5a7f92
-def open_array(p:Path,         # a `S__field.npy` file
-               field:str,      # its field name, for messages
+def open_array(p:Path,          # a `S__field.npy` file
+               field:str,       # its field name, for messages
                mmap:bool=True): # memory-map (`mmap_mode='r'`) instead of reading
     "The array in `p`, checked against its header: no object arrays, no truncated bodies."
     p = Path(p)
     with open(p, 'rb') as f: shape, dtype, offset = _npy_header(f, p, field)
     if dtype.hasobject:
-        raise WrongDtypeError(f'{p}: field {field!r} has dtype object (Python objects, not loaded); '
-                              'expected an integer dtype')
+        raise WrongDtypeError(f'{p}: field {field!r} has dtype object (Python objects, not '
+                              'loaded); expected an integer dtype')
     need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     size = p.stat().st_size
     if size < need:
-        raise TruncatedFileError(f'{p}: field {field!r} is truncated: its header says shape {shape} {dtype} '
-                                 f'({need} bytes with the header), the file has {size}; expected a complete file')
+        raise TruncatedFileError(f'{p}: field {field!r} is truncated: its header says shape '
+                                 f'{shape} {dtype} ({need} bytes with the header), the file has '
+                                 f'{size}; expected a complete file')
     try: return np.load(p, mmap_mode='r' if mmap else None, allow_pickle=False)
     except (ValueError, EOFError, OSError) as e:
-        raise TruncatedFileError(f'{p}: field {field!r} cannot be read ({e}); expected a .npy array') from None
+        raise TruncatedFileError(f'{p}: field {field!r} cannot be read ({e}); '
+                                 'expected a .npy array') from None
 
 # %% ../../nbs/data/hrm.ipynb #f271dce8
 def read_metadata(split_dir:str|Path)->DatasetMetadata:
@@ -300,46 +302,58 @@ def _check_indices(p:Path, field:str, idx:np.ndarray, end:int, what:str):
         raise BadIndicesError(f'{p}: field {field!r} ends at {int(idx[-1])}; expected the number of {what} ({end})')
 
 # %% ../../nbs/data/hrm.ipynb #f4a7c2d0
+_INDEX_DTYPE = 'that converts exactly to int64 (int32 as the official builders write)'
+
 def _check_dtypes(split_dir:Path, s:str, a:dict):
     "Token arrays: any integer dtype; index arrays: one that converts exactly to int64."
     for f in FIELDS:
         dt, tokens = a[f].dtype, f in ('inputs', 'labels')
         if np.issubdtype(dt, np.integer) and (tokens or np.can_cast(dt, np.int64)): continue
-        want = '(uint8 or int32)' if tokens else 'that converts exactly to int64 (int32 as the official builders write)'
-        raise WrongDtypeError(f'{array_path(split_dir, s, f)}: field {f!r} has dtype {dt}; expected an integer dtype {want}')
+        want = '(uint8 or int32)' if tokens else _INDEX_DTYPE
+        raise WrongDtypeError(f'{array_path(split_dir, s, f)}: field {f!r} has dtype {dt}; '
+                              f'expected an integer dtype {want}')
 
 def _check_tokens(split_dir:Path, s:str, a:dict, md:DatasetMetadata):
-    "inputs/labels: 2-D, same shape, `seq_len` wide, ids in 0..vocab_size-1 (labels may be `ignore_label_id`)."
-    x, y = a['inputs'], a['labels']
-    px, py, js = array_path(split_dir, s, 'inputs'), array_path(split_dir, s, 'labels'), split_dir/'dataset.json'
-    if x.ndim != 2: raise ShapeMismatchError(f"{px}: field 'inputs' has shape {x.shape}; expected 2-D [N, seq_len]")
+    "inputs/labels: 2-D, same shape, `seq_len` wide, ids in 0..vocab_size-1 (or the ignore label)."
+    x, y, js = a['inputs'], a['labels'], split_dir/'dataset.json'
+    px, py = array_path(split_dir, s, 'inputs'), array_path(split_dir, s, 'labels')
+    if x.ndim != 2:
+        raise ShapeMismatchError(f"{px}: field 'inputs' has shape {x.shape}; "
+                                 'expected 2-D [N, seq_len]')
     if y.shape != x.shape:
-        raise ShapeMismatchError(f"{py}: field 'labels' has shape {y.shape}; expected the shape of inputs {x.shape}")
+        raise ShapeMismatchError(f"{py}: field 'labels' has shape {y.shape}; "
+                                 f'expected the shape of inputs {x.shape}')
     if x.shape[1] != md.seq_len:
-        raise SeqLenMismatchError(f"{js}: field 'seq_len' is {md.seq_len} but {px.name} has {x.shape[1]} tokens "
-                                  f'per example (shape {x.shape}); expected them to agree')
+        raise SeqLenMismatchError(f"{js}: field 'seq_len' is {md.seq_len} but {px.name} has "
+                                  f'{x.shape[1]} tokens per example (shape {x.shape}); '
+                                  'expected them to agree')
     for f, arr, pth in (('inputs', x, px), ('labels', y, py)):
         v = _bad_token(arr, md.vocab_size, md.ignore_label_id if f == 'labels' else None)
         if v is not None:
-            raise TokenOutOfRangeError(f'{pth}: field {f!r} has token id {v}; expected 0 <= id < vocab_size '
-                                       f'({md.vocab_size}, from {js.name})')
+            raise TokenOutOfRangeError(f'{pth}: field {f!r} has token id {v}; expected '
+                                       f'0 <= id < vocab_size ({md.vocab_size}, from {js.name})')
 
 # %% ../../nbs/data/hrm.ipynb #2b9e6f13
 def _check_puzzles(split_dir:Path, s:str, a:dict, md:DatasetMetadata)->dict:
     "Puzzle/group offsets and identifiers of one set; returns its counts."
     pid, pidx, gidx = a['puzzle_identifiers'], a['puzzle_indices'], a['group_indices']
-    pp, pi = array_path(split_dir, s, 'puzzle_indices'), array_path(split_dir, s, 'puzzle_identifiers')
+    pp = array_path(split_dir, s, 'puzzle_indices')
+    pi = array_path(split_dir, s, 'puzzle_identifiers')
     if pid.ndim != 1:
-        raise ShapeMismatchError(f"{pi}: field 'puzzle_identifiers' has shape {pid.shape}; expected 1-D [num_puzzles]")
+        raise ShapeMismatchError(f"{pi}: field 'puzzle_identifiers' has shape {pid.shape}; "
+                                 'expected 1-D [num_puzzles]')
     if len(pidx) != len(pid) + 1:
         raise ShapeMismatchError(f"{pp}: field 'puzzle_indices' has length {len(pidx)}; "
                                  f'expected len(puzzle_identifiers)+1 = {len(pid) + 1}')
     _check_indices(pp, 'puzzle_indices', pidx, len(a['inputs']), 'examples')
-    _check_indices(array_path(split_dir, s, 'group_indices'), 'group_indices', gidx, len(pid), 'puzzles')
+    gp = array_path(split_dir, s, 'group_indices')
+    _check_indices(gp, 'group_indices', gidx, len(pid), 'puzzles')
     lo, hi = _minmax(pid)
-    if len(pid) and (lo < 0 or hi >= md.num_puzzle_identifiers):
-        raise TokenOutOfRangeError(f"{pi}: field 'puzzle_identifiers' has id {hi if hi >= md.num_puzzle_identifiers else lo}; "
-                                   f'expected 0 <= id < num_puzzle_identifiers ({md.num_puzzle_identifiers}, from dataset.json)')
+    n = md.num_puzzle_identifiers
+    if len(pid) and (lo < 0 or hi >= n):
+        bad = hi if hi >= n else lo
+        raise TokenOutOfRangeError(f"{pi}: field 'puzzle_identifiers' has id {bad}; expected "
+                                   f'0 <= id < num_puzzle_identifiers ({n}, from dataset.json)')
     return dict(examples=int(len(a['inputs'])), puzzles=int(len(pid)), groups=int(len(gidx) - 1),
                 max_puzzle_identifier=int(hi))
 
@@ -349,11 +363,13 @@ def _check_counts(js:Path, md:DatasetMetadata, summary:dict):
     groups = sum(v['groups'] for v in summary['sets'].values())
     puzzles = sum(v['puzzles'] for v in summary['sets'].values())
     if groups != md.total_groups:
-        raise GroupCountMismatchError(f"{js}: field 'total_groups' is {md.total_groups} but the group_indices of "
-                                      f'the sets {md.sets} hold {groups} groups; expected them to agree')
+        raise GroupCountMismatchError(f"{js}: field 'total_groups' is {md.total_groups} but the "
+                                      f'group_indices of the sets {md.sets} hold {groups} groups; '
+                                      'expected them to agree')
     if md.total_puzzles is not None and md.total_puzzles not in (puzzles, groups):
-        summary['warnings'].append(f"{js}: field 'total_puzzles' is {md.total_puzzles}; the split has {puzzles} "
-                                   f"puzzles in {groups} groups (TRM's builders write one of the two)")
+        summary['warnings'].append(f"{js}: field 'total_puzzles' is {md.total_puzzles}; the split "
+                                   f"has {puzzles} puzzles in {groups} groups "
+                                   "(TRM's builders write one of the two)")
     examples = sum(v['examples'] for v in summary['sets'].values())
     summary.update(examples=examples, puzzles=int(puzzles), groups=int(groups))
 
@@ -363,7 +379,8 @@ def check_split(split_dir:str|Path)->dict:
     md, sets = read_split(split_dir)
     js = split_dir/'dataset.json'
     for k in ('vocab_size', 'seq_len'):
-        if getattr(md, k) < 1: raise DatasetFormatError(f'{js}: field {k!r} is {getattr(md, k)}; expected >= 1')
+        if getattr(md, k) < 1:
+            raise DatasetFormatError(f'{js}: field {k!r} is {getattr(md, k)}; expected >= 1')
     summary = dict(metadata=md.to_dict(), sets={}, warnings=[])
     for s, a in sets.items():
         _check_dtypes(split_dir, s, a)
@@ -371,8 +388,10 @@ def check_split(split_dir:str|Path)->dict:
         summary['sets'][s] = _check_puzzles(split_dir, s, a, md)
     _check_counts(js, md, summary)
     if summary['examples'] == 0:
-        raise EmptySplitError(f"{array_path(split_dir, md.sets[0], 'inputs')}: field 'inputs' holds 0 examples "
-                              f'(every set of {split_dir.name}/ is empty); expected at least one example')
+        first = array_path(split_dir, md.sets[0], 'inputs')
+        raise EmptySplitError(f"{first}: field 'inputs' holds 0 examples "
+                              f'(every set of {split_dir.name}/ is empty); '
+                              'expected at least one example')
     return summary
 
 # %% ../../nbs/data/hrm.ipynb #7a1f5e2c
@@ -382,16 +401,16 @@ def _check_across(data_dir:Path, out:dict):
     ref, ref_md = names[0], out[names[0]]['metadata']
     for s in names[1:]:
         md, js = out[s]['metadata'], data_dir/s/'dataset.json'
-        if md['seq_len'] != ref_md['seq_len']:
-            raise SeqLenMismatchError(f"{js}: field 'seq_len' is {md['seq_len']} but {ref}/dataset.json has "
-                                      f"{ref_md['seq_len']}; expected every split to have the same seq_len")
-        if md['vocab_size'] != ref_md['vocab_size']:
-            raise SplitMismatchError(f"{js}: field 'vocab_size' is {md['vocab_size']} but {ref}/dataset.json has "
-                                     f"{ref_md['vocab_size']}; expected every split to have the same vocab_size")
+        for k, err in (('seq_len', SeqLenMismatchError), ('vocab_size', SplitMismatchError)):
+            if md[k] != ref_md[k]:
+                raise err(f"{js}: field {k!r} is {md[k]} but {ref}/dataset.json has {ref_md[k]}; "
+                          f'expected every split to have the same {k}')
         hi = max(v['max_puzzle_identifier'] for v in out[s]['sets'].values())
-        if hi >= ref_md['num_puzzle_identifiers']:
-            raise SplitMismatchError(f"{data_dir/s}: field 'puzzle_identifiers' has id {hi}; expected "
-                                     f"< num_puzzle_identifiers of {ref}/dataset.json ({ref_md['num_puzzle_identifiers']})")
+        n = ref_md['num_puzzle_identifiers']
+        if hi >= n:
+            raise SplitMismatchError(f"{data_dir/s}: field 'puzzle_identifiers' has id {hi}; "
+                                     f'expected < num_puzzle_identifiers of {ref}/dataset.json '
+                                     f'({n})')
 
 _VALIDATED: dict = {}   # (root, splits, file stats) -> summary: a dataset checked once per process
 
@@ -401,18 +420,20 @@ def _stat_key(data_dir:Path, splits:tuple)->tuple:
     return (str(data_dir.resolve()), tuple(splits),
             tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
 
+_NO_ROOT = 'dataset directory not found; expected a folder holding train/ and test/'
+
 def validate_dataset(data_dir:str|Path,             # dataset root
                      splits:tuple=('train', 'test'), # splits that must exist and be valid
-                     cache:bool=True,                # skip files already validated unchanged in this process
+                     cache:bool=True,                # skip unchanged files already validated
                     )->dict:
-    "Validate `splits` of `data_dir` and their agreement; raise a named error or return `{split: summary}`."
+    "Validate `splits` of `data_dir` and their agreement: a named error or `{split: summary}`."
     data_dir, splits = Path(data_dir), tuple(splits)
-    if not data_dir.is_dir():
-        raise MissingFileError(f'{data_dir}: dataset directory not found; expected a folder holding train/ and test/')
+    if not data_dir.is_dir(): raise MissingFileError(f'{data_dir}: {_NO_ROOT}')
     for s in splits:
         if not (data_dir/s/'dataset.json').exists():
-            raise MissingFileError(f'{data_dir/s/"dataset.json"}: dataset.json missing; expected split {s!r} '
-                                   f'in {data_dir} (a dataset root holds train/ and test/)')
+            raise MissingFileError(f'{data_dir/s/"dataset.json"}: dataset.json missing; expected '
+                                   f'split {s!r} in {data_dir} '
+                                   '(a dataset root holds train/ and test/)')
     key = _stat_key(data_dir, splits) if cache else None
     if key in _VALIDATED: return _VALIDATED[key]
     out = {s: check_split(data_dir/s) for s in splits}
@@ -421,11 +442,12 @@ def validate_dataset(data_dir:str|Path,             # dataset root
     return out
 
 def check_dataset(data_dir:str|Path)->dict:
-    "Validate a dataset root (train, test and any other split); raise a named `DatasetFormatError` or return `{split: summary}`."
+    "Validate a dataset root (train, test, any other split): a named error or `{split: summary}`."
     data_dir = Path(data_dir)
-    if not data_dir.is_dir(): raise MissingFileError(f'{data_dir}: dataset directory not found; expected a folder holding train/ and test/')
+    if not data_dir.is_dir(): raise MissingFileError(f'{data_dir}: {_NO_ROOT}')
     if (data_dir/'dataset.json').exists() and not dataset_splits(data_dir):
-        raise MissingFileError(f'{data_dir}: this is a split directory; expected the dataset root that holds train/ and test/')
+        raise MissingFileError(f'{data_dir}: this is a split directory; '
+                               'expected the dataset root that holds train/ and test/')
     extra = [s for s in dataset_splits(data_dir) if s not in SPLITS]
     return validate_dataset(data_dir, SPLITS + tuple(extra))
 

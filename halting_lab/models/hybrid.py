@@ -476,27 +476,29 @@ class ARCPlanner:
                  trm_first:bool=True,                 # attempt 1 = the TRM alone
                  trm_steps:int|None=None,             # TRM supervision steps (None: its halt_max_steps)
                  reasoning_tokens:int=16,
-                 puzzle_id_of=None):                  # fn(task) -> TRM puzzle identifier (None: 0)
+                 puzzle_id_of=None,                   # fn(task) -> TRM puzzle identifier (None: 0)
+                 first_trm=None):                     # TRM of attempt 1 (None: `trm`), e.g. the one before joint training
         if reasoner is None and trm is None: raise HaltingLabError('ARCPlanner: give a reasoner, a TRM or both')
         if max_attempts < 1: raise HaltingLabError(f'max_attempts must be >= 1, got {max_attempts}')
         self.reasoner, self.trm, self.verifier = reasoner, trm, verifier or GridVerifier()
         self.max_attempts, self.trm_first, self.trm_steps = max_attempts, trm_first and trm is not None, trm_steps
         self.t2l, self.l2t, self.reasoning_tokens = text_to_latent, latent_to_text, reasoning_tokens
-        self.puzzle_id_of = puzzle_id_of
+        self.puzzle_id_of, self.first_trm = puzzle_id_of, first_trm if first_trm is not None else trm
 
 # %% ../../nbs/models/hybrid.ipynb #43aff948
 @patch
 @torch.no_grad()
-def _trm_candidate(self:ARCPlanner, task:dict, ti:int, prompt:str|None=None)->tuple:
-    "(grid, steps, z_H) of the TRM on test input `ti`, conditioned on `prompt` through the adapter."
-    dev = self.trm.H_init.device
+def _trm_candidate(self:ARCPlanner, task:dict, ti:int, prompt:str|None=None, trm=None)->tuple:
+    "(grid, steps, z_H) of the TRM (default `self.trm`) on test input `ti`, conditioned on `prompt` via the adapter."
+    trm = trm if trm is not None else self.trm
+    dev = trm.H_init.device
     inp = torch.as_tensor(grid_to_canvas(task['test'][ti]['input']), device=dev).long()[None]
     pid = torch.tensor([int(self.puzzle_id_of(task)) if self.puzzle_id_of else 0], device=dev)
     z = None
     if prompt is not None and self.t2l is not None:
         h, m = self.reasoner.hidden_states([prompt])
         z = self.t2l(h.to(dev), m.to(dev))
-    r = trm_solve(self.trm, inp, pid, z, self.trm_steps)
+    r = trm_solve(trm, inp, pid, z, self.trm_steps)
     return canvas_to_grid(r['logits'][0].argmax(-1).cpu().numpy()), int(r['steps'][0]), r['z_H']
 
 # %% ../../nbs/models/hybrid.ipynb #7349d5ea
@@ -506,7 +508,7 @@ def _llm_attempt(self:ARCPlanner, task:dict, ti:int, feedback:list, z_H, target)
     prefix = self.l2t(z_H.to(next(self.l2t.parameters()).device)) if (self.l2t is not None and z_H is not None) else None
     with torch.no_grad(): out = self.reasoner.reason(task, ti, feedback, prefix, self.reasoning_tokens)
     cands, steps, z_new = {'llm': out['grid']}, None, z_H
-    if self.trm is not None:
+    if self.trm is not None and (self.t2l is not None or not self.trm_first):  # else: same as attempt 1
         g, steps, z_new = self._trm_candidate(task, ti, out.get('prompt') if self.t2l is not None else None)
         cands = {'trm+text' if self.t2l is not None else 'trm': g, **cands}
     verdicts = {k: self.verifier.verify(g, task, ti, target) for k, g in cands.items()}
@@ -521,7 +523,7 @@ def solve(self:ARCPlanner, task:dict, test_index:int=0, target=None)->PlanResult
     attempts, feedback, z_H = [], [], None
     for i in range(1, self.max_attempts + 1):
         if i == 1 and self.trm_first:
-            g, steps, z_H = self._trm_candidate(task, test_index)
+            g, steps, z_H = self._trm_candidate(task, test_index, trm=self.first_trm)
             a = Attempt(i, 'trm', g, self.verifier.verify(g, task, test_index, target), '', steps, {'trm': g}, z_H)
         elif self.reasoner is None: break                        # the TRM alone is deterministic: one attempt
         else:

@@ -24,31 +24,45 @@ __all__ = ['DTYPES', 'FINETUNE_MODES', 'TINY_LORA_TARGETS', 'BackboneOutput', 'M
 @dataclass
 class BackboneOutput:
     "One forward pass of a masked-diffusion backbone."
-    logits: torch.Tensor   # [B, L, V] predictions at every position
-    hidden: torch.Tensor   # [B, L, D] last hidden states (the critic's relation matrix uses them)
+
+    logits: torch.Tensor  # [B, L, V] predictions at every position
+    hidden: torch.Tensor  # [B, L, D] last hidden states (the critic's relation matrix uses them)
+
 
 class MaskedDiffusionBackbone(nn.Module):
     "Interface: `forward(tokens [B, L]) -> BackboneOutput`; `encode`, `decode`, `token_strings`."
+
     mask_id: int = MASK_ID
     pad_id: int = PAD_ID
-    def encode(self, text:str)->list: raise NotImplementedError
-    def decode(self, ids)->str: raise NotImplementedError
-    def token_strings(self)->list: raise NotImplementedError
-    @property
-    def hidden_size(self)->int: raise NotImplementedError
 
-    def digit_token_mask(self)->torch.Tensor:
+    def encode(self, text: str) -> list:
+        raise NotImplementedError
+
+    def decode(self, ids) -> str:
+        raise NotImplementedError
+
+    def token_strings(self) -> list:
+        raise NotImplementedError
+
+    @property
+    def hidden_size(self) -> int:
+        raise NotImplementedError
+
+    def digit_token_mask(self) -> torch.Tensor:
         "[V] bool: token ids whose string contains a digit (the numerals operator's fast path)."
         return torch.tensor([any(c.isdigit() for c in s) for s in self.token_strings()])
 
-    def encode_batch(self, prompts:list, # question texts
-                     prompt_len:int,     # prompts are left-padded/truncated to this many tokens
-                     gen_len:int):       # generation slots (all `mask_id`)
+    def encode_batch(
+        self,
+        prompts: list,  # question texts
+        prompt_len: int,  # prompts are left-padded/truncated to this many tokens
+        gen_len: int,
+    ):  # generation slots (all `mask_id`)
         "Token ids `[B, prompt_len + gen_len]`: the left-padded prompt, then `gen_len` masks."
         out = torch.full((len(prompts), prompt_len + gen_len), self.pad_id, dtype=torch.long)
         for i, p in enumerate(prompts):
             ids = self.encode(p)[-prompt_len:]
-            out[i, prompt_len - len(ids):prompt_len] = torch.tensor(ids, dtype=torch.long)
+            out[i, prompt_len - len(ids) : prompt_len] = torch.tensor(ids, dtype=torch.long)
         out[:, prompt_len:] = self.mask_id
         return out
 
@@ -56,98 +70,144 @@ class MaskedDiffusionBackbone(nn.Module):
 @dataclass
 class MDLMConfig:
     "Hyper-parameters of `TinyMDLM` (stored in its checkpoint)."
+
     model_type: str = 'mdlm'
     vocab_size: int = len(CHARSET) + 3
-    max_len: int = 128          # prompt_len + gen_len must not exceed it
+    max_len: int = 128  # prompt_len + gen_len must not exceed it
     dim: int = 96
     n_layers: int = 3
     n_heads: int = 4
     ff_mult: int = 4
     dropout: float = 0.0
+
     @classmethod
-    def from_dict(cls, d:dict):
+    def from_dict(cls, d: dict):
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+
 class Block(nn.Module):
     "Pre-norm bidirectional transformer block."
-    def __init__(self, c:MDLMConfig):
+
+    def __init__(self, c: MDLMConfig):
         super().__init__()
         self.n_heads = c.n_heads
         self.ln1, self.ln2 = nn.LayerNorm(c.dim), nn.LayerNorm(c.dim)
         self.qkv, self.proj = nn.Linear(c.dim, 3 * c.dim), nn.Linear(c.dim, c.dim)
-        self.fc1, self.fc2 = nn.Linear(c.dim, c.ff_mult * c.dim), nn.Linear(c.ff_mult * c.dim, c.dim)
+        self.fc1, self.fc2 = nn.Linear(c.dim, c.ff_mult * c.dim), nn.Linear(
+            c.ff_mult * c.dim, c.dim
+        )
         self.drop = nn.Dropout(c.dropout)
-    def forward(self, x):                                   # x [B, L, D]
+
+    def forward(self, x):  # x [B, L, D]
         B, L, D = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(self.ln1(x))
+            .view(B, L, 3, self.n_heads, D // self.n_heads)
+            .permute(2, 0, 3, 1, 4)
+        )
         a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, D)
         x = x + self.drop(self.proj(a))
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
 
 # %% ../../nbs/models/mdlm.ipynb #d5e1afee
-@register_model(trainable=False, help='small masked-diffusion LM (REOAC backbone, trained by `halting-lab reoac train`)')
+@register_model(
+    trainable=False,
+    help='small masked-diffusion LM (REOAC backbone, trained by `halting-lab reoac train`)',
+)
 class TinyMDLM(nn.Module):
     "Small bidirectional transformer over characters, trained as a masked-diffusion LM."
+
     model_type = 'mdlm'
     config_cls = MDLMConfig
-    def __init__(self, config:Optional[MDLMConfig]=None, **kwargs):
+
+    def __init__(self, config: Optional[MDLMConfig] = None, **kwargs):
         super().__init__()
-        if config is None: config = MDLMConfig(**kwargs)
-        elif isinstance(config, dict): config = MDLMConfig.from_dict({**config, **kwargs})
+        if config is None:
+            config = MDLMConfig(**kwargs)
+        elif isinstance(config, dict):
+            config = MDLMConfig.from_dict({**config, **kwargs})
         c = self.config = config
-        if c.dim % c.n_heads: raise HaltingLabError(f'MDLMConfig: dim {c.dim} must be a multiple of n_heads {c.n_heads}')
+        if c.dim % c.n_heads:
+            raise HaltingLabError(
+                f'MDLMConfig: dim {c.dim} must be a multiple of n_heads {c.n_heads}'
+            )
         self.tok = nn.Embedding(c.vocab_size, c.dim)
         self.pos = nn.Embedding(c.max_len, c.dim)
         self.blocks = nn.ModuleList([Block(c) for _ in range(c.n_layers)])
         self.ln = nn.LayerNorm(c.dim)
         self.head = nn.Linear(c.dim, c.vocab_size)
 
-    def forward(self, tokens:torch.Tensor)->BackboneOutput:   # tokens [B, L]
+    def forward(self, tokens: torch.Tensor) -> BackboneOutput:  # tokens [B, L]
         L = tokens.shape[1]
-        if L > self.config.max_len: raise HaltingLabError(f'sequence length {L} > MDLMConfig.max_len {self.config.max_len}')
+        if L > self.config.max_len:
+            raise HaltingLabError(f'sequence length {L} > MDLMConfig.max_len {self.config.max_len}')
         x = self.tok(tokens) + self.pos(torch.arange(L, device=tokens.device))
-        for b in self.blocks: x = b(x)
+        for b in self.blocks:
+            x = b(x)
         h = self.ln(x)
         return BackboneOutput(logits=self.head(h), hidden=h)
 
 # %% ../../nbs/models/mdlm.ipynb #59f6a7cc
 class TinyMDLMBackbone(MaskedDiffusionBackbone):
     "The project's `TinyMDLM` + character tokenizer behind the backbone interface."
+
     kind = 'tiny'
-    def __init__(self, model:Optional[TinyMDLM]=None, **config):
+
+    def __init__(self, model: Optional[TinyMDLM] = None, **config):
         super().__init__()
         self.model = model if model is not None else TinyMDLM(MDLMConfig(**config))
-    def encode(self, text): return char_encode(text)
-    def decode(self, ids): return char_decode(ids)
-    def token_strings(self): return ['', '[MASK]', '?'] + list(CHARSET)
+
+    def encode(self, text):
+        return char_encode(text)
+
+    def decode(self, ids):
+        return char_decode(ids)
+
+    def token_strings(self):
+        return ['', '[MASK]', '?'] + list(CHARSET)
+
     @property
-    def hidden_size(self): return self.model.config.dim
-    def forward(self, tokens): return self.model(tokens)
-    def state(self)->dict:
+    def hidden_size(self):
+        return self.model.config.dim
+
+    def forward(self, tokens):
+        return self.model(tokens)
+
+    def state(self) -> dict:
         "Checkpoint content: config (plain dict) + weights (tensors)."
         base = getattr(self.model, 'get_base_model', lambda: self.model)()
-        return {'model_type': 'mdlm', 'config': dataclasses.asdict(base.config),
-                'state_dict': {k: v.detach().cpu() for k, v in base.state_dict().items()}}
+        return {
+            'model_type': 'mdlm',
+            'config': dataclasses.asdict(base.config),
+            'state_dict': {k: v.detach().cpu() for k, v in base.state_dict().items()},
+        }
+
     @classmethod
-    def from_state(cls, st:dict, src:str='backbone.pt'):
+    def from_state(cls, st: dict, src: str = 'backbone.pt'):
         "Rebuild from `state()` (e.g. `torch.load(path, weights_only=True)`)."
         if not isinstance(st, dict) or st.get('model_type') != 'mdlm' or 'state_dict' not in st:
-            raise HaltingLabError(f'{src}: not a TinyMDLM checkpoint (expected model_type mdlm + state_dict)')
+            raise HaltingLabError(
+                f'{src}: not a TinyMDLM checkpoint (expected model_type mdlm + state_dict)'
+            )
         m = TinyMDLM(MDLMConfig.from_dict(st['config']))
         m.load_state_dict(st['state_dict'])
         return cls(m)
 
 # %% ../../nbs/models/mdlm.ipynb #86a54d53
-def mdlm_loss(model:nn.Module,        # backbone (or its `model`): tokens -> BackboneOutput
-              inputs:torch.Tensor,     # [B, L] prompt + masks (as `encode_example` builds them)
-              labels:torch.Tensor,     # [B, L] answer ids in the generation slots, -100 elsewhere
-              generator:Optional[torch.Generator]=None,
-              elbo_weight:bool=False,
-              t_min:float=0.05)->torch.Tensor:
+def mdlm_loss(
+    model: nn.Module,  # backbone (or its `model`): tokens -> BackboneOutput
+    inputs: torch.Tensor,  # [B, L] prompt + masks (as `encode_example` builds them)
+    labels: torch.Tensor,  # [B, L] answer ids in the generation slots, -100 elsewhere
+    generator: Optional[torch.Generator] = None,
+    elbo_weight: bool = False,
+    t_min: float = 0.05,
+) -> torch.Tensor:
     "MDLM denoising loss on one batch (random masking level per sequence)."
     gen = labels != -100
-    t = t_min + (1 - t_min) * torch.rand(inputs.shape[0], 1, generator=generator, device=inputs.device)
+    t = t_min + (1 - t_min) * torch.rand(
+        inputs.shape[0], 1, generator=generator, device=inputs.device
+    )
     drop = (torch.rand(inputs.shape, generator=generator, device=inputs.device) < t) & gen
     x = torch.where(gen & ~drop, labels.clamp_min(0), inputs)
     x = torch.where(drop, torch.full_like(x, MASK_ID), x)
@@ -157,12 +217,22 @@ def mdlm_loss(model:nn.Module,        # backbone (or its `model`): tokens -> Bac
     return (ce * w).sum() / drop.float().sum().clamp_min(1)
 
 # %% ../../nbs/models/mdlm.ipynb #7f57a2b4
-def train_mdlm(backbone:TinyMDLMBackbone, rows:list, # backbone to train; problems (question/answer)
-               prompt_len:int, gen_len:int, steps:int=500, batch_size:int=64, lr:float=2e-3,
-               seed:int=0, log_every:int=100, log=print)->list:
+def train_mdlm(
+    backbone: TinyMDLMBackbone,
+    rows: list,  # backbone to train; problems (question/answer)
+    prompt_len: int,
+    gen_len: int,
+    steps: int = 500,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    log_every: int = 100,
+    log=print,
+) -> list:
     "Train the MDLM on `rows`; returns the loss of every step."
     from halting_lab.tasks.math import encode_example
     import numpy as np
+
     xs, ys = zip(*(encode_example(r, prompt_len, gen_len) for r in rows))
     X, Y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
     g = torch.Generator().manual_seed(seed)
@@ -181,102 +251,160 @@ def train_mdlm(backbone:TinyMDLMBackbone, rows:list, # backbone to train; proble
         sched.step()
         losses.append(float(loss.detach()))
         if log and log_every and (step + 1) % log_every == 0:
-            log(f'mdlm step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.3f} ({time.time() - t0:.0f}s)')
+            log(
+                f'mdlm step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.3f} ({time.time() - t0:.0f}s)'
+            )
     backbone.eval()
     return losses
 
 # %% ../../nbs/models/mdlm.ipynb #59e072d5
-DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'auto': None}
+DTYPES = {
+    'float32': torch.float32,
+    'bfloat16': torch.bfloat16,
+    'float16': torch.float16,
+    'auto': None,
+}
 FINETUNE_MODES = ('lora', 'full', 'frozen')
 TINY_LORA_TARGETS = ['qkv', 'proj', 'fc1', 'fc2']
 
-def resolve_dtype(name:str)->Optional[torch.dtype]:
+
+def resolve_dtype(name: str) -> Optional[torch.dtype]:
     "torch dtype of `backbone.torch_dtype` (None for 'auto')."
-    if name not in DTYPES: raise HaltingLabError(f'backbone.torch_dtype: expected one of {list(DTYPES)}, got {name!r}')
+    if name not in DTYPES:
+        raise HaltingLabError(f'backbone.torch_dtype: expected one of {list(DTYPES)}, got {name!r}')
     return DTYPES[name]
 
-def apply_finetune_mode(backbone:MaskedDiffusionBackbone, mode:str, r:int=8, alpha:int=16,
-                        dropout:float=0.05, target_modules:Optional[list]=None)->MaskedDiffusionBackbone:
+
+def apply_finetune_mode(
+    backbone: MaskedDiffusionBackbone,
+    mode: str,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.05,
+    target_modules: Optional[list] = None,
+) -> MaskedDiffusionBackbone:
     "Make the backbone trainable as `mode` says (`lora` wraps `backbone.model` with peft adapters)."
-    if mode not in FINETUNE_MODES: raise HaltingLabError(f'finetune_mode: expected one of {FINETUNE_MODES}, got {mode!r}')
+    if mode not in FINETUNE_MODES:
+        raise HaltingLabError(f'finetune_mode: expected one of {FINETUNE_MODES}, got {mode!r}')
     if mode == 'lora':
         from peft import LoraConfig, get_peft_model
-        targets = target_modules or (TINY_LORA_TARGETS if isinstance(backbone, TinyMDLMBackbone) else None)
+
+        targets = target_modules or (
+            TINY_LORA_TARGETS if isinstance(backbone, TinyMDLMBackbone) else None
+        )
         cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
         backbone.model = get_peft_model(backbone.model, cfg)
     else:
-        for p in backbone.parameters(): p.requires_grad_(mode == 'full')
+        for p in backbone.parameters():
+            p.requires_grad_(mode == 'full')
     backbone.finetune_mode = mode
     return backbone
 
 # %% ../../nbs/models/mdlm.ipynb #e67b4460
 class HFMaskedDiffusionBackbone(MaskedDiffusionBackbone):
     "A Hugging Face masked LM (E2D2 / MDLM / BERT-style) behind the backbone interface."
+
     kind = 'hf'
-    def __init__(self, model, tokenizer, name:str=''):
+
+    def __init__(self, model, tokenizer, name: str = ''):
         super().__init__()
         self.model, self.tokenizer, self.name = model, tokenizer, name
-        if tokenizer.mask_token_id is None: raise HaltingLabError(f'backbone.name {name!r}: tokenizer has no mask token')
+        if tokenizer.mask_token_id is None:
+            raise HaltingLabError(f'backbone.name {name!r}: tokenizer has no mask token')
         self.mask_id = int(tokenizer.mask_token_id)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else (tokenizer.eos_token_id or 0))
         self._strings = None
 
     @classmethod
-    def from_pretrained(cls, name_or_path:str, torch_dtype:str='auto', trust_remote_code:bool=True,
-                        suppress_load_warnings:bool=False, tokenizer_source:str='auto', device:str='cpu'):
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        torch_dtype: str = 'auto',
+        trust_remote_code: bool = True,
+        suppress_load_warnings: bool = False,
+        tokenizer_source: str = 'auto',
+        device: str = 'cpu',
+    ):
         "Load model + tokenizer from a hub id (e.g. `kuleshov-group/e2d2-owt`) or a local directory."
         from transformers import AutoModelForMaskedLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
+
         dt = resolve_dtype(torch_dtype)
         quiet = hf_logging.get_verbosity() if suppress_load_warnings else None
-        if suppress_load_warnings: hf_logging.set_verbosity_error()
+        if suppress_load_warnings:
+            hf_logging.set_verbosity_error()
         try:
-            tok_src = name_or_path if tokenizer_source in ('auto', 'e2d2', 'mdlm') else tokenizer_source
+            tok_src = (
+                name_or_path if tokenizer_source in ('auto', 'e2d2', 'mdlm') else tokenizer_source
+            )
             tok = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=trust_remote_code)
             kw = {'trust_remote_code': trust_remote_code}
-            if dt is not None: kw['dtype'] = dt
+            if dt is not None:
+                kw['dtype'] = dt
             model = AutoModelForMaskedLM.from_pretrained(name_or_path, **kw)
         except OSError as e:
-            raise HaltingLabError(f'backbone.name {name_or_path!r}: cannot load it ({e}); on a machine '
-                                  'without hub access pass a local directory') from e
+            raise HaltingLabError(
+                f'backbone.name {name_or_path!r}: cannot load it ({e}); on a machine '
+                'without hub access pass a local directory'
+            ) from e
         finally:
-            if quiet is not None: hf_logging.set_verbosity(quiet)
+            if quiet is not None:
+                hf_logging.set_verbosity(quiet)
         return cls(model.to(device).eval(), tok, name_or_path)
 
-    def encode(self, text): return self.tokenizer.encode(text, add_special_tokens=False)
+    def encode(self, text):
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
     def decode(self, ids):
         ids = [int(i) for i in ids if int(i) not in (self.mask_id, self.pad_id)]
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def token_strings(self):
         if self._strings is None:
-            self._strings = [self.tokenizer.convert_tokens_to_string([t]) if t else ''
-                             for t in self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))]
+            self._strings = [
+                self.tokenizer.convert_tokens_to_string([t]) if t else ''
+                for t in self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+            ]
         return self._strings
+
     @property
-    def hidden_size(self): return int(self.model.config.hidden_size)
+    def hidden_size(self):
+        return int(self.model.config.hidden_size)
 
     def forward(self, tokens):
-        out = self.model(input_ids=tokens, attention_mask=torch.ones_like(tokens), output_hidden_states=True)
+        out = self.model(
+            input_ids=tokens, attention_mask=torch.ones_like(tokens), output_hidden_states=True
+        )
         hs = getattr(out, 'hidden_states', None)
         hidden = hs[-1] if hs else out.logits
         V = len(self.tokenizer)
         return BackboneOutput(logits=out.logits[..., :V].float(), hidden=hidden.float())
 
 # %% ../../nbs/models/mdlm.ipynb #abfabb25
-def build_backbone(bcfg:dict, # the config's `backbone` section
-                   device:str='cpu')->MaskedDiffusionBackbone:
+def build_backbone(
+    bcfg: dict, device: str = 'cpu'  # the config's `backbone` section
+) -> MaskedDiffusionBackbone:
     "The backbone the `backbone` config section describes (not yet fine-tune-wrapped)."
     name = bcfg.get('name', 'tiny')
     if name == 'tiny':
         ck = bcfg.get('checkpoint')
         if ck:
             p = Path(ck)
-            if not p.exists(): raise HaltingLabError(f'backbone.checkpoint {p}: file not found')
-            bb = TinyMDLMBackbone.from_state(torch.load(p, map_location='cpu', weights_only=True), str(p))
-        else: bb = TinyMDLMBackbone(**(bcfg.get('tiny') or {}))
+            if not p.exists():
+                raise HaltingLabError(f'backbone.checkpoint {p}: file not found')
+            bb = TinyMDLMBackbone.from_state(
+                torch.load(p, map_location='cpu', weights_only=True), str(p)
+            )
+        else:
+            bb = TinyMDLMBackbone(**(bcfg.get('tiny') or {}))
         dt = resolve_dtype(bcfg.get('torch_dtype', 'float32'))
         return bb.to(device=device, dtype=dt or torch.float32)
     return HFMaskedDiffusionBackbone.from_pretrained(
-        name, bcfg.get('torch_dtype', 'auto'), bcfg.get('trust_remote_code', True),
-        bcfg.get('suppress_load_warnings', False), bcfg.get('tokenizer_source', 'auto'), device)
+        name,
+        bcfg.get('torch_dtype', 'auto'),
+        bcfg.get('trust_remote_code', True),
+        bcfg.get('suppress_load_warnings', False),
+        bcfg.get('tokenizer_source', 'auto'),
+        device,
+    )

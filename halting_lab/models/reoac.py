@@ -23,17 +23,22 @@ __all__ = ['OPERATORS', 'N_OPS', 'FEATURE_NAMES', 'N_FEATURES', 'StepView', 'ste
 OPERATORS = ('top_k_confident', 'left_to_right', 'low_entropy', 'random_k', 'answer_span_first')
 N_OPS = len(OPERATORS)
 
+
 @dataclass
 class StepView:
     "What the operators and the critic see at one denoising step (tensors `[B, L]` unless noted)."
-    masked: torch.Tensor      # bool: generation slots still masked
-    conf: torch.Tensor        # max predicted probability
-    entropy: torch.Tensor     # predictive entropy / log V (0..1)
-    pred: torch.Tensor        # long: argmax token ids
-    is_digit: torch.Tensor    # bool: the argmax token is a numeral
-    answer_span: Optional[torch.Tensor] = None  # bool: slot lies after a predicted '####' (None: not parsed)
 
-def step_view(logits:torch.Tensor, masked:torch.Tensor, digit_ids:torch.Tensor)->StepView:
+    masked: torch.Tensor  # bool: generation slots still masked
+    conf: torch.Tensor  # max predicted probability
+    entropy: torch.Tensor  # predictive entropy / log V (0..1)
+    pred: torch.Tensor  # long: argmax token ids
+    is_digit: torch.Tensor  # bool: the argmax token is a numeral
+    answer_span: Optional[torch.Tensor] = (
+        None  # bool: slot lies after a predicted '####' (None: not parsed)
+    )
+
+
+def step_view(logits: torch.Tensor, masked: torch.Tensor, digit_ids: torch.Tensor) -> StepView:
     "Confidence, entropy and argmax of `logits [B, L, V]` at the `masked` slots."
     lp = F.log_softmax(logits.float(), -1)
     p = lp.exp()
@@ -42,22 +47,32 @@ def step_view(logits:torch.Tensor, masked:torch.Tensor, digit_ids:torch.Tensor)-
     return StepView(masked, conf, ent, pred, digit_ids.to(pred.device)[pred])
 
 # %% ../../nbs/models/reoac.ipynb #8dbcd2be
-def _top_k(score:torch.Tensor, cand:torch.Tensor, k:int)->torch.Tensor:
+def _top_k(score: torch.Tensor, cand: torch.Tensor, k: int) -> torch.Tensor:
     "[B, L] bool: the (at most) k candidates with the highest score per row."
     s = score.float().masked_fill(~cand, float('-inf'))
     idx = s.topk(min(k, s.shape[1]), dim=1).indices
     return torch.zeros_like(cand).scatter(1, idx, True) & cand
 
-def operator_mask(op:int, v:StepView, k:int=2, entropy_threshold:float=0.05,
-                  generator:Optional[torch.Generator]=None, fast:bool=False)->torch.Tensor:
+
+def operator_mask(
+    op: int,
+    v: StepView,
+    k: int = 2,
+    entropy_threshold: float = 0.05,
+    generator: Optional[torch.Generator] = None,
+    fast: bool = False,
+) -> torch.Tensor:
     "[B, L] bool update mask of operator `op` for every row of the batch."
     m = v.masked
-    if op == 0: return _top_k(v.conf, m, k)
+    if op == 0:
+        return _top_k(v.conf, m, k)
     if op == 1:
         pos = torch.arange(m.shape[1], device=m.device).expand_as(m)
         return _top_k(-pos, m, k)
-    if op == 2: return m & (v.entropy < entropy_threshold)
-    if op == 3: return _top_k(torch.rand(m.shape, generator=generator, device=m.device), m, k)
+    if op == 2:
+        return m & (v.entropy < entropy_threshold)
+    if op == 3:
+        return _top_k(torch.rand(m.shape, generator=generator, device=m.device), m, k)
     if op == 4:
         cand = m & v.is_digit
         if not fast and v.answer_span is not None:
@@ -67,16 +82,24 @@ def operator_mask(op:int, v:StepView, k:int=2, entropy_threshold:float=0.05,
     raise HaltingLabError(f'operator id: expected 0..{N_OPS - 1}, got {op}')
 
 # %% ../../nbs/models/reoac.ipynb #133a3cb1
-def apply_operators(ops:torch.Tensor,  # [B] long: operator id per row
-                    v:StepView, k:int=2, entropy_threshold:float=0.05,
-                    generator:Optional[torch.Generator]=None, fast:bool=False,
-                    ensure_update:bool=True, fallback_operator:int=0):
+def apply_operators(
+    ops: torch.Tensor,  # [B] long: operator id per row
+    v: StepView,
+    k: int = 2,
+    entropy_threshold: float = 0.05,
+    generator: Optional[torch.Generator] = None,
+    fast: bool = False,
+    ensure_update: bool = True,
+    fallback_operator: int = 0,
+):
     "(update mask [B, L], fell_back [B] bool): each row's operator, with the fallback for empty rows."
     upd = torch.zeros_like(v.masked)
     for op in range(N_OPS):
         rows = ops == op
         if rows.any():
-            upd = torch.where(rows[:, None], operator_mask(op, v, k, entropy_threshold, generator, fast), upd)
+            upd = torch.where(
+                rows[:, None], operator_mask(op, v, k, entropy_threshold, generator, fast), upd
+            )
     empty = ~upd.any(1) & v.masked.any(1)
     if ensure_update and empty.any():
         fb = operator_mask(fallback_operator, v, k, entropy_threshold, generator, fast)
@@ -84,48 +107,79 @@ def apply_operators(ops:torch.Tensor,  # [B] long: operator id per row
     return upd, empty if ensure_update else torch.zeros_like(empty)
 
 # %% ../../nbs/models/reoac.ipynb #4552d66c
-FEATURE_NAMES = ('masked_frac', 'step_frac', 'conf_mean', 'conf_min', 'entropy_mean', 'confident_frac',
-                 'rel_mean', 'rel_rowmax', 'rel_row_entropy', 'numeral_frac', 'answer_marker')
+FEATURE_NAMES = (
+    'masked_frac',
+    'step_frac',
+    'conf_mean',
+    'conf_min',
+    'entropy_mean',
+    'confident_frac',
+    'rel_mean',
+    'rel_rowmax',
+    'rel_row_entropy',
+    'numeral_frac',
+    'answer_marker',
+)
 N_FEATURES = len(FEATURE_NAMES)
 
-def relation_matrix(hidden:torch.Tensor, # [B, L, D] last hidden states
-                    prompt_len:int)->torch.Tensor:
+
+def relation_matrix(
+    hidden: torch.Tensor, prompt_len: int  # [B, L, D] last hidden states
+) -> torch.Tensor:
     "R [B, G, P]: cosine similarity of each generation slot's hidden state with each prompt token's."
     h = F.normalize(hidden.float(), dim=-1)
     return h[:, prompt_len:] @ h[:, :prompt_len].transpose(1, 2)
 
 # %% ../../nbs/models/reoac.ipynb #6b7e3456
-def _mmean(x, m, empty:float):
+def _mmean(x, m, empty: float):
     "Masked mean over the last dim; `empty` where the mask is empty."
     n = m.float().sum(-1)
     return torch.where(n > 0, (x * m).sum(-1) / n.clamp_min(1), torch.full_like(n, empty))
 
-def aggregate_features(R:torch.Tensor,          # [B, G, P] relation matrix
-                       prompt_valid:torch.Tensor, # [B, P] bool: real (non-padding) prompt tokens
-                       v:StepView,              # the step's view, restricted to the G generation slots
-                       step:int, max_steps:int,
-                       answer_marker:torch.Tensor, # [B] bool: '####' in the predicted text
-                       tau:float=0.1, conf_hi:float=0.9)->torch.Tensor:
+
+def aggregate_features(
+    R: torch.Tensor,  # [B, G, P] relation matrix
+    prompt_valid: torch.Tensor,  # [B, P] bool: real (non-padding) prompt tokens
+    v: StepView,  # the step's view, restricted to the G generation slots
+    step: int,
+    max_steps: int,
+    answer_marker: torch.Tensor,  # [B] bool: '####' in the predicted text
+    tau: float = 0.1,
+    conf_hi: float = 0.9,
+) -> torch.Tensor:
     "[B, 11] features (`FEATURE_NAMES`)."
     m, G = v.masked, v.masked.shape[1]
     big = torch.finfo(R.dtype).min
     pv = prompt_valid[:, None, :].expand_as(R)
-    n_valid = prompt_valid.float().sum(-1).clamp_min(1)                         # [B]
+    n_valid = prompt_valid.float().sum(-1).clamp_min(1)  # [B]
     rel_mean = (R * pv).sum((1, 2)) / (n_valid * G)
     rel_rowmax = R.masked_fill(~pv, big).amax(-1).mean(-1)
     lp = F.log_softmax((R / tau).masked_fill(~pv, big), -1)
-    row_ent = -(lp.exp() * lp.masked_fill(~pv, 0)).sum(-1).mean(-1) / torch.log(n_valid.clamp_min(2))
-    conf_min = torch.where(m.any(1), v.conf.masked_fill(~m, 2.).amin(1), torch.ones(m.shape[0]))
-    feats = [m.float().mean(1), torch.full((m.shape[0],), step / max(max_steps, 1)),
-             _mmean(v.conf, m, 1.), conf_min, _mmean(v.entropy, m, 0.),
-             _mmean((v.conf >= conf_hi).float(), m, 0.), rel_mean, rel_rowmax, row_ent,
-             _mmean(v.is_digit.float(), m, 0.), answer_marker.float()]
+    row_ent = -(lp.exp() * lp.masked_fill(~pv, 0)).sum(-1).mean(-1) / torch.log(
+        n_valid.clamp_min(2)
+    )
+    conf_min = torch.where(m.any(1), v.conf.masked_fill(~m, 2.0).amin(1), torch.ones(m.shape[0]))
+    feats = [
+        m.float().mean(1),
+        torch.full((m.shape[0],), step / max(max_steps, 1)),
+        _mmean(v.conf, m, 1.0),
+        conf_min,
+        _mmean(v.entropy, m, 0.0),
+        _mmean((v.conf >= conf_hi).float(), m, 0.0),
+        rel_mean,
+        rel_rowmax,
+        row_ent,
+        _mmean(v.is_digit.float(), m, 0.0),
+        answer_marker.float(),
+    ]
     return torch.stack(feats, -1)
 
 # %% ../../nbs/models/reoac.ipynb #dcb8457c
-def predicted_text_spans(tokens:torch.Tensor, # [B, G] committed ids of the generation slots
-                         v:StepView,           # view of the G slots
-                         strings:list):        # string of every token id
+def predicted_text_spans(
+    tokens: torch.Tensor,  # [B, G] committed ids of the generation slots
+    v: StepView,  # view of the G slots
+    strings: list,
+):  # string of every token id
     "(answer_marker [B] bool, answer_span [B, G] bool) from the predicted generation text."
     ids = torch.where(v.masked, v.pred, tokens).tolist()
     marker = torch.zeros(len(ids), dtype=torch.bool)
@@ -134,68 +188,108 @@ def predicted_text_spans(tokens:torch.Tensor, # [B, G] committed ids of the gene
         pieces = [strings[i] for i in row]
         text = ''.join(pieces)
         j = text.rfind('####')
-        if j < 0: continue
+        if j < 0:
+            continue
         marker[b] = True
         ends = torch.tensor([len(p) for p in pieces]).cumsum(0)
-        span[b] = ends > j + 4                                  # slots whose text ends after the marker
+        span[b] = ends > j + 4  # slots whose text ends after the marker
     return marker, span
 
 # %% ../../nbs/models/reoac.ipynb #0b56126e
-def _mlp(n_in:int, hidden:int, n_out:int)->nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                         nn.Linear(hidden, n_out))
+def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(n_in, hidden),
+        nn.GELU(),
+        nn.Linear(hidden, hidden),
+        nn.GELU(),
+        nn.Linear(hidden, n_out),
+    )
+
 
 class RelationalEnergyCritic(nn.Module):
     "Relation matrix + 11 aggregated features + Q head over the 5 operators."
-    def __init__(self, hidden_size:int=0, use_hidden:bool=False, width:int=128, tau:float=0.1):
+
+    def __init__(
+        self, hidden_size: int = 0, use_hidden: bool = False, width: int = 128, tau: float = 0.1
+    ):
         super().__init__()
         self.use_hidden, self.hidden_size, self.tau = use_hidden, hidden_size, tau
         self.in_dim = N_FEATURES + (hidden_size if use_hidden else 0)
         self.q_head = _mlp(self.in_dim, width, N_OPS)
 
-    def features(self, hidden, prompt_len, prompt_valid, v:StepView, step, max_steps, answer_marker,
-                 fast:bool=False):
+    def features(
+        self,
+        hidden,
+        prompt_len,
+        prompt_valid,
+        v: StepView,
+        step,
+        max_steps,
+        answer_marker,
+        fast: bool = False,
+    ):
         "(features [B, 11], R [B, G, P] or None); zeros and no R with `fast` (fast_critic)."
-        if fast: return torch.zeros(hidden.shape[0], N_FEATURES, device=hidden.device), None
+        if fast:
+            return torch.zeros(hidden.shape[0], N_FEATURES, device=hidden.device), None
         R = relation_matrix(hidden, prompt_len)
         return aggregate_features(R, prompt_valid, v, step, max_steps, answer_marker, self.tau), R
 
     def inputs(self, feats, hidden, prompt_len):
         "Actor/critic input: features (+ mean hidden state of the generation slots)."
-        if not self.use_hidden: return feats
+        if not self.use_hidden:
+            return feats
         return torch.cat([feats, hidden[:, prompt_len:].float().mean(1)], -1)
 
-    def forward(self, x): return self.q_head(x)               # [B, 5] Q values
+    def forward(self, x):
+        return self.q_head(x)  # [B, 5] Q values
+
 
 class OperatorActor(nn.Module):
     "MLP policy: critic input (11 features [+ hidden]) -> 5 operator logits."
-    def __init__(self, in_dim:int=N_FEATURES, width:int=128):
+
+    def __init__(self, in_dim: int = N_FEATURES, width: int = 128):
         super().__init__()
         self.net = _mlp(in_dim, width, N_OPS)
-    def forward(self, x): return self.net(x)
 
-def select_operator(logits:torch.Tensor, mode:str='argmax', generator:Optional[torch.Generator]=None,
-                    fixed:Optional[int]=None)->torch.Tensor:
+    def forward(self, x):
+        return self.net(x)
+
+
+def select_operator(
+    logits: torch.Tensor,
+    mode: str = 'argmax',
+    generator: Optional[torch.Generator] = None,
+    fixed: Optional[int] = None,
+) -> torch.Tensor:
     "[B] operator ids: `argmax` / `sample` from the actor's logits, or a `fixed` operator for every row."
-    if fixed is not None: return torch.full(logits.shape[:1], int(fixed), dtype=torch.long, device=logits.device)
-    if mode == 'argmax': return logits.argmax(-1)
-    if mode == 'sample': return torch.multinomial(logits.float().softmax(-1), 1, generator=generator).squeeze(-1)
+    if fixed is not None:
+        return torch.full(logits.shape[:1], int(fixed), dtype=torch.long, device=logits.device)
+    if mode == 'argmax':
+        return logits.argmax(-1)
+    if mode == 'sample':
+        return torch.multinomial(logits.float().softmax(-1), 1, generator=generator).squeeze(-1)
     raise HaltingLabError(f"rollout.selection_mode: expected argmax|sample, got {mode!r}")
 
 # %% ../../nbs/models/reoac.ipynb #6a073758
-@register_halting('mdlm-confidence', defaults={'threshold': 0.9},
-                  help='masked diffusion: stop denoising when every masked slot is confident (or none is left)')
+@register_halting(
+    'mdlm-confidence',
+    defaults={'threshold': 0.9},
+    help='masked diffusion: stop denoising when every masked slot is confident (or none is left)',
+)
 class DenoiseStop(HaltingCriterion):
     "Stop denoising when no slot is masked or every masked slot's confidence >= `threshold`."
+
     name = 'mdlm-confidence'
     per_sequence = True
-    def __init__(self, max_steps:int=64, threshold:Optional[float]=0.9):
+
+    def __init__(self, max_steps: int = 64, threshold: Optional[float] = 0.9):
         super().__init__(max_steps)
         self.threshold = threshold
 
     def _decide(self, state, t, masked=None, conf=None, **_):
-        if masked is None: raise ValueError('DenoiseStop.step needs masked [B, G]')
+        if masked is None:
+            raise ValueError('DenoiseStop.step needs masked [B, G]')
         done = ~masked.any(1)
         if self.threshold is not None and conf is not None:
-            done = done | (conf.masked_fill(~masked, 1.).amin(1) >= self.threshold)
+            done = done | (conf.masked_fill(~masked, 1.0).amin(1) >= self.threshold)
         return done[:, None].expand_as(state.running), torch.zeros_like(state.cum)

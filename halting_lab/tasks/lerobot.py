@@ -16,8 +16,8 @@ from ..registry import register_task
 # %% auto #0
 __all__ = ['CODEBASE_VERSION', 'DATA_PATH', 'VIDEO_PATH', 'EPISODES_PATH', 'STATE_NAMES', 'ACTION_NAMES', 'INFO_REQUIRED',
            'VIDEO_CODECS', 'PILE', 'DUMP', 'TASK_TEXT', 'SUCCESS_CRITERIA', 'CHECKS', 'BREAKS', 'ROBOT_FIELDS',
-           'FROZEN_ROBOT', 'image_key', 'pick_encoder', 'encode_video', 'decode_video', 'simulate_episode',
-           'render_frame', 'features_for', 'make_synthetic', 'LeRobotData', 'Failure', 'check_info',
+           'FROZEN_ROBOT', 'image_key', 'pick_encoder', 'encode_video', 'decode_video', 'probe_video',
+           'simulate_episode', 'render_frame', 'features_for', 'make_synthetic', 'LeRobotData', 'Failure', 'check_info',
            'check_episode_count', 'check_frame_counts', 'check_values', 'check_resolution', 'find_metadata',
            'check_feature_shapes', 'ValidationReport', 'blocked_message', 'validate_dataset', 'break_dataset',
            'EpisodeChunks', 'RobotConfig', 'parse_resolution', 'robot_flags', 'ValidationFailed', 'dataset_signature',
@@ -109,8 +109,9 @@ def encode_video(
 
 # %% ../../nbs/tasks/lerobot.ipynb #8bca0051
 def decode_video(
-    path: str | Path, size: Optional[tuple] = None  # mp4 file
-) -> tuple:  # (height, width) to resize to (None: as stored)
+    path: str | Path,  # mp4 file
+    size: Optional[tuple] = None,  # (height, width) to resize to (None: as stored)
+) -> tuple:
     "(frames [N, H, W, 3] uint8, timestamps [N] seconds, codec name) of every frame in `path`."
     import av
 
@@ -132,6 +133,23 @@ def decode_video(
     return arr, np.asarray(times, np.float64), name
 
 # %% ../../nbs/tasks/lerobot.ipynb #ee381ee0
+def probe_video(path: str | Path) -> tuple:
+    "(timestamps [N] seconds, sizes [N, 2] (height, width)) of every frame in `path`."
+    import av
+
+    if not Path(path).exists():
+        raise HaltingLabError(f'{path}: video file not found')
+    times, sizes = [], []
+    try:
+        with av.open(str(path)) as cont:
+            for fr in cont.decode(cont.streams.video[0]):
+                times.append(float(fr.time) if fr.time is not None else len(times))
+                sizes.append((fr.height, fr.width))
+    except av.error.FFmpegError as e:
+        raise HaltingLabError(f'{path}: cannot decode the video ({e})') from e
+    return np.asarray(times, np.float64), np.asarray(sizes, np.int64).reshape(-1, 2)
+
+# %% ../../nbs/tasks/lerobot.ipynb #1474f2ea
 PILE, DUMP = np.array([0.6, 0.5]), np.array([-0.6, -0.5])
 
 
@@ -149,7 +167,11 @@ def _driver(pos, rot, phase, rng) -> tuple:
     return np.clip(a, -1, 1).astype(np.float32), dist
 
 
-def simulate_episode(length: int, seed: int = 0, legos: int = 12) -> tuple:  # steps
+def simulate_episode(
+    length: int,  # steps
+    seed: int = 0,
+    legos: int = 12,  # legos on the pile at the start
+) -> tuple:
     "(states [T, 4], actions [T, 4]) of one scripted episode: state at step t, action taken at t."
     rng = np.random.default_rng(seed)
     pos, rot = rng.uniform(-0.8, 0.8, 2), float(rng.uniform(-math.pi, math.pi))
@@ -279,7 +301,7 @@ def _episode_rows(lengths, cameras, fps, stats_per_ep) -> dict:
     ] * len(lengths)
     return cols
 
-# %% ../../nbs/tasks/lerobot.ipynb #e62d6ad0
+# %% ../../nbs/tasks/lerobot.ipynb #f561fe38
 def make_synthetic(
     root: str | Path,  # dataset directory to create (replaced if it exists)
     n_episodes: int = 50,
@@ -404,7 +426,7 @@ class LeRobotData:
     def video_keys(self) -> list:
         return [k for k, v in self.features.items() if v.get('dtype') == 'video']
 
-# %% ../../nbs/tasks/lerobot.ipynb #f561fe38
+# %% ../../nbs/tasks/lerobot.ipynb #8517159b
 from fastcore.basics import patch
 
 
@@ -447,7 +469,7 @@ def columns(self: LeRobotData, keys: list) -> dict:
     t = self.data_table()
     return {k: _column_array(t.column(k)) for k in keys if k in t.column_names}
 
-# %% ../../nbs/tasks/lerobot.ipynb #0cbfcbb0
+# %% ../../nbs/tasks/lerobot.ipynb #ee116c5e
 @patch
 def video_file(self: LeRobotData, key: str, ep: dict) -> Path:
     "The mp4 holding episode `ep`'s frames of video feature `key`."
@@ -469,19 +491,35 @@ def decoded(self: LeRobotData, path: Path, size: Optional[tuple] = None) -> tupl
 
 
 @patch
+def _episode_mask(self: LeRobotData, key: str, ep: dict, ts: np.ndarray) -> np.ndarray:
+    "Frames of `ep` among timestamps `ts` of its file (from/to timestamps, half a frame slack)."
+    fps = float(self.fps or self.features[key].get('info', {}).get('video.fps', 30))
+    lo = float(ep.get(f'videos/{key}/from_timestamp') or 0.0)
+    hi = ep.get(f'videos/{key}/to_timestamp')
+    hi = float(hi) if hi is not None else float('inf')
+    return (ts >= lo - 0.5 / fps) & (ts < hi - 0.5 / fps)
+
+
+@patch
+def episode_probe(self: LeRobotData, key: str, ep: dict) -> tuple:
+    "(frame count, distinct (height, width) sizes) of episode `ep` in video feature `key`."
+    path = str(self.video_file(key, ep))
+    if ('probe', path) not in self._video:
+        self._video[('probe', path)] = probe_video(path)
+    ts, sizes = self._video[('probe', path)]
+    sel = sizes[self._episode_mask(key, ep, ts)]
+    return int(len(sel)), [tuple(v) for v in np.unique(sel, axis=0).tolist()]
+
+
+@patch
 def episode_frames(
     self: LeRobotData, key: str, ep: dict, size: Optional[tuple] = None
 ) -> np.ndarray:
     "Frames [T, H, W, 3] of episode `ep` in video feature `key` (from/to timestamps of its file)."
     frames, ts, _ = self.decoded(self.video_file(key, ep), size)
-    fps = float(self.fps or self.features[key].get('info', {}).get('video.fps', 30))
-    lo = float(ep.get(f'videos/{key}/from_timestamp') or 0.0)
-    hi = ep.get(f'videos/{key}/to_timestamp')
-    hi = float(hi) if hi is not None else float('inf')
-    sel = (ts >= lo - 0.5 / fps) & (ts < hi - 0.5 / fps)
-    return frames[sel]
+    return frames[self._episode_mask(key, ep, ts)]
 
-# %% ../../nbs/tasks/lerobot.ipynb #ee116c5e
+# %% ../../nbs/tasks/lerobot.ipynb #0a9f5941
 CHECKS = (
     'info',
     'episodes',
@@ -511,7 +549,7 @@ class Failure:
 def _ep(ep) -> str:
     return f'episode_{int(ep):03d}'
 
-# %% ../../nbs/tasks/lerobot.ipynb #5e21759b
+# %% ../../nbs/tasks/lerobot.ipynb #0ef6887d
 def check_info(info: dict, root: Path) -> list:
     "Required info.json keys (a missing top-level `fps` is a failure)."
     out = []
@@ -562,7 +600,7 @@ def check_episode_count(info: dict, episodes: list, min_episodes: int) -> list:
         )
     return out
 
-# %% ../../nbs/tasks/lerobot.ipynb #0a9f5941
+# %% ../../nbs/tasks/lerobot.ipynb #6d26af01
 def check_frame_counts(ep: dict, n_rows: int, n_frames: dict) -> list:
     "Video frames (per camera) == action rows == metadata length for one episode."
     e, out, meta = int(ep['episode_index']), [], ep.get('length')
@@ -621,17 +659,21 @@ def check_values(
             )
     return out
 
-# %% ../../nbs/tasks/lerobot.ipynb #b2f0ab97
+# %% ../../nbs/tasks/lerobot.ipynb #c443fc5d
 def check_resolution(
-    e: int, key: str, frames: np.ndarray, feature: dict, expected: Optional[tuple]
+    e: int,  # episode index
+    key: str,  # video feature
+    sizes: list,  # the distinct (height, width) of the episode's decoded frames
+    feature: dict,  # its info.json entry
+    expected: Optional[tuple],  # required (width, height) or None
 ) -> list:
     "Decoded (height, width) == info.json's shape (and `expected` (width, height) if given)."
     out = []
     shape = feature.get('shape') or []
     declared = tuple(int(v) for v in shape[:2]) if len(shape) >= 2 else None
-    if len(frames) == 0:
+    if not sizes:
         return out
-    got = tuple(frames.shape[1:3])
+    got = tuple(sizes[0]) if len(sizes) == 1 else next(s for s in sizes if tuple(s) != declared)
     if declared is not None and got != declared:
         out.append(
             Failure(
@@ -669,7 +711,7 @@ def find_metadata(root: Path, info: dict) -> tuple:
         return str(root / 'meta/info.json'), info['success_criteria']
     return None, None
 
-# %% ../../nbs/tasks/lerobot.ipynb #3259a9b9
+# %% ../../nbs/tasks/lerobot.ipynb #ce2b011b
 _DTYPES = {
     'float32': np.floating,
     'float64': np.floating,
@@ -719,7 +761,7 @@ def check_feature_shapes(features: dict, columns: dict, column_names: list) -> l
             )
     return out
 
-# %% ../../nbs/tasks/lerobot.ipynb #ce2b011b
+# %% ../../nbs/tasks/lerobot.ipynb #13b0ce4a
 @dataclass
 class ValidationReport:
     "Result of `validate_dataset`: every failure, per-check status, the [BLOCKED] text."
@@ -750,7 +792,7 @@ class ValidationReport:
             'blocked': blocked_message(self) if not self.ok else None,
         }
 
-# %% ../../nbs/tasks/lerobot.ipynb #e6d519fb
+# %% ../../nbs/tasks/lerobot.ipynb #ccce5d8a
 def blocked_message(report: ValidationReport, max_items: int = 20) -> str:
     "The seed's `@Watcher [BLOCKED]` message listing the failing items."
     probs = [f.problem for f in report.failures]
@@ -761,7 +803,7 @@ def blocked_message(report: ValidationReport, max_items: int = 20) -> str:
     lines.append('요청: Developer에게 재생성 요청')
     return '\n'.join(lines)
 
-# %% ../../nbs/tasks/lerobot.ipynb #4f7a18c7
+# %% ../../nbs/tasks/lerobot.ipynb #3f2b22ab
 def _episode_checks(
     ds: LeRobotData, ep: dict, rows: np.ndarray, cols: dict, expected_resolution
 ) -> list:
@@ -770,7 +812,7 @@ def _episode_checks(
     n_frames = {}
     for key in ds.video_keys:
         try:
-            fr = ds.episode_frames(key, ep)
+            n, sizes = ds.episode_probe(key, ep)
         except HaltingLabError as err:
             out.append(
                 Failure(
@@ -778,8 +820,8 @@ def _episode_checks(
                 )
             )
             continue
-        n_frames[key] = len(fr)
-        out += check_resolution(e, key, fr, ds.features[key], expected_resolution)
+        n_frames[key] = n
+        out += check_resolution(e, key, sizes, ds.features[key], expected_resolution)
     out += check_frame_counts(ep, len(rows), n_frames)
     names = lambda k: (ds.features.get(k) or {}).get('names')
     if 'action' in cols:
@@ -798,8 +840,8 @@ def _episode_checks(
 def validate_dataset(
     root: str | Path,  # LeRobot v3.0 dataset directory
     min_episodes: int = 50,  # the seed's minimum
-    expected_resolution: Optional[tuple] = None,
-) -> ValidationReport:  # (width, height), e.g. (640, 480)
+    expected_resolution: Optional[tuple] = None,  # required (width, height), e.g. (640, 480)
+) -> ValidationReport:
     "Run every checklist item on `root`; the report lists every failure."
     root = Path(root)
     ds = LeRobotData(root)
@@ -844,7 +886,7 @@ def validate_dataset(
         )
     return rep
 
-# %% ../../nbs/tasks/lerobot.ipynb #3f2b22ab
+# %% ../../nbs/tasks/lerobot.ipynb #72239960
 BREAKS = (
     'episodes',
     'frame_count',
@@ -874,7 +916,7 @@ def _rewrite_data(root: Path, fn):
         )
     pq.write_table(pa.table(arrs), str(p))
 
-# %% ../../nbs/tasks/lerobot.ipynb #387cd518
+# %% ../../nbs/tasks/lerobot.ipynb #9547877f
 def _drop_last_row(c: dict, episode: int) -> dict:
     "Remove the last data row of `episode` (action steps = frames - 1)."
     last = np.nonzero(c['episode_index'] == episode)[0][-1]
@@ -918,7 +960,7 @@ def break_dataset(root: str | Path, how: str, episode: int = 1):
         raise HaltingLabError(f'--break: expected one of {", ".join(BREAKS)}, got {how!r}')
     return root
 
-# %% ../../nbs/tasks/lerobot.ipynb #9547877f
+# %% ../../nbs/tasks/lerobot.ipynb #4cdb256f
 class EpisodeChunks(torch.utils.data.Dataset):
     "(image [C,H,W] float in [0,1], state [S], action [chunk, A], action_is_pad [chunk]) per frame."
 
@@ -1037,7 +1079,7 @@ def robot_flags(train_config) -> RobotConfig:
         kw['dataset'] = src['data_dir']
     return RobotConfig(**kw)
 
-# %% ../../nbs/tasks/lerobot.ipynb #a667a98e
+# %% ../../nbs/tasks/lerobot.ipynb #415681b7
 class ValidationFailed(HaltingLabError):
     "The dataset failed validation: training refuses to start (the message is the [BLOCKED] text)."
 
@@ -1195,11 +1237,11 @@ def val_dataloader(self: LeRobotDataModule):
         self.val_dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
     )
 
-# %% ../../nbs/tasks/lerobot.ipynb #a7a44d5b
+# %% ../../nbs/tasks/lerobot.ipynb #c6ecb4f8
 def lerobot_datamodule(
     train_config,  # TrainConfig (or its dict): batch_size, seed, num_workers + RobotConfig flags
-    model_config: Optional[dict] = None,
-) -> LeRobotDataModule:  # chunk_size / image size, if known
+    model_config: Optional[dict] = None,  # chunk_size / image size, if known
+) -> LeRobotDataModule:
     "The validated LeRobot DataModule of a train config (the registry's factory)."
     rc = robot_flags(train_config)
     src = train_config if isinstance(train_config, dict) else vars(train_config)

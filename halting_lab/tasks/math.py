@@ -19,278 +19,430 @@ __all__ = ['NAMES', 'ITEMS', 'MATH_GEN_KINDS', 'MATH_PARSERS', 'VERIFIERS', 'CHA
            'prep_dataset', 'char_encode', 'char_decode', 'encode_example', 'MathGenDataModule', 'math_gen_datamodule']
 
 # %% ../../nbs/tasks/math.ipynb #735d021b
-def gen_addition(rng:np.random.Generator, # the task's random generator
-                 n_digits:int=4):         # digits of each operand
+def gen_addition(
+    rng: np.random.Generator, n_digits: int = 4  # the task's random generator
+):  # digits of each operand
     "One addition with at least one carry: question `a+b=?`, solution `#### a+b`."
-    lo, hi = 10 ** (n_digits - 1), 10 ** n_digits
+    lo, hi = 10 ** (n_digits - 1), 10**n_digits
     while True:
         a, b = int(rng.integers(lo, hi)), int(rng.integers(lo, hi))
-        if any(int(x) + int(y) >= 10 for x, y in zip(str(a)[::-1], str(b)[::-1])): break
-    return {'question': f'{a}+{b}=?', 'answer': f'#### {a + b}', 'final': str(a + b), 'kind': 'addition'}
+        if any(int(x) + int(y) >= 10 for x, y in zip(str(a)[::-1], str(b)[::-1])):
+            break
+    return {
+        'question': f'{a}+{b}=?',
+        'answer': f'#### {a + b}',
+        'final': str(a + b),
+        'kind': 'addition',
+    }
 
 # %% ../../nbs/tasks/math.ipynb #7539d02c
 NAMES = ('Tom', 'Ann', 'Bo', 'Eve', 'Max', 'Lia')
 ITEMS = ('apples', 'pens', 'cards', 'coins', 'eggs')
-_STEPS = (('buys {n} more', '+'), ('gets {n} more', '+'), ('gives away {n}', '-'),
-          ('loses {n}', '-'), ('doubles them', '*2'))
+_STEPS = (
+    ('buys {n} more', '+'),
+    ('gets {n} more', '+'),
+    ('gives away {n}', '-'),
+    ('loses {n}', '-'),
+    ('doubles them', '*2'),
+)
 
-def gen_word_problem(rng:np.random.Generator, # the task's random generator
-                     n_steps:int=2):          # operations after the start value (2 or 3)
+
+def gen_word_problem(
+    rng: np.random.Generator, n_steps: int = 2  # the task's random generator
+):  # operations after the start value (2 or 3)
     "A templated 2–3 step word problem with the working and `#### <answer>`."
     name, item = NAMES[rng.integers(len(NAMES))], ITEMS[rng.integers(len(ITEMS))]
     start = total = int(rng.integers(5, 30))
     phrases, work = [], []
     for _ in range(n_steps):
         text, op = _STEPS[rng.integers(len(_STEPS))]
-        if op == '*2' and total > 45: text, op = _STEPS[2]
-        if op == '-' and total < 2: text, op = _STEPS[0]
+        if op == '*2' and total > 45:
+            text, op = _STEPS[2]
+        if op == '-' and total < 2:
+            text, op = _STEPS[0]
         n = int(rng.integers(1, min(20, total))) if op == '-' else int(rng.integers(1, 20))
         new = total * 2 if op == '*2' else total + n if op == '+' else total - n
         phrases.append(text.format(n=n))
         work.append(f'{total}*2={new}' if op == '*2' else f'{total}{op}{n}={new}')
         total = new
     q = f'{name} has {start} {item}, ' + ', '.join(phrases) + f'. How many {item}?'
-    return {'question': q, 'answer': ' '.join(work) + f' #### {total}', 'final': str(total), 'kind': 'word'}
+    return {
+        'question': q,
+        'answer': ' '.join(work) + f' #### {total}',
+        'final': str(total),
+        'kind': 'word',
+    }
 
 # %% ../../nbs/tasks/math.ipynb #60a2077c
 MATH_GEN_KINDS = ('addition', 'word')
 
-def generate_math(n:int,                         # number of problems
-                  seed:int=0,                    # generator seed (train and test use different seeds)
-                  kinds:tuple=MATH_GEN_KINDS,    # which generators to mix
-                  n_digits:tuple=(3, 4),         # addition: operand lengths drawn from this range
-                  n_steps:tuple=(2, 3)):         # word problems: steps drawn from this range
+
+def generate_math(
+    n: int,  # number of problems
+    seed: int = 0,  # generator seed (train and test use different seeds)
+    kinds: tuple = MATH_GEN_KINDS,  # which generators to mix
+    n_digits: tuple = (3, 4),  # addition: operand lengths drawn from this range
+    n_steps: tuple = (2, 3),
+):  # word problems: steps drawn from this range
     "`n` generated problems (rows with question/answer/final/kind), deterministic in `seed`."
     for k in kinds:
-        if k not in MATH_GEN_KINDS: raise HaltingLabError(f'kinds: unknown {k!r}; expected {MATH_GEN_KINDS}')
+        if k not in MATH_GEN_KINDS:
+            raise HaltingLabError(f'kinds: unknown {k!r}; expected {MATH_GEN_KINDS}')
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
         k = kinds[i % len(kinds)]
-        if k == 'addition': r = gen_addition(rng, int(rng.integers(n_digits[0], n_digits[1] + 1)))
-        else: r = gen_word_problem(rng, int(rng.integers(n_steps[0], n_steps[1] + 1)))
+        if k == 'addition':
+            r = gen_addition(rng, int(rng.integers(n_digits[0], n_digits[1] + 1)))
+        else:
+            r = gen_word_problem(rng, int(rng.integers(n_steps[0], n_steps[1] + 1)))
         rows.append({'id': f'math_gen-{seed}-{i}', **r})
     return rows
 
 # %% ../../nbs/tasks/math.ipynb #7c107812
 _NUM = r'-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?'
 
-def _clean_number(s:str)->Optional[str]:
+
+def _clean_number(s: str) -> Optional[str]:
     s = s.strip().replace('$', '').replace(',', '').rstrip('.')
     return s or None
 
-def extract_gsm8k(text:str)->Optional[str]:
+
+def extract_gsm8k(text: str) -> Optional[str]:
     "The number after the last `####`, else the last number in `text` (None if there is none)."
-    if text is None: return None
+    if text is None:
+        return None
     if '####' in text:
         m = re.search(_NUM, text.rsplit('####', 1)[1])
-        if m: return _clean_number(m.group(0))
+        if m:
+            return _clean_number(m.group(0))
     nums = re.findall(_NUM, text)
     return _clean_number(nums[-1]) if nums else None
 
-def to_fraction(s:Optional[str])->Optional[Fraction]:
-    "An exact rational from `12`, `-3.50`, `3/4` (None when `s` is not a number)."
-    if s is None: return None
-    try: return Fraction(s.replace(',', ''))
-    except (ValueError, ZeroDivisionError): return None
 
-def gsm8k_equal(pred:Optional[str], gold:Optional[str])->bool:
+def to_fraction(s: Optional[str]) -> Optional[Fraction]:
+    "An exact rational from `12`, `-3.50`, `3/4` (None when `s` is not a number)."
+    if s is None:
+        return None
+    try:
+        return Fraction(s.replace(',', ''))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def gsm8k_equal(pred: Optional[str], gold: Optional[str]) -> bool:
     "Whether two GSM8K answers are the same number (exact rationals; string equality otherwise)."
-    if pred is None or gold is None: return False
+    if pred is None or gold is None:
+        return False
     a, b = to_fraction(pred), to_fraction(gold)
     return a == b if a is not None and b is not None else pred.strip() == gold.strip()
 
 # %% ../../nbs/tasks/math.ipynb #bceccfc8
-def extract_boxed(text:str)->Optional[str]:
+def extract_boxed(text: str) -> Optional[str]:
     "Content of the last `\\boxed{...}` / `\\fbox{...}` (brace matched), else None."
-    if not text: return None
+    if not text:
+        return None
     starts = [m.end() for m in re.finditer(r'\\(?:boxed|fbox)\s*\{', text)]
     if not starts:
-        m = re.findall(r'\\boxed\s+([^\s$]+)', text)   # `\boxed 5`
+        m = re.findall(r'\\boxed\s+([^\s$]+)', text)  # `\boxed 5`
         return m[-1] if m else None
     i, depth = starts[-1], 1
     for j in range(i, len(text)):
         depth += {'{': 1, '}': -1}.get(text[j], 0)
-        if depth == 0: return text[i:j].strip()
+        if depth == 0:
+            return text[i:j].strip()
     return None
 
-def _norm_latex(s:str)->str:
+
+def _norm_latex(s: str) -> str:
     s = s.replace('\\left', '').replace('\\right', '').replace('\\!', '').replace('$', '')
     s = re.sub(r'\\(?:d|t)frac', r'\\frac', s)
     s = re.sub(r'\\text\{\s*([^}]*)\}', r'\1', s)
     return re.sub(r'\s+', '', s).rstrip('.')
 
+
 MATH_PARSERS = ('auto', 'math_verify', 'sympy', 'string', 'latex2sympy2', 'sympy_latex')
 
 # %% ../../nbs/tasks/math.ipynb #4cde4062
-def _math_verify_equal(pred:str, gold:str)->Optional[bool]:
+def _math_verify_equal(pred: str, gold: str) -> Optional[bool]:
     from math_verify import parse, verify
+
     g, p = parse(f'${gold}$'), parse(f'${pred}$')
-    if not g or not p: return None
+    if not g or not p:
+        return None
     return bool(verify(g, p))
 
-def math_equal(pred:Optional[str], # extracted prediction (LaTeX)
-               gold:Optional[str], # reference answer (LaTeX)
-               parser:str='auto'): # auto | math_verify | sympy | string
+
+def math_equal(
+    pred: Optional[str],  # extracted prediction (LaTeX)
+    gold: Optional[str],  # reference answer (LaTeX)
+    parser: str = 'auto',
+):  # auto | math_verify | sympy | string
     "Whether two MATH answers are equivalent."
-    if parser not in MATH_PARSERS: raise HaltingLabError(f'eval.math_parser: expected one of {MATH_PARSERS}, got {parser!r}')
+    if parser not in MATH_PARSERS:
+        raise HaltingLabError(f'eval.math_parser: expected one of {MATH_PARSERS}, got {parser!r}')
     if parser in ('latex2sympy2', 'sympy_latex'):
-        raise HaltingLabError(f'eval.math_parser={parser!r}: not installable here; use auto (math-verify)')
-    if pred is None or gold is None: return False
-    if _norm_latex(pred) == _norm_latex(gold): return True
+        raise HaltingLabError(
+            f'eval.math_parser={parser!r}: not installable here; use auto (math-verify)'
+        )
+    if pred is None or gold is None:
+        return False
+    if _norm_latex(pred) == _norm_latex(gold):
+        return True
     if parser in ('auto', 'math_verify'):
         try:
             r = _math_verify_equal(pred, gold)
-            if r is not None: return r
+            if r is not None:
+                return r
         except Exception:
-            if parser == 'math_verify': raise
+            if parser == 'math_verify':
+                raise
     if parser in ('auto', 'sympy'):
         try:
             import sympy
-            return bool(sympy.simplify(sympy.sympify(_norm_latex(pred)) - sympy.sympify(_norm_latex(gold))) == 0)
-        except Exception: return False
+
+            return bool(
+                sympy.simplify(sympy.sympify(_norm_latex(pred)) - sympy.sympify(_norm_latex(gold)))
+                == 0
+            )
+        except Exception:
+            return False
     return False
 
 # %% ../../nbs/tasks/math.ipynb #9dafb3d1
 VERIFIERS = ('gsm8k', 'math')
 
-def is_correct(text:str, gold:str, verifier:str='gsm8k', parser:str='auto')->bool:
+
+def is_correct(text: str, gold: str, verifier: str = 'gsm8k', parser: str = 'auto') -> bool:
     "Whether the generated `text` answers `gold` (the final answer) under `verifier`."
-    if verifier == 'gsm8k': return gsm8k_equal(extract_gsm8k(text), gold)
-    if verifier == 'math': return math_equal(extract_boxed(text), gold, parser)
+    if verifier == 'gsm8k':
+        return gsm8k_equal(extract_gsm8k(text), gold)
+    if verifier == 'math':
+        return math_equal(extract_boxed(text), gold, parser)
     raise HaltingLabError(f'dataset.verifier: expected one of {VERIFIERS}, got {verifier!r}')
 
-def reward(text:str, gold:str, verifier:str='gsm8k', mode:str='strict', parser:str='auto')->float:
+
+def reward(
+    text: str, gold: str, verifier: str = 'gsm8k', mode: str = 'strict', parser: str = 'auto'
+) -> float:
     "Verifier reward: `strict` 1/0, or `shaped` with partial credit for wrong answers."
-    if mode not in ('strict', 'shaped'): raise HaltingLabError(f"reward.mode: expected strict|shaped, got {mode!r}")
-    if is_correct(text, gold, verifier, parser): return 1.0
-    if mode == 'strict': return 0.0
+    if mode not in ('strict', 'shaped'):
+        raise HaltingLabError(f"reward.mode: expected strict|shaped, got {mode!r}")
+    if is_correct(text, gold, verifier, parser):
+        return 1.0
+    if mode == 'strict':
+        return 0.0
     pred = extract_gsm8k(text) if verifier == 'gsm8k' else extract_boxed(text)
-    if pred is None: return 0.0
+    if pred is None:
+        return 0.0
     a, b = re.sub(r'\D', '', pred)[::-1], re.sub(r'\D', '', gold)[::-1]
     match = sum(x == y for x, y in zip(a, b)) / max(len(b), 1) if b else 0.0
     return round(0.1 + 0.3 * match, 6)
 
 # %% ../../nbs/tasks/math.ipynb #d6783891
-def _read_rows(path:Path)->list:
+def _read_rows(path: Path) -> list:
     "Rows of a JSONL file, or of a JSON list, or of a directory of per-problem JSON files (MATH)."
     if path.is_dir():
-        return [dict(json.loads(p.read_text(encoding='utf-8')), id=p.stem) for p in sorted(path.rglob('*.json'))]
+        return [
+            dict(json.loads(p.read_text(encoding='utf-8')), id=p.stem)
+            for p in sorted(path.rglob('*.json'))
+        ]
     text = path.read_text(encoding='utf-8')
     if path.suffix == '.json':
-        try: obj = json.loads(text)
-        except json.JSONDecodeError as e: raise HaltingLabError(f'{path}: invalid JSON ({e})') from e
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise HaltingLabError(f'{path}: invalid JSON ({e})') from e
         return obj if isinstance(obj, list) else [obj]
     rows = []
     for i, line in enumerate(text.splitlines()):
-        if not line.strip(): continue
-        try: rows.append(json.loads(line))
-        except json.JSONDecodeError as e: raise HaltingLabError(f'{path}:{i + 1}: invalid JSON line ({e})') from e
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise HaltingLabError(f'{path}:{i + 1}: invalid JSON line ({e})') from e
     return rows
 
-def normalize_row(row:dict, name:str, i:int, src:str='')->dict:
+
+def normalize_row(row: dict, name: str, i: int, src: str = '') -> dict:
     "One processed row (`id`, `question`, `answer`, `final`) from a raw GSM8K or MATH row."
     if name == 'gsm8k':
         if 'question' not in row or 'answer' not in row:
-            raise HaltingLabError(f'{src} row {i}: GSM8K rows need `question` and `answer`, got {sorted(row)}')
+            raise HaltingLabError(
+                f'{src} row {i}: GSM8K rows need `question` and `answer`, got {sorted(row)}'
+            )
         final = extract_gsm8k(row['answer'])
-        return {'id': str(row.get('id', f'gsm8k-{i}')), 'question': row['question'], 'answer': row['answer'], 'final': final}
+        return {
+            'id': str(row.get('id', f'gsm8k-{i}')),
+            'question': row['question'],
+            'answer': row['answer'],
+            'final': final,
+        }
     if name == 'math':
         q, sol = row.get('problem', row.get('question')), row.get('solution', row.get('answer'))
         if q is None or sol is None:
-            raise HaltingLabError(f'{src} row {i}: MATH rows need `problem` and `solution`, got {sorted(row)}')
+            raise HaltingLabError(
+                f'{src} row {i}: MATH rows need `problem` and `solution`, got {sorted(row)}'
+            )
         final = row.get('final') or extract_boxed(sol)
-        if final is None: raise HaltingLabError(f'{src} row {i}: solution has no \\boxed{{}} answer')
+        if final is None:
+            raise HaltingLabError(f'{src} row {i}: solution has no \\boxed{{}} answer')
         out = {'id': str(row.get('id', f'math-{i}')), 'question': q, 'answer': sol, 'final': final}
         for k in ('level', 'type'):
-            if k in row: out[k] = row[k]
+            if k in row:
+                out[k] = row[k]
         return out
     raise HaltingLabError(f'dataset name: expected gsm8k|math, got {name!r}')
 
 # %% ../../nbs/tasks/math.ipynb #bf9cc5ae
-def write_jsonl(path:str|Path, rows:list)->Path:
+def write_jsonl(path: str | Path, rows: list) -> Path:
     "Atomically write `rows` as JSONL."
     return atomic_write_text(path, ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows))
 
-def read_jsonl(path:str|Path)->list:
+
+def read_jsonl(path: str | Path) -> list:
     "Rows of a processed JSONL file (`HaltingLabError` naming the file when missing/malformed)."
     path = Path(path)
-    if not path.exists(): raise HaltingLabError(f'{path}: file not found (run `halting-lab reoac prep`)')
+    if not path.exists():
+        raise HaltingLabError(f'{path}: file not found (run `halting-lab reoac prep`)')
     rows = _read_rows(path)
     for i, r in enumerate(rows):
         if 'question' not in r or 'final' not in r:
-            raise HaltingLabError(f'{path} row {i}: expected fields question/final, got {sorted(r)}')
+            raise HaltingLabError(
+                f'{path} row {i}: expected fields question/final, got {sorted(r)}'
+            )
     return rows
 
-def _find_split(raw:Path, split:str)->Path:
-    for cand in (raw/f'{split}.jsonl', raw/f'{split}.json', raw/split, raw/f'{split}_socratic.jsonl'):
-        if cand.exists(): return cand
-    raise HaltingLabError(f'{raw}: no {split}.jsonl / {split}.json / {split}/ found; download the public '
-                          f'data set yourself and point --raw at the folder holding it')
 
-def prep_dataset(name:str,                        # gsm8k | math | synthetic
-                 out_dir:str|Path='dataset/processed', # where <name>_{train,test}.jsonl go
-                 raw:str|Path|None=None,          # folder with the user's raw files (gsm8k/math)
-                 n_train:int=2000, n_test:int=200, seed:int=0)->dict:
+def _find_split(raw: Path, split: str) -> Path:
+    for cand in (
+        raw / f'{split}.jsonl',
+        raw / f'{split}.json',
+        raw / split,
+        raw / f'{split}_socratic.jsonl',
+    ):
+        if cand.exists():
+            return cand
+    raise HaltingLabError(
+        f'{raw}: no {split}.jsonl / {split}.json / {split}/ found; download the public '
+        f'data set yourself and point --raw at the folder holding it'
+    )
+
+
+def prep_dataset(
+    name: str,  # gsm8k | math | synthetic
+    out_dir: str | Path = 'dataset/processed',  # where <name>_{train,test}.jsonl go
+    raw: str | Path | None = None,  # folder with the user's raw files (gsm8k/math)
+    n_train: int = 2000,
+    n_test: int = 200,
+    seed: int = 0,
+) -> dict:
     "Write `<name>_{train,test}.jsonl`; returns {split: path}."
     out_dir = Path(out_dir)
     if name == 'synthetic':
-        splits = {'train': generate_math(n_train, seed=seed), 'test': generate_math(n_test, seed=seed + 10_000)}
-        return {s: str(write_jsonl(out_dir/f'math_gen_{s}.jsonl', rows)) for s, rows in splits.items()}
-    if name not in ('gsm8k', 'math'): raise HaltingLabError(f'prep: expected gsm8k|math|synthetic, got {name!r}')
-    raw = Path(raw) if raw is not None else Path('dataset/raw')/name
-    if not raw.exists(): raise HaltingLabError(f'--raw {raw}: folder not found (put the public {name} files there)')
+        splits = {
+            'train': generate_math(n_train, seed=seed),
+            'test': generate_math(n_test, seed=seed + 10_000),
+        }
+        return {
+            s: str(write_jsonl(out_dir / f'math_gen_{s}.jsonl', rows)) for s, rows in splits.items()
+        }
+    if name not in ('gsm8k', 'math'):
+        raise HaltingLabError(f'prep: expected gsm8k|math|synthetic, got {name!r}')
+    raw = Path(raw) if raw is not None else Path('dataset/raw') / name
+    if not raw.exists():
+        raise HaltingLabError(f'--raw {raw}: folder not found (put the public {name} files there)')
     out = {}
     for split in ('train', 'test'):
         src = _find_split(raw, split)
         rows = [normalize_row(r, name, i, str(src)) for i, r in enumerate(_read_rows(src))]
-        out[split] = str(write_jsonl(out_dir/f'{name}_{split}.jsonl', rows))
+        out[split] = str(write_jsonl(out_dir / f'{name}_{split}.jsonl', rows))
     return out
 
 # %% ../../nbs/tasks/math.ipynb #1d15a077
 CHARSET = "0123456789+-*/=#.,?$:;()' abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\\{}^_"
-PAD_ID, MASK_ID, UNK_ID = 0, 1, 2   # special ids; characters start at 3
+PAD_ID, MASK_ID, UNK_ID = 0, 1, 2  # special ids; characters start at 3
 
-def char_encode(text:str)->list:
+
+def char_encode(text: str) -> list:
     "Character ids (3.. for CHARSET characters, UNK_ID for others)."
     return [CHARSET.index(c) + 3 if c in CHARSET else UNK_ID for c in text]
 
-def char_decode(ids)->str:
+
+def char_decode(ids) -> str:
     "Text of character ids (PAD and MASK dropped, UNK shown as `?`)."
-    return ''.join(CHARSET[i - 3] if i >= 3 else ('?' if i == UNK_ID else '') for i in map(int, ids))
+    return ''.join(
+        CHARSET[i - 3] if i >= 3 else ('?' if i == UNK_ID else '') for i in map(int, ids)
+    )
 
 # %% ../../nbs/tasks/math.ipynb #2cc06788
-def encode_example(row:dict, prompt_len:int, gen_len:int):
+def encode_example(row: dict, prompt_len: int, gen_len: int):
     "(inputs, labels) int64 arrays of length prompt_len + gen_len for one row (answer padded with PAD)."
     q, a = char_encode(row['question'])[-prompt_len:], char_encode(row['answer'])
-    if len(a) > gen_len: raise HaltingLabError(f"row {row.get('id')}: answer has {len(a)} characters > gen_len {gen_len}")
+    if len(a) > gen_len:
+        raise HaltingLabError(
+            f"row {row.get('id')}: answer has {len(a)} characters > gen_len {gen_len}"
+        )
     x = np.full(prompt_len + gen_len, PAD_ID, np.int64)
-    x[prompt_len - len(q):prompt_len] = q
+    x[prompt_len - len(q) : prompt_len] = q
     y = np.full_like(x, -100)
     y[prompt_len:] = a + [PAD_ID] * (gen_len - len(a))
     x[prompt_len:] = MASK_ID
     return x, y
 
+
 class MathGenDataModule:
     "Lightning-style DataModule of generated math problems (char-level, PuzzleDataset batch format)."
-    def __init__(self, n_train:int=2000, n_val:int=200, prompt_len:int=96, gen_len:int=32, batch_size:int=64, seed:int=0):
-        self.n_train, self.n_val, self.prompt_len, self.gen_len = n_train, n_val, prompt_len, gen_len
+
+    def __init__(
+        self,
+        n_train: int = 2000,
+        n_val: int = 200,
+        prompt_len: int = 80,
+        gen_len: int = 40,
+        batch_size: int = 64,
+        seed: int = 0,
+    ):
+        self.n_train, self.n_val, self.prompt_len, self.gen_len = (
+            n_train,
+            n_val,
+            prompt_len,
+            gen_len,
+        )
         self.batch_size, self.seed = batch_size, seed
+
     def _ds(self, rows):
         import torch
+
         xs, ys = zip(*(encode_example(r, self.prompt_len, self.gen_len) for r in rows))
-        return [{'inputs': torch.from_numpy(x), 'labels': torch.from_numpy(y),
-                 'puzzle_identifiers': torch.tensor(0), 'index': torch.tensor(i)} for i, (x, y) in enumerate(zip(xs, ys))]
+        return [
+            {
+                'inputs': torch.from_numpy(x),
+                'labels': torch.from_numpy(y),
+                'puzzle_identifiers': torch.tensor(0),
+                'index': torch.tensor(i),
+            }
+            for i, (x, y) in enumerate(zip(xs, ys))
+        ]
+
     def setup(self, stage=None):
         self.train_set = self._ds(generate_math(self.n_train, seed=self.seed))
         self.val_set = self._ds(generate_math(self.n_val, seed=self.seed + 10_000))
+
     def train_dataloader(self):
         import torch
+
         g = torch.Generator().manual_seed(self.seed)
-        return torch.utils.data.DataLoader(self.train_set, self.batch_size, shuffle=True, generator=g)
+        return torch.utils.data.DataLoader(
+            self.train_set, self.batch_size, shuffle=True, generator=g
+        )
+
     def val_dataloader(self):
         import torch
+
         return torch.utils.data.DataLoader(self.val_set, self.batch_size)
+
 
 @register_task('math_gen', kind='generated', charset=CHARSET, builder='reoac')
 def math_gen_datamodule(train_config):

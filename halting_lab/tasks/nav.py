@@ -19,8 +19,8 @@ from ..registry import register_task
 __all__ = ['EMPTY', 'WALL', 'AGENT', 'GOAL', 'AGENT_ON_GOAL', 'TOKEN_NAMES', 'NUM_TOKENS', 'UP', 'DOWN', 'LEFT', 'RIGHT', 'STAY',
            'ACTION_NAMES', 'NUM_ACTIONS', 'ACTION_DELTAS', 'MAP_CHARS', 'ACTION_MAP', 'FORMAT_VERSION', 'encode_state',
            'decode_state', 'step', 'parse_map', 'format_map', 'astar', 'next_action', 'episode', 'augment_dihedral',
-           'random_problem', 'build_split', 'generate_dataset', 'load_split', 'NavDataset', 'batch_collate',
-           'dihedral_tables', 'goal_distances', 'optimal_actions', 'augment_batch', 'NavTaskConfig', 'nav_settings',
+           'dihedral_tables', 'goal_distances', 'optimal_actions', 'augment_batch', 'random_problem', 'build_split',
+           'generate_dataset', 'load_split', 'NavDataset', 'batch_collate', 'NavTaskConfig', 'nav_settings',
            'NavDataModule', 'nav_datamodule']
 
 # %% ../../nbs/tasks/nav.ipynb #b752a9da
@@ -154,6 +154,46 @@ def augment_dihedral(grids:np.ndarray, # [N, G, G] tokens
     ts = [np.full(len(actions), t, np.int64) for t in range(8)]
     return np.concatenate(gs), np.concatenate(acts), np.concatenate(ts)
 
+# %% ../../nbs/tasks/nav.ipynb #97045ddc
+def dihedral_tables(grid_size:int)->tuple:
+    "`(cell_perm [8, G*G], action_map [8, 5])`: transform t sends flat grid `x` to `x[cell_perm[t]]`."
+    cells = np.arange(grid_size * grid_size).reshape(grid_size, grid_size)
+    perm = np.stack([dihedral_transform(cells, t).reshape(-1) for t in range(8)])
+    return torch.as_tensor(perm.copy(), dtype=torch.long), torch.as_tensor(ACTION_MAP, dtype=torch.long)
+
+def goal_distances(grids:torch.Tensor)->torch.Tensor:
+    "Shortest-path distance of every cell to the goal ([N, G, G] long; walls/unreachable: a large value)."
+    g = torch.as_tensor(grids).long()
+    free, big = g != WALL, g.shape[-1] ** 2 + 1
+    d = torch.where((g == GOAL) | (g == AGENT_ON_GOAL), 0, big)
+    for _ in range(big):
+        p = torch.nn.functional.pad(d, (1, 1, 1, 1), value=big)
+        nb = torch.minimum(torch.minimum(p[:, :-2, 1:-1], p[:, 2:, 1:-1]), torch.minimum(p[:, 1:-1, :-2], p[:, 1:-1, 2:]))
+        new = torch.where(free, torch.minimum(d, nb + 1), big)
+        if torch.equal(new, d): break
+        d = new
+    return d
+
+def optimal_actions(grids:torch.Tensor)->torch.Tensor:
+    "[N, 5] bool: the moves that start a shortest path from the agent (only `stay` on the goal)."
+    g = torch.as_tensor(grids).long(); N, G = g.shape[0], g.shape[-1]
+    d = torch.nn.functional.pad(goal_distances(g), (1, 1, 1, 1), value=G * G + 1)
+    flat = ((g == AGENT) | (g == AGENT_ON_GOAL)).reshape(N, -1).float().argmax(1)
+    r, c = flat // G + 1, flat % G + 1
+    here, n = d[torch.arange(N), r, c], torch.arange(N)
+    out = torch.zeros(N, NUM_ACTIONS, dtype=torch.bool)
+    for a, (dr, dc) in enumerate(ACTION_DELTAS[:4]): out[:, a] = d[n, r + dr, c + dc] == here - 1
+    out[:, STAY] = here == 0
+    return out
+
+def augment_batch(inputs:torch.Tensor, # [B, G*G] tokens
+                  optimal:torch.Tensor, # [B, 5] bool, `optimal_actions` of the inputs
+                  t:torch.Tensor, tables:tuple)->tuple:
+    "Dihedral transform `t[b]` of sample b: `(inputs, labels [B, 1])`, labels by the transformed grid's order."
+    perm, amap = tables
+    moved = torch.zeros_like(optimal).scatter_(1, amap[t], optimal)
+    return inputs.gather(1, perm[t]), moved.float().argmax(1, keepdim=True)
+
 # %% ../../nbs/tasks/nav.ipynb #4f296fc4
 def random_problem(rng:random.Random, grid_size:int=8, wall_density:tuple=(0.1, 0.35), max_tries:int=1000):
     "One solvable problem: `(walls [G, G] bool, start, goal)`."
@@ -193,6 +233,7 @@ def build_split(num_samples:int, grid_size:int=8, seed:int=0, augment:bool=False
     agents, goals = np.array(agents, np.int64), np.array(goals, np.int64)
     if augment:
         grids, acts, tids = augment_dihedral(grids, acts)
+        acts = optimal_actions(torch.as_tensor(grids)).float().argmax(1).numpy()   # tie-break of each grid
         pos = lambda P: np.concatenate([np.argwhere(dihedral_transform(_onehot(P, grid_size), t))[:, 1:] for t in range(8)])
         agents, goals = pos(agents), pos(goals)
         eps, steps, plens = (np.tile(np.array(x, np.int64), 8) for x in (eps, steps, plens))
@@ -279,47 +320,7 @@ def batch_collate(batch):
     "Collate of `NavDataset`: its `__getitems__` already returns the batch."
     return batch
 
-# %% ../../nbs/tasks/nav.ipynb #58258dd2
-def dihedral_tables(grid_size:int)->tuple:
-    "`(cell_perm [8, G*G], action_map [8, 5])`: transform t sends flat grid `x` to `x[cell_perm[t]]`."
-    cells = np.arange(grid_size * grid_size).reshape(grid_size, grid_size)
-    perm = np.stack([dihedral_transform(cells, t).reshape(-1) for t in range(8)])
-    return torch.as_tensor(perm.copy(), dtype=torch.long), torch.as_tensor(ACTION_MAP, dtype=torch.long)
-
-def goal_distances(grids:torch.Tensor)->torch.Tensor:
-    "Shortest-path distance of every cell to the goal ([N, G, G] long; walls/unreachable: a large value)."
-    g = torch.as_tensor(grids).long()
-    free, big = g != WALL, g.shape[-1] ** 2 + 1
-    d = torch.where((g == GOAL) | (g == AGENT_ON_GOAL), 0, big)
-    for _ in range(big):
-        p = torch.nn.functional.pad(d, (1, 1, 1, 1), value=big)
-        nb = torch.minimum(torch.minimum(p[:, :-2, 1:-1], p[:, 2:, 1:-1]), torch.minimum(p[:, 1:-1, :-2], p[:, 1:-1, 2:]))
-        new = torch.where(free, torch.minimum(d, nb + 1), big)
-        if torch.equal(new, d): break
-        d = new
-    return d
-
-def optimal_actions(grids:torch.Tensor)->torch.Tensor:
-    "[N, 5] bool: the moves that start a shortest path from the agent (only `stay` on the goal)."
-    g = torch.as_tensor(grids).long(); N, G = g.shape[0], g.shape[-1]
-    d = torch.nn.functional.pad(goal_distances(g), (1, 1, 1, 1), value=G * G + 1)
-    flat = ((g == AGENT) | (g == AGENT_ON_GOAL)).reshape(N, -1).float().argmax(1)
-    r, c = flat // G + 1, flat % G + 1
-    here, n = d[torch.arange(N), r, c], torch.arange(N)
-    out = torch.zeros(N, NUM_ACTIONS, dtype=torch.bool)
-    for a, (dr, dc) in enumerate(ACTION_DELTAS[:4]): out[:, a] = d[n, r + dr, c + dc] == here - 1
-    out[:, STAY] = here == 0
-    return out
-
-def augment_batch(inputs:torch.Tensor, # [B, G*G] tokens
-                  optimal:torch.Tensor, # [B, 5] bool, `optimal_actions` of the inputs
-                  t:torch.Tensor, tables:tuple)->tuple:
-    "Dihedral transform `t[b]` of sample b: `(inputs, labels [B, 1])`, labels by the transformed grid's order."
-    perm, amap = tables
-    moved = torch.zeros_like(optimal).scatter_(1, amap[t], optimal)
-    return inputs.gather(1, perm[t]), moved.float().argmax(1, keepdim=True)
-
-# %% ../../nbs/tasks/nav.ipynb #84b4a68d
+# %% ../../nbs/tasks/nav.ipynb #c3fda9eb
 def _f(default, help:str): return field(default=default, metadata={'help': help})
 
 @dataclass
@@ -333,7 +334,7 @@ class NavTaskConfig:
     monitor: str = _f('val_acc', 'val_acc or val_loss: what best.pt and early stopping follow')
     save_every: int = _f(1, 'write checkpoint_epoch_N.pt every N epochs (and at the last)')
     eval_batch_size: int = _f(1024, 'validation batch size')
-    dihedral: bool = _f(True, 'train on a random rotation/reflection of every sample (online augmentation)')
+    dihedral: bool = _f(False, 'train on a random rotation/reflection of every sample (online augmentation)')
 
 def nav_settings(cfg)->NavTaskConfig:
     "The `NavTaskConfig` inside a train config (dataclass or dict; nested `task_config` or flat keys)."
@@ -349,7 +350,7 @@ def nav_settings(cfg)->NavTaskConfig:
         if int(getattr(c, k)) < 1: raise HaltingLabError(f'--{k.replace("_", "-")}: expected >= 1, got {getattr(c, k)}')
     return c
 
-# %% ../../nbs/tasks/nav.ipynb #86c7f9b6
+# %% ../../nbs/tasks/nav.ipynb #d6fa985b
 class NavDataModule(L.LightningDataModule):
     "Train/val splits of a nav data set (`train.pt`, `test.pt`) as workbench batches."
     def __init__(self, train_path:str|Path, val_path:str|Path, batch_size:int=64,
@@ -385,7 +386,7 @@ class NavDataModule(L.LightningDataModule):
         self.setup()
         return self._loader(self.val_dataset, batch_size=self.eval_batch_size, shuffle=False)
 
-# %% ../../nbs/tasks/nav.ipynb #f02d0ff6
+# %% ../../nbs/tasks/nav.ipynb #4d257676
 @register_task('nav', config_cls=NavTaskConfig, kind='episodes', builder='nav generate',
                help='grid navigation: next A* action of a state (seed 003)')
 def nav_datamodule(train_config)->NavDataModule:

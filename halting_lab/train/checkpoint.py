@@ -20,7 +20,8 @@ def _refusal(e:BaseException)->str:
     m = re.search(r'GLOBAL ([\w.]+)', msg)
     if m: return f'it holds Python objects other than tensors and plain values ({m.group(1)})'
     if isinstance(e, EOFError): return 'the file is empty or ends early'
-    if 'central directory' in msg or 'zip archive' in msg: return 'a truncated or damaged zip archive'
+    if 'central directory' in msg or 'zip archive' in msg:
+        return 'a truncated or damaged zip archive'
     return 'not a PyTorch checkpoint (neither a zip archive nor a tensors-only pickle)'
 
 def _not_ckpt(path:Path, why:str)->HaltingLabError:
@@ -29,7 +30,7 @@ def _not_ckpt(path:Path, why:str)->HaltingLabError:
 # %% ../../nbs/train/checkpoint.ipynb #7e3b9d21
 def read_checkpoint(path:str|Path,        # a .ckpt / .pt file
                     map_location='cpu',   # where tensors go (as `torch.load`)
-                    trusted:bool=False):  # RISK: True unpickles what the safe load refuses, running its code
+                    trusted:bool=False):  # RISK: True unpickles what the safe load refuses (runs its code)
     "The checkpoint dict, loaded with `weights_only=True`; a non-checkpoint is a named error."
     path = Path(path)
     if not path.exists(): raise HaltingLabError(f'{path}: checkpoint not found')
@@ -38,10 +39,10 @@ def read_checkpoint(path:str|Path,        # a .ckpt / .pt file
     except pickle.UnpicklingError as e:
         if not trusted: raise _not_ckpt(path, _refusal(e)) from None
         ck = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:   # whatever the parser trips on (KeyError, IndexError, RuntimeError, ...)
+    except Exception as e:   # whatever the parser trips on (KeyError, IndexError, ...)
         raise _not_ckpt(path, _refusal(e)) from None
     if not isinstance(ck, dict):
-        raise _not_ckpt(path, f'it holds a {type(ck).__name__}; expected a dict of weights and config')
+        raise _not_ckpt(path, f'it holds a {type(ck).__name__}; expected a dict of weights, config')
     return ck
 
 # %% ../../nbs/train/checkpoint.ipynb #e2d94b18
@@ -49,7 +50,8 @@ def _build(model_type:str, cfg:dict, path=None):
     "The model of `model_type` built from the known fields of `cfg`."
     where = f'{path}: ' if path is not None else ''
     try: cls = model_class(model_type)
-    except HaltingLabError as e: raise HaltingLabError(f'{where}model_type {model_type!r}: {e}') from None
+    except HaltingLabError as e:
+        raise HaltingLabError(f'{where}model_type {model_type!r}: {e}') from None
     ccls = cls.config_cls
     names = {f.name for f in dataclasses.fields(ccls)}
     try: return cls(ccls(**{k: v for k, v in cfg.items() if k in names}))
@@ -59,37 +61,44 @@ def _build(model_type:str, cfg:dict, path=None):
 # %% ../../nbs/train/checkpoint.ipynb #b0c3f9a6
 def _info_halting_lab(ck:dict)->dict:
     h = ck['halting_lab']
-    return {'format': 'halting_lab', 'model_type': h['model_type'], 'model_config': dict(h['model_config']),
-            'train_config': dict(h.get('train_config', {})), 'epoch': ck.get('epoch'),
-            'global_step': ck.get('global_step'), 'has_ema': bool(h.get('has_ema')),
-            'mid_epoch': bool(h.get('mid_epoch'))}
+    return {'format': 'halting_lab', 'model_type': h['model_type'],
+            'model_config': dict(h['model_config']), 'train_config': dict(h.get('train_config', {})),
+            'epoch': ck.get('epoch'), 'global_step': ck.get('global_step'),
+            'has_ema': bool(h.get('has_ema')), 'mid_epoch': bool(h.get('mid_epoch'))}
 
 def _info_lightning(ck:dict)->dict:
     hp = ck['hyper_parameters']
-    return {'format': 'lightning', 'model_type': hp['model_type'], 'model_config': dict(hp.get('model_cfg', hp)),
-            'train_config': dict(hp.get('train_cfg', {})), 'epoch': ck.get('epoch'),
-            'global_step': ck.get('global_step'),
+    return {'format': 'lightning', 'model_type': hp['model_type'],
+            'model_config': dict(hp.get('model_cfg', hp)), 'train_config': dict(hp.get('train_cfg', {})),
+            'epoch': ck.get('epoch'), 'global_step': ck.get('global_step'),
             'has_ema': any(k.startswith('ema_model.') for k in ck['state_dict'])}
 
 def _info_state_dict(ck:dict)->dict:
     cfg = ck['config']
-    return {'format': 'state_dict', 'model_type': cfg['model_type'], 'model_config': dict(cfg), 'train_config': {},
-            'epoch': ck.get('epoch'), 'global_step': ck.get('step'), 'has_ema': 'ema_state_dict' in ck}
+    return {'format': 'state_dict', 'model_type': cfg['model_type'], 'model_config': dict(cfg),
+            'train_config': {}, 'epoch': ck.get('epoch'), 'global_step': ck.get('step'),
+            'has_ema': 'ema_state_dict' in ck}
 
-def checkpoint_info(ck:dict,    # a loaded checkpoint dict
-                    path=None)->dict: # its file, named in errors
-    "{'format', 'model_type', 'model_config', 'train_config', 'epoch', 'global_step', 'has_ema'} of `ck`."
-    where = f'{path}: ' if path is not None else 'checkpoint: '
+def _layout(ck:dict):
+    "The reader of `ck`'s layout, or None."
     hp = ck.get('hyper_parameters') or {}
-    if 'halting_lab' in ck: fn = _info_halting_lab
-    elif 'state_dict' in ck and isinstance(hp, dict) and 'model_type' in hp: fn = _info_lightning
-    elif 'model_state_dict' in ck and isinstance(ck.get('config'), dict): fn = _info_state_dict
-    else:
-        raise HaltingLabError(f'{where}not a halting_lab checkpoint (unknown layout, keys {sorted(map(str, ck))[:8]}); '
+    if 'halting_lab' in ck: return _info_halting_lab
+    if 'state_dict' in ck and isinstance(hp, dict) and 'model_type' in hp: return _info_lightning
+    if 'model_state_dict' in ck and isinstance(ck.get('config'), dict): return _info_state_dict
+    return None
+
+def checkpoint_info(ck:dict,          # a loaded checkpoint dict
+                    path=None)->dict: # its file, named in errors
+    "{'format', 'model_type', 'model_config', 'train_config', 'epoch', 'global_step', 'has_ema'}."
+    where, fn = f'{path}: ' if path is not None else 'checkpoint: ', _layout(ck)
+    if fn is None:
+        keys = sorted(map(str, ck))[:8]
+        raise HaltingLabError(f'{where}not a halting_lab checkpoint (unknown layout, keys {keys}); '
                               'expected the files `halting-lab train` or `nav train` write')
     try: return fn(ck)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise HaltingLabError(f'{where}not a halting_lab checkpoint ({fn.__name__[6:]} layout without {e})') from None
+        raise HaltingLabError(f'{where}not a halting_lab checkpoint '
+                              f'({fn.__name__[6:]} layout without {e})') from None
 
 # %% ../../nbs/train/checkpoint.ipynb #51f8a2d9
 def _weights(ck:dict, info:dict, ema:bool)->tuple:
@@ -97,7 +106,8 @@ def _weights(ck:dict, info:dict, ema:bool)->tuple:
     if info['format'] in ('halting_lab', 'lightning'):
         prefix = 'ema_model.' if ema and info['has_ema'] else 'model.'
         sd = ck['state_dict']   # --compile wraps the model: strip its `_orig_mod.`
-        w = {k[len(prefix):].replace('_orig_mod.', ''): v for k, v in sd.items() if k.startswith(prefix)}
+        w = {k[len(prefix):].replace('_orig_mod.', ''): v for k, v in sd.items()
+             if k.startswith(prefix)}
         return w, 'ema' if prefix == 'ema_model.' else 'model'
     use_ema = ema and 'ema_state_dict' in ck
     return ck['ema_state_dict' if use_ema else 'model_state_dict'], 'ema' if use_ema else 'model'
@@ -105,7 +115,7 @@ def _weights(ck:dict, info:dict, ema:bool)->tuple:
 def load_checkpoint(path:str|Path,        # a .ckpt written by `halting-lab train` or a seed-003 navigation checkpoint
                     map_location='cpu',
                     ema:bool=True,          # use the EMA weights when the checkpoint has them
-                    trusted:bool=False):    # RISK: True unpickles files the safe load refuses (runs their code)
+                    trusted:bool=False):    # RISK: True unpickles what the safe load refuses
     "The trained model (eval mode) with `.checkpoint_info` attached: class chosen by the stored `model_type`."
     ck = read_checkpoint(path, map_location, trusted)
     info = checkpoint_info(ck, path)
@@ -113,7 +123,8 @@ def load_checkpoint(path:str|Path,        # a .ckpt written by `halting-lab trai
     weights, info['weights'] = _weights(ck, info, ema)
     try: missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:
-        raise HaltingLabError(f'{path}: weights do not fit {type(model).__name__} ({str(e).splitlines()[-1].strip()})') from None
+        why = str(e).splitlines()[-1].strip()
+        raise HaltingLabError(f'{path}: weights do not fit {type(model).__name__} ({why})') from None
     if missing or unexpected:
         raise HaltingLabError(f'{path}: weights do not match {type(model).__name__} '
                               f'(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})')

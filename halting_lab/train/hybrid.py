@@ -177,12 +177,13 @@ class HybridARC(nn.Module):
         return {k: v for k, v in self.state_dict().items()
                 if not (k.startswith('reasoner.') and self.config.llama_frozen)}
 
-    def planner(self, verifier:GridVerifier|None=None, puzzle_ids:dict|None=None, max_attempts:int|None=None):
+    def planner(self, verifier:GridVerifier|None=None, puzzle_ids:dict|None=None, max_attempts:int|None=None,
+                first_trm=None):   # TRM of attempt 1 (None: this model's TRM)
         "An ARCPlanner over this model's parts."
         pid = (lambda t: puzzle_ids.get(str(t.get('id')), 0)) if puzzle_ids else None
         return ARCPlanner(self.reasoner, self.trm, verifier, max_attempts or self.config.max_attempts,
                           self.text_to_latent, self.latent_to_text, trm_steps=self.config.trm_halt_max_steps,
-                          reasoning_tokens=self.config.reasoning_tokens, puzzle_id_of=pid)
+                          reasoning_tokens=self.config.reasoning_tokens, puzzle_id_of=pid, first_trm=first_trm)
 
 # %% ../../nbs/train/hybrid.ipynb #46faa81d
 IGNORE = -100
@@ -426,7 +427,7 @@ def compare_systems(tasks:dict, puzzle_ids:dict, reasoner=None, trm=None, hybrid
     systems = {}
     if reasoner is not None: systems['llm'] = ARCPlanner(reasoner, None, v, attempts)
     if trm is not None: systems['trm'] = ARCPlanner(None, trm, v, 1, trm_steps=trm_steps, puzzle_id_of=pid)
-    if hybrid is not None: systems['hybrid'] = hybrid.planner(v, puzzle_ids, attempts)
+    if hybrid is not None: systems['hybrid'] = hybrid.planner(v, puzzle_ids, attempts, first_trm=trm)
     elif reasoner is not None and trm is not None:
         systems['hybrid'] = ARCPlanner(reasoner, trm, v, attempts, trm_steps=trm_steps, puzzle_id_of=pid)
     rows = {k: evaluate_planner(p, tasks)[0] for k, p in systems.items()}

@@ -565,7 +565,7 @@ def loss_curve_png(rows: list, path: str | Path) -> Optional[Path]:
             label='val loss',
         )
     ax.set_xlabel('epoch')
-    ax.set_ylabel('loss (L1 + kl_weight * KL)')
+    ax.set_ylabel('loss (train: L1 + kl_weight*KL; val: L1)')
     ax.set_yscale('log')
     ax.legend()
     fig.tight_layout()

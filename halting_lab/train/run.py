@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 import numpy as np
 import torch
-from ..core import (HaltingLabError, RunDir, new_run_id, save_json, load_json,
+from ..core import (HaltingLabError, RunDir, new_run_id, save_json, load_json, runs_root,
                               seed_everything, library_versions, resolve_device, atomic_write_text)
 from ..registry import get_model, get_task, load_plugins, user_plugins
 from .config import TrainConfig, params_to_configs
@@ -37,9 +37,10 @@ def puzzle_datamodule(tc):
     return PuzzleDataModule(data_dir=tc.data_dir, task=tc.task, val_split=tc.val_split,
                             batch_size=tc.batch_size, seed=tc.seed, num_workers=tc.num_workers)
 
-def make_datamodule(tc:TrainConfig):
-    "The registered task's data module for `tc`, set up for fitting."
-    dm = get_task(tc.task).make_datamodule(tc)
+def make_datamodule(tc:TrainConfig, model_config=None):
+    "The registered task's data module for `tc` (and the model config), set up for fitting."
+    mcd = dataclasses.asdict(model_config) if dataclasses.is_dataclass(model_config) else model_config
+    dm = get_task(tc.task).make_datamodule(tc, model_config=mcd)
     dm.setup('fit')
     return dm
 
@@ -287,18 +288,15 @@ def _module(tc:TrainConfig, mc, dm, resume, nb:int):
     return module, mcd
 
 # %% ../../nbs/train/run.ipynb #4171ef92
-def train(**params)->dict:
-    "Train one model (flags as keyword arguments); see the notes above. Returns the results dict."
-    extra_cbs = list(params.pop('_callbacks', None) or [])   # extra Lightning callbacks (tests)
-    command = params.pop('_command', None)
-    given, tc, mc = _prepare(params)
+def _train(given:dict, tc:TrainConfig, mc, extra_cbs:list, command)->dict:
+    "The run itself (`train` has checked the flags and holds the run directory's lock)."
     run, t_start = resolve_run_dir(tc), time.time()
     resume = resolve_resume(tc, run)
     seed_everything(tc.seed)
     with tee_console(run.train_log), quiet_lightning():
         print(f'halting-lab train: run dir {run.path}'
               + (f', resuming from {resume}' if resume else ''), flush=True)
-        dm = make_datamodule(tc)
+        dm = make_datamodule(tc, mc)
         accel, devices = _accelerator(tc), _devices(tc)
         train_dl, val_dl = dm.train_dataloader(), dm.val_dataloader()
         world = devices if isinstance(devices, int) else (
@@ -318,6 +316,21 @@ def train(**params)->dict:
             val = ' '.join(f'{k}={v:.4g}' for k, v in res['final'].items() if k.startswith('val/'))
             print(f"halting-lab train: {res['status']}; {val}", flush=True)
     return res
+
+# %% ../../nbs/train/run.ipynb #4171ef93
+def train(**params)->dict:
+    "Train one model (flags as keyword arguments) into its run directory; returns the results dict."
+    from halting_lab.train.guard import guarded_run, check_flag_ranges
+    extra_cbs = list(params.pop('_callbacks', None) or [])   # extra Lightning callbacks (tests)
+    command = params.pop('_command', None)
+    given, tc, mc = _prepare(params)
+    check_flag_ranges(tc.to_dict(), dataclasses.asdict(mc))
+    path = Path(tc.default_root_dir) if tc.default_root_dir else \
+        runs_root() / (tc.run_id or new_run_id(tc.task))
+    with guarded_run(path, tc.resume_ckpt, _command_line() or command) as g:
+        kw = {'resume_ckpt': g.resume_ckpt}
+        if not tc.default_root_dir: kw['run_id'] = path.name        # one id, fixed before the lock
+        return _train(given, dataclasses.replace(tc, **kw), mc, [*g.callbacks, *extra_cbs], command)
 
 # %% ../../nbs/train/run.ipynb #1cc573db
 def split_batches(data_dir:str|Path, split:str='test', batch_size:int=256,
@@ -370,6 +383,8 @@ def evaluate(ckpt:str|Path, data_dir:str|Path, split:str='test', output:str|Path
              batch_size:int=256, ema:bool=True, device:str='cpu', limit:Optional[int]=None):
     "Per-example results of checkpoint `ckpt` on `data_dir/split` (CSV at `output` when given)."
     import pandas as pd
+    from halting_lab.data.hrm import validate_dataset
+    validate_dataset(data_dir, splits=(split,))     # the checks of `data check`, before the model
     model = load_trained(ckpt, ema=ema).to(device)
     info = model.checkpoint_info
     batches = split_batches(data_dir, split, batch_size, limit)

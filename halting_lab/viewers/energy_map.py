@@ -16,10 +16,11 @@ __all__ = ['load_samples', 'load_metrics', 'step_matrix', 'embedding_projection'
            'EnergyMapViewer', 'show_static']
 
 # %% ../../nbs/viewers/energy_map.ipynb #86dfc838
-def load_samples(run_dir:str|Path)->list:
+def load_samples(run_dir: str | Path) -> list:
     "All sample records of a run, sorted by (iteration, episode), each with its `file` name."
-    d = Path(run_dir)/'samples'
-    if not d.is_dir(): raise HaltingLabError(f'{d}: no samples/ folder (is {run_dir} a REOAC run directory?)')
+    d = Path(run_dir) / 'samples'
+    if not d.is_dir():
+        raise HaltingLabError(f'{d}: no samples/ folder (is {run_dir} a REOAC run directory?)')
     out = []
     for p in d.glob('*.json'):
         rec = load_json(p)
@@ -28,24 +29,34 @@ def load_samples(run_dir:str|Path)->list:
     key = lambda r: (r.get('iteration', 0), r['file'])
     return sorted(out, key=key)
 
-def load_metrics(run_dir:str|Path)->list:
+
+def load_metrics(run_dir: str | Path) -> list:
     "Rows of `metrics.jsonl` ([] when absent)."
-    p = Path(run_dir)/'metrics.jsonl'
-    if not p.exists(): return []
+    p = Path(run_dir) / 'metrics.jsonl'
+    if not p.exists():
+        return []
     rows = []
     for i, line in enumerate(p.read_text(encoding='utf-8').splitlines()):
-        try: rows.append(json.loads(line))
-        except json.JSONDecodeError as e: raise HaltingLabError(f'{p}:{i + 1}: invalid JSON ({e})') from e
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise HaltingLabError(f'{p}:{i + 1}: invalid JSON ({e})') from e
     return rows
 
 # %% ../../nbs/viewers/energy_map.ipynb #f3e4e36d
-def step_matrix(rec:dict, step:int)->tuple:
+def step_matrix(rec: dict, step: int) -> tuple:
     "(R [G, P'] as array, row labels, column labels, unmasked rows) of `rec` at `step`."
     tr = rec.get('trace') or []
-    if not tr: raise HaltingLabError(f"sample {rec.get('file', '?')}: no trace (run trained with fast_critic)")
+    if not tr:
+        raise HaltingLabError(
+            f"sample {rec.get('file', '?')}: no trace (run trained with fast_critic)"
+        )
     step = max(0, min(step, len(tr) - 1))
     R = tr[step].get('relation')
-    if R is None: raise HaltingLabError(f"sample {rec.get('file', '?')}: no relation at step {step} (save_relation off)")
+    if R is None:
+        raise HaltingLabError(
+            f"sample {rec.get('file', '?')}: no relation at step {step} (save_relation off)"
+        )
     R = np.asarray(R, dtype=float)
     ptok = rec['prompt_tokens']
     keep = [j for j, t in enumerate(ptok) if t != '']
@@ -60,44 +71,53 @@ def step_matrix(rec:dict, step:int)->tuple:
     return R[:, keep], rows, cols, sorted(now)
 
 # %% ../../nbs/viewers/energy_map.ipynb #88248cc8
-def embedding_projection(recs:list)->tuple:
+def embedding_projection(recs: list) -> tuple:
     "(xy [N, 2] PCA of the samples' feature vectors, the records that have one)."
     have = [r for r in recs if r.get('feature_vector')]
-    if not have: return np.zeros((0, 2)), []
+    if not have:
+        return np.zeros((0, 2)), []
     X = np.asarray([r['feature_vector'] for r in have], dtype=float)
     X = X - X.mean(0)
-    if len(X) < 2: return np.zeros((len(X), 2)), have
+    if len(X) < 2:
+        return np.zeros((len(X), 2)), have
     U, S, Vt = np.linalg.svd(X, full_matrices=False)
     xy = X @ Vt[:2].T
-    if xy.shape[1] < 2: xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
+    if xy.shape[1] < 2:
+        xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
     return xy, have
 
-def main_operator(rec:dict)->int:
+
+def main_operator(rec: dict) -> int:
     "The operator an episode used most (-1 without a trace)."
     ops = rec.get('operator_id') or []
     return int(np.bincount(ops).argmax()) if ops else -1
 
 # %% ../../nbs/viewers/energy_map.ipynb #99249fdb
-def _csv(rows:list)->str:
+def _csv(rows: list) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator='\n').writerows(rows)
     return buf.getvalue()
 
+
 def _plt():
     try:
         import matplotlib
+
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
-        return plt
-    except ImportError: return None
 
-def _save_png(fig, path:Path):
+        return plt
+    except ImportError:
+        return None
+
+
+def _save_png(fig, path: Path):
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=120, bbox_inches='tight')
     atomic_write_bytes(path, buf.getvalue())
 
 # %% ../../nbs/viewers/energy_map.ipynb #ed29d733
-def energy_map_figure(rec:dict, step:int=-1):
+def energy_map_figure(rec: dict, step: int = -1):
     "A matplotlib figure of the energy map of `rec` at `step` (-1: the last)."
     plt = _plt()
     n = len(rec['trace'])
@@ -107,144 +127,233 @@ def energy_map_figure(rec:dict, step:int=-1):
     im = ax.imshow(R, cmap='viridis', aspect='auto', vmin=-1, vmax=1)
     ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=6)
     ax.set_yticks(range(len(rows)), rows, fontsize=6)
-    for i in now: ax.add_patch(plt.Rectangle((-0.5, i - 0.5), len(cols), 1, fill=False, ec='red', lw=1))
+    for i in now:
+        ax.add_patch(plt.Rectangle((-0.5, i - 0.5), len(cols), 1, fill=False, ec='red', lw=1))
     tr = rec['trace'][step]
     names = rec.get('operator_names') or [str(i) for i in range(5)]
-    ax.set_title(f"{rec.get('file', '')} step {step}: {names[tr['operator_id']]}  reward {rec['reward']}", fontsize=8)
+    ax.set_title(
+        f"{rec.get('file', '')} step {step}: {names[tr['operator_id']]}  reward {rec['reward']}",
+        fontsize=8,
+    )
     fig.colorbar(im, ax=ax, fraction=0.03)
     return fig
 
 # %% ../../nbs/viewers/energy_map.ipynb #be4e1484
-def viz_run(run_dir:str|Path, sample:str|Path|None=None)->dict:
+def viz_run(run_dir: str | Path, sample: str | Path | None = None) -> dict:
     "Write viz/energy_map.csv/png, viz/embedding_proj.csv/png, viz/loss.csv/png; returns {name: path}."
     run_dir = Path(run_dir)
-    out_dir = run_dir/'viz'
+    out_dir = run_dir / 'viz'
     out_dir.mkdir(parents=True, exist_ok=True)
-    recs = load_samples(run_dir) if (run_dir/'samples').is_dir() else []
+    recs = load_samples(run_dir) if (run_dir / 'samples').is_dir() else []
     plt, out = _plt(), {}
-    if sample is not None: rec = dict(load_json(sample), file=Path(sample).name)
-    else: rec = next((r for r in reversed(recs) if r.get('trace') and r['trace'][-1].get('relation')), None)
+    if sample is not None:
+        rec = dict(load_json(sample), file=Path(sample).name)
+    else:
+        rec = next(
+            (r for r in reversed(recs) if r.get('trace') and r['trace'][-1].get('relation')), None
+        )
     if rec is not None and rec.get('trace'):
         R, rows, cols, _ = step_matrix(rec, len(rec['trace']) - 1)
-        out['energy_map_csv'] = atomic_write_text(out_dir/'energy_map.csv', _csv([['slot'] + cols] + [[r] + [f'{v:.4f}' for v in row] for r, row in zip(rows, R)]))
+        out['energy_map_csv'] = atomic_write_text(
+            out_dir / 'energy_map.csv',
+            _csv([['slot'] + cols] + [[r] + [f'{v:.4f}' for v in row] for r, row in zip(rows, R)]),
+        )
         if plt:
             fig = energy_map_figure(rec)
-            _save_png(fig, out_dir/'energy_map.png')
+            _save_png(fig, out_dir / 'energy_map.png')
             plt.close(fig)
-            out['energy_map_png'] = out_dir/'energy_map.png'
+            out['energy_map_png'] = out_dir / 'energy_map.png'
     xy, have = embedding_projection(recs)
     if have:
-        out['embedding_proj_csv'] = atomic_write_text(out_dir/'embedding_proj.csv', _csv(
-            [['file', 'x', 'y', 'reward', 'operator', 'iteration']] +
-            [[r['file'], f'{a:.5f}', f'{b:.5f}', r['reward'], main_operator(r), r.get('iteration', 0)] for (a, b), r in zip(xy, have)]))
+        out['embedding_proj_csv'] = atomic_write_text(
+            out_dir / 'embedding_proj.csv',
+            _csv(
+                [['file', 'x', 'y', 'reward', 'operator', 'iteration']]
+                + [
+                    [
+                        r['file'],
+                        f'{a:.5f}',
+                        f'{b:.5f}',
+                        r['reward'],
+                        main_operator(r),
+                        r.get('iteration', 0),
+                    ]
+                    for (a, b), r in zip(xy, have)
+                ]
+            ),
+        )
         if plt:
             fig, ax = plt.subplots(figsize=(4.5, 4))
-            sc = ax.scatter(xy[:, 0], xy[:, 1], c=[r['reward'] for r in have], cmap='coolwarm', s=14)
+            sc = ax.scatter(
+                xy[:, 0], xy[:, 1], c=[r['reward'] for r in have], cmap='coolwarm', s=14
+            )
             fig.colorbar(sc, ax=ax, label='reward')
             ax.set_title('feature vectors (PCA)', fontsize=9)
-            _save_png(fig, out_dir/'embedding_proj.png')
+            _save_png(fig, out_dir / 'embedding_proj.png')
             plt.close(fig)
-            out['embedding_proj_png'] = out_dir/'embedding_proj.png'
+            out['embedding_proj_png'] = out_dir / 'embedding_proj.png'
     m = load_metrics(run_dir)
     if m:
         keys = ['critic_loss', 'actor_loss', 'backbone_loss', 'total_loss']
-        out['loss_csv'] = atomic_write_text(out_dir/'loss.csv', _csv([['iteration'] + keys] + [[r['iteration']] + [r[k] for k in keys] for r in m]))
+        out['loss_csv'] = atomic_write_text(
+            out_dir / 'loss.csv',
+            _csv([['iteration'] + keys] + [[r['iteration']] + [r[k] for k in keys] for r in m]),
+        )
         if plt:
             fig, ax = plt.subplots(figsize=(5, 3.2))
-            for k in keys: ax.plot([r['iteration'] for r in m], [r[k] for r in m], label=k.replace('_loss', ''))
+            for k in keys:
+                ax.plot(
+                    [r['iteration'] for r in m], [r[k] for r in m], label=k.replace('_loss', '')
+                )
             ax.set_xlabel('iteration')
             ax.set_ylabel('loss')
             ax.legend(fontsize=7)
-            _save_png(fig, out_dir/'loss.png')
+            _save_png(fig, out_dir / 'loss.png')
             plt.close(fig)
-            out['loss_png'] = out_dir/'loss.png'
+            out['loss_png'] = out_dir / 'loss.png'
     return out
 
 # %% ../../nbs/viewers/energy_map.ipynb #8f28cc28
 class EnergyMapViewer:
     "Interactive REOAC run viewer: energy map, Q values, features, embedding, losses."
-    def __init__(self, run_dir:str|Path):
+
+    def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.recs = [r for r in load_samples(self.run_dir) if r.get('trace')]
-        if not self.recs: raise HaltingLabError(f'{self.run_dir}: no samples with a trace (fast_critic run?)')
+        if not self.recs:
+            raise HaltingLabError(f'{self.run_dir}: no samples with a trace (fast_critic run?)')
         self.metrics = load_metrics(self.run_dir)
         self._build()
 
-    def _record(self): return self.recs[self.w_sample.value]
+    def _record(self):
+        return self.recs[self.w_sample.value]
 
 # %% ../../nbs/viewers/energy_map.ipynb #8f779317
 def _heatmap_data(rec, step):
     R, rows, cols, now = step_matrix(rec, step)
     return dict(z=R.tolist(), x=cols, y=rows), now
 
+
 @patch
-def _build(self:EnergyMapViewer):
+def _build(self: EnergyMapViewer):
     import ipywidgets as W
     import plotly.graph_objects as go
     from halting_lab.models.reoac import FEATURE_NAMES, OPERATORS
-    opts = [(f"{r['file']}  R={r['reward']:.2f}  {r['final_text'][:24]!r}", i) for i, r in enumerate(self.recs)]
-    self.w_sample = W.Dropdown(options=opts, value=0, description='sample', layout=W.Layout(width='520px'))
+
+    opts = [
+        (f"{r['file']}  R={r['reward']:.2f}  {r['final_text'][:24]!r}", i)
+        for i, r in enumerate(self.recs)
+    ]
+    self.w_sample = W.Dropdown(
+        options=opts, value=0, description='sample', layout=W.Layout(width='520px')
+    )
     self.w_step = W.IntSlider(0, 0, len(self.recs[0]['trace']) - 1, description='step')
     self.w_color = W.ToggleButtons(options=['reward', 'operator'], description='colour')
-    self.f_map = go.FigureWidget(go.Heatmap(zmin=-1, zmax=1, colorscale='Viridis'),
-                                 layout=dict(height=480, width=620, margin=dict(l=80, r=10, t=40, b=80)))
-    self.f_q = go.FigureWidget(go.Bar(x=list(OPERATORS)), layout=dict(height=240, width=380, title='Q values'))
-    self.f_feat = go.FigureWidget(go.Bar(x=list(FEATURE_NAMES)), layout=dict(height=260, width=380, title='features'))
+    self.f_map = go.FigureWidget(
+        go.Heatmap(zmin=-1, zmax=1, colorscale='Viridis'),
+        layout=dict(height=480, width=620, margin=dict(l=80, r=10, t=40, b=80)),
+    )
+    self.f_q = go.FigureWidget(
+        go.Bar(x=list(OPERATORS)), layout=dict(height=240, width=380, title='Q values')
+    )
+    self.f_feat = go.FigureWidget(
+        go.Bar(x=list(FEATURE_NAMES)), layout=dict(height=260, width=380, title='features')
+    )
     xy, have = embedding_projection(self.recs)
     self._xy, self._have = xy, have
-    self.f_emb = go.FigureWidget(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode='markers', text=[r['file'] for r in have]),
-                                 layout=dict(height=320, width=420, title='feature vectors (PCA)'))
+    self.f_emb = go.FigureWidget(
+        go.Scatter(x=xy[:, 0], y=xy[:, 1], mode='markers', text=[r['file'] for r in have]),
+        layout=dict(height=320, width=420, title='feature vectors (PCA)'),
+    )
     m = self.metrics
-    self.f_loss = go.FigureWidget([go.Scatter(x=[r['iteration'] for r in m], y=[r[k] for r in m], name=k)
-                                   for k in ('critic_loss', 'actor_loss', 'backbone_loss', 'total_loss')],
-                                  layout=dict(height=320, width=520, title='losses'))
+    self.f_loss = go.FigureWidget(
+        [
+            go.Scatter(x=[r['iteration'] for r in m], y=[r[k] for r in m], name=k)
+            for k in ('critic_loss', 'actor_loss', 'backbone_loss', 'total_loss')
+        ],
+        layout=dict(height=320, width=520, title='losses'),
+    )
     self.w_sample.observe(lambda ch: self._on_sample(), 'value')
     self.w_step.observe(lambda ch: self.update(), 'value')
     self.w_color.observe(lambda ch: self._color(), 'value')
     self.info = W.HTML()
-    self.widget = W.VBox([W.HBox([self.w_sample, self.w_step]), self.info,
-                          W.HBox([self.f_map, W.VBox([self.f_q, self.f_feat])]),
-                          self.w_color, W.HBox([self.f_emb, self.f_loss])])
+    self.widget = W.VBox(
+        [
+            W.HBox([self.w_sample, self.w_step]),
+            self.info,
+            W.HBox([self.f_map, W.VBox([self.f_q, self.f_feat])]),
+            self.w_color,
+            W.HBox([self.f_emb, self.f_loss]),
+        ]
+    )
     self._color()
     self.update()
 
 # %% ../../nbs/viewers/energy_map.ipynb #dec7a192
 @patch
-def _on_sample(self:EnergyMapViewer):
+def _on_sample(self: EnergyMapViewer):
     self.w_step.max = len(self._record()['trace']) - 1
     self.w_step.value = 0
     self.update()
 
+
 @patch
-def update(self:EnergyMapViewer):
+def update(self: EnergyMapViewer):
     "Redraw the panels for the selected sample and step."
     from halting_lab.models.reoac import OPERATORS
+
     rec, step = self._record(), self.w_step.value
     d, now = _heatmap_data(rec, step)
     tr = rec['trace'][step]
     with self.f_map.batch_update():
         self.f_map.data[0].update(**d)
-        self.f_map.layout.shapes = [dict(type='rect', x0=-0.5, x1=len(d['x']) - 0.5, y0=i - 0.5, y1=i + 0.5,
-                                         line=dict(color='red')) for i in now]
-        self.f_map.layout.title = f"step {step}: {OPERATORS[tr['operator_id']]} unmasks {len(now)} slot(s)"
+        self.f_map.layout.shapes = [
+            dict(
+                type='rect',
+                x0=-0.5,
+                x1=len(d['x']) - 0.5,
+                y0=i - 0.5,
+                y1=i + 0.5,
+                line=dict(color='red'),
+            )
+            for i in now
+        ]
+        self.f_map.layout.title = (
+            f"step {step}: {OPERATORS[tr['operator_id']]} unmasks {len(now)} slot(s)"
+        )
     self.f_q.data[0].y = tr['q_values']
     self.f_feat.data[0].y = tr['feature_vector']
-    self.info.value = (f"<b>prompt</b> {rec['prompt']!s} &nbsp; <b>final</b> {rec['final_text']!s} &nbsp; "
-                       f"<b>gold</b> {rec.get('gold')} &nbsp; reward {rec['reward']:.2f} cost {rec['cost']:.3f}")
+    self.info.value = (
+        f"<b>prompt</b> {rec['prompt']!s} &nbsp; <b>final</b> {rec['final_text']!s} &nbsp; "
+        f"<b>gold</b> {rec.get('gold')} &nbsp; reward {rec['reward']:.2f} cost {rec['cost']:.3f}"
+    )
+
 
 @patch
-def _color(self:EnergyMapViewer):
-    c = [r['reward'] for r in self._have] if self.w_color.value == 'reward' else [main_operator(r) for r in self._have]
-    self.f_emb.data[0].marker = dict(color=c, colorscale='RdBu' if self.w_color.value == 'reward' else 'Viridis',
-                                     showscale=True, size=8)
+def _color(self: EnergyMapViewer):
+    c = (
+        [r['reward'] for r in self._have]
+        if self.w_color.value == 'reward'
+        else [main_operator(r) for r in self._have]
+    )
+    self.f_emb.data[0].marker = dict(
+        color=c,
+        colorscale='RdBu' if self.w_color.value == 'reward' else 'Viridis',
+        showscale=True,
+        size=8,
+    )
 
 # %% ../../nbs/viewers/energy_map.ipynb #eaecd698
-def show_static(run_dir:str|Path, sample:int=-1, step:int=-1, path:str|Path|None=None):
+def show_static(
+    run_dir: str | Path, sample: int = -1, step: int = -1, path: str | Path | None = None
+):
     "Matplotlib version of the viewer's panels (energy map, Q values, features, losses); optional PNG."
     from halting_lab.models.reoac import FEATURE_NAMES, OPERATORS
+
     plt = _plt()
     recs = [r for r in load_samples(run_dir) if r.get('trace')]
-    if not recs: raise HaltingLabError(f'{run_dir}: no samples with a trace')
+    if not recs:
+        raise HaltingLabError(f'{run_dir}: no samples with a trace')
     rec = recs[sample]
     step = len(rec['trace']) - 1 if step < 0 else step
     R, rows, cols, now = step_matrix(rec, step)
@@ -254,8 +363,12 @@ def show_static(run_dir:str|Path, sample:int=-1, step:int=-1, path:str|Path|None
     ax.imshow(R, cmap='viridis', aspect='auto', vmin=-1, vmax=1)
     ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=5)
     ax.set_yticks(range(len(rows)), rows, fontsize=5)
-    for i in now: ax.add_patch(plt.Rectangle((-0.5, i - 0.5), len(cols), 1, fill=False, ec='red', lw=1))
-    ax.set_title(f"{rec['file']} step {step}: {OPERATORS[tr['operator_id']]} (reward {rec['reward']:.2f})", fontsize=8)
+    for i in now:
+        ax.add_patch(plt.Rectangle((-0.5, i - 0.5), len(cols), 1, fill=False, ec='red', lw=1))
+    ax.set_title(
+        f"{rec['file']} step {step}: {OPERATORS[tr['operator_id']]} (reward {rec['reward']:.2f})",
+        fontsize=8,
+    )
     a2 = fig.add_axes([0.55, 0.6, 0.18, 0.32])
     a2.bar(range(5), tr['q_values'])
     a2.set_xticks(range(5), [o[:10] for o in OPERATORS], rotation=60, fontsize=6)
@@ -269,5 +382,6 @@ def show_static(run_dir:str|Path, sample:int=-1, step:int=-1, path:str|Path|None
         a4.plot([r['iteration'] for r in m], [r[k] for r in m], label=k)
     a4.legend(fontsize=6)
     a4.set_xlabel('iteration', fontsize=7)
-    if path is not None: _save_png(fig, Path(path))
+    if path is not None:
+        _save_png(fig, Path(path))
     return fig

@@ -122,9 +122,10 @@ def save_rollout_png(path:str|Path, walls, start, goal, probs, result:dict, titl
 class NavViewer:
     "ipywidgets + plotly viewer of a nav checkpoint; `.widget` to display, `.save_png(path)` for a static copy."
     def __init__(self, checkpoint, data_path:Optional[str]=None, max_steps:Optional[int]=None, device:str='cpu',
-                 grid=None): # a chosen grid (see `set_grid`); default: random grid 0
+                 grid=None,             # a chosen grid (see `set_grid`); default: random grid 0
+                 trusted:bool=False):   # RISK: allow a full unpickle of an old checkpoint the safe load refuses
         from halting_lab.train.nav import load_nav_checkpoint
-        self.model, self.ckpt = (load_nav_checkpoint(checkpoint, device) if isinstance(checkpoint, (str, Path))
+        self.model, self.ckpt = (load_nav_checkpoint(checkpoint, device, trusted) if isinstance(checkpoint, (str, Path))
                                  else (checkpoint, {}))
         self.G = self.model.config.grid_size
         self.max_sup = max_steps or 2 * self.model.config.n_sup

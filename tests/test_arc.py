@@ -268,7 +268,7 @@ def test_official_layout_loads_and_evaluates_with_a_perfect_model(tmp_path):
             lab = np.stack([self.table[bytes(r)] for r in batch['inputs'].numpy().astype(np.uint8)])
             logits = torch.nn.functional.one_hot(torch.as_tensor(lab.astype(np.int64)), 12).float()
             return HaltingOutput(logits=logits, halting_steps=torch.ones(lab.shape))
-    x, y, *_ = A.test_examples(root)
+    x, y, *_ = A.split_examples(root)
     res = A.evaluate_arc(tmp_path / 'ck' / 'last.ckpt', root, model=Oracle(x, y), device='cpu')
     assert res['pass@1'] == res['exact_match'] == res['cell_accuracy'] == 1.0 and res['aug_exact_match'] == 1.0
     assert (tmp_path / 'ck' / 'eval_results.json').exists() and (tmp_path / 'ck' / 'eval_per_task.csv').exists()

@@ -1,13 +1,9 @@
 """The bad-input matrix (issue 19): every way a dataset can be broken x every command that reads it,
 hostile files for every loader, two writers on one run, re-runs without --resume_ckpt, a non-finite
 loss, a full disk, and file modes under umask 022. Each case asserts that the error names the file
-or flag and that earlier results are unchanged.
-
-Tests that need the guard hooks in `train()` (see /tmp/handoff/h19-train-hooks.md) go through the
-`halting-lab train` CLI and are xfail until `train()` has them; the same behaviour is exercised now
-through `guarded_train`, the hook snippet applied to today's `train()`."""
+or flag and that earlier results are unchanged."""
 from __future__ import annotations
-import contextlib, hashlib, inspect, json, os, pickle, shutil, signal, subprocess, sys, time
+import contextlib, hashlib, json, os, pickle, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -16,40 +12,15 @@ import torch
 import lightning as L
 
 from halting_lab.cli import main
-from halting_lab.core import HaltingLabError, DiskFullError, runs_root, new_run_id
+from halting_lab.core import HaltingLabError, DiskFullError
 from halting_lab.data import hrm
+from halting_lab.train.run import train   # runs inside guarded_run: lock, re-run policy, NonFiniteGuard
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--batch_size', '16', '--max_epochs', '1', '--learning_rate', '3e-3', '--log_every_n_steps', '2',
         '--no-progress_bar', '--hidden_size', '16', '--time_limit', '3', '--accelerator', 'cpu']
 TINY_KW = dict(model_type='act_rnn', batch_size=16, learning_rate=3e-3, log_every_n_steps=2, progress_bar=False,
                hidden_size=16, time_limit=3, accelerator='cpu')
-
-
-def _hooks_in_train()->bool:
-    import halting_lab.train.run as run
-    return 'guarded_run' in inspect.getsource(run)
-
-HOOKS = _hooks_in_train()
-needs_hooks = pytest.mark.xfail(not HOOKS, reason='needs guard hooks in train()', strict=False)
-
-
-def guarded_train(**params):
-    "`train()` with the guard hooks: the snippet of /tmp/handoff/h19-train-hooks.md (or train() once it has them)."
-    from halting_lab.train import run
-    if HOOKS: return run.train(**params)
-    import dataclasses
-    from halting_lab.train.config import params_to_configs
-    from halting_lab.train.guard import guarded_run, check_flag_ranges
-    given = {k: v for k, v in params.items() if v is not None and not k.startswith('_')}
-    tc, mc = params_to_configs(given)
-    check_flag_ranges(tc.to_dict(), dataclasses.asdict(mc))
-    run_path = Path(tc.default_root_dir) if tc.default_root_dir else runs_root() / (tc.run_id or new_run_id(tc.task))
-    with guarded_run(run_path, tc.resume_ckpt, params.get('_command')) as g:
-        params = {**params, 'resume_ckpt': g.resume_ckpt,
-                  '_callbacks': [*g.callbacks, *(params.get('_callbacks') or [])]}
-        if not tc.default_root_dir: params['run_id'] = run_path.name
-        return run.train(**params)
 
 
 @pytest.fixture(autouse=True)
@@ -300,13 +271,12 @@ def test_second_writer_refused(good, tmp_path):
     with _holder(run) as p:
         before = _digest(run)
         with pytest.raises(HaltingLabError, match=f'another process is writing this run \\(pid {p.pid}'):
-            guarded_train(**TINY_KW, data_dir=str(good), default_root_dir=str(run), max_epochs=1)
+            train(**TINY_KW, data_dir=str(good), default_root_dir=str(run), max_epochs=1)
         assert _digest(run) == before                       # nothing written beside the holder
-    res = guarded_train(**TINY_KW, data_dir=str(good), default_root_dir=str(run), max_epochs=1)
+    res = train(**TINY_KW, data_dir=str(good), default_root_dir=str(run), max_epochs=1)
     assert res['status'] == 'finished' and not (run / 'run.lock').exists()
 
 
-@needs_hooks
 def test_second_writer_refused_cli(good, tmp_path, capsys):
     run = tmp_path / 'run'
     with _holder(run) as p:
@@ -315,16 +285,17 @@ def test_second_writer_refused_cli(good, tmp_path, capsys):
         assert not (run / 'config.json').exists()
 
 
-def test_stale_lock_taken_over(good, tmp_path):
+def test_stale_lock_taken_over(good, tmp_path, capsys):
     run = tmp_path / 'run'
     p = subprocess.Popen([sys.executable, '-c', _HOLD, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == 'locked'
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert (run / 'run.lock').exists()                      # left behind by kill -9
-    res = guarded_train(**TINY_KW, data_dir=str(good), default_root_dir=str(run), max_epochs=1)
+    res = train(**TINY_KW, data_dir=str(good), default_root_dir=str(run), max_epochs=1)
     assert res['status'] == 'finished'
-    assert 'took over a stale lock' in (run / 'train.log').read_text() or not (run / 'run.lock').exists()
+    assert f'took over a stale lock (pid {p.pid}' in capsys.readouterr().out
+    assert not (run / 'run.lock').exists()
 
 
 # ---------------------------------------------------------------- re-running into an existing run directory
@@ -337,30 +308,29 @@ class PreemptAt(L.Callback):
 def test_rerun_of_finished_run_refused(good, tmp_path):
     run = tmp_path / 'run'
     kw = dict(**TINY_KW, data_dir=str(good), default_root_dir=str(run), max_epochs=1)
-    guarded_train(**kw, _command=f'halting-lab train --default_root_dir {run}')
+    train(**kw, _command=f'halting-lab train --default_root_dir {run}')
     before = _digest(run)
-    with pytest.raises(HaltingLabError) as ei: guarded_train(**kw, _command=f'halting-lab train --default_root_dir {run}')
+    with pytest.raises(HaltingLabError) as ei: train(**kw, _command=f'halting-lab train --default_root_dir {run}')
     msg = str(ei.value)
     assert 'already holds a finished run' in msg and '--resume_ckpt auto' in msg and f'{run}-2' in msg, msg
     after = _digest(run)
     for f in ('metrics.csv', 'checkpoints/last.ckpt', 'checkpoints/best.ckpt', 'results.json'):
         assert after[f] == before[f], f                     # the earlier run is unchanged
-    res = guarded_train(**{**kw, 'max_epochs': 2}, resume_ckpt='auto')   # the printed way to continue it
+    res = train(**{**kw, 'max_epochs': 2}, resume_ckpt='auto')   # the printed way to continue it
     assert res['status'] == 'finished' and res['epochs_completed'] == 2
 
 
 def test_rerun_of_unfinished_run_resumes(good, tmp_path):
     run = tmp_path / 'run'
     kw = dict(**TINY_KW, data_dir=str(good), default_root_dir=str(run), max_epochs=2)
-    pre = guarded_train(**kw, _callbacks=[PreemptAt(run, 4)])
+    pre = train(**kw, _callbacks=[PreemptAt(run, 4)])
     assert pre['status'] == 'preempted'
     rows = (run / 'metrics.csv').read_text().splitlines()
-    res = guarded_train(**kw)                               # same command, no --resume_ckpt
+    res = train(**kw)                               # same command, no --resume_ckpt
     assert res['status'] == 'finished' and res['global_step'] == 6
     assert (run / 'metrics.csv').read_text().splitlines()[:len(rows)] == rows   # not truncated
 
 
-@needs_hooks
 def test_rerun_cli_prints_the_commands(good, tmp_path, capsys):
     run = tmp_path / 'run'
     argv = ['train', '--data_dir', str(good), '--default_root_dir', str(run), *TINY]
@@ -388,7 +358,7 @@ def test_non_finite_loss_stops_as_diverged(good, tmp_path):
     from halting_lab.train.guard import TrainingDiverged
     run = tmp_path / 'run'
     with pytest.raises(TrainingDiverged) as ei:
-        guarded_train(**TINY_KW, data_dir=str(good), default_root_dir=str(run), max_epochs=3, _callbacks=[PoisonAt(4)])
+        train(**TINY_KW, data_dir=str(good), default_root_dir=str(run), max_epochs=3, _callbacks=[PoisonAt(4)])
     msg = str(ei.value)
     # poisoned before the 5th optimizer step: reported as step 5 of epoch 1, as metrics.csv counts steps
     assert 'non-finite loss' in msg and '(epoch 1, step 5)' in msg and 'ce=nan' in msg and 'last.ckpt' in msg, msg
@@ -398,10 +368,9 @@ def test_non_finite_loss_stops_as_diverged(good, tmp_path):
     assert ck['global_step'] == 3                           # the epoch-0 checkpoint, the last good one
     assert all(torch.isfinite(v).all() for v in ck['state_dict'].values() if v.is_floating_point())
     with pytest.raises(HaltingLabError, match='already holds a diverged run'):
-        guarded_train(**TINY_KW, data_dir=str(good), default_root_dir=str(run), max_epochs=3)
+        train(**TINY_KW, data_dir=str(good), default_root_dir=str(run), max_epochs=3)
 
 
-@needs_hooks
 def test_non_finite_loss_cli(good, tmp_path, capsys):
     from halting_lab.train.run import train
     from halting_lab.train.guard import TrainingDiverged
@@ -413,19 +382,18 @@ def test_non_finite_loss_cli(good, tmp_path, capsys):
 
 def test_zero_batches_is_an_error(good, tmp_path):
     with pytest.raises(HaltingLabError, match='--limit_train_batches'):
-        guarded_train(**TINY_KW, data_dir=str(good), default_root_dir=str(tmp_path / 'r'), limit_train_batches=0)
+        train(**TINY_KW, data_dir=str(good), default_root_dir=str(tmp_path / 'r'), limit_train_batches=0)
     assert not (tmp_path / 'r').exists()                    # created by the attempt, nothing of value: removed
 
 
 def test_failure_before_first_checkpoint_cleans_up(good, tmp_path):
     class Crash(L.Callback):
         def on_train_batch_start(self, *a): raise RuntimeError('worker died')
-    with pytest.raises(RuntimeError): guarded_train(**TINY_KW, data_dir=str(good), default_root_dir=str(tmp_path / 'r'),
+    with pytest.raises(RuntimeError): train(**TINY_KW, data_dir=str(good), default_root_dir=str(tmp_path / 'r'),
                                                     _callbacks=[Crash()])
     assert not (tmp_path / 'r').exists()
 
 
-@needs_hooks
 @pytest.mark.parametrize('argv,flag', [(['--hidden_size', '0'], '--hidden_size'),
                                        (['--limit_train_batches', '0'], '--limit_train_batches'),
                                        (['--precision', 'fp8'], '--precision'),
@@ -445,7 +413,7 @@ def test_modes_under_umask_022(tmp_path):
     try:
         d = build_maze_dataset(tmp_path / 'ds', num_train=32, num_test=8, size=7, seed=0, progress=False)
         run = tmp_path / 'run'
-        guarded_train(**TINY_KW, data_dir=str(d), default_root_dir=str(run), max_epochs=1)
+        train(**TINY_KW, data_dir=str(d), default_root_dir=str(run), max_epochs=1)
     finally: os.umask(old)
     mode = lambda p: oct(p.stat().st_mode & 0o777)
     assert mode(d) == oct(0o755) and mode(d / 'train') == oct(0o755)
@@ -480,7 +448,7 @@ def test_full_disk_training(good, tmp_path):
     with _tmpfs(tmp_path / 'small', '160k') as d:
         run = d / 'run'
         with pytest.raises(DiskFullError) as ei:
-            guarded_train(**{**TINY_KW, 'hidden_size': 64}, data_dir=str(good), default_root_dir=str(run), max_epochs=4)
+            train(**{**TINY_KW, 'hidden_size': 64}, data_dir=str(good), default_root_dir=str(run), max_epochs=4)
         msg = str(ei.value)
         assert 'no space left on device' in msg and str(d) in msg and '\n' not in msg, msg
         assert not [p for p in d.rglob('*') if '.tmp' in p.name], list(d.rglob('*'))
@@ -502,13 +470,13 @@ def test_kill_9_then_resume_is_bit_exact(good, tmp_path):
     import csv
     kw = dict({**TINY_KW, "log_every_n_steps": 1}, data_dir=str(good), max_epochs=3, use_ema=True, ema_decay=0.9,
               time_penalty_warmup_steps=4, time_penalty=0.01)
-    full = guarded_train(**kw, default_root_dir=str(tmp_path / 'full'))
+    full = train(**kw, default_root_dir=str(tmp_path / 'full'))
     run = tmp_path / 'killed'
     p = subprocess.run([sys.executable, '-c', _KILLED, json.dumps({**kw, 'default_root_dir': str(run)})], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     assert torch.load(run / 'checkpoints' / 'last.ckpt', weights_only=True)['global_step'] == 3
-    res = guarded_train(**kw, default_root_dir=str(run), **({} if HOOKS else {'resume_ckpt': 'auto'}))
+    res = train(**kw, default_root_dir=str(run))   # the same command: resumes (auto)
     assert res['status'] == 'finished' and res['final'] == full['final']
     a = torch.load(tmp_path / 'full' / 'checkpoints' / 'last.ckpt', weights_only=True)['state_dict']
     b = torch.load(run / 'checkpoints' / 'last.ckpt', weights_only=True)['state_dict']

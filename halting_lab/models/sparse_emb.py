@@ -13,79 +13,110 @@ __all__ = ['SparseEmbedding', 'sparse_signsgd_', 'pop_sparse_grads', 'sparse_sig
            'dense_signsgd_reference']
 
 # %% ../../nbs/models/sparse_emb.ipynb #d8232249
-def _pending(p:torch.Tensor)->list:
-    "The `(ids, leaf)` pairs recorded on table `p` since its last step (kept on the Parameter itself)."
-    if getattr(p, 'sparse_pending', None) is None: p.sparse_pending = []
+def _pending(p: torch.Tensor) -> list:
+    "The `(ids, leaf)` pairs recorded on table `p` since its last step (kept on the Parameter)."
+    if getattr(p, 'sparse_pending', None) is None:
+        p.sparse_pending = []
     return p.sparse_pending
+
 
 class SparseEmbedding(nn.Module):
     "Embedding whose training forward hands out a leaf copy of the batch's rows (see above)."
-    def __init__(self, num_embeddings:int, # rows (puzzle identifiers)
-                 embedding_dim:int,
-                 init_std:float=0.0):      # 0: zeros (TRM's puzzle embedding); else truncated normal
+
+    def __init__(
+        self,
+        num_embeddings: int,  # rows (puzzle identifiers)
+        embedding_dim: int,
+        init_std: float = 0.0,
+    ):  # 0: zeros (TRM's puzzle embedding); else truncated normal
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.weight = nn.Parameter(torch.zeros(num_embeddings, embedding_dim), requires_grad=False)
         if init_std > 0:
-            with torch.no_grad(): nn.init.trunc_normal_(self.weight, std=init_std, a=-2 * init_std, b=2 * init_std)
+            with torch.no_grad():
+                nn.init.trunc_normal_(self.weight, std=init_std, a=-2 * init_std, b=2 * init_std)
         _pending(self.weight)
 
-    def forward(self, ids:torch.Tensor)->torch.Tensor:   # ids [...] -> [..., D]
-        if not (self.training and torch.is_grad_enabled()): return F.embedding(ids, self.weight)
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # ids [...] -> [..., D]
+        if not (self.training and torch.is_grad_enabled()):
+            return F.embedding(ids, self.weight)
         local = self.weight.detach()[ids].requires_grad_(True)  # gathered copy: a leaf of [..., D]
         _pending(self.weight).append((ids.detach().reshape(-1), local))
         return local
 
-    def extra_repr(self): return f'{self.num_embeddings}, {self.embedding_dim}, sparse sign-SGD'
+    def extra_repr(self):
+        return f'{self.num_embeddings}, {self.embedding_dim}, sparse sign-SGD'
 
 # %% ../../nbs/models/sparse_emb.ipynb #1dfa1155
 @torch.no_grad()
-def sparse_signsgd_(weight:torch.Tensor, # [N, D] table, updated in place
-                    ids:torch.Tensor,    # [M] row ids (repeats allowed)
-                    grads:torch.Tensor,  # [M, D] gradients of those rows
-                    lr:float, weight_decay:float)->torch.Tensor:
+def sparse_signsgd_(
+    weight: torch.Tensor,  # [N, D] table, updated in place
+    ids: torch.Tensor,  # [M] row ids (repeats allowed)
+    grads: torch.Tensor,  # [M, D] gradients of those rows
+    lr: float,
+    weight_decay: float,
+) -> torch.Tensor:
     "Sign-SGD with decoupled weight decay on the rows `ids`; returns the unique ids updated."
     uids, inv = ids.unique(return_inverse=True)
-    g = torch.zeros(len(uids), grads.shape[-1], dtype=grads.dtype, device=grads.device).index_add_(0, inv, grads)
+    g = torch.zeros(len(uids), grads.shape[-1], dtype=grads.dtype, device=grads.device).index_add_(
+        0, inv, grads
+    )
     rows = weight[uids]
     rows.mul_(1.0 - lr * weight_decay).add_(torch.sign(g).to(rows.dtype), alpha=-lr)
     weight[uids] = rows
     return uids
 
 # %% ../../nbs/models/sparse_emb.ipynb #e96f5de8
-def _gather_ranks(ids:torch.Tensor, grads:torch.Tensor)->tuple:
+def _gather_ranks(ids: torch.Tensor, grads: torch.Tensor) -> tuple:
     "Ids and gradients of every rank (DDP), concatenated; unchanged in a single process."
     import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return ids, grads
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ids, grads
     ws = dist.get_world_size()
-    n = torch.tensor([len(ids)], device=ids.device); ns = [torch.zeros_like(n) for _ in range(ws)]
-    dist.all_gather(ns, n); m = int(max(int(k) for k in ns))
-    pid = torch.full((m,), -1, dtype=ids.dtype, device=ids.device); pid[:len(ids)] = ids
-    pg = torch.zeros(m, grads.shape[-1], dtype=grads.dtype, device=grads.device); pg[:len(ids)] = grads
-    aid = torch.empty(ws * m, dtype=ids.dtype, device=ids.device); ag = torch.empty(ws * m, grads.shape[-1], dtype=grads.dtype, device=grads.device)
-    dist.all_gather_into_tensor(aid, pid); dist.all_gather_into_tensor(ag, pg)
+    n = torch.tensor([len(ids)], device=ids.device)
+    ns = [torch.zeros_like(n) for _ in range(ws)]
+    dist.all_gather(ns, n)
+    m = int(max(int(k) for k in ns))
+    pid = torch.full((m,), -1, dtype=ids.dtype, device=ids.device)
+    pid[: len(ids)] = ids
+    pg = torch.zeros(m, grads.shape[-1], dtype=grads.dtype, device=grads.device)
+    pg[: len(ids)] = grads
+    aid = torch.empty(ws * m, dtype=ids.dtype, device=ids.device)
+    ag = torch.empty(ws * m, grads.shape[-1], dtype=grads.dtype, device=grads.device)
+    dist.all_gather_into_tensor(aid, pid)
+    dist.all_gather_into_tensor(ag, pg)
     keep = aid >= 0
     return aid[keep], ag[keep]
 
-def pop_sparse_grads(weight:torch.Tensor)->Optional[tuple]:
+
+def pop_sparse_grads(weight: torch.Tensor) -> Optional[tuple]:
     "`(ids [M], grads [M, D])` recorded on `weight` since its last step (cleared), or None."
-    pend = _pending(weight); weight.sparse_pending = []
+    pend = _pending(weight)
+    weight.sparse_pending = []
     got = [(i, l.grad.reshape(-1, l.shape[-1])) for i, l in pend if l.grad is not None]
-    if not got: return None
+    if not got:
+        return None
     return torch.cat([i for i, _ in got]), torch.cat([g for _, g in got]).float()
 
-def sparse_signsgd_step_(weight:torch.Tensor, lr:float, weight_decay:float)->Optional[torch.Tensor]:
-    "Apply the recorded gradients of a `SparseEmbedding` table (all ranks); the updated ids are `weight.sparse_last_rows`."
+
+def sparse_signsgd_step_(
+    weight: torch.Tensor, lr: float, weight_decay: float
+) -> Optional[torch.Tensor]:
+    "Apply the recorded gradients of a `SparseEmbedding` table (all ranks); -> `sparse_last_rows`."
     got = pop_sparse_grads(weight)
-    if got is None: weight.sparse_last_rows = None; return None
+    if got is None:
+        weight.sparse_last_rows = None
+        return None
     ids, grads = _gather_ranks(got[0].to(weight.device), got[1].to(weight.device))
     weight.sparse_last_rows = sparse_signsgd_(weight, ids, grads, lr, weight_decay)
     return weight.sparse_last_rows
 
 # %% ../../nbs/models/sparse_emb.ipynb #719d0d70
 class SparseSignSGD(torch.optim.Optimizer):
-    "Optimizer over `SparseEmbedding` modules (or their `.weight`): sparse sign-SGD + decoupled weight decay."
-    def __init__(self, params, lr:float=1e-4, weight_decay:float=0.1):
+    "Optimizer over `SparseEmbedding` modules (or `.weight`s): sparse sign-SGD + decoupled decay."
+
+    def __init__(self, params, lr: float = 1e-4, weight_decay: float = 0.1):
         params = [p.weight if isinstance(p, SparseEmbedding) else p for p in params]
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
 
@@ -93,17 +124,22 @@ class SparseSignSGD(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = None
         if closure is not None:
-            with torch.enable_grad(): loss = closure()
+            with torch.enable_grad():
+                loss = closure()
         for g in self.param_groups:
-            for p in g['params']: sparse_signsgd_step_(p, g['lr'], g['weight_decay'])
+            for p in g['params']:
+                sparse_signsgd_step_(p, g['lr'], g['weight_decay'])
         return loss
 
 # %% ../../nbs/models/sparse_emb.ipynb #40c492c5
-def dense_signsgd_reference(weight:torch.Tensor, ids_list:list, loss_fn, lr:float, wd:float)->torch.Tensor:
+def dense_signsgd_reference(
+    weight: torch.Tensor, ids_list: list, loss_fn, lr: float, wd: float
+) -> torch.Tensor:
     "The dense update (full-table gradient) of `loss_fn(list of embeddings)`: the test's reference."
     w = weight.detach().clone().requires_grad_(True)
     loss_fn([F.embedding(i, w) for i in ids_list]).backward()
-    g = w.grad; rows = g.abs().sum(-1) != 0
+    g = w.grad
+    rows = g.abs().sum(-1) != 0
     out = w.detach().clone()
     out[rows] = out[rows] * (1 - lr * wd) - lr * torch.sign(g[rows])
     return out

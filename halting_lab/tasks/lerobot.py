@@ -520,6 +520,34 @@ def episode_frames(
     return frames[self._episode_mask(key, ep, ts)]
 
 # %% ../../nbs/tasks/lerobot.ipynb #0a9f5941
+@patch
+def stream_frames(self: LeRobotData, key: str, episodes: list, size: tuple) -> np.ndarray:
+    "Frames [sum T, H, W, 3] of `episodes` (in order) in video feature `key`, resized to `size`."
+    import av
+
+    files = {}
+    for i, ep in enumerate(episodes):
+        files.setdefault(str(self.video_file(key, ep)), []).append(i)
+    parts = [None] * len(episodes)
+    for path, idx in files.items():
+        if not Path(path).exists():
+            raise HaltingLabError(f'{path}: video file not found')
+        keep = {i: [] for i in idx}
+        with av.open(path) as cont:
+            for fr in cont.decode(cont.streams.video[0]):
+                t = np.asarray([float(fr.time)])
+                hit = [i for i in idx if self._episode_mask(key, episodes[i], t)[0]]
+                if not hit:
+                    continue
+                img = fr.reformat(width=int(size[1]), height=int(size[0]))
+                img = img.to_ndarray(format='rgb24')
+                for i in hit:
+                    keep[i].append(img)
+        for i in idx:
+            parts[i] = np.stack(keep[i]) if keep[i] else np.zeros((0, *size, 3), np.uint8)
+    return np.concatenate(parts) if parts else np.zeros((0, *size, 3), np.uint8)
+
+# %% ../../nbs/tasks/lerobot.ipynb #6d26af01
 CHECKS = (
     'info',
     'episodes',
@@ -549,7 +577,7 @@ class Failure:
 def _ep(ep) -> str:
     return f'episode_{int(ep):03d}'
 
-# %% ../../nbs/tasks/lerobot.ipynb #0ef6887d
+# %% ../../nbs/tasks/lerobot.ipynb #3259a9b9
 def check_info(info: dict, root: Path) -> list:
     "Required info.json keys (a missing top-level `fps` is a failure)."
     out = []
@@ -600,7 +628,7 @@ def check_episode_count(info: dict, episodes: list, min_episodes: int) -> list:
         )
     return out
 
-# %% ../../nbs/tasks/lerobot.ipynb #6d26af01
+# %% ../../nbs/tasks/lerobot.ipynb #773f6f9e
 def check_frame_counts(ep: dict, n_rows: int, n_frames: dict) -> list:
     "Video frames (per camera) == action rows == metadata length for one episode."
     e, out, meta = int(ep['episode_index']), [], ep.get('length')
@@ -711,7 +739,7 @@ def find_metadata(root: Path, info: dict) -> tuple:
         return str(root / 'meta/info.json'), info['success_criteria']
     return None, None
 
-# %% ../../nbs/tasks/lerobot.ipynb #ce2b011b
+# %% ../../nbs/tasks/lerobot.ipynb #13b0ce4a
 _DTYPES = {
     'float32': np.floating,
     'float64': np.floating,
@@ -761,7 +789,7 @@ def check_feature_shapes(features: dict, columns: dict, column_names: list) -> l
             )
     return out
 
-# %% ../../nbs/tasks/lerobot.ipynb #13b0ce4a
+# %% ../../nbs/tasks/lerobot.ipynb #387cd518
 @dataclass
 class ValidationReport:
     "Result of `validate_dataset`: every failure, per-check status, the [BLOCKED] text."
@@ -916,7 +944,7 @@ def _rewrite_data(root: Path, fn):
         )
     pq.write_table(pa.table(arrs), str(p))
 
-# %% ../../nbs/tasks/lerobot.ipynb #9547877f
+# %% ../../nbs/tasks/lerobot.ipynb #4cdb256f
 def _drop_last_row(c: dict, episode: int) -> dict:
     "Remove the last data row of `episode` (action steps = frames - 1)."
     last = np.nonzero(c['episode_index'] == episode)[0][-1]
@@ -960,7 +988,7 @@ def break_dataset(root: str | Path, how: str, episode: int = 1):
         raise HaltingLabError(f'--break: expected one of {", ".join(BREAKS)}, got {how!r}')
     return root
 
-# %% ../../nbs/tasks/lerobot.ipynb #4cdb256f
+# %% ../../nbs/tasks/lerobot.ipynb #d080ee28
 class EpisodeChunks(torch.utils.data.Dataset):
     "(image [C,H,W] float in [0,1], state [S], action [chunk, A], action_is_pad [chunk]) per frame."
 
@@ -988,7 +1016,7 @@ class EpisodeChunks(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.index)
 
-# %% ../../nbs/tasks/lerobot.ipynb #aaafae43
+# %% ../../nbs/tasks/lerobot.ipynb #83d11b89
 @patch
 def configure(
     self: EpisodeChunks, chunk_size: Optional[int] = None, image_size: Optional[tuple] = None
@@ -999,16 +1027,8 @@ def configure(
     if image_size is not None and tuple(image_size) != self.image_size:
         self.image_size, self.images = tuple(int(v) for v in image_size), None
     if self.images is None:
-        self.images = {
-            c: np.concatenate(
-                [
-                    self.data.episode_frames(image_key(c), ep, size=self.image_size)
-                    for ep in self.episodes
-                ]
-            )
-            for c in self.cameras
-        }
-        self.data._video.clear()
+        self.images = {c: self.data.stream_frames(image_key(c), self.episodes, self.image_size)
+                       for c in self.cameras}
     return self
 
 
@@ -1028,7 +1048,7 @@ def __getitem__(self: EpisodeChunks, i: int) -> dict:
         out[image_key(c)] = torch.from_numpy(self.images[c][g]).permute(2, 0, 1).float() / 255.0
     return out
 
-# %% ../../nbs/tasks/lerobot.ipynb #83d11b89
+# %% ../../nbs/tasks/lerobot.ipynb #dad2ee46
 @dataclass
 class RobotConfig:
     "Robot-run flags (seed 004) beside the generic training flags."
@@ -1079,7 +1099,7 @@ def robot_flags(train_config) -> RobotConfig:
         kw['dataset'] = src['data_dir']
     return RobotConfig(**kw)
 
-# %% ../../nbs/tasks/lerobot.ipynb #415681b7
+# %% ../../nbs/tasks/lerobot.ipynb #70884597
 class ValidationFailed(HaltingLabError):
     "The dataset failed validation: training refuses to start (the message is the [BLOCKED] text)."
 
@@ -1189,7 +1209,7 @@ class LeRobotDataModule(L.LightningDataModule):
         n_val = min(n_val, len(eps) - 1)
         return (eps[: len(eps) - n_val], eps[len(eps) - n_val :]) if n_val > 0 else (eps, [])
 
-# %% ../../nbs/tasks/lerobot.ipynb #ba634100
+# %% ../../nbs/tasks/lerobot.ipynb #c6ecb4f8
 @patch
 def setup(self: LeRobotDataModule, stage: Optional[str] = None):
     "Decode the episodes into train/val datasets (once)."
@@ -1237,7 +1257,7 @@ def val_dataloader(self: LeRobotDataModule):
         self.val_dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
     )
 
-# %% ../../nbs/tasks/lerobot.ipynb #c6ecb4f8
+# %% ../../nbs/tasks/lerobot.ipynb #ad4cdd4e
 def lerobot_datamodule(
     train_config,  # TrainConfig (or its dict): batch_size, seed, num_workers + RobotConfig flags
     model_config: Optional[dict] = None,  # chunk_size / image size, if known

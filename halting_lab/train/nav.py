@@ -195,7 +195,8 @@ def seed_checkpoint(self:NavExport, trainer, m, epoch:int)->dict:
     "The Lightning checkpoint of this moment plus the seed's keys (tensors and plain types only)."
     ck = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
     H = m.state['history']
-    sd = {k[len('model.'):].replace('_orig_mod.', ''): v for k, v in ck['state_dict'].items() if k.startswith('model.')}
+    sd = {k[len('model.'):].replace('_orig_mod.', ''): v for k, v in ck['state_dict'].items()
+          if k.startswith('model.')}
     cfg = {**m.model.config.to_dict(), 'model_type': m.model_type}
     ck.update(epoch=epoch, model_state_dict=sd, optimizer_state_dict=ck['optimizer_states'][0],
               val_acc=H['val_acc'][-1], val_loss=H['val_loss'][-1], train_acc=H['train_acc'][-1],
@@ -219,8 +220,9 @@ def read_nav_checkpoint(path:str|Path, map_location='cpu',
     "A nav checkpoint dict (this trainer's or the previous one's), read with `weights_only=True`."
     path = Path(path)
     if not path.exists(): raise HaltingLabError(f'{path}: checkpoint not found')
-    not_ckpt = lambda e: HaltingLabError(f'{path}: not a halting_lab checkpoint '
-                                         f'({type(e).__name__}: {str(e).strip().splitlines()[-1][:120] if str(e).strip() else ""})')
+    def not_ckpt(e):
+        last = (str(e).strip().splitlines() or [''])[-1][:120]
+        return HaltingLabError(f'{path}: not a halting_lab checkpoint ({type(e).__name__}: {last})')
     for extra in ((), tuple(_numpy_globals())):   # old files: the numpy RNG state
         try: return _safe_load(path, map_location, extra)
         except pickle.UnpicklingError as e:
@@ -296,8 +298,9 @@ def train_params(a:dict, resume:Optional[Path]=None)->dict:
     rd, _ = nav_run_dirs(a)
     p = dict(task='nav', model_type='nav_trm', train_path=str(a['train_path']), val_path=str(a['val_path']),
              checkpoint_dir=a.get('checkpoint_dir'), patience=int(a['patience']), monitor=a['monitor'],
-             save_every=int(a['save_every']), batch_size=int(a['batch_size']), max_epochs=int(a['epochs']), learning_rate=float(a['lr']),
-             weight_decay=float(a['weight_decay']), beta2=0.999, grad_clip=float(a['grad_clip'] or 0), seed=int(a['seed']),
+             save_every=int(a['save_every']), batch_size=int(a['batch_size']), max_epochs=int(a['epochs']),
+             learning_rate=float(a['lr']), weight_decay=float(a['weight_decay']), beta2=0.999,
+             grad_clip=float(a['grad_clip'] or 0), seed=int(a['seed']),
              accelerator=_accelerator(a['device']), default_root_dir=str(rd), progress_bar=False,
              save_every_n_epochs=0, resume_ckpt=str(resume) if resume else None)
     p.update({k: a[k] for k in MODEL_FLAGS if a.get(k) is not None})

@@ -15,114 +15,191 @@ from ..tasks import arc as A
 __all__ = ['ARC_PALETTE', 'TaskPredictions', 'task_predictions', 'task_png', 'show_static', 'task_figure', 'ArcBrowser']
 
 # %% ../../nbs/viewers/arc_viewer.ipynb #ff62fce4
-ARC_PALETTE = ['#000000', '#0074D9', '#FF4136', '#2ECC40', '#FFDC00', '#AAAAAA', '#F012BE', '#FF851B',
-               '#7FDBFF', '#870C25']   # the usual ARC colours 0..9
+ARC_PALETTE = [
+    '#000000',
+    '#0074D9',
+    '#FF4136',
+    '#2ECC40',
+    '#FFDC00',
+    '#AAAAAA',
+    '#F012BE',
+    '#FF851B',
+    '#7FDBFF',
+    '#870C25',
+]  # the usual ARC colours 0..9
+
 
 @dataclass
 class TaskPredictions:
     "What the browser shows of one task."
+
     task_id: str
-    train: list                      # [(input, output)] demonstration pairs
+    train: list  # [(input, output)] demonstration pairs
     tests: list = field(default_factory=list)  # per test pair: dict input, output, ranked, copies
 
     @property
-    def summary(self)->dict:
+    def summary(self) -> dict:
         "pass@1 / pass@2 of the task (mean over its test pairs)."
         ms = [A.pair_metrics(t['ranked'], t['output']) for t in self.tests]
-        return {k: float(np.mean([m[k] for m in ms])) for k in ('pass@1', 'pass@2', 'cell_accuracy')} if ms else {}
+        return (
+            {k: float(np.mean([m[k] for m in ms])) for k in ('pass@1', 'pass@2', 'cell_accuracy')}
+            if ms
+            else {}
+        )
 
 # %% ../../nbs/viewers/arc_viewer.ipynb #5c94c7c6
-def _cell_map(values:np.ndarray, shape:tuple, name:str)->np.ndarray:
-    "A per-position map `[900]` cut to `shape` (top-left) and mapped back through the copy's dihedral inverse."
+def _cell_map(values: np.ndarray, shape: tuple, name: str) -> np.ndarray:
+    "A per-position map `[900]` cut to `shape` (top-left), mapped back by the dihedral inverse."
     _, t, _ = A.parse_identifier(name)
     h, w = shape
-    return A.arc_dihedral_inverse(np.asarray(values, np.float32).reshape(A.ARC_MAX, A.ARC_MAX)[:h, :w], t)
+    return A.arc_dihedral_inverse(
+        np.asarray(values, np.float32).reshape(A.ARC_MAX, A.ARC_MAX)[:h, :w], t
+    )
 
-def task_predictions(model, data_dir:str|Path, task_id:str, device:str='cpu', halting:Optional[str]=None,
-                     max_steps:Optional[int]=None)->TaskPredictions:
+
+def task_predictions(
+    model,
+    data_dir: str | Path,
+    task_id: str,
+    device: str = 'cpu',
+    halting: Optional[str] = None,
+    max_steps: Optional[int] = None,
+) -> TaskPredictions:
     "Run `model` on every augmented copy of `task_id`'s test puzzle and vote (see above)."
     import torch
+
     ids, tp = A.read_arc_meta(data_dir)
-    if task_id not in tp: raise HaltingLabError(f'task {task_id!r}: not a test task of {data_dir}')
-    x, _, p, names, _ = A.test_examples(data_dir)
+    if task_id not in tp:
+        raise HaltingLabError(f'task {task_id!r}: not a test task of {data_dir}')
+    x, _, p, names, _ = A.split_examples(data_dir)
     keep = np.array([A.parse_identifier(n)[0] == task_id for n in names])
     x, p, names = x[keep], p[keep], [n for n, k in zip(names, keep) if k]
     kw = {k: v for k, v in (('halting', halting), ('max_steps', max_steps)) if v is not None}
     model = model.to(device).eval()
     with torch.no_grad():
-        out = model({'inputs': torch.as_tensor(x.astype(np.int64), device=device),
-                     'puzzle_identifiers': torch.as_tensor(p, device=device)}, **kw)
+        out = model(
+            {
+                'inputs': torch.as_tensor(x.astype(np.int64), device=device),
+                'puzzle_identifiers': torch.as_tensor(p, device=device),
+            },
+            **kw,
+        )
     probs = torch.softmax(out.logits.float(), -1)
     pred, conf = probs.argmax(-1).cpu().numpy().astype(np.uint8), probs.max(-1).values.cpu().numpy()
     steps = out.halting_steps.float().cpu().numpy()
     qh = (out.extras or {}).get('q_halt_logits')
     q = torch.sigmoid(qh[-1].double()).cpu().numpy() if qh is not None else np.zeros(len(x))
     task = tp[task_id]
-    res = TaskPredictions(task_id, [(np.array(e['input']), np.array(e['output'])) for e in task['train']])
+    res = TaskPredictions(
+        task_id, [(np.array(e['input']), np.array(e['output'])) for e in task['train']]
+    )
     for e in task['test']:
-        xi = np.array(e['input'], np.uint8); copies = []
+        xi = np.array(e['input'], np.uint8)
+        copies = []
         for i, n in enumerate(names):
-            if not np.array_equal(A.invert_grid(A.crop(x[i]), n), xi): continue
+            if not np.array_equal(A.invert_grid(A.crop(x[i]), n), xi):
+                continue
             c = A.crop(pred[i])
-            copies.append({'name': n, 'pred': A.invert_grid(c, n), 'q': float(q[i]),
-                           'conf': _cell_map(conf[i], c.shape, n), 'steps': _cell_map(steps[i], c.shape, n)})
-        res.tests.append({'input': xi, 'output': np.array(e.get('output', [[0]]), np.uint8), 'copies': copies,
-                          'ranked': A.vote([(c['pred'], c['q']) for c in copies])})
+            copies.append(
+                {
+                    'name': n,
+                    'pred': A.invert_grid(c, n),
+                    'q': float(q[i]),
+                    'conf': _cell_map(conf[i], c.shape, n),
+                    'steps': _cell_map(steps[i], c.shape, n),
+                }
+            )
+        res.tests.append(
+            {
+                'input': xi,
+                'output': np.array(e.get('output', [[0]]), np.uint8),
+                'copies': copies,
+                'ranked': A.vote([(c['pred'], c['q']) for c in copies]),
+            }
+        )
     return res
 
 # %% ../../nbs/viewers/arc_viewer.ipynb #d5b40f96
-def _draw_grid(ax, g, title:str=''):
+def _draw_grid(ax, g, title: str = ''):
     "One ARC grid in the ARC colours, with a thin cell raster."
     from matplotlib.colors import ListedColormap
+
     g = np.asarray(g)
-    if g.size == 0:      # a prediction with no colour cell at the top-left corner crops to nothing
-        ax.text(.5, .5, 'empty grid', ha='center', va='center', fontsize=8); ax.set_xticks([]); ax.set_yticks([])
-        ax.set_title(title, fontsize=8); return
+    if g.size == 0:  # a prediction with no colour cell at the top-left corner crops to nothing
+        ax.text(0.5, 0.5, 'empty grid', ha='center', va='center', fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=8)
+        return
     ax.imshow(g, cmap=ListedColormap(ARC_PALETTE), vmin=-0.5, vmax=9.5, interpolation='nearest')
-    ax.set_xticks(np.arange(-.5, g.shape[1], 1), minor=True)
-    ax.set_yticks(np.arange(-.5, g.shape[0], 1), minor=True)
+    ax.set_xticks(np.arange(-0.5, g.shape[1], 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, g.shape[0], 1), minor=True)
     ax.grid(which='minor', color='#555555', linewidth=0.3)
     ax.tick_params(which='both', length=0, labelbottom=False, labelleft=False)
     ax.set_title(title, fontsize=8)
 
-def _draw_map(ax, m, title:str, cmap:str, vmin=None, vmax=None):
+
+def _draw_map(ax, m, title: str, cmap: str, vmin=None, vmax=None):
     im = ax.imshow(np.asarray(m), cmap=cmap, vmin=vmin, vmax=vmax, interpolation='nearest')
-    ax.set_xticks([]); ax.set_yticks([]); ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
     return im
 
-def task_png(tp:TaskPredictions, test_index:int=0, copy_index:int=0, path:str|Path|None=None):
-    "Matplotlib figure of a task (demos, test, truth, top-2 votes, vote counts, confidence, steps); saved when `path`."
+
+def task_png(
+    tp: TaskPredictions, test_index: int = 0, copy_index: int = 0, path: str | Path | None = None
+):
+    "Matplotlib figure of a task (demos, test, truth, top-2 votes, confidence, steps) -> `path`."
     import matplotlib.pyplot as plt
-    t = tp.tests[test_index]; n = max(len(tp.train), 6)
+
+    t = tp.tests[test_index]
+    n = max(len(tp.train), 6)
     fig, axes = plt.subplots(3, n, figsize=(1.9 * n, 6.2), squeeze=False)
-    for ax in axes.flat: ax.axis('off')
+    for ax in axes.flat:
+        ax.axis('off')
     for i, (x, y) in enumerate(tp.train):
-        axes[0, i].axis('on'); _draw_grid(axes[0, i], x, f'demo {i} input')
-        axes[1, i].axis('on'); _draw_grid(axes[1, i], y, f'demo {i} output')
+        axes[0, i].axis('on')
+        _draw_grid(axes[0, i], x, f'demo {i} input')
+        axes[1, i].axis('on')
+        _draw_grid(axes[1, i], y, f'demo {i} output')
     panels = [(t['input'], 'test input'), (t['output'], 'true output')]
-    panels += [(g, f'vote #{k + 1}: {c}x, q {q:.2f}' + (' ✓' if np.array_equal(g, t['output']) else ''))
-               for k, (g, c, q) in enumerate(t['ranked'][:2])]
+    panels += [
+        (g, f'vote #{k + 1}: {c}x, q {q:.2f}' + (' ✓' if np.array_equal(g, t['output']) else ''))
+        for k, (g, c, q) in enumerate(t['ranked'][:2])
+    ]
     for j, (g, title) in enumerate(panels):
-        axes[2, j].axis('on'); _draw_grid(axes[2, j], g, title)
+        axes[2, j].axis('on')
+        _draw_grid(axes[2, j], g, title)
     if t['copies']:
-        c = t['copies'][copy_index]; short = c['name'].split(A.ID_SEP, 1)[-1] if A.ID_SEP in c['name'] else 'original'
+        c = t['copies'][copy_index]
+        short = c['name'].split(A.ID_SEP, 1)[-1] if A.ID_SEP in c['name'] else 'original'
         j = len(panels)
         if c['conf'].size:
-            axes[2, j].axis('on'); _draw_map(axes[2, j], c['conf'], f'confidence ({short})', 'magma', 0, 1)
-            axes[2, j + 1].axis('on'); _draw_map(axes[2, j + 1], c['steps'], 'halting steps', 'viridis')
+            axes[2, j].axis('on')
+            _draw_map(axes[2, j], c['conf'], f'confidence ({short})', 'magma', 0, 1)
+            axes[2, j + 1].axis('on')
+            _draw_map(axes[2, j + 1], c['steps'], 'halting steps', 'viridis')
     s = tp.summary
-    fig.suptitle(f"task {tp.task_id}: pass@1 {s.get('pass@1', 0):.2f}, pass@2 {s.get('pass@2', 0):.2f}, "
-                 f"{len(t['copies'])} augmented copies voted", fontsize=10)
+    fig.suptitle(
+        f"task {tp.task_id}: pass@1 {s.get('pass@1', 0):.2f}, pass@2 {s.get('pass@2', 0):.2f}, "
+        f"{len(t['copies'])} augmented copies voted",
+        fontsize=10,
+    )
     fig.tight_layout()
-    if path is not None: fig.savefig(path, dpi=90); plt.close(fig)
+    if path is not None:
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
     return fig
 
 # %% ../../nbs/viewers/arc_viewer.ipynb #d0b21dc3
-def show_static(tp:TaskPredictions, out_dir:str|Path, test_index:int=0)->Path:
+def show_static(tp: TaskPredictions, out_dir: str | Path, test_index: int = 0) -> Path:
     "Write the task's PNG into `out_dir` and display it (executed notebooks, docs pages)."
     from IPython.display import display, Image
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    p = out/f'arc_{tp.task_id}_{test_index}.png'
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    p = out / f'arc_{tp.task_id}_{test_index}.png'
     task_png(tp, test_index, path=p)
     display(Image(filename=str(p)))
     return p
@@ -130,59 +207,98 @@ def show_static(tp:TaskPredictions, out_dir:str|Path, test_index:int=0)->Path:
 # %% ../../nbs/viewers/arc_viewer.ipynb #7fb98c72
 _COLORSCALE = [[i / 9, c] for i, c in enumerate(ARC_PALETTE)]
 
+
 def _heat(go, g, **kw):
     g = np.asarray(g, np.float32)
-    return go.Heatmap(z=g[::-1], zmin=0, zmax=9, colorscale=_COLORSCALE, showscale=False, xgap=1, ygap=1, **kw)
+    return go.Heatmap(
+        z=g[::-1], zmin=0, zmax=9, colorscale=_COLORSCALE, showscale=False, xgap=1, ygap=1, **kw
+    )
 
-def task_figure(tp:TaskPredictions, test_index:int=0, copy_index:int=0, height:int=520):
-    "Plotly figure: demo pairs, test input, truth, top-2 votes, votes bar, confidence and steps of one copy."
+
+def task_figure(tp: TaskPredictions, test_index: int = 0, copy_index: int = 0, height: int = 520):
+    "Plotly figure: demos, test input, truth, top-2 votes, vote counts, a copy's confidence/steps."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
-    t = tp.tests[test_index]; n = max(len(tp.train), 4)
+
+    t = tp.tests[test_index]
+    n = max(len(tp.train), 4)
     titles = [f'demo {i} in' for i in range(n)] + [f'demo {i} out' for i in range(n)]
     titles += ['test input', 'true output', 'vote #1', 'vote #2'] + [''] * (n - 4)
     titles += ['votes', 'confidence', 'halting steps'] + [''] * (n - 3)
-    fig = make_subplots(rows=4, cols=n, subplot_titles=titles, vertical_spacing=0.07, horizontal_spacing=0.03)
+    fig = make_subplots(
+        rows=4, cols=n, subplot_titles=titles, vertical_spacing=0.07, horizontal_spacing=0.03
+    )
     for i, (x, y) in enumerate(tp.train[:n]):
-        fig.add_trace(_heat(go, x), 1, i + 1); fig.add_trace(_heat(go, y), 2, i + 1)
+        fig.add_trace(_heat(go, x), 1, i + 1)
+        fig.add_trace(_heat(go, y), 2, i + 1)
     row3 = [t['input'], t['output']] + [g for g, _, _ in t['ranked'][:2]]
-    for j, g in enumerate(row3): fig.add_trace(_heat(go, g), 3, j + 1)
+    for j, g in enumerate(row3):
+        fig.add_trace(_heat(go, g), 3, j + 1)
     r = t['ranked'][:8]
-    fig.add_trace(go.Bar(x=[f'#{k + 1}' for k in range(len(r))], y=[c for _, c, _ in r], showlegend=False,
-                         marker_color=['#2ca02c' if np.array_equal(g, t['output']) else '#888888' for g, _, _ in r],
-                         hovertext=[f'mean q {q:.3f}' for _, _, q in r]), 4, 1)
+    fig.add_trace(
+        go.Bar(
+            x=[f'#{k + 1}' for k in range(len(r))],
+            y=[c for _, c, _ in r],
+            showlegend=False,
+            marker_color=[
+                '#2ca02c' if np.array_equal(g, t['output']) else '#888888' for g, _, _ in r
+            ],
+            hovertext=[f'mean q {q:.3f}' for _, _, q in r],
+        ),
+        4,
+        1,
+    )
     if t['copies'] and t['copies'][copy_index]['conf'].size:
         c = t['copies'][copy_index]
-        fig.add_trace(go.Heatmap(z=c['conf'][::-1], zmin=0, zmax=1, colorscale='Magma', showscale=False), 4, 2)
+        fig.add_trace(
+            go.Heatmap(z=c['conf'][::-1], zmin=0, zmax=1, colorscale='Magma', showscale=False), 4, 2
+        )
         fig.add_trace(go.Heatmap(z=c['steps'][::-1], colorscale='Viridis', showscale=False), 4, 3)
-    fig.update_xaxes(showticklabels=False); fig.update_yaxes(showticklabels=False)
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10),
-                      title=f'task {tp.task_id} — ' + ', '.join(f'{k} {v:.2f}' for k, v in tp.summary.items()))
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    fig.update_layout(
+        height=height,
+        margin=dict(l=10, r=10, t=40, b=10),
+        title=f'task {tp.task_id} — ' + ', '.join(f'{k} {v:.2f}' for k, v in tp.summary.items()),
+    )
     return fig
 
 # %% ../../nbs/viewers/arc_viewer.ipynb #d5ddb134
 class ArcBrowser:
-    "ipywidgets browser: task id, test pair and augmented copy pickers over one checkpoint and dataset."
-    def __init__(self, checkpoint:str|Path|None=None, # checkpoint (ignored when `model` is given)
-                 data_dir:str|Path='data/arc',       # build-arc dataset root
-                 model=None, device:str='cpu', halting:Optional[str]=None):
+    "ipywidgets browser: task, test pair and augmented copy pickers over a checkpoint and dataset."
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,  # checkpoint (ignored when `model` is given)
+        data_dir: str | Path = 'data/arc',  # build-arc dataset root
+        model=None,
+        device: str = 'cpu',
+        halting: Optional[str] = None,
+    ):
         import ipywidgets as W
         from halting_lab.train.checkpoint import load_checkpoint
+
         self.model = model if model is not None else load_checkpoint(checkpoint)
         self.data_dir, self.device, self.halting, self._cache = Path(data_dir), device, halting, {}
         tasks = list(A.read_arc_meta(self.data_dir)[1])
         self.w_task = W.Dropdown(options=tasks, description='task')
         self.w_test = W.IntSlider(description='test pair', min=0, max=0)
         self.w_copy = W.IntSlider(description='copy', min=0, max=0)
-        self.w_status = W.HTML(); self.w_fig = W.Output()
-        self.ui = W.VBox([W.HBox([self.w_task, self.w_test, self.w_copy]), self.w_status, self.w_fig])
-        for w in (self.w_task, self.w_test, self.w_copy): w.observe(lambda _: self.show(), 'value')
+        self.w_status = W.HTML()
+        self.w_fig = W.Output()
+        self.ui = W.VBox(
+            [W.HBox([self.w_task, self.w_test, self.w_copy]), self.w_status, self.w_fig]
+        )
+        for w in (self.w_task, self.w_test, self.w_copy):
+            w.observe(lambda _: self.show(), 'value')
         self.show()
 
-    def predictions(self, task_id:str)->TaskPredictions:
+    def predictions(self, task_id: str) -> TaskPredictions:
         "Cached `task_predictions` of one task."
         if task_id not in self._cache:
-            self._cache[task_id] = task_predictions(self.model, self.data_dir, task_id, self.device, self.halting)
+            self._cache[task_id] = task_predictions(
+                self.model, self.data_dir, task_id, self.device, self.halting
+            )
         return self._cache[task_id]
 
     def show(self):
@@ -191,18 +307,24 @@ class ArcBrowser:
         self.w_test.max = len(tp.tests) - 1
         t = tp.tests[min(self.w_test.value, self.w_test.max)]
         self.w_copy.max = max(len(t['copies']) - 1, 0)
-        self.fig = task_figure(tp, min(self.w_test.value, self.w_test.max), min(self.w_copy.value, self.w_copy.max))
+        self.fig = task_figure(
+            tp, min(self.w_test.value, self.w_test.max), min(self.w_copy.value, self.w_copy.max)
+        )
         s = tp.summary
-        self.w_status.value = (f"<b>{tp.task_id}</b>: pass@1 {s['pass@1']:.2f}, pass@2 {s['pass@2']:.2f}, "
-                               f"{len(t['copies'])} copies, {len(t['ranked'])} distinct answers")
+        self.w_status.value = (
+            f"<b>{tp.task_id}</b>: pass@1 {s['pass@1']:.2f}, pass@2 {s['pass@2']:.2f}, "
+            f"{len(t['copies'])} copies, {len(t['ranked'])} distinct answers"
+        )
         self.w_fig.clear_output(wait=True)
-        with self.w_fig: self.fig.show()
+        with self.w_fig:
+            self.fig.show()
         return self.fig
 
-    def show_static(self, out_dir:str|Path)->Path:
+    def show_static(self, out_dir: str | Path) -> Path:
         "PNG of the current task (see `show_static`)."
         return show_static(self.predictions(self.w_task.value), out_dir, self.w_test.value)
 
     def _ipython_display_(self):
         from IPython.display import display
+
         display(self.ui)

@@ -374,6 +374,6 @@ def registry_cli(argv:list)->int:
     ap.add_argument('--kind', choices=KINDS, help='only this kind')
     args = ap.parse_args(argv)
     for kind in ([args.kind] if args.kind else KINDS):
-        print(f'{kind}s:')
+        print({'halting': 'halting rules:'}.get(kind, f'{kind}s:'))
         for name, spec in entries(kind).items(): print(f'  {name:<24} {spec.help}')
     return 0

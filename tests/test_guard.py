@@ -181,3 +181,20 @@ def test_not_a_checkpoint(tmp_path, make, needle):
     make(p)
     with pytest.raises(HaltingLabError, match=needle) as ei: load_checkpoint(p)
     assert str(p) in str(ei.value)
+
+
+def test_requeued_slurm_job_breaks_its_own_old_lock(tmp_path, monkeypatch):
+    "A requeued Slurm job (same SLURM_JOB_ID) takes over the lock its earlier incarnation still seems to hold."
+    run = tmp_path / 'run'
+    p = subprocess.Popen([sys.executable, '-c', HOLD, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True, cwd=ROOT, env={**os.environ, 'SLURM_JOB_ID': '4242'})
+    try:
+        assert p.stdout.readline().strip() == 'locked'
+        monkeypatch.setenv('SLURM_JOB_ID', '999')
+        with pytest.raises(HaltingLabError, match=f'pid {p.pid}'): RunLock(run, enabled=True).acquire()
+        monkeypatch.setenv('SLURM_JOB_ID', '4242')
+        with RunLock(run, enabled=True) as lk:
+            assert lk.took_over['pid'] == p.pid and lk.holder()['pid'] == os.getpid()
+    finally:
+        p.stdin.close()
+        p.wait(timeout=30)

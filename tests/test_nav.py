@@ -339,7 +339,7 @@ def test_preempt_file_stops_and_auto_resume_continues(data, tmp_path):
     s2 = N.train_nav(command='pytest', resume='auto', epochs=3, quiet=True, threads=1, **kw)
     assert s2['status'] == 'preempted' and json.loads((root / 'r' / 'results.json').read_text())['status'] == 'preempted'
     assert not (root / 'r' / 'checkpoints' / 'checkpoint_epoch_2.pt').exists()
-    (root / 'r' / 'PREEMPT').unlink()
+    assert not (root / 'r' / 'PREEMPT').exists()                         # consumed by the stop
     s3 = N.train_nav(command='pytest', resume='auto', epochs=3, quiet=True, threads=1, **kw)
     assert s3['status'] == 'finished' and s3['history']['val_acc'] == full['history']['val_acc']
     a = torch.load(tmp_path / 'full' / 'checkpoint_epoch_3.pt', weights_only=True)

@@ -322,3 +322,86 @@ def test_hf_adapter_on_a_local_tiny_masked_lm(tmp_path):
     assert not (toks[:, 10:] == bb.mask_id).any() and int(steps[0]) == 3
     with pytest.raises(Exception, match='cannot load'):
         HFMaskedDiffusionBackbone.from_pretrained(str(tmp_path / 'nope'), trust_remote_code=False)
+
+
+# ---------------------------------------------------------------- the energy-map viewer in a real browser
+CHROMIUM = '/usr/bin/chromium'
+
+
+def _browser_missing():
+    if not Path(CHROMIUM).exists(): return f'{CHROMIUM} not found (Debian chromium)'
+    for mod in ('playwright', 'jupyterlab', 'anywidget', 'ipywidgets', 'plotly'):
+        try: __import__(mod)
+        except ImportError: return f'python package {mod} not installed'
+    return None
+
+
+@pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or '')
+@pytest.mark.timeout(300)
+def test_energy_map_viewer_in_jupyterlab(tmp_path):
+    "JupyterLab + headless Chromium: open viewers/energy_map.ipynb on a trained run, run all, move the step slider."
+    import secrets, shutil, socket, subprocess, sys, time, urllib.request
+    from playwright.sync_api import sync_playwright
+    root = tmp_path / 'lab'
+    root.mkdir()
+    R.train_reoac(_micro(root / 'runs', num_iterations=1), quiet=True)      # root/runs/reoac_tiny/<ts>/
+    src = Path(__file__).resolve().parents[1] / 'nbs' / 'viewers' / 'energy_map.ipynb'
+    shutil.copy(src, root / 'energy_map.ipynb')
+    st = tmp_path / 'lab-settings' / '@jupyterlab' / 'notebook-extension'
+    st.mkdir(parents=True)
+    (st / 'tracker.jupyterlab-settings').write_text(json.dumps({'windowingMode': 'none'}))
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(16)
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / 'jcfg'), JUPYTER_RUNTIME_DIR=str(tmp_path / 'jrt'),
+               PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    log = open(tmp_path / 'lab.log', 'w')
+    proc = subprocess.Popen([sys.executable, '-m', 'jupyter', 'lab', '--no-browser', f'--port={port}', '--ip=127.0.0.1',
+                             f'--ServerApp.token={token}', '--allow-root', f'--ServerApp.root_dir={root}',
+                             '--LabApp.expose_app_in_browser=True', f'--LabApp.user_settings_dir={tmp_path / "lab-settings"}',
+                             '--LabApp.news_url=', '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate'],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    url = f'http://127.0.0.1:{port}'
+    try:
+        t0 = time.time()
+        while True:
+            try:
+                urllib.request.urlopen(f'{url}/api/status?token={token}', timeout=2)
+                break
+            except Exception:
+                if proc.poll() is not None or time.time() - t0 > 90:
+                    pytest.fail(f'JupyterLab did not start:\n{(tmp_path / "lab.log").read_text()[-3000:]}')
+                time.sleep(0.3)
+        Z = "() => { const p = document.querySelector('.js-plotly-plot'); return p && p.data && p.data[0] ? JSON.stringify(p.data[0].z) : null; }"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=['--no-sandbox', '--disable-gpu', '--no-first-run'])
+            page = browser.new_page(viewport={'width': 1400, 'height': 1100})
+            page.goto(f'{url}/lab/tree/energy_map.ipynb?token={token}')
+            page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')", timeout=90_000)
+            try: page.locator('.jp-Dialog .jp-mod-accept').click(timeout=10_000)
+            except Exception: pass
+            page.wait_for_function("() => { const s = window.jupyterapp.shell.currentWidget; return s && s.sessionContext && "
+                                   "s.sessionContext.session && s.sessionContext.session.kernel && "
+                                   "s.sessionContext.kernelDisplayStatus === 'idle'; }", timeout=90_000)
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            page.wait_for_function(f"() => ({Z})() !== null && ({Z})() !== '[]'", timeout=150_000)
+            page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.kernelDisplayStatus === 'idle'",
+                                   timeout=90_000)
+            z0 = page.evaluate(Z)
+            title0 = page.evaluate("() => document.querySelector('.js-plotly-plot').layout.title.text")
+            page.locator('.widget-hslider .noUi-handle').first.focus()
+            page.keyboard.press('ArrowRight')                                       # denoising step 0 -> 1
+            page.wait_for_function(f"(z) => ({Z})() !== z", arg=z0, timeout=20_000)
+            title1 = page.evaluate("() => document.querySelector('.js-plotly-plot').layout.title.text")
+            errors = page.locator('[data-mime-type="application/vnd.jupyter.error"]')
+            err = errors.all_inner_texts() if errors.count() else []
+            browser.close()
+    finally:
+        proc.terminate()
+        try: proc.wait(10)
+        except subprocess.TimeoutExpired: proc.kill()
+        log.close()
+    assert title0.startswith('step 0:') and title1.startswith('step 1:'), (title0, title1)
+    assert any(op in title0 for op in OPERATORS)
+    assert not err, err[:2]

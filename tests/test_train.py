@@ -237,6 +237,27 @@ def test_loader_and_eval_csv(maze_dir, tmp_path):
     _, s = read_split(maze_dir / 'test')
     assert [int(r['path_length']) for r in rows] == list(map(int, shortest_path_length(s['all']['inputs'])))
 
+@pytest.mark.timeout(600)
+def test_old_config_names_resume_and_load(maze_dir, tmp_path):
+    "A checkpoint that stores the seed names (act_rnn `time_limit`, TRM-era `ema_rate` in the model config) resumes."
+    from halting_lab.train.run import upgrade_info, check_resume_compatible
+    from halting_lab.train.checkpoint import checkpoint_info
+    from halting_lab.train.config import params_to_configs
+    import dataclasses
+    run = tmp_path / 'old'
+    assert _train(maze_dir, run, '--limit_train_batches', '1') == 0
+    ck = torch.load(run / 'checkpoints' / 'last.ckpt', map_location='cpu', weights_only=True)
+    mc = ck['halting_lab']['model_config']
+    mc['time_limit'] = mc.pop('halt_max_steps')                     # as written before the rename
+    info = checkpoint_info(ck)
+    assert upgrade_info(info)['model_config']['halt_max_steps'] == 3
+    tc, new = params_to_configs({'data_dir': str(maze_dir), 'time_limit': 3, 'hidden_size': 16, 'batch_size': 16,
+                                 'learning_rate': 3e-3})
+    mcd = {**dataclasses.asdict(new), **{k: mc[k] for k in ('vocab_size', 'seq_len')}}
+    check_resume_compatible(info, tc, mcd)                            # same structure under the old name
+    with pytest.raises(HaltingLabError, match='--halt_max_steps'):
+        check_resume_compatible(info, tc, {**mcd, 'halt_max_steps': 4})
+
 def test_loader_nav_format(tmp_path):
     "seed-003 navigation checkpoints (model_state_dict + config with model_type) dispatch through the registry."
     from halting_lab.core import model_class

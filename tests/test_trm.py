@@ -239,6 +239,8 @@ def test_tiny_training_run_and_halting_eval(tiny_sudoku, tmp_path, variant):
     res = json.loads((run / 'results.json').read_text())
     assert res['global_step'] == 4 and 0 <= res['final']['val/exact_acc'] <= 1 and 'val/q_exact_acc' in res['final']
     assert res['final']['val/mean_halting_steps'] == 3
+    ep = [r for r in csv.DictReader(open(run / 'metrics.csv')) if r['kind'] == 'epoch']
+    assert ep and float(ep[-1]['val/q_exact_acc']) == res['final']['val/q_exact_acc']   # Q-halt metric in metrics.csv
     from halting_lab.train.checkpoint import load_checkpoint
     m = load_checkpoint(run / 'checkpoints' / 'last.ckpt')
     assert type(m).__name__ == 'TRM' and m.config.mlp_t == bool(variant) and m.checkpoint_info['weights'] == 'ema'

@@ -73,7 +73,7 @@ def _write_holder(lock:RunLock, fd:int):
     "Record this process in the lock file."
     now = datetime.datetime.now().isoformat(timespec='seconds')
     info = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': now,
-            'command': lock.command}
+            'command': lock.command, 'slurm_job_id': os.environ.get('SLURM_JOB_ID')}
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, (json.dumps(info) + '\n').encode())
@@ -94,6 +94,11 @@ def _same_file(fd:int, path:Path)->bool:
     except FileNotFoundError: return False
 
 # %% ../../nbs/train/guard.ipynb #a2c3d4e5
+def _same_slurm_job(h:Optional[dict])->bool:
+    "Whether the holder was an earlier run of this very Slurm job (a requeue: it is gone)."
+    job = os.environ.get('SLURM_JOB_ID')
+    return bool(job and h and h.get('slurm_job_id') == job and h.get('pid') != os.getpid())
+
 def _holder_alive(h:Optional[dict])->bool:
     "Without flock: whether the recorded holder may still run (always, when it is on another host)."
     if not h or h.get('pid') == os.getpid(): return False
@@ -105,11 +110,16 @@ def _open_locked(lock:RunLock)->int:
         fd = os.open(lock.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         got, h = _flock(fd), lock.holder()
         if got is None: got = not _holder_alive(h)   # no flock here: trust the recorded pid
+        if not got and _same_slurm_job(h):            # requeued job: the lock of its dead node
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError): lock.path.unlink()
+            lock.took_over = h
+            continue
         if not got:
             os.close(fd)
             raise _busy(lock, h)
         if _same_file(fd, lock.path):
-            lock.took_over = h if h and h.get('pid') != os.getpid() else None
+            if lock.took_over is None and h and h.get('pid') != os.getpid(): lock.took_over = h
             return fd
         os.close(fd)      # the holder removed the file as we opened it: open the new one
     raise HaltingLabError(f'{lock.path}: could not take the run lock (the file keeps changing)')

@@ -306,29 +306,40 @@ class ResumableLoader:
     def dataset(self): return self.dl.dataset
     @property
     def batch_size(self): return self.dl.batch_size
-    def __len__(self): return len(self.dl.batch_sampler) // self.world if self.dl.batch_sampler is not None else len(self.dl) // self.world
-    def _set_epoch(self, e:int):
-        for s in (getattr(self.dl, 'sampler', None), getattr(getattr(self.dl, 'batch_sampler', None), 'sampler', None),
-                  getattr(self.dl, 'batch_sampler', None)):
-            if s is not None and hasattr(s, 'set_epoch'): s.set_epoch(e)
-    def __iter__(self):
-        e = int(self.epoch_fn()); self.epoch = e
-        skip = 0
-        if self._pending is not None:
-            if int(self._pending.get('epoch', -1)) == e: skip = int(self._pending.get('batches_done', 0))
-            self._pending = None
-        self.batches_done = skip
-        self._set_epoch(e)
-        dl = self.dl
-        if dl.batch_sampler is None: raise HaltingLabError('training DataLoader must use a batch sampler (batch_size set)')
-        bs = _SkipShardBatches(dl.batch_sampler, skip, self.rank, self.world)
-        kw = dict(num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory,
-                  worker_init_fn=dl.worker_init_fn, timeout=dl.timeout)
-        if dl.num_workers > 0: kw.update(persistent_workers=False, prefetch_factor=dl.prefetch_factor,
-                                         multiprocessing_context=dl.multiprocessing_context)
-        return iter(torch.utils.data.DataLoader(dl.dataset, batch_sampler=bs, **kw))
+    def __len__(self):
+        n = len(self.dl.batch_sampler) if self.dl.batch_sampler is not None else len(self.dl)
+        return n // self.world
     def state_dict(self)->dict: return {'epoch': int(self.epoch), 'batches_done': int(self.batches_done)}
     def load_state_dict(self, state:dict): self._pending = dict(state)
+
+# %% ../../nbs/train/lightning.ipynb #2e6d0b85
+@patch
+def _set_epoch(self:ResumableLoader, e:int):
+    "Tell every sampler of the loader which epoch's order to yield."
+    bs = getattr(self.dl, 'batch_sampler', None)
+    for s in (getattr(self.dl, 'sampler', None), getattr(bs, 'sampler', None), bs):
+        if s is not None and hasattr(s, 'set_epoch'): s.set_epoch(e)
+
+@patch
+def __iter__(self:ResumableLoader):
+    "This rank's batches of the current epoch, after the ones a resumed checkpoint already did."
+    e = self.epoch = int(self.epoch_fn())
+    skip = 0
+    if self._pending is not None:
+        if int(self._pending.get('epoch', -1)) == e: skip = int(self._pending.get('batches_done', 0))
+        self._pending = None
+    self.batches_done = skip
+    self._set_epoch(e)
+    dl = self.dl
+    if dl.batch_sampler is None:
+        raise HaltingLabError('training DataLoader must use a batch sampler (batch_size set)')
+    bs = _SkipShardBatches(dl.batch_sampler, skip, self.rank, self.world)
+    kw = dict(num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory,
+              worker_init_fn=dl.worker_init_fn, timeout=dl.timeout)
+    if dl.num_workers > 0:
+        kw.update(persistent_workers=False, prefetch_factor=dl.prefetch_factor,
+                  multiprocessing_context=dl.multiprocessing_context)
+    return iter(torch.utils.data.DataLoader(dl.dataset, batch_sampler=bs, **kw))
 
 # %% ../../nbs/train/lightning.ipynb #69582785
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -462,10 +473,11 @@ class RunCheckpoints(Callback):
 
 # %% ../../nbs/train/lightning.ipynb #8799732f
 class Preemption(Callback):
-    "Save last.ckpt at the batch boundary and stop when <run>/PREEMPT exists or SIGUSR1/SIGTERM arrived."
+    "Save last.ckpt at the batch boundary and stop when <run>/PREEMPT exists or SIGUSR1/SIGTERM came."
     def __init__(self, run_dir:str|Path, signals=('SIGUSR1', 'SIGTERM')):
         self.run_dir, self.signals = Path(run_dir), signals
-        self.triggered, self.reason, self._got_signal, self._old, self._deferred = False, None, None, {}, None
+        self.triggered, self.reason, self._got_signal = False, None, None
+        self._old, self._deferred = {}, None
     @property
     def flag_file(self)->Path: return self.run_dir / 'PREEMPT'
     def _handler(self, signum, frame): self._got_signal = signal.Signals(signum).name
@@ -475,48 +487,64 @@ class Preemption(Callback):
         for name in self.signals:
             sig = getattr(signal, name, None)
             if sig is None: continue
-            with contextlib.suppress(ValueError, OSError): self._old[sig] = signal.signal(sig, self._handler)
+            with contextlib.suppress(ValueError, OSError):
+                self._old[sig] = signal.signal(sig, self._handler)
     def teardown(self, trainer, pl_module, stage):
         for sig, h in self._old.items():
             with contextlib.suppress(ValueError, OSError, TypeError): signal.signal(sig, h)
         self._old = {}
-    def _should_stop(self, trainer)->Optional[str]:
-        reason = None
-        if self._got_signal: reason = self._got_signal
-        elif self.flag_file.exists(): reason = 'PREEMPT file'
-        if trainer.world_size > 1:  # every rank must agree
-            t = torch.tensor([1 if reason else 0], device=trainer.strategy.root_device)
-            t = trainer.strategy.reduce(t, reduce_op='sum')
-            if int(t) > 0 and reason is None: reason = 'another rank'
-        return reason
-    def _stop(self, trainer, reason:str, where:str):
-        self.triggered, self.reason = True, reason
+
+# %% ../../nbs/train/lightning.ipynb #3f7e1c96
+@patch
+def _should_stop(self:Preemption, trainer)->Optional[str]:
+    "Why to stop now (a signal, the PREEMPT file, another rank), or None; every rank agrees."
+    reason = None
+    if self._got_signal: reason = self._got_signal
+    elif self.flag_file.exists(): reason = 'PREEMPT file'
+    if trainer.world_size > 1:
+        t = torch.tensor([1 if reason else 0], device=trainer.strategy.root_device)
+        t = trainer.strategy.reduce(t, reduce_op='sum')
+        if int(t) > 0 and reason is None: reason = 'another rank'
+    return reason
+
+@patch
+def _stop(self:Preemption, trainer, reason:str, where:str):
+    self.triggered, self.reason = True, reason
+    if _is_rank0(trainer):
+        with contextlib.suppress(FileNotFoundError): self.flag_file.unlink()
+        print(f'preempted ({reason}) at {where} of epoch {trainer.current_epoch} '
+              f'step {trainer.global_step}: saved last.ckpt', flush=True)
+    trainer.should_stop = True
+
+# %% ../../nbs/train/lightning.ipynb #4a8f2da7
+@patch
+def on_train_batch_end(self:Preemption, trainer, pl_module, outputs, batch, batch_idx):
+    "Mid-epoch: save last.ckpt here and stop; on the last batch: wait for the epoch's end."
+    if self.triggered or self._deferred: return
+    reason = self._should_stop(trainer)
+    if not reason: return
+    if batch_idx + 1 >= trainer.num_training_batches:   # validation + the epoch-end last.ckpt first
+        self._deferred = reason
+        return
+    loader = trainer.train_dataloader
+    if isinstance(loader, ResumableLoader): loader.batches_done = batch_idx + 1
+    pl_module.saving_mid_epoch = True
+    try: trainer.save_checkpoint(self.run_dir / 'checkpoints' / 'last.ckpt', weights_only=False)
+    finally: pl_module.saving_mid_epoch = False
+    self._stop(trainer, reason, f'batch {batch_idx + 1}')
+
+@patch
+def on_train_epoch_end(self:Preemption, trainer, pl_module):
+    "After RunCheckpoints wrote the epoch-end last.ckpt: stop, unless the run ends here anyway."
+    if not self._deferred or self.triggered: return
+    ms, me = trainer.max_steps, trainer.max_epochs
+    done = ((me is not None and me >= 0 and trainer.current_epoch + 1 >= me)
+            or (ms is not None and ms >= 0 and trainer.global_step >= ms))
+    if done:                                         # it finished, it was not preempted
         if _is_rank0(trainer):
             with contextlib.suppress(FileNotFoundError): self.flag_file.unlink()
-            print(f'preempted ({reason}) at {where} of epoch {trainer.current_epoch} step {trainer.global_step}: saved last.ckpt', flush=True)
-        trainer.should_stop = True
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.triggered or self._deferred: return
-        reason = self._should_stop(trainer)
-        if not reason: return
-        if batch_idx + 1 >= trainer.num_training_batches:   # last batch: stop after validation + the epoch-end last.ckpt
-            self._deferred = reason; return
-        loader = trainer.train_dataloader
-        if isinstance(loader, ResumableLoader): loader.batches_done = batch_idx + 1
-        pl_module.saving_mid_epoch = True
-        try: trainer.save_checkpoint(self.run_dir / 'checkpoints' / 'last.ckpt', weights_only=False)
-        finally: pl_module.saving_mid_epoch = False
-        self._stop(trainer, reason, f'batch {batch_idx + 1}')
-    def on_train_epoch_end(self, trainer, pl_module):   # runs after RunCheckpoints wrote the epoch-end last.ckpt
-        if not self._deferred or self.triggered: return
-        max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
-        done = ((max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs)
-                or (max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps))
-        if done:                                         # the run ends here anyway: it finished, it was not preempted
-            if _is_rank0(trainer):
-                with contextlib.suppress(FileNotFoundError): self.flag_file.unlink()
-            return
-        self._stop(trainer, self._deferred, 'the end')
+        return
+    self._stop(trainer, self._deferred, 'the end')
 
 class _TrackBatches(Callback):
     "Keep `ResumableLoader.batches_done` equal to the batches trained on in this epoch."

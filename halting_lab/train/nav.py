@@ -287,6 +287,13 @@ def _resume_args(path:Path, given:dict)->dict:
                               'loads with load_nav_checkpoint / the viewer, but cannot be resumed exactly)')
     return {**args, **{k: given[k] for k in RESUME_MAY_CHANGE if k in given}}
 
+def _as_run_checkpoint(resume:Optional[Path], run_dir:Path)->Optional[Path]:
+    "A seed file in the run directory itself (the seed's `--checkpoint-dir`), copied into its `checkpoints/`."
+    if not isinstance(resume, Path) or resume.resolve().parent != run_dir.resolve(): return resume
+    from halting_lab.train.lightning import atomic_copy   # train() resumes a run only from its checkpoints/
+    (run_dir / 'checkpoints').mkdir(parents=True, exist_ok=True)
+    return atomic_copy(resume, run_dir / 'checkpoints' / f'resume-{resume.name}')
+
 def _accelerator(device:str)->str:
     "Lightning accelerator of the seed's `--device` (checked: a missing device is a clear error)."
     if device == 'auto': return 'auto'
@@ -335,7 +342,7 @@ def train_nav(command:Optional[str]=None, **kwargs)->dict:
     if a.get('threads'): torch.set_num_threads(int(a['threads']))
     for k in ('epochs', 'batch_size', 'patience', 'dim', 'depth', 'save_every'):
         if int(a[k]) < 1: raise HaltingLabError(f'--{k.replace("_", "-")}: expected >= 1, got {a[k]}')
-    params, t0 = train_params(a, resume), time.time()
+    params, t0 = train_params(a, _as_run_checkpoint(resume, nav_run_dirs(a)[0])), time.time()
     out = io.StringIO() if a.get('quiet') else None
     with (contextlib.redirect_stdout(out) if out is not None else contextlib.nullcontext()):
         res = train(**params, _command=command or shlex.join(sys.argv))

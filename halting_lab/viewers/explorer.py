@@ -498,7 +498,7 @@ class HaltingExplorer:
         lay = W.Layout(width='auto')
         self.w_run = W.Dropdown(description='run', layout=W.Layout(width='260px'))
         self.w_ckpt = W.Dropdown(description='checkpoint', layout=W.Layout(width='300px'))
-        self.w_data = W.Text(description='dataset', placeholder='data/maze-30x30-hard-1k', layout=W.Layout(width='360px'))
+        self.w_data = W.Text(description='dataset', placeholder='data/<dataset dir>', layout=W.Layout(width='360px'))
         self.w_split = W.Dropdown(options=['test', 'train'], value=split, description='split', layout=W.Layout(width='150px'))
         devs = available_devices(); dev = device or default_device()
         self.w_device = W.Dropdown(options=devs + ([dev] if dev not in devs else []), value=dev, description='device',

@@ -385,7 +385,12 @@ def test_energy_map_viewer_in_jupyterlab(tmp_path):
                                    "s.sessionContext.session && s.sessionContext.session.kernel && "
                                    "s.sessionContext.kernelDisplayStatus === 'idle'; }", timeout=90_000)
             page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            page.wait_for_function(f"() => ({Z})() !== null && ({Z})() !== '[]'", timeout=150_000)
+            try: page.wait_for_function(f"() => ({Z})() !== null && ({Z})() !== '[]'", timeout=150_000)
+            except Exception:
+                art = Path(__file__).resolve().parents[1] / 'test-artifacts'
+                art.mkdir(exist_ok=True)
+                page.screenshot(path=str(art / 'energy_map_failed.png'), full_page=True)
+                raise
             page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.kernelDisplayStatus === 'idle'",
                                    timeout=90_000)
             z0 = page.evaluate(Z)

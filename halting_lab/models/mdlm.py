@@ -321,7 +321,7 @@ class HFMaskedDiffusionBackbone(MaskedDiffusionBackbone):
         cls,
         name_or_path: str,
         torch_dtype: str = 'auto',
-        trust_remote_code: bool = True,
+        trust_remote_code: bool = False,
         suppress_load_warnings: bool = False,
         tokenizer_source: str = 'auto',
         device: str = 'cpu',
@@ -403,7 +403,7 @@ def build_backbone(
     return HFMaskedDiffusionBackbone.from_pretrained(
         name,
         bcfg.get('torch_dtype', 'auto'),
-        bcfg.get('trust_remote_code', True),
+        bcfg.get('trust_remote_code', False),
         bcfg.get('suppress_load_warnings', False),
         bcfg.get('tokenizer_source', 'auto'),
         device,

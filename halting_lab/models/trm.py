@@ -166,13 +166,12 @@ class ReasoningModule(nn.Module):
         return h
 
 # %% ../../nbs/models/trm.ipynb #fef3f29b
-@register_model(lit_module='halting_lab.train.trm:TRMLitModule')
+@register_model
 class TRM(nn.Module):
     "Tiny Recursive Model with deep supervision and a Q-halting head (see the notebook for the algorithm)."
     model_type = 'trm'
     config_cls = TRMConfig
     train_flags = ('puzzle_emb_lr', 'puzzle_emb_weight_decay')   # its sparse-embedding optimizer
-    lightning_module = 'halting_lab.train.trm:TRMLitModule'   # training with the reference carry (train/trm.ipynb)
 
     def __init__(self, config:TRMConfig|dict|None=None, **kwargs):
         super().__init__()

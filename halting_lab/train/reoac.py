@@ -82,7 +82,7 @@ DEFAULT_CONFIG = {
         'checkpoint': None,
         'tokenizer_source': 'e2d2',
         'torch_dtype': 'bfloat16',
-        'trust_remote_code': True,
+        'trust_remote_code': False,  # E2D2 needs true: runs the model's own Python
         'suppress_load_warnings': False,
         'prompt_len': 256,
         'pretrain_steps': 0,

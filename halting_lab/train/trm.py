@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 from fastcore.basics import patch
 from ..core import HaltingLabError, HaltingOutput, RunDir, torch_save_atomic
+from ..registry import register_model
 from ..models.trm import TRM, TRMConfig, TRMCarry, CARRY_KEYS, trm_loss
 from .lightning import HaltingLitModule, batch_stats, adam_atan2_class
 from .config import OPTIMIZERS
@@ -94,6 +95,9 @@ class TRMLitModule(HaltingLitModule):
         if n == B: return b
         idx = torch.arange(B, device=b['inputs'].device) % n
         return {k: v[idx] for k, v in b.items()}
+
+# %% ../../nbs/train/trm.ipynb #1e7a5b39
+register_model(TRM, lit_module=TRMLitModule)
 
 # %% ../../nbs/train/trm.ipynb #3c9f2e71
 @patch

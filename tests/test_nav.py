@@ -475,3 +475,14 @@ def test_seed_resume_snippet(data, tmp_path):
     optimizer.load_state_dict(checkpoint['optimizer_state_dict'])
     start_epoch = checkpoint['epoch'] + 1
     assert start_epoch == 3 and optimizer.state_dict()['state'][0]['step'] > 0
+
+
+def test_seed_default_layout_without_flags(data, tmp_path, monkeypatch):
+    "No --checkpoint-dir, no --run-id: the seed's checkpoints/ is the run dir (best.pt, metrics.csv side by side)."
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(['nav', 'train', '--train-path', str(data / 'train.pt'), '--val-path', str(data / 'test.pt'),
+                     '--dim', '16', '--depth', '1', '--epochs', '1', '--threads', '1', '--quiet']) == 0
+    ck = Path('checkpoints')
+    for f in ('best.pt', 'checkpoint_epoch_1.pt', 'history.json', 'metrics.csv', 'config.json'): assert (ck / f).exists(), f
+    checkpoint = torch.load('checkpoints/best.pt', map_location='cpu')   # the seed's snippet
+    assert checkpoint['epoch'] == 1 and checkpoint['config']['dim'] == 16

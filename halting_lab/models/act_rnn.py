@@ -155,12 +155,12 @@ class ActRNN(nn.Module):
 
     def criterion(self):
         "The halting rule: ACT, or PonderNet (all steps weighted p_n in training, median in eval)."
-        c = self.config
+        c = self.config   # the classes directly: no registry lookup inside a compiled forward
         if c.halting_rule == 'pondernet':
-            return make_criterion('pondernet', c.halt_max_steps, lambda_p=c.pondernet_lambda_p,
-                                  beta=c.pondernet_beta, mode='train' if self.training else 'median')
-        return make_criterion('act-global' if c.act_mode == 'per_sequence' else 'act',
-                              c.halt_max_steps, eps=c.act_eps)
+            return PonderNet(c.halt_max_steps, lambda_p=c.pondernet_lambda_p, beta=c.pondernet_beta,
+                             mode='train' if self.training else 'median')
+        return ACT(c.halt_max_steps, eps=c.act_eps,
+                   act_type='global' if c.act_mode == 'per_sequence' else 'graves')
 
     def ponder_weight(self, step:int, train_config:dict)->float:
         "Weight of the ACT ponder cost at optimizer `step` (0 with PonderNet: its KL regularises)."

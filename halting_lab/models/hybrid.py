@@ -456,8 +456,10 @@ class PlanResult:
     def verified(self)->bool: return any(a.verdict.ok for a in self.attempts)
     @property
     def answer(self):
-        "Grid of the first verified attempt, else of the first attempt."
-        return next((a.grid for a in self.attempts if a.verdict.ok), self.attempts[0].grid if self.attempts else None)
+        "Grid of the first verified attempt, else the first that passed every label-free check, else attempt 1."
+        plausible = lambda a: all(v is not False for k, v in a.verdict.checks.items() if k != 'target')
+        return next((a.grid for a in self.attempts if a.verdict.ok),
+                    next((a.grid for a in self.attempts if plausible(a)), self.attempts[0].grid if self.attempts else None))
     @property
     def reasoning_length(self)->float:
         "Mean characters of LM text over attempts that used the LM."

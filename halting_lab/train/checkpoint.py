@@ -7,11 +7,12 @@ from __future__ import annotations
 import dataclasses, pickle, re, zipfile
 from pathlib import Path
 from typing import Any
+import numpy as np
 import torch
 from ..core import HaltingLabError, model_class
 
 # %% auto #0
-__all__ = ['read_checkpoint', 'checkpoint_info', 'load_checkpoint']
+__all__ = ['numpy_safe_globals', 'read_checkpoint', 'checkpoint_info', 'load_checkpoint']
 
 # %% ../../nbs/train/checkpoint.ipynb #dee989ea
 def _refusal(e:BaseException)->str:
@@ -27,6 +28,17 @@ def _refusal(e:BaseException)->str:
 def _not_ckpt(path:Path, why:str)->HaltingLabError:
     return HaltingLabError(f'{path}: not a halting_lab checkpoint ({why}); it was not loaded')
 
+# %% ../../nbs/train/checkpoint.ipynb #a7c31e90
+def numpy_safe_globals()->list:
+    "numpy's array reconstruction: data only, allowed for `weights_only=True` loads of numpy arrays."
+    core = getattr(np, '_core', None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+def _load_with_numpy(path:Path, map_location):
+    "torch.load(weights_only=True) that also accepts plain numpy arrays (no other objects)."
+    with torch.serialization.safe_globals(numpy_safe_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
 # %% ../../nbs/train/checkpoint.ipynb #7e3b9d21
 def read_checkpoint(path:str|Path,        # a .ckpt / .pt file
                     map_location='cpu',   # where tensors go (as `torch.load`)
@@ -37,8 +49,10 @@ def read_checkpoint(path:str|Path,        # a .ckpt / .pt file
     if path.is_dir(): raise HaltingLabError(f'{path}: is a directory; expected a checkpoint file')
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if not trusted: raise _not_ckpt(path, _refusal(e)) from None
-        ck = torch.load(path, map_location=map_location, weights_only=False)
+        try: ck = _load_with_numpy(path, map_location)   # e.g. a numpy RNG state (old nav checkpoints)
+        except pickle.UnpicklingError:
+            if not trusted: raise _not_ckpt(path, _refusal(e)) from None
+            ck = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:   # whatever the parser trips on (KeyError, IndexError, ...)
         raise _not_ckpt(path, _refusal(e)) from None
     if not isinstance(ck, dict):

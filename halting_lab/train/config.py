@@ -163,7 +163,16 @@ def _coerce(name:str, value, tp):
         raise HaltingLabError(f'--{name}: expected {getattr(tp, "__name__", tp)}, got {value!r}') from None
     return value
 
-def _hints(cls)->dict: return typing.get_type_hints(cls)
+def _hints(cls)->dict:
+    "{field: type} of a config dataclass (string annotations of a class defined in a notebook too)."
+    try: return typing.get_type_hints(cls)
+    except NameError:   # its module's globals are gone (e.g. a class from an executed notebook)
+        import builtins
+        ns = {**vars(typing), **vars(builtins)}
+        def ev(t):
+            try: return eval(t, ns) if isinstance(t, str) else t
+            except Exception: return Any
+        return {f.name: ev(f.type) for f in fields(cls)}
 
 # %% ../../nbs/train/config.ipynb #1b7e2c55
 def _plugins_of(params:dict)->list:

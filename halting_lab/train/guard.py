@@ -222,7 +222,8 @@ def _explicit(rd:RunDir, st:dict, resume_ckpt:str, command)->str:
     "Checks on an explicit `--resume_ckpt` into an existing run directory."
     if resume_ckpt == 'auto': return resume_ckpt
     p = Path(resume_ckpt)
-    own = p.exists() and rd.checkpoints.is_dir() and p.resolve().parent == rd.checkpoints.resolve()
+    homes = {rd.checkpoints.resolve(), rd.path.resolve()}   # seed 003 keeps its .pt files in the run dir
+    own = p.exists() and p.resolve().parent in homes
     if st['ckpts'] and not own:
         fresh = rerun_commands(rd.path, command)[1]
         own_ckpts = ', '.join(st['ckpts'])

@@ -211,8 +211,9 @@ def seed_checkpoint(self:NavExport, trainer, m, epoch:int)->dict:
 
 # %% ../../nbs/train/nav.ipynb #14eccda4
 def _numpy_globals()->list:
-    core = getattr(np, '_core', None) or np.core
-    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    "numpy's array reconstruction (the one list, in train.checkpoint)."
+    from halting_lab.train.checkpoint import numpy_safe_globals
+    return numpy_safe_globals()
 
 def _safe_load(path:Path, map_location, extra_globals:tuple=()):
     "torch.load with weights_only=True (plus `extra_globals` allowed)."

@@ -488,9 +488,8 @@ class ArcBrowser:
         )
         if self.hybrid is not None:
             ti = min(self.w_test.value, self.w_test.max)
-            self.w_reason.value = '<b>hybrid reasoning</b> (' + str(self.hybrid.path.name) + ')' + (
-                reasoning_html(self.hybrid.sessions(tp.task_id, ti), t['output'])
-            )
+            head = f'<b>hybrid reasoning</b> ({self.hybrid.path.name}, test pair {ti})<br>'
+            self.w_reason.value = head + reasoning_html(self.hybrid.sessions(tp.task_id, ti), t['output'])
         self.w_fig.clear_output(wait=True)
         with self.w_fig:
             self.fig.show()

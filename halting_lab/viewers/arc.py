@@ -300,7 +300,9 @@ def read_llm_calls(path: str | Path) -> list:
             raise HaltingLabError(f'{p} line {i}: not JSON ({e})') from None
         miss = [k for k in ('tag', 'prompt', 'answer') if not isinstance(r, dict) or k not in r]
         if miss:
-            raise HaltingLabError(f'{p} line {i}: missing field(s) {miss}; expected an LLM call log')
+            raise HaltingLabError(
+                f'{p} line {i}: missing field(s) {miss}; expected an LLM call log'
+            )
         recs.append(r)
     return recs
 
@@ -347,11 +349,14 @@ def calls_to_sessions(recs: list, task_id: str, test_index: int = 0) -> list:
 
 def _rows_to_sessions(rows: list, label: str, task_id: str, test_index: int) -> list:
     "Attempt logs of result rows (`train.hybrid.result_row`) for one test pair."
-    return [{'label': label, 'attempts': [
-        {'index': a.get('index'), 'source': a.get('source', '?'), 'reasoning': a.get('reasoning') or '',
-         'prompt': None, 'grid': _grid_or_none(a.get('grid')), 'feedback': a.get('feedback'),
-         'ok': a.get('ok'), 'exact': a.get('exact')} for a in r.get('attempt_log') or []]}
-        for r in rows if r.get('task') == task_id and r.get('test_index', 0) == test_index]
+    def one(a):
+        return {'index': a.get('index'), 'source': a.get('source', '?'),
+                'reasoning': a.get('reasoning') or '', 'prompt': None,
+                'grid': _grid_or_none(a.get('grid')), 'feedback': a.get('feedback'),
+                'ok': a.get('ok'), 'exact': a.get('exact')}
+
+    return [{'label': label, 'attempts': [one(a) for a in r.get('attempt_log') or []]}
+            for r in rows if r.get('task') == task_id and r.get('test_index', 0) == test_index]
 
 
 class HybridLog:
@@ -365,7 +370,9 @@ class HybridLog:
             return
         if not p.is_dir():
             raise HaltingLabError(f'{p}: not a hybrid run directory or LLM call log (JSONL)')
-        evals = sorted(p.glob('eval_epoch_*.json'), key=lambda f: int(re.sub(r'\D', '', f.stem) or 0))
+        evals = sorted(
+            p.glob('eval_epoch_*.json'), key=lambda f: int(re.sub(r'\D', '', f.stem) or 0)
+        )
         for f in sorted(p.glob('*.json')):
             if f.name.startswith('eval_epoch_') and f != evals[-1]:
                 continue  # the last evaluation of a joint run is the one to read
@@ -374,17 +381,25 @@ class HybridLog:
                 continue
             rows = d.get('rows', d.get('tasks'))
             if isinstance(rows, dict):  # the comparison: one list of rows per system
-                self.results += [(f'{f.stem}: {k}', v) for k, v in rows.items() if isinstance(v, list)]
-            elif isinstance(rows, list) and rows and isinstance(rows[0], dict) and 'attempt_log' in rows[0]:
+                self.results += [
+                    (f'{f.stem}: {k}', v) for k, v in rows.items() if isinstance(v, list)
+                ]
+            elif isinstance(rows, list) and rows and 'attempt_log' in (
+                rows[0] if isinstance(rows[0], dict) else {}
+            ):
                 self.results.append((f.stem, rows))
         for f in sorted(p.glob('*.jsonl')):
             self.calls += read_llm_calls(f)
         if not self.results and not self.calls:
-            raise HaltingLabError(f'{p}: no results JSON with attempt_log and no LLM call log (*.jsonl)')
+            raise HaltingLabError(
+                f'{p}: no results JSON with attempt_log and no LLM call log (*.jsonl)'
+            )
 
     def sessions(self, task_id: str, test_index: int = 0) -> list:
         "`[{'label', 'attempts'}]` for one test pair: result attempt logs first, else the call log."
-        out = [s for lb, rows in self.results for s in _rows_to_sessions(rows, lb, task_id, test_index)]
+        out = [
+            s for lb, rows in self.results for s in _rows_to_sessions(rows, lb, task_id, test_index)
+        ]
         return out or calls_to_sessions(self.calls, task_id, test_index)
 
     @property
@@ -400,8 +415,8 @@ def _grid_html(g) -> str:
     if g is None:
         return '<i>no grid in the text</i>'
     cells = ''.join(
-        '<tr>' + ''.join(f'<td style="background:{ARC_PALETTE[int(v)]}"></td>' for v in row) + '</tr>'
-        for row in np.asarray(g))
+        '<tr>' + ''.join(f'<td style="background:{ARC_PALETTE[int(v)]}"></td>' for v in row)
+        + '</tr>' for row in np.asarray(g))
     return (f'<table class="arc-grid" style="border-collapse:collapse;display:inline-table">{cells}'
             '</table>').replace('<td ', '<td width="10" height="10" ')
 
@@ -416,8 +431,9 @@ def reasoning_html(sessions: list, target=None, max_chars: int = 1500) -> str:
     for s in sessions:
         parts.append(f'<h4 style="margin:6px 0">{escape(s["label"])}</h4>')
         for a in s['attempts']:
-            exact = a['exact'] if a['exact'] is not None else (
-                None if target is None or a['grid'] is None else float(np.array_equal(a['grid'], target)))
+            exact = a['exact']
+            if exact is None and target is not None and a['grid'] is not None:
+                exact = float(np.array_equal(a['grid'], target))
             verdict = {True: 'accepted', False: 'rejected', None: 'verdict not logged'}[a['ok']]
             head = f"attempt {a['index']} ({escape(str(a['source']))}): {verdict}"
             head += '' if exact is None else (', correct' if exact else ', wrong')
@@ -427,14 +443,15 @@ def reasoning_html(sessions: list, target=None, max_chars: int = 1500) -> str:
                 f'<div class="arc-attempt" style="border-top:1px solid #ccc;padding:4px 0">'
                 f'<b>{head}</b><br>{_grid_html(a["grid"])}'
                 f'<pre class="arc-reasoning" style="white-space:pre-wrap;margin:2px 0">{text}</pre>'
-                f'<pre class="arc-feedback" style="white-space:pre-wrap;color:#a33;margin:2px 0">{fb}</pre>'
+                '<pre class="arc-feedback" style="white-space:pre-wrap;color:#a33;margin:2px 0">'
+                f'{fb}</pre>'
                 '</div>')
     return ''.join(parts)
 
 
 # %% ../../nbs/viewers/arc_viewer.ipynb #d5ddb134
 class ArcBrowser:
-    "ipywidgets browser: task / test pair / copy pickers; a hybrid run's reasoning text beside the grids."
+    "ipywidgets browser: task / test pair / copy pickers; a hybrid run's text beside the grids."
 
     def __init__(
         self,
@@ -456,8 +473,10 @@ class ArcBrowser:
         self.w_copy = W.IntSlider(description='copy', min=0, max=0)
         self.w_status = W.HTML()
         self.w_fig = W.Output()
-        self.hybrid = hybrid if hybrid is None or isinstance(hybrid, HybridLog) else HybridLog(hybrid)
-        self.w_reason = W.HTML(layout=W.Layout(width='440px', max_height='640px', overflow_y='auto'))
+        keep = hybrid is None or isinstance(hybrid, HybridLog)
+        self.hybrid = hybrid if keep else HybridLog(hybrid)
+        box = W.Layout(width='440px', max_height='640px', overflow_y='auto')
+        self.w_reason = W.HTML(layout=box)
         view = self.w_fig if self.hybrid is None else W.HBox([self.w_fig, self.w_reason])
         self.ui = W.VBox([W.HBox([self.w_task, self.w_test, self.w_copy]), self.w_status, view])
         for w in (self.w_task, self.w_test, self.w_copy):
@@ -489,7 +508,8 @@ class ArcBrowser:
         if self.hybrid is not None:
             ti = min(self.w_test.value, self.w_test.max)
             head = f'<b>hybrid reasoning</b> ({self.hybrid.path.name}, test pair {ti})<br>'
-            self.w_reason.value = head + reasoning_html(self.hybrid.sessions(tp.task_id, ti), t['output'])
+            ss = self.hybrid.sessions(tp.task_id, ti)
+            self.w_reason.value = head + reasoning_html(ss, t['output'])
         self.w_fig.clear_output(wait=True)
         with self.w_fig:
             self.fig.show()

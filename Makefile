@@ -42,7 +42,7 @@ export: install
 demo: install
 	$(BIN)/halting-lab build-maze --size 9 --num-train 2000 --num-test 200 --min-path-len 8 --seed 0 --output-dir data/maze-9x9-demo
 	mkdir -p runs/demo
-	$(BIN)/papermill nbs/experiments/train.ipynb runs/demo/train.ipynb -p run_id demo -p data_dir data/maze-9x9-demo -p max_epochs 24 -p hidden_size 32 -p cell_layers 3 -p time_limit 8 -p batch_size 64 -p learning_rate 3e-3 -p weight_decay 0.01 -p lr_warmup_epochs 1 -p lr_schedule cosine -p time_penalty_warmup_steps 400 -p log_every_n_steps 10 -p resume_ckpt auto
+	$(BIN)/papermill --log-output nbs/experiments/train.ipynb runs/demo/train.ipynb -p run_id demo -p data_dir data/maze-9x9-demo -p max_epochs 24 -p hidden_size 32 -p cell_layers 3 -p halt_max_steps 8 -p batch_size 64 -p learning_rate 3e-3 -p weight_decay 0.01 -p lr_warmup_epochs 1 -p lr_schedule cosine -p time_penalty_warmup_steps 400 -p log_every_n_steps 10 -p resume_ckpt auto
 	@echo "demo done: runs/demo/ (train.ipynb, config.json, checkpoints/, metrics.csv, train.log, figures/)"
 
 nbtest: install

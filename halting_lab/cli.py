@@ -45,3 +45,6 @@ def main(argv:list[str]|None=None)->int:
     except HaltingLabError as e:
         print(f'halting-lab {verb}: error: {e}', file=sys.stderr); return 1
     return int(rc or 0)
+
+if __name__ == '__main__': sys.exit(main())   # python -m halting_lab.cli (e.g. under torchrun)
+

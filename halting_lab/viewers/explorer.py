@@ -623,12 +623,20 @@ class HaltingExplorer:
         display(self.ui)
 
 # %% ../../nbs/viewers/halting_explorer.ipynb #04e09d29
+def _shows_halting(run:Path)->bool:
+    "Whether the run's model is one `halting-lab train` trains (the explorer's contract), e.g. not a hybrid LLM run."
+    from halting_lab.registry import trainable_models
+    try: mt = _find_key(load_json(Path(run)/'config.json'), ('model_type',))
+    except HaltingLabError: return False
+    return mt is None or mt in trainable_models()
+
 def pick_run(runs_dir:str|Path|None=None, # where runs live (default `find_runs_dir()`)
              prefer:str='demo',           # run id to take when it can be shown
              split:str='test')->Optional[Path]:
     "The run to show: `prefer` if it has a checkpoint and its dataset's `split` on disk, else the newest such run, else None."
     runs = list_runs(runs_dir if runs_dir is not None else find_runs_dir())
-    ok = [r for r in runs if (dd := run_data_dir(r)) and (Path(dd)/split/'dataset.json').exists()]
+    ok = [r for r in runs if (dd := run_data_dir(r)) and (Path(dd)/split/'dataset.json').exists()
+          and _shows_halting(r)]
     return next((r for r in ok if r.name == prefer), ok[0] if ok else None)
 
 def quick_demo_run(root:str|Path,  # folder that gets `data/maze-7x7-quick/` and `runs/quick_demo/`

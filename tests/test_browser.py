@@ -6,29 +6,13 @@ cells, moves the sample and step sliders and checks that the plotly heatmap data
 map with the sample, replay panels with the step), that the static panels are displayed and that no error output
 appears. A screenshot goes to `test-artifacts/` (git-ignored).
 """
-import json, os, shutil, socket, subprocess, sys, time, secrets, urllib.request
+import shutil
 from pathlib import Path
 import pytest
+from jupyter_lab import ARTIFACTS, CHROME_ARGS, CHROMIUM, browser_missing, jupyter_lab, open_and_run
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = '/usr/bin/chromium'
-ARTIFACTS = ROOT / 'test-artifacts'
-CHROME_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-               '--disable-sync', '--no-first-run']
-
-def _missing():
-    if not Path(CHROMIUM).exists():
-        return f'{CHROMIUM} not found (Debian chromium; `make sysdeps` installs it as root)'
-    for mod in ('playwright', 'jupyterlab', 'anywidget', 'ipywidgets', 'plotly'):
-        try: __import__(mod)
-        except ImportError: return f'python package {mod} not installed (pip install -e ".[dev]")'
-    return None
-
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or '')
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+pytestmark = pytest.mark.skipif(browser_missing('anywidget') is not None, reason=browser_missing('anywidget') or '')
 
 def _make_run(tmp: Path) -> Path:
     "The explorer's quick demo run under tmp/runs, whose examples 0 and 1 have different halting maps (checked here)."
@@ -44,32 +28,8 @@ def lab(tmp_path):
     run = _make_run(tmp_path)
     root = tmp_path / 'lab'; root.mkdir()
     shutil.copy(ROOT / 'nbs' / 'viewers' / 'halting_explorer.ipynb', root / 'halting_explorer.ipynb')
-    # JupyterLab 4 renders only the cells in view (windowing): render them all so outputs are in the DOM
-    st = tmp_path / 'lab-settings' / '@jupyterlab' / 'notebook-extension'; st.mkdir(parents=True)
-    (st / 'tracker.jupyterlab-settings').write_text(json.dumps({'windowingMode': 'none'}))
-    port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, HALTING_LAB_RUNS=str(tmp_path / 'runs'), JUPYTER_CONFIG_DIR=str(tmp_path / 'jcfg'),
-               JUPYTER_RUNTIME_DIR=str(tmp_path / 'jrt'), PYTHONWARNINGS='ignore')
-    log = open(tmp_path / 'lab.log', 'w')
-    proc = subprocess.Popen([sys.executable, '-m', 'jupyter', 'lab', '--no-browser', f'--port={port}', '--ip=127.0.0.1',
-                             f'--ServerApp.token={token}', '--allow-root', f'--ServerApp.root_dir={root}',
-                             '--LabApp.expose_app_in_browser=True', f'--LabApp.user_settings_dir={tmp_path / "lab-settings"}', '--ServerApp.disable_check_xsrf=True',
-                             '--LabApp.news_url=', '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate'],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
-    url = f'http://127.0.0.1:{port}'
-    t0 = time.time()
-    while True:
-        try:
-            urllib.request.urlopen(f'{url}/api/status?token={token}', timeout=2); break
-        except Exception:
-            if proc.poll() is not None or time.time() - t0 > 60:
-                proc.kill(); pytest.fail(f'JupyterLab did not start:\n{(tmp_path / "lab.log").read_text()[-3000:]}')
-            time.sleep(0.3)
-    yield dict(url=url, token=token, run=run, log=tmp_path / 'lab.log')
-    proc.terminate()
-    try: proc.wait(10)
-    except subprocess.TimeoutExpired: proc.kill()
-    log.close()
+    with jupyter_lab(tmp_path, root, start_timeout=60, HALTING_LAB_RUNS=tmp_path / 'runs') as (url, token, log):
+        yield dict(url=url, token=token, run=run, log=log)
 
 Z = "(i) => { const p = document.querySelector('.js-plotly-plot'); return p && p.data && p.data[i] ? JSON.stringify(p.data[i].z) : null; }"
 
@@ -80,17 +40,7 @@ def test_explorer_in_jupyterlab(lab):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS)
         page = browser.new_page(viewport={'width': 1400, 'height': 1100})
-        page.goto(f"{lab['url']}/lab/tree/halting_explorer.ipynb?token={lab['token']}")
-        page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')", timeout=60_000)
-        # the notebook stores no kernelspec (nbdev_clean): accept JupyterLab's "Select Kernel" dialog (Python 3)
-        try: page.locator('.jp-Dialog .jp-mod-accept').click(timeout=15_000)
-        except Exception: pass  # no dialog: kernel chosen already
-        # kernel ready, then run every cell (tests included) exactly as a user would with "Run All"
-        page.wait_for_function("() => { const s = window.jupyterapp.shell.currentWidget; return s && s.sessionContext && "
-                               "s.sessionContext.session && s.sessionContext.session.kernel && "
-                               "s.sessionContext.session.kernel.connectionStatus === 'connected' && s.sessionContext.kernelDisplayStatus === 'idle'; }",
-                               timeout=60_000)
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        open_and_run(page, lab['url'], lab['token'], 'halting_explorer.ipynb', timeout_ms=60_000)
         try: page.wait_for_function(f"() => ({Z})(0) !== null", timeout=120_000)
         except Exception:
             ARTIFACTS.mkdir(exist_ok=True); page.screenshot(path=str(ARTIFACTS / 'halting_explorer_failed.png'), full_page=True)

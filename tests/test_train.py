@@ -459,3 +459,19 @@ def test_accelerator_auto_order(monkeypatch):
         monkeypatch.setattr(torch.backends.mps, 'is_available', lambda m=mps: m)
         assert _accelerator(tc) == want and resolve_device('auto') == dev
     assert _accelerator(TrainConfig(accelerator='cpu')) == 'cpu'
+
+@pytest.mark.timeout(600)
+def test_exact_resume_with_dropout_at_epoch_boundary(maze_dir, tmp_path):
+    "Dropout > 0: a run resumed at an epoch boundary equals the uninterrupted run bit for bit (RNG seeded per epoch)."
+    from halting_lab.train.run import train
+    base = dict(data_dir=str(maze_dir), model_type='universal_transformer', batch_size=16, learning_rate=3e-3,
+                progress_bar=False, log_every_n_steps=1, use_ema=True, ema_decay=0.9, dropout=0.3,
+                **{k: v for k, v in RESUME_FAMILY['universal_transformer'].items()})
+    full = train(**base, default_root_dir=str(tmp_path / 'full'), max_epochs=3)
+    train(**base, default_root_dir=str(tmp_path / 'ep'), max_epochs=2)
+    ep = train(**base, default_root_dir=str(tmp_path / 'ep'), max_epochs=3, resume_ckpt='auto')
+    assert ep['status'] == 'finished' and ep['final'] == full['final']
+    a, b = _sd(tmp_path / 'full' / 'checkpoints' / 'last.ckpt'), _sd(tmp_path / 'ep' / 'checkpoints' / 'last.ckpt')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda p: [{k: v for k, v in r.items() if k != 'epoch_time_s'} for r in csv.DictReader(open(p))]
+    assert strip(tmp_path / 'ep' / 'metrics.csv') == strip(tmp_path / 'full' / 'metrics.csv')

@@ -171,10 +171,12 @@ def validates_at(self:HaltingLitModule, epoch:int)->bool:
     ms = tr.max_steps
     return ms is not None and ms >= 0 and tr.global_step + tr.num_training_batches >= ms
 
+def _epoch_seed(tc:dict, epoch:int)->int: return int(tc['seed']) * 100_003 + int(epoch)
+
 @patch
 def on_train_epoch_start(self:HaltingLitModule):
-    self._acc['train'] = None
-    seed_everything(int(self.tc['seed']) * 100_003 + int(self.current_epoch))
+    self._acc['train'], self._seed_first_batch = None, True
+    seed_everything(_epoch_seed(self.tc, self.current_epoch))
     if int(self.tc.get('eval_interval') or 1) > 1:
         v = self.validates_at(self.current_epoch)
         self.trainer.check_val_every_n_epoch = 1 if v else 10**9   # validates when (e+1) % n == 0
@@ -182,9 +184,16 @@ def on_train_epoch_start(self:HaltingLitModule):
 
 @patch
 def on_train_batch_start(self:HaltingLitModule, batch, batch_idx):
+    "Exact RNG at the epoch's first batch: the saved state after a mid-epoch resume, else the epoch seed."
     if self._pending_rng is not None:   # first batch after a mid-epoch resume
         set_rng_state(self._pending_rng)
         self._pending_rng = None
+    elif getattr(self, '_seed_first_batch', False):
+        # Seeded again here: Lightning creates the epoch's DataLoader iterator (which draws its base
+        # seed from the global RNG) after `on_train_epoch_start` in a fresh epoch but before it in the
+        # first epoch of a resumed run, so dropout would see different streams without this.
+        seed_everything(_epoch_seed(self.tc, self.current_epoch))
+    self._seed_first_batch = False
 
 # %% ../../nbs/train/lightning.ipynb #7b3f0e26
 @patch

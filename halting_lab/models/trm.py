@@ -12,6 +12,7 @@ from ..core import HaltingOutput, HaltingLabError
 from ..halting import (q_halt_decision, q_halt_loss, q_continue_target, seq_correct,
                                  make_criterion, EXIT_DEFAULTS)
 from ..registry import register_model
+from .sparse_emb import SparseEmbedding
 
 # %% auto #0
 __all__ = ['CARRY_KEYS', 'TRMConfig', 'trunc_normal_', 'rms_norm', 'SwiGLU', 'RotaryEmbedding', 'apply_rotary', 'Attention',
@@ -181,7 +182,7 @@ class TRM(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, D); trunc_normal_(self.embed_tokens.weight, 1 / self.embed_scale)
         self.puzzle_emb = None
         if cfg.puzzle_emb_ndim > 0:         # learned per-puzzle embedding (own optimizer; init 0 as reference)
-            self.puzzle_emb = nn.Embedding(cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim); nn.init.zeros_(self.puzzle_emb.weight)
+            self.puzzle_emb = SparseEmbedding(cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim)   # rows of the batch only
         self.rotary = RotaryEmbedding(D // cfg.num_heads, P, cfg.rope_theta) if cfg.pos_encodings == 'rope' and not cfg.mlp_t else None
         self.embed_pos = None
         if cfg.pos_encodings == 'learned':

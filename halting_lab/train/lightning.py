@@ -206,10 +206,15 @@ def optimizer_step(self:HaltingLitModule, *args, **kwargs):
 @patch
 @torch.no_grad()
 def update_ema(self:HaltingLitModule):
-    "ema = d * ema + (1 - d) * weights (buffers copied)."
+    "ema = d * ema + (1 - d) * weights (buffers copied; sparse tables: the updated rows copied)."
     if self.ema_model is None: return
     d = float(self.tc['ema_decay'])
-    for pe, p in zip(self.ema_model.parameters(), self.model.parameters()): pe.lerp_(p.detach(), 1.0 - d)
+    for pe, p in zip(self.ema_model.parameters(), self.model.parameters()):
+        if getattr(p, 'sparse_pending', None) is not None:   # SparseEmbedding: no EMA (as the reference)
+            rows = getattr(p, 'sparse_last_rows', None)
+            if rows is not None: pe[rows] = p.detach()[rows]
+            continue
+        pe.lerp_(p.detach(), 1.0 - d)
     for be, b in zip(self.ema_model.buffers(), self.model.buffers()): be.copy_(b)
 
 # %% ../../nbs/train/lightning.ipynb #9e4b2d73

@@ -475,3 +475,20 @@ def test_exact_resume_with_dropout_at_epoch_boundary(maze_dir, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda p: [{k: v for k, v in r.items() if k != 'epoch_time_s'} for r in csv.DictReader(open(p))]
     assert strip(tmp_path / 'ep' / 'metrics.csv') == strip(tmp_path / 'full' / 'metrics.csv')
+
+def test_atomic_copy_removes_temp_file_on_error(tmp_path, monkeypatch):
+    "A copy that fails mid-way (disk full) leaves neither a temp file nor a changed destination."
+    import errno, shutil
+    from halting_lab.train.lightning import atomic_copy
+    src, dst = tmp_path / 'last.ckpt', tmp_path / 'best.ckpt'
+    src.write_bytes(b'new' * 1000)
+    dst.write_bytes(b'old')
+    def disk_full(a, b):
+        Path(b).write_bytes(b'partial')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(shutil, 'copyfile', disk_full)
+    with pytest.raises(OSError) as e: atomic_copy(src, dst)
+    assert e.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['best.ckpt', 'last.ckpt'] and dst.read_bytes() == b'old'
+    monkeypatch.undo()
+    assert atomic_copy(src, dst).read_bytes() == b'new' * 1000

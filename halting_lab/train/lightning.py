@@ -362,9 +362,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         torch_save_atomic(checkpoint, path)
 
 def atomic_copy(src:str|Path, dst:str|Path):
-    "Copy a file atomically (temp copy in the destination folder, then rename)."
-    dst = Path(dst); tmp = dst.with_name(f'.{dst.name}.tmp{os.getpid()}')
-    shutil.copyfile(src, tmp); os.replace(tmp, dst)
+    "Copy a file atomically (temp copy in the destination folder, then rename; no temp file left on error)."
+    dst = Path(dst)
+    tmp = dst.with_name(f'.{dst.name}.tmp{os.getpid()}')
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:      # disk full, interrupted: `dst` is untouched and the partial copy goes
+        tmp.unlink(missing_ok=True)
+        raise
     return dst
 
 # %% ../../nbs/train/lightning.ipynb #9e951b23

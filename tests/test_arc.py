@@ -308,6 +308,20 @@ def test_train_and_arc_eval_end_to_end(tmp_path, monkeypatch, capsys):
     assert res['tasks'] == 2 and res['halting'] == 'q' and 1 <= res['avg_trm_steps'] <= 2 and res['step_budget'] == 2
     saved = json.loads((ck.parent / 'eval_results.json').read_text())
     assert len(saved['per_task']) == 2 and 0.0 <= saved['pass@2'] <= 1.0
+    # plain `halting-lab eval` on an ARC dataset (test_puzzles.json) hands off to arc-eval: voting, same numbers
+    out = tmp_path / 'plain.json'
+    assert main(['eval', '--ckpt', str(ck), '--data_dir', str(tmp_path / 'd'), '--device', 'cpu', '--halting', 'q',
+                 '--output', str(out)]) == 0
+    plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    drop = lambda d: {k: v for k, v in d.items() if k not in ('output', 'wall_s')}
+    assert drop(plain) == drop(res) and json.loads(out.read_text())['pass@2'] == saved['pass@2']
+    from halting_lab.train.cli import _arc_eval_argv, _eval_parser
+    argv = ['--ckpt', 'c', '--data_dir', 'd', '--limit', '1', '--halt_max_steps', '3', '--no_ema', '--batch_size', '8']
+    assert _arc_eval_argv(_eval_parser().parse_args(argv), argv) == [
+        '--ckpt', 'c', '--data_dir', 'd', '--device', 'auto', '--batch_size', '8', '--num_samples', '1',
+        '--max_steps', '3', '--no_ema']
+    assert main(['eval', '--ckpt', str(ck), '--data_dir', str(tmp_path / 'd'), '--split', 'train']) != 0
+    assert '--split train: an ARC dataset' in capsys.readouterr().err
 
 
 def test_slurm_template_matches_the_recipe():

@@ -195,3 +195,19 @@ def test_joint_notebook_parameters_match_config():
     from dataclasses import fields
     missing = [f.name for f in fields(H.JointModelConfig) if f.name != 'model_type' and f.name not in ns]
     assert not missing
+
+
+def test_joint_step_trains_trm_puzzle_embedding_rows_sparsely(llm):
+    "A TRM with a puzzle table: joint_step moves only the batch's row (sparse sign-SGD), the table has no .grad."
+    torch.manual_seed(0)
+    trm = TRM(TRMConfig(vocab_size=12, seq_len=900, hidden_size=32, num_heads=2, H_cycles=2, L_cycles=1,
+                        halt_max_steps=2, puzzle_emb_ndim=32, puzzle_emb_len=1, num_puzzle_identifiers=4)).eval()
+    model = H.HybridARC(H.JointModelConfig(trm_hidden_size=32, trm_halt_max_steps=2, lr=1e-2, lm_loss_weight=0.0,
+                                           max_new_tokens=24), trm=trm)
+    opt = H.make_optimizer(model)
+    w = model.trm.puzzle_emb.weight
+    assert not any(p is w for g in opt.param_groups for p in g['params'])
+    before = w.detach().clone()
+    H.joint_step(model, H.loo_examples({'flip': _tiny_task()})[:1], {'flip': 2}, opt, {})
+    assert w.grad is None and not w.sparse_pending
+    assert torch.nonzero((w != before).any(-1)).flatten().tolist() == [2]

@@ -459,3 +459,36 @@ def test_accelerator_auto_order(monkeypatch):
         monkeypatch.setattr(torch.backends.mps, 'is_available', lambda m=mps: m)
         assert _accelerator(tc) == want and resolve_device('auto') == dev
     assert _accelerator(TrainConfig(accelerator='cpu')) == 'cpu'
+
+@pytest.mark.timeout(600)
+def test_exact_resume_with_dropout_at_epoch_boundary(maze_dir, tmp_path):
+    "Dropout > 0: a run resumed at an epoch boundary equals the uninterrupted run bit for bit (RNG seeded per epoch)."
+    from halting_lab.train.run import train
+    base = dict(data_dir=str(maze_dir), model_type='universal_transformer', batch_size=16, learning_rate=3e-3,
+                progress_bar=False, log_every_n_steps=1, use_ema=True, ema_decay=0.9, dropout=0.3,
+                **{k: v for k, v in RESUME_FAMILY['universal_transformer'].items()})
+    full = train(**base, default_root_dir=str(tmp_path / 'full'), max_epochs=3)
+    train(**base, default_root_dir=str(tmp_path / 'ep'), max_epochs=2)
+    ep = train(**base, default_root_dir=str(tmp_path / 'ep'), max_epochs=3, resume_ckpt='auto')
+    assert ep['status'] == 'finished' and ep['final'] == full['final']
+    a, b = _sd(tmp_path / 'full' / 'checkpoints' / 'last.ckpt'), _sd(tmp_path / 'ep' / 'checkpoints' / 'last.ckpt')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda p: [{k: v for k, v in r.items() if k != 'epoch_time_s'} for r in csv.DictReader(open(p))]
+    assert strip(tmp_path / 'ep' / 'metrics.csv') == strip(tmp_path / 'full' / 'metrics.csv')
+
+def test_atomic_copy_removes_temp_file_on_error(tmp_path, monkeypatch):
+    "A copy that fails mid-way (disk full) leaves neither a temp file nor a changed destination."
+    import errno, shutil
+    from halting_lab.train.lightning import atomic_copy
+    src, dst = tmp_path / 'last.ckpt', tmp_path / 'best.ckpt'
+    src.write_bytes(b'new' * 1000)
+    dst.write_bytes(b'old')
+    def disk_full(a, b):
+        Path(b).write_bytes(b'partial')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(shutil, 'copyfile', disk_full)
+    with pytest.raises(OSError) as e: atomic_copy(src, dst)
+    assert e.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['best.ckpt', 'last.ckpt'] and dst.read_bytes() == b'old'
+    monkeypatch.undo()
+    assert atomic_copy(src, dst).read_bytes() == b'new' * 1000

@@ -444,3 +444,40 @@ def test_compare_halting_notebook(tmp_path):
     assert all(r['mean_steps'] <= 3 + 1e-6 for r in res['rows'])
     assert all(r['mean_steps'] == k for r in res['rows'] for k in (1, 3) if r['criterion'].endswith(f'fixed {k}'))
     assert 'plotly' in (out / 'pareto.html').read_text()[:200000].lower()
+
+
+
+def test_puzzle_embedding_sparse_update_touches_only_batch_rows():
+    "A TRM training step with puzzle_emb_ndim > 0 changes exactly the batch's rows of the table; it has no .grad."
+    from types import SimpleNamespace
+    from halting_lab.models.sparse_emb import SparseEmbedding
+    from halting_lab.train.trm import TRMLitModule
+    torch.manual_seed(0)
+    m = TRM(_cfg(num_puzzle_identifiers=10)).train()
+    assert isinstance(m.puzzle_emb, SparseEmbedding)
+    with torch.no_grad(): m.puzzle_emb.weight.normal_()
+    tc = dict(learning_rate=1e-3, weight_decay=0.1, puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1)
+    opt = TRMLitModule.make_optimizer(SimpleNamespace(tc=tc, model=m))
+    b = _batch()
+    b['puzzle_identifiers'] = torch.tensor([3, 7, 3, 1, 7, 7])
+    before = m.puzzle_emb.weight.detach().clone()
+    c = m.initial_carry(b)
+    c, out = m.forward_step(c, b)
+    trm_loss(out, c.current_data['labels'])[0].backward()
+    opt.step()
+    w = m.puzzle_emb.weight
+    assert w.grad is None and not w.requires_grad
+    changed = torch.nonzero((w != before).any(-1)).flatten().tolist()
+    assert changed == [1, 3, 7] and sorted(w.sparse_last_rows.tolist()) == [1, 3, 7]
+    # the reference update on those rows: w (1 - lr wd) - lr sign(g), so |w - w0 (1 - lr wd)| = lr
+    torch.testing.assert_close((w - before * (1 - 1e-2 * 0.1))[[1, 3, 7]].abs(),
+                               torch.full((3, w.shape[1]), 1e-2), atol=1e-6, rtol=0)
+    # the EMA model copies the updated rows of the table (no EMA of it, as the reference) and averages the rest
+    from halting_lab.train.lightning import HaltingLitModule
+    ema = TRM(_cfg(num_puzzle_identifiers=10))
+    ema.load_state_dict({**m.state_dict(), 'puzzle_emb.weight': before})
+    HaltingLitModule.update_ema(SimpleNamespace(ema_model=ema, model=m, tc={'ema_decay': 0.9}))
+    assert torch.equal(ema.puzzle_emb.weight, w)
+    sd = m.state_dict(); assert 'puzzle_emb.weight' in sd     # same key as nn.Embedding: old checkpoints load
+    m2 = TRM(_cfg(num_puzzle_identifiers=10)); m2.load_state_dict(sd)
+    assert torch.equal(m2.puzzle_emb.weight, w)

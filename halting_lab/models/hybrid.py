@@ -382,18 +382,6 @@ def canvas_to_grid(tokens)->list:
     return arc.crop(np.asarray(tokens)).astype(np.int64).tolist()
 
 # %% ../../nbs/models/hybrid.ipynb #03433974
-def _inner_full_grad(trm, z_H, z_L, inputs, pid=None):
-    "`TRM.inner` with every cycle under grad (returns z_H, z_L with their graph, logits, q)."
-    cfg = trm.config
-    with trm._autocast(inputs.device):
-        x = trm.input_embeddings(inputs, pid)
-        cs = trm.rotary() if trm.rotary is not None else None
-        z_H, z_L = z_H.to(x.dtype), z_L.to(x.dtype)
-        for _ in range(cfg.H_cycles):
-            for _ in range(cfg.L_cycles): z_L = trm.L_level(z_L, z_H + x, cs)
-            z_H = trm.L_level(z_H, z_L, cs)
-        return z_H, z_L, trm.lm_head(z_H)[:, cfg.prefix_len:], trm.q_head(z_H[:, 0]).float()
-
 def initial_state(trm, B:int, device, z_init:torch.Tensor|None=None)->tuple:
     "(z_H, z_L) [B, P, D]: the TRM's H_init/L_init, plus `z_init` on z_H when given."
     P = trm.config.seq_len + trm.config.prefix_len
@@ -420,7 +408,7 @@ def trm_solve(trm, inputs:torch.Tensor,                 # [B, 900] canvas tokens
     with torch.set_grad_enabled(grad):
         for t in range(S):
             first = grad and t == 0 and z_init is not None and z_init.requires_grad
-            if first: z_H, z_L, lg, q = _inner_full_grad(trm, z_H, z_L, inputs, puzzle_ids)
+            if first: z_H, z_L, lg, q = trm.inner(z_H, z_L, inputs, puzzle_ids, no_grad_cycles=False)
             else: z_H, z_L, lg, q = trm.inner(z_H, z_L, inputs, puzzle_ids)
             step_logits.append(lg)
             qs.append(q[:, 0])

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/models/trm.ipynb #17ba8b75
 from __future__ import annotations
-import math
+import contextlib, math
 from dataclasses import dataclass, field, asdict, fields
 from typing import Any, Optional
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -12,6 +12,7 @@ from ..core import HaltingOutput, HaltingLabError
 from ..halting import (q_halt_decision, q_halt_loss, q_continue_target, seq_correct,
                                  make_criterion, EXIT_DEFAULTS)
 from ..registry import register_model
+from .sparse_emb import SparseEmbedding
 
 # %% auto #0
 __all__ = ['CARRY_KEYS', 'TRMConfig', 'trunc_normal_', 'rms_norm', 'SwiGLU', 'RotaryEmbedding', 'apply_rotary', 'Attention',
@@ -181,7 +182,7 @@ class TRM(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, D); trunc_normal_(self.embed_tokens.weight, 1 / self.embed_scale)
         self.puzzle_emb = None
         if cfg.puzzle_emb_ndim > 0:         # learned per-puzzle embedding (own optimizer; init 0 as reference)
-            self.puzzle_emb = nn.Embedding(cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim); nn.init.zeros_(self.puzzle_emb.weight)
+            self.puzzle_emb = SparseEmbedding(cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim)   # rows of the batch only
         self.rotary = RotaryEmbedding(D // cfg.num_heads, P, cfg.rope_theta) if cfg.pos_encodings == 'rope' and not cfg.mlp_t else None
         self.embed_pos = None
         if cfg.pos_encodings == 'learned':
@@ -217,14 +218,15 @@ def _reset_state(model:TRM, B:int, device)->tuple[torch.Tensor, torch.Tensor]:
     P = model.config.seq_len + model.config.prefix_len
     return (model.H_init.to(device).expand(B, P, -1).clone(), model.L_init.to(device).expand(B, P, -1).clone())
 
-def _inner(self:TRM, z_H, z_L, inputs, puzzle_identifiers=None, return_x:bool=False):
+def _inner(self:TRM, z_H, z_L, inputs, puzzle_identifiers=None, return_x:bool=False,
+           no_grad_cycles:bool=True):  # False: every cycle under grad, (z_H, z_L) keep their graph
     "One supervision step: T cycles (first T-1 under no_grad). Returns detached (z_H, z_L), logits [B,L,V], q [B,2]."
     cfg = self.config
     with self._autocast(inputs.device):
         x = self.input_embeddings(inputs, puzzle_identifiers)                # [B, P, D]
         cs = self.rotary() if self.rotary is not None else None
         z_H, z_L = z_H.to(x.dtype), z_L.to(x.dtype)
-        with torch.no_grad():
+        with torch.no_grad() if no_grad_cycles else contextlib.nullcontext():
             for _ in range(cfg.H_cycles - 1):
                 for _ in range(cfg.L_cycles): z_L = self.L_level(z_L, z_H + x, cs)   # z = f(z, y + x)
                 z_H = self.L_level(z_H, z_L, cs)                                    # y = f(y, z)
@@ -232,6 +234,7 @@ def _inner(self:TRM, z_H, z_L, inputs, puzzle_identifiers=None, return_x:bool=Fa
         z_H = self.L_level(z_H, z_L, cs)
         logits = self.lm_head(z_H)[:, cfg.prefix_len:]                       # [B, L, V]
         q = self.q_head(z_H[:, 0]).float()                                   # [B, 2]
+    if not no_grad_cycles: return z_H, z_L, logits, q                     # full-gradient variant
     return z_H.detach(), z_L.detach(), logits, q
 TRM.inner = _inner
 

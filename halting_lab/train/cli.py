@@ -4,7 +4,7 @@
 
 # %% ../../nbs/train/cli.ipynb #f5b25268
 from __future__ import annotations
-import argparse, json, shlex, sys
+import argparse, json, os, shlex, sys
 from ..core import HaltingLabError
 from .config import build_parser, parse_train_args
 
@@ -87,9 +87,31 @@ def halting_eval_cli(argv:list|None=None)->int:
     return 0
 
 # %% ../../nbs/train/cli.ipynb #9e4b6ca3
+def _arc_eval_argv(a, argv:list)->list:
+    "The `arc-eval` flags equivalent to `eval`'s parsed flags `a` (given as `argv`)."
+    if a.split != 'test':
+        raise HaltingLabError(f'--split {a.split}: an ARC dataset ({a.data_dir}) is evaluated on its '
+                              'test puzzles (test_puzzles.json) with augmentation voting; use --split test')
+    if str(a.threshold) != 'auto':
+        raise HaltingLabError('--threshold: not supported on an ARC dataset (arc-eval uses the '
+                              "rule's default threshold)")
+    out = ['--ckpt', a.ckpt, '--data_dir', a.data_dir, '--device', a.device]
+    if any(x.split('=')[0] == '--batch_size' for x in argv): out += ['--batch_size', str(a.batch_size)]
+    if a.limit is not None: out += ['--num_samples', str(a.limit)]   # first N test tasks
+    if a.halting: out += ['--halting', a.halting]
+    budget = _budget(a)
+    if budget is not None: out += ['--max_steps', str(budget)]
+    if a.no_ema: out.append('--no_ema')
+    if a.output: out += ['--output', a.output]
+    return out
+
 def eval_cli(argv:list|None=None)->int:
     "`halting-lab eval --ckpt ... --data_dir ... [--output results.csv | --halting RULE]`."
     argv = _early_plugins(sys.argv[1:] if argv is None else argv)
+    a, _ = _eval_parser().parse_known_args(argv)
+    if os.path.isfile(os.path.join(a.data_dir, 'test_puzzles.json')):   # ARC: voting over augmentations
+        from halting_lab.tasks.arc import arc_eval_cli
+        return arc_eval_cli(_arc_eval_argv(_eval_parser().parse_args(argv), argv))
     if any(a.split('=')[0] in ('--halting', '--max_steps', '--halt_max_steps', '--threshold')
            for a in argv):
         return halting_eval_cli(argv)

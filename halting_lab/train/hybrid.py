@@ -238,6 +238,10 @@ def joint_step(model:HybridARC, examples:list, puzzle_ids:dict, opt, cache:dict|
     loss.backward()
     if cfg.grad_clip: torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g['params']], cfg.grad_clip)
     opt.step()
+    pe = model.trm.puzzle_emb      # sparse table (no .grad, not in `opt`): sign-SGD on the batch's rows
+    if pe is not None:
+        from halting_lab.models.sparse_emb import sparse_signsgd_step_
+        sparse_signsgd_step_(pe.weight, cfg.lr, cfg.weight_decay)
     return {'loss': loss.item(), 'trm_loss': tl.item(), 'lm_loss': ll.item(), 'trm_steps': len(r['step_logits'])}
 
 # %% ../../nbs/train/hybrid.ipynb #9504ce79

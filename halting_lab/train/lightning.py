@@ -171,10 +171,12 @@ def validates_at(self:HaltingLitModule, epoch:int)->bool:
     ms = tr.max_steps
     return ms is not None and ms >= 0 and tr.global_step + tr.num_training_batches >= ms
 
+def _epoch_seed(tc:dict, epoch:int)->int: return int(tc['seed']) * 100_003 + int(epoch)
+
 @patch
 def on_train_epoch_start(self:HaltingLitModule):
-    self._acc['train'] = None
-    seed_everything(int(self.tc['seed']) * 100_003 + int(self.current_epoch))
+    self._acc['train'], self._seed_first_batch = None, True
+    seed_everything(_epoch_seed(self.tc, self.current_epoch))
     if int(self.tc.get('eval_interval') or 1) > 1:
         v = self.validates_at(self.current_epoch)
         self.trainer.check_val_every_n_epoch = 1 if v else 10**9   # validates when (e+1) % n == 0
@@ -182,9 +184,16 @@ def on_train_epoch_start(self:HaltingLitModule):
 
 @patch
 def on_train_batch_start(self:HaltingLitModule, batch, batch_idx):
+    "Exact RNG at the epoch's first batch: the saved state after a mid-epoch resume, else the epoch seed."
     if self._pending_rng is not None:   # first batch after a mid-epoch resume
         set_rng_state(self._pending_rng)
         self._pending_rng = None
+    elif getattr(self, '_seed_first_batch', False):
+        # Seeded again here: Lightning creates the epoch's DataLoader iterator (which draws its base
+        # seed from the global RNG) after `on_train_epoch_start` in a fresh epoch but before it in the
+        # first epoch of a resumed run, so dropout would see different streams without this.
+        seed_everything(_epoch_seed(self.tc, self.current_epoch))
+    self._seed_first_batch = False
 
 # %% ../../nbs/train/lightning.ipynb #7b3f0e26
 @patch
@@ -197,10 +206,15 @@ def optimizer_step(self:HaltingLitModule, *args, **kwargs):
 @patch
 @torch.no_grad()
 def update_ema(self:HaltingLitModule):
-    "ema = d * ema + (1 - d) * weights (buffers copied)."
+    "ema = d * ema + (1 - d) * weights (buffers copied; sparse tables: the updated rows copied)."
     if self.ema_model is None: return
     d = float(self.tc['ema_decay'])
-    for pe, p in zip(self.ema_model.parameters(), self.model.parameters()): pe.lerp_(p.detach(), 1.0 - d)
+    for pe, p in zip(self.ema_model.parameters(), self.model.parameters()):
+        if getattr(p, 'sparse_pending', None) is not None:   # SparseEmbedding: no EMA (as the reference)
+            rows = getattr(p, 'sparse_last_rows', None)
+            if rows is not None: pe[rows] = p.detach()[rows]
+            continue
+        pe.lerp_(p.detach(), 1.0 - d)
     for be, b in zip(self.ema_model.buffers(), self.model.buffers()): be.copy_(b)
 
 # %% ../../nbs/train/lightning.ipynb #9e4b2d73
@@ -348,9 +362,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         torch_save_atomic(checkpoint, path)
 
 def atomic_copy(src:str|Path, dst:str|Path):
-    "Copy a file atomically (temp copy in the destination folder, then rename)."
-    dst = Path(dst); tmp = dst.with_name(f'.{dst.name}.tmp{os.getpid()}')
-    shutil.copyfile(src, tmp); os.replace(tmp, dst)
+    "Copy a file atomically (temp copy in the destination folder, then rename; no temp file left on error)."
+    dst = Path(dst)
+    tmp = dst.with_name(f'.{dst.name}.tmp{os.getpid()}')
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:      # disk full, interrupted: `dst` is untouched and the partial copy goes
+        tmp.unlink(missing_ok=True)
+        raise
     return dst
 
 # %% ../../nbs/train/lightning.ipynb #9e951b23

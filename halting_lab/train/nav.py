@@ -103,17 +103,8 @@ def _preempted(trainer)->bool:
 
 @patch
 def on_train_epoch_start(self:NavLitModule):
-    super(NavLitModule, self).on_train_epoch_start()
-    self._t0, self._seed_first_batch = time.time(), True
-
-@patch
-def on_train_batch_start(self:NavLitModule, batch, batch_idx):
-    "Seed the epoch's RNG at its first batch (after the DataLoader drew its seed; see below)."
-    if self._pending_rng is None and getattr(self, '_seed_first_batch', False):
-        from halting_lab.core import seed_everything
-        seed_everything(int(self.tc['seed']) * 100_003 + int(self.current_epoch))
-    self._seed_first_batch = False
-    super(NavLitModule, self).on_train_batch_start(batch, batch_idx)
+    super(NavLitModule, self).on_train_epoch_start()   # also re-seeds the RNG at the epoch's first batch
+    self._t0 = time.time()
 
 @patch
 def on_validation_epoch_end(self:NavLitModule):

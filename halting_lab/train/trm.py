@@ -12,6 +12,7 @@ from fastcore.basics import patch
 from ..core import HaltingLabError, HaltingOutput, RunDir, torch_save_atomic
 from ..registry import register_model
 from ..models.trm import TRM, TRMConfig, TRMCarry, CARRY_KEYS, trm_loss
+from ..models.sparse_emb import sparse_signsgd_step_
 from .lightning import HaltingLitModule, batch_stats, adam_atan2_class
 from .config import OPTIMIZERS
 
@@ -45,6 +46,9 @@ class TRMOptimizer(torch.optim.Optimizer):
         for g in self.param_groups:
             if g['kind'] == 'adam_atan2': continue
             for p in g['params']:
+                if g['kind'] == 'signsgd' and getattr(p, 'sparse_pending', None) is not None:
+                    sparse_signsgd_step_(p, g['lr'], g['weight_decay'])   # sparse table: no .grad
+                    continue
                 if p.grad is not None: self._update(p, g)
         return loss
 

@@ -94,6 +94,8 @@ def notebook_parameters(notebook:str|Path)->dict[str, str]:
                     if isinstance(n, ast.Name): out[n.id] = ast.get_source_segment(src, node.value) if node.value is not None else ''
     except SyntaxError:  # magics etc.: fall back to a line scan
         for m in re.finditer(r'^([A-Za-z_]\w*)\s*(?::[^=\n]*)?=(?!=)\s*(.*)$', src, re.M): out[m.group(1)] = m.group(2)
+    for m in re.finditer(r'^# also accepted[^:]*:(.*)$', src, re.M):   # aliases the notebook maps itself
+        for name in re.findall(r'[A-Za-z_]\w*', m.group(1)): out.setdefault(name, '')
     return out
 
 def check_parameters(notebook:str|Path, params:dict)->dict[str, str]:

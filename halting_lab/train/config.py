@@ -387,6 +387,8 @@ def parameters_cell_source(notebook_only:dict|None=None)->str:
             lines.append(f'{n} = {defaults[n]!r}' + ("   # None: the family's default" if shared else ''))
     if notebook_only: lines.append('# this notebook only')
     for n, (v, comment) in (notebook_only or {}).items(): lines.append(f'{n} = {v!r}   # {comment}')
+    aliases = sorted(flag_aliases())
+    if aliases: lines.append(f'# also accepted (the seeds\' names): {", ".join(aliases)}')
     return '\n'.join(lines)
 
 # %% ../../nbs/train/config.ipynb #0d9b4e3a

@@ -327,7 +327,11 @@ def test_notebook_parameters_are_the_cli_flags():
     nb = json.loads((ROOT / 'nbs/experiments/train.ipynb').read_text())
     cell = [c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', [])]
     assert len(cell) == 1
-    assert ''.join(cell[0]['source']).strip() == parameters_cell_source({'num_show': (6, 'mazes in the figure grid')}).strip()
+    # a fresh process: this session's registry also holds the test plugin's model (tests/test_plugin.py)
+    code = ("from halting_lab.train.config import parameters_cell_source; "
+            "print(parameters_cell_source({'num_show': (6, 'mazes in the figure grid')}))")
+    fresh = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    assert ''.join(cell[0]['source']).strip() == fresh.strip()
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize('params,flag', [({'hiden_size': 32}, 'hiden_size'), ({'ut_heads': 2}, '--ut_heads')])

@@ -227,8 +227,8 @@ def read_nav_checkpoint(path:str|Path, map_location='cpu',
         except Exception as e: raise not_ckpt(e) from None
     if not trusted:
         glob = next((l.strip() for l in str(err).splitlines() if 'Unsupported global' in l), '')
-        raise HaltingLabError(f'{path}: not a halting_lab checkpoint readable with weights_only=True ({glob[:160]}); '
-                              'pass trusted=True only if you made this file yourself (a full unpickle can run code)')
+        raise HaltingLabError(f'{path}: not a halting_lab checkpoint: it needs more than tensors, plain types '
+                              f'and numpy arrays to load ({glob[:160]})')
     return torch.load(path, map_location=map_location, weights_only=False)
 
 def load_nav_checkpoint(path:str|Path, device:str='cpu', trusted:bool=False):

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/train/nav.ipynb #650fd6db
 from __future__ import annotations
-import argparse, contextlib, io, json, math, os, pickle, shlex, sys, time
+import argparse, contextlib, io, json, math, os, shlex, sys, time
 from pathlib import Path
 from typing import Optional
 # OpenMP threads that sleep instead of spinning while they wait (read when torch starts, so before it is
@@ -201,35 +201,11 @@ def seed_checkpoint(self:NavExport, trainer, m, epoch:int)->dict:
     return ck
 
 # %% ../../nbs/train/nav.ipynb #14eccda4
-def _numpy_globals()->list:
-    "numpy's array reconstruction (the one list, in train.checkpoint)."
-    from halting_lab.train.checkpoint import numpy_safe_globals
-    return numpy_safe_globals()
-
-def _safe_load(path:Path, map_location, extra_globals:tuple=()):
-    "torch.load with weights_only=True (plus `extra_globals` allowed)."
-    with torch.serialization.safe_globals(list(extra_globals)):
-        return torch.load(path, map_location=map_location, weights_only=True)
-
 def read_nav_checkpoint(path:str|Path, map_location='cpu',
                         trusted:bool=False)->dict: # RISK: True unpickles what the safe load refuses, running its code
-    "A nav checkpoint dict (this trainer's or the previous one's), read with `weights_only=True`."
-    path = Path(path)
-    if not path.exists(): raise HaltingLabError(f'{path}: checkpoint not found')
-    def not_ckpt(e):
-        last = (str(e).strip().splitlines() or [''])[-1][:120]
-        return HaltingLabError(f'{path}: not a halting_lab checkpoint ({type(e).__name__}: {last})')
-    for extra in ((), tuple(_numpy_globals())):   # old files: the numpy RNG state
-        try: return _safe_load(path, map_location, extra)
-        except pickle.UnpicklingError as e:
-            if 'Unsupported global' not in str(e): raise not_ckpt(e) from None
-            err = e
-        except Exception as e: raise not_ckpt(e) from None
-    if not trusted:
-        glob = next((l.strip() for l in str(err).splitlines() if 'Unsupported global' in l), '')
-        raise HaltingLabError(f'{path}: not a halting_lab checkpoint: it needs more than tensors, plain types '
-                              f'and numpy arrays to load ({glob[:160]})')
-    return torch.load(path, map_location=map_location, weights_only=False)
+    "A nav checkpoint dict (this trainer's or the previous one's): the one safe reader, `read_checkpoint`."
+    from halting_lab.train.checkpoint import read_checkpoint   # weights_only=True, numpy arrays allowed
+    return read_checkpoint(path, map_location, trusted)
 
 def load_nav_checkpoint(path:str|Path, device:str='cpu', trusted:bool=False):
     "Rebuild the model from a `best.pt` / `checkpoint_epoch_N.pt`: `(model in eval mode, checkpoint dict)`."

@@ -20,7 +20,8 @@ SHOWCASES = {   # papermill parameters of each page (everything else: the notebo
                  hidden_size=64, learning_rate=0.003, ut_hidden_size=64, ut_learning_rate=0.003, ut_warmup_epochs=0.8,
                  ut_inner_layers=2, ut_halt_bias_init=-3.0, ut_epochs=10),
     'sudoku': dict(task='sudoku', num_train=4000, num_test=300, min_givens=45, max_givens=55, budget=6, max_epochs=9,
-                   batch_size=64, hidden_size=64, learning_rate=0.001, ut_hidden_size=64, ut_learning_rate=0.003,
+                   batch_size=64, hidden_size=64, learning_rate=0.003, rnn_mixing='mixer', ut_hidden_size=64,
+                   ut_learning_rate=0.003,
                    ut_warmup_epochs=0.8, ut_inner_layers=2, ut_halt_bias_init=-3.0),
 }
 

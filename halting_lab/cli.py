@@ -14,18 +14,23 @@ __all__ = ['verbs', 'usage', 'main']
 # %% ../nbs/cli.ipynb #6ef955e1
 def verbs()->dict:
     "{verb: one-line help} of the built-in verbs and those registered by loaded plugins."
-    out = {v: h for v, (_, h) in registry.BUILTIN_COMMANDS.items() if registry.builtin_command_available(v)}
-    out.update({v: s.help for v, s in registry._REGISTRY['command'].items() if not v.startswith('_')})
+    out = {v: h for v, (_, h) in registry.BUILTIN_COMMANDS.items()
+           if registry.builtin_command_available(v)}
+    out.update({v: s.help for v, s in registry._REGISTRY['command'].items()
+                if not v.startswith('_')})
     return out
 
 def usage()->str:
     "The top-level help text."
-    vs = verbs(); w = max(map(len, vs))
-    lines = ["usage: halting-lab [--plugin MODULE ...] <verb> [args...]   (halting-lab <verb> --help for a verb's flags)",
+    vs = verbs()
+    w = max(map(len, vs))
+    lines = ["usage: halting-lab [--plugin MODULE ...] <verb> [args...]"
+             "   (halting-lab <verb> --help for a verb's flags)",
              '', 'verbs:']
     lines += [f'  {v:<{w}}  {h}' for v, h in vs.items()]
     return '\n'.join(lines)
 
+# %% ../nbs/cli.ipynb #2ccdf5d6
 def main(argv:list[str]|None=None)->int:
     "Entry point of `halting-lab`: load `--plugin`s, dispatch to the verb; bad-input errors without a traceback."
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -33,17 +38,21 @@ def main(argv:list[str]|None=None)->int:
         plugins, argv = registry.split_plugin_args(argv)
         registry.load_plugins(plugins, builtins=False)
     except HaltingLabError as e:
-        print(f'halting-lab: error: {e}', file=sys.stderr); return 1
+        print(f'halting-lab: error: {e}', file=sys.stderr)
+        return 1
     if not argv or argv[0] in ('-h', '--help', 'help'):
-        print(usage()); return 0
+        print(usage())
+        return 0
     verb, rest = argv[0], argv[1:]
     try: command = registry.find_command(verb)
     except HaltingLabError:
-        print(f'halting-lab: unknown verb {verb!r}\n\n{usage()}', file=sys.stderr); return 2
+        print(f'halting-lab: unknown verb {verb!r}\n\n{usage()}', file=sys.stderr)
+        return 2
     try:
         rc = command(rest)
     except HaltingLabError as e:
-        print(f'halting-lab {verb}: error: {e}', file=sys.stderr); return 1
+        print(f'halting-lab {verb}: error: {e}', file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 # %% ../nbs/cli.ipynb #c1a0e5f2

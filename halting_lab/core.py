@@ -140,7 +140,8 @@ def atomic_dir(final:str|Path, # directory to create (replaced if it exists)
 # %% ../nbs/00_core.ipynb #25644068
 def seed_everything(seed:int, deterministic:bool=False):
     "Seed Python, numpy and torch (all devices); optionally ask torch for deterministic kernels."
-    random.seed(seed); np.random.seed(seed % 2**32)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
     os.environ['PYTHONHASHSEED'] = str(seed)
     try:
         import torch
@@ -213,8 +214,11 @@ class RunDir:
     @classmethod
     def create(cls, run_id:Optional[str]=None, root:str|Path|None=None, path:str|Path|None=None)->'RunDir':
         "Make (or reopen) `root/run_id` (or an explicit `path`) with its `checkpoints/` and `figures/`."
-        p = Path(path) if path is not None else Path(root if root is not None else runs_root())/(run_id or new_run_id())
-        rd = cls(p); rd.checkpoints.mkdir(parents=True, exist_ok=True); rd.figures.mkdir(parents=True, exist_ok=True)
+        p = (Path(path) if path is not None
+             else Path(root if root is not None else runs_root())/(run_id or new_run_id()))
+        rd = cls(p)
+        rd.checkpoints.mkdir(parents=True, exist_ok=True)
+        rd.figures.mkdir(parents=True, exist_ok=True)
         return rd
 
 # %% ../nbs/00_core.ipynb #fda55114

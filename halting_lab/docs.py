@@ -4,7 +4,8 @@
 
 # %% ../nbs/docs.ipynb #00a44940
 from __future__ import annotations
-import argparse, concurrent.futures as cf, contextlib, io as _io, json, warnings, multiprocessing, os, re, shutil, subprocess, sys, tempfile, time
+import argparse, concurrent.futures as cf, contextlib, io as _io, json, warnings, multiprocessing, os, re, shutil
+import subprocess, sys, tempfile, time
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +23,8 @@ def project_root(start:str|Path|None=None)->Path:
 
 def find_notebooks(nbs:str|Path, exclude_dirs=('experiments', 'showcase'))->list:
     "Notebooks of `nbs` to document, relative paths, sorted (index first)."
-    nbs = Path(nbs); out = []
+    nbs = Path(nbs)
+    out = []
     for p in sorted(nbs.rglob('*.ipynb')):
         rel = p.relative_to(nbs)
         if any(part.startswith(('_', '.')) for part in rel.parts): continue
@@ -33,7 +35,8 @@ def find_notebooks(nbs:str|Path, exclude_dirs=('experiments', 'showcase'))->list
 def find_showcase(nbs:str|Path)->list:
     "Executed notebooks kept with their outputs in `nbs/showcase/` (relative paths, sorted)."
     d = Path(nbs)/'showcase'
-    return sorted(p.relative_to(nbs) for p in d.glob('*.ipynb') if not p.name.startswith(('_', '.'))) if d.is_dir() else []
+    if not d.is_dir(): return []
+    return sorted(p.relative_to(nbs) for p in d.glob('*.ipynb') if not p.name.startswith(('_', '.')))
 
 def page_path(rel:str|Path)->Path:
     "Site path of a notebook, as nbdev names it: `00_core.ipynb` -> `core.ipynb` (rendered `core.html`)."
@@ -44,7 +47,22 @@ def find_run_notebooks(runs:str|Path)->list:
     "Executed notebooks directly inside run directories: `runs/<run_id>/*.ipynb`."
     runs = Path(runs)
     if not runs.is_dir(): return []
-    return sorted(p for p in runs.glob('*/*.ipynb') if not p.name.startswith(('.', '_')) and '.ipynb_checkpoints' not in p.parts)
+    return sorted(p for p in runs.glob('*/*.ipynb')
+                  if not p.name.startswith(('.', '_')) and '.ipynb_checkpoints' not in p.parts)
+
+# %% ../nbs/docs.ipynb #9af10eb7
+def _nav_title(rel:Path)->str:
+    "Fallback page title: the dotted path of the page, `guides/extending.ipynb` -> `guides.extending`."
+    return '.'.join(Path(rel).with_suffix('').parts)
+
+def _notebook_title(path:str|Path)->Optional[str]:
+    "The notebook's title: its first markdown cell's first line without `# ` (None if it has none)."
+    try: cells = json.loads(Path(path).read_text(encoding='utf-8')).get('cells', [])
+    except (OSError, ValueError): return None
+    md = next((c for c in cells if c.get('cell_type') == 'markdown'), None)
+    src = ''.join(md['source']) if md and isinstance(md.get('source'), list) else (md or {}).get('source', '')
+    first = src.splitlines()[0] if src.strip() else ''
+    return first[2:].strip() if first.startswith('# ') else None
 
 # %% ../nbs/docs.ipynb #b53bdf8b
 _re_dir = re.compile(r'^\s*#\|\s*(.*?)\s*$')
@@ -54,8 +72,10 @@ def _directives(src:str)->tuple:
     "Leading `#| key: value` lines -> (dict, remaining source)."
     d, lines = {}, src.splitlines()
     while lines and _re_dir.match(lines[0]):
-        body = _re_dir.match(lines[0]).group(1); k, _, v = body.partition(':') if ':' in body else (body.split(' ')[0], '', ' '.join(body.split(' ')[1:]))
-        d[k.strip()] = v.strip(); lines = lines[1:]
+        body = _re_dir.match(lines[0]).group(1)
+        k, _, v = body.partition(':') if ':' in body else (body.split(' ')[0], '', ' '.join(body.split(' ')[1:]))
+        d[k.strip()] = v.strip()
+        lines = lines[1:]
     return d, '\n'.join(lines)
 
 def relink(text:str, doc_base:str, depth:int)->str:
@@ -64,16 +84,39 @@ def relink(text:str, doc_base:str, depth:int)->str:
     if not doc_base: return text
     return text.replace(doc_base.rstrip('/') + '/', '../' * depth or './')
 
+# %% ../nbs/docs.ipynb #4dea14cf
 def _md_output(cell)->Optional[str]:
     outs = cell.get('outputs') or []
     if not outs: return None
-    md = [''.join(o['data']['text/markdown']) if isinstance(o['data']['text/markdown'], list) else o['data']['text/markdown']
+    md = [''.join(o['data']['text/markdown']) if isinstance(o['data']['text/markdown'], list)
+          else o['data']['text/markdown']
           for o in outs if 'data' in o and 'text/markdown' in o['data']]
     return '\n\n'.join(md) if len(md) == len(outs) else None
 
 WIDGET_NOTE = ('<p style="color:#666"><i>Interactive widget (needs a live kernel): open this notebook in JupyterLab. '
                'The static figures below/above show the same panels.</i></p>')
 
+def _frontmatter_md(src:str)->str:
+    "nbdev's YAML frontmatter cell as the markdown title + description it came from."
+    import yaml
+    fm = yaml.safe_load(src.strip().strip('-')) or {}
+    return f"# {fm.get('title', '')}\n" + (f"\n> {fm['description']}\n" if fm.get('description') else '')
+
+def _finish_outputs(c, doc_base:str, depth:int)->list:
+    "A code cell's outputs with widgets replaced by `WIDGET_NOTE` and markdown links made relative."
+    outs = []
+    for o in c.get('outputs') or []:
+        data = o.get('data') or {}
+        if 'application/vnd.jupyter.widget-view+json' in data:
+            outs.append(dict(output_type='display_data', metadata={}, data={'text/html': WIDGET_NOTE}))
+            continue
+        if 'text/markdown' in data:
+            md = data['text/markdown']
+            data['text/markdown'] = relink(''.join(md) if isinstance(md, list) else md, doc_base, depth)
+        outs.append(o)
+    return outs
+
+# %% ../nbs/docs.ipynb #7faf41a6
 def finish_notebook(nb, doc_base:str='', depth:int=0, extra_md:Optional[str]=None):
     "Translate what quarto would interpret in an nbdev-processed notebook into plain notebook content, in place."
     from execnb.nbio import mk_cell
@@ -82,36 +125,35 @@ def finish_notebook(nb, doc_base:str='', depth:int=0, extra_md:Optional[str]=Non
         if c.get('source') is None: continue
         src = c.source if isinstance(c.source, str) else ''.join(c.source)
         if c.cell_type == 'raw' and src.lstrip().startswith('---'):  # frontmatter -> title + description
-            import yaml
-            fm = yaml.safe_load(src.strip().strip('-')) or {}
-            md = f"# {fm.get('title', '')}\n" + (f"\n> {fm['description']}\n" if fm.get('description') else '')
-            cells.append(mk_cell(md, 'markdown')); continue
+            cells.append(mk_cell(_frontmatter_md(src), 'markdown'))
+            continue
         if c.cell_type == 'markdown':
             if src.startswith('<!-- WARNING: THIS FILE WAS AUTOGENERATED'): continue
-            c.source = relink(src, doc_base, depth); cells.append(c); continue
-        if c.cell_type != 'code': cells.append(c); continue
+            c.source = relink(src, doc_base, depth)
+            cells.append(c)
+            continue
+        if c.cell_type != 'code':
+            cells.append(c)
+            continue
         d, body = _directives(src)
         if d.get('include', '').lower() == 'false' or 'hide' in d: continue
         if d.get('output', '').lower() == 'false': c['outputs'] = []
         md = _md_output(c) if d.get('echo', '').lower() == 'false' else None
         if md is not None:  # show_doc and other `output: asis` cells -> markdown
-            cells.append(mk_cell(relink(md, doc_base, depth), 'markdown')); continue
+            cells.append(mk_cell(relink(md, doc_base, depth), 'markdown'))
+            continue
         c.source = body
-        if d.get('echo', '').lower() == 'false': c.setdefault('metadata', {}).setdefault('tags', []).append('remove_input')
-        outs = []
-        for o in c.get('outputs') or []:
-            data = o.get('data') or {}
-            if 'application/vnd.jupyter.widget-view+json' in data:
-                outs.append(dict(output_type='display_data', metadata={}, data={'text/html': WIDGET_NOTE})); continue
-            if 'text/markdown' in data:
-                data['text/markdown'] = relink(''.join(data['text/markdown']) if isinstance(data['text/markdown'], list) else data['text/markdown'], doc_base, depth)
-            outs.append(o)
+        if d.get('echo', '').lower() == 'false':
+            c.setdefault('metadata', {}).setdefault('tags', []).append('remove_input')
+        outs = _finish_outputs(c, doc_base, depth)
         if 'outputs' in c: c['outputs'] = outs
         if not body.strip() and not outs: continue
         cells.append(c)
     if extra_md: cells.append(mk_cell(extra_md, 'markdown'))
     nb.cells = cells
-    md = dict(nb.get('metadata', {})); md.pop('widgets', None); md.pop('papermill', None)
+    md = dict(nb.get('metadata', {}))
+    md.pop('widgets', None)
+    md.pop('papermill', None)
     nb['metadata'] = md
     return nb
 
@@ -120,7 +162,8 @@ def _exec_notebook(nb, path:Path, skip_flags)->Optional[str]:
     "Execute `nb` in its folder with nbdev_test's cell filters; return an error summary or None."
     from execnb.shell import CaptureShell
     from fastcore.xtras import working_directory
-    os.environ.setdefault('IN_TEST', '1'); os.environ.setdefault('MPLBACKEND', 'Agg')
+    os.environ.setdefault('IN_TEST', '1')
+    os.environ.setdefault('MPLBACKEND', 'Agg')
     flags = set(skip_flags)
     def _no_eval(cell):
         if cell.cell_type != 'code': return True
@@ -132,6 +175,22 @@ def _exec_notebook(nb, path:Path, skip_flags)->Optional[str]:
         k.run_all(nb, exc_stop=False, preproc=_no_eval)
     return None if k.exc is None else f'{type(k.exc).__name__}: {k.exc}'
 
+def _execute_fresh(src:Path, cfg)->tuple:
+    "Execute notebook `src` like nbdev_test: `(a fresh read of it carrying the outputs, error summary or None)`."
+    from execnb.nbio import read_nb
+    from nbdev.process import NBProcessor
+    from nbdev.frontmatter import FrontmatterProc
+    pre = NBProcessor(nb=read_nb(src), procs=FrontmatterProc, process=True).nb  # directives_ parsed like nbdev_test
+    err = _exec_notebook(pre, src, cfg.get('tst_flags', '').split())
+    # back to a fresh read with the outputs, so FilterDefaults sees the original title cell
+    outs = [c.get('outputs') for c in pre.cells if c.cell_type == 'code']
+    nb = read_nb(src)
+    it = iter(outs)
+    for c in nb.cells:
+        if c.cell_type == 'code': c['outputs'] = next(it, None) or []
+    return nb, err
+
+# %% ../nbs/docs.ipynb #170e2a4f
 def process_notebook(src:str|Path,            # notebook in nbs/
                      dst:str|Path,            # processed notebook to write
                      execute:bool=False,      # run it first (outputs on the page)
@@ -141,30 +200,27 @@ def process_notebook(src:str|Path,            # notebook in nbs/
     "nbdev-process (optionally execute) one notebook into `dst`; returns what happened."
     from execnb.nbio import read_nb, write_nb
     from nbdev.config import get_config
-    t0 = time.time(); src, dst = Path(src), Path(dst); err = None
-    nb = read_nb(src); cfg = get_config()
+    t0 = time.time()
+    src, dst = Path(src), Path(dst)
+    err = None
+    nb = read_nb(src)
+    cfg = get_config()
     if kind == 'module':
         from nbdev.processors import FilterDefaults
-        from nbdev.process import NBProcessor
-        from nbdev.frontmatter import FrontmatterProc
-        if execute:
-            pre = NBProcessor(nb=nb, procs=FrontmatterProc, process=True).nb  # directives_ parsed like nbdev_test
-            err = _exec_notebook(pre, src, cfg.get('tst_flags', '').split())
-            # back to a fresh read with the outputs, so FilterDefaults sees the original title cell
-            outs = [c.get('outputs') for c in pre.cells if c.cell_type == 'code']
-            nb = read_nb(src); it = iter(outs)
-            for c in nb.cells:
-                if c.cell_type == 'code': c['outputs'] = next(it, None) or []
+        if execute: nb, err = _execute_fresh(src, cfg)
         try:
             with _quiet(): FilterDefaults().nb_proc(nb).process()
         except Exception as e: err = (err + '; ' if err else '') + f'show_doc: {type(e).__name__}: {e}'
     base = cfg.get('doc_host', '').rstrip('/') + cfg.get('doc_baseurl', '')
     if err: extra_md = (extra_md or '') + f'\n\n!!! warning "Built with errors"\n    {err[:500]}'
     finish_notebook(nb, base, depth, extra_md)
-    dst.parent.mkdir(parents=True, exist_ok=True); write_nb(nb, dst)
-    title = next((c.source[2:].splitlines()[0] for c in nb.cells if c.cell_type == 'markdown' and c.source.startswith('# ')), src.stem)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    write_nb(nb, dst)
+    title = next((c.source[2:].splitlines()[0] for c in nb.cells
+                  if c.cell_type == 'markdown' and c.source.startswith('# ')), src.stem)
     return dict(src=str(src), dst=str(dst), title=title, error=err, seconds=round(time.time() - t0, 1))
 
+# %% ../nbs/docs.ipynb #4c11e6ff
 @contextlib.contextmanager
 def _quiet():
     "nbdev prints FAQ warnings about cells mixing imports and code: not useful in a build log."
@@ -176,22 +232,84 @@ def _worker(args):
     src, dst, execute, depth, kind, extra, root = args
     os.chdir(root)
     try: return process_notebook(src, dst, execute, depth, kind, extra)
-    except Exception as e: return dict(src=str(src), dst=str(dst), title=Path(src).stem, error=f'{type(e).__name__}: {e}', failed=True)
+    except Exception as e:
+        return dict(src=str(src), dst=str(dst), title=Path(src).stem, error=f'{type(e).__name__}: {e}', failed=True)
 
 # %% ../nbs/docs.ipynb #712860ca
-def _nav_title(rel:Path)->str: return rel.stem.replace('_', ' ')
-
-def mkdocs_config(docs_dir:Path, site_dir:Path, nav:list, title:str, description:str='', cache_dir:Optional[Path]=None)->dict:
+def mkdocs_config(docs_dir:Path, site_dir:Path, nav:list, title:str, description:str='',
+                  cache_dir:Optional[Path]=None)->dict:
     "The generated `mkdocs.yml` (as a dict): material theme without web fonts, mkdocs-jupyter rendering stored outputs."
     return {'site_name': title, 'site_description': description, 'docs_dir': str(docs_dir), 'site_dir': str(site_dir),
             'use_directory_urls': False,  # plain foo.html pages: the site also works from file://
-            'theme': {'name': 'material', 'font': False, 'features': ['navigation.sections', 'navigation.top', 'search.highlight']},
+            'theme': {'name': 'material', 'font': False,
+                      'features': ['navigation.sections', 'navigation.top', 'search.highlight']},
             'markdown_extensions': ['admonition', 'tables', 'toc', 'pymdownx.highlight', 'pymdownx.superfences'],
-            'plugins': ['search', {'mkdocs-jupyter': {'include': ['*.ipynb'], 'execute': False, 'include_requirejs': False,
-                        'ignore_h1_titles': True, 'remove_tag_config': {'remove_input_tags': ['remove_input']},
+            'plugins': ['search', {'mkdocs-jupyter': {
+                        'include': ['*.ipynb'], 'execute': False, 'include_requirejs': False, 'ignore_h1_titles': True,
+                        'remove_tag_config': {'remove_input_tags': ['remove_input']},
                         'cache_dir': str(cache_dir or docs_dir.parent/'.cache')}}],
             'nav': nav}
 
+# %% ../nbs/docs.ipynb #360da364
+def _index_listing(nbs:Path, pages:list, shows:list, run_nbs:list)->str:
+    "The markdown list of pages appended to the index page: the showcase, the pages, the executed runs."
+    def item(src:Path, p:Path)->str:
+        return f'- [{_notebook_title(src) or _nav_title(p)}]({p.with_suffix(".html").as_posix()})'
+    listing = ['\n## Pages\n'] + [item(s, p) for s, p in pages[1:]]
+    if shows: listing = ['\n## Showcase\n'] + [item(nbs/s, s) for s in shows] + listing
+    if run_nbs:
+        listing += ['\n### Executed runs\n'] + [f'- [{r.parent.name}/{r.stem}](runs/{r.parent.name}/{r.stem}.html)'
+                                                 for r in run_nbs]
+    return '\n'.join(listing)
+
+def _site_nav(results:list, docs:Path, pages:list, shows:list, run_nbs:list)->list:
+    "mkdocs `nav`: Home, the showcase, top-level modules, one section per folder, then the runs."
+    by = {Path(r['dst']).relative_to(docs): r for r in results}
+    def entry(p:Path)->dict: return {by[p]['title'] if p in by else _nav_title(p): p.as_posix()}
+    nav, sections = [{'Home': 'index.ipynb'}], {}
+    if shows: nav.append({'showcase': [entry(s) for s in shows]})
+    for _, p in pages[1:]:
+        if len(p.parts) == 1: nav.append(entry(p))
+        else: sections.setdefault(p.parts[0], []).append(entry(p))
+    nav += [{k: v} for k, v in sections.items()]
+    if run_nbs: nav.append({'runs': [{f'{r.parent.name}/{r.stem}': f'runs/{r.parent.name}/{r.name}'} for r in run_nbs]})
+    return nav
+
+# %% ../nbs/docs.ipynb #fcbaf84c
+def _page_jobs(nbs:Path, docs:Path, root:Path, pages:list, shows:list, run_nbs:list, rx)->list:
+    "The `_worker` arguments of every page: module notebooks, showcase and executed runs."
+    listing = _index_listing(nbs, pages, shows, run_nbs)
+    jobs = [(str(s), str(docs/p), bool(rx and rx.search(str(s.relative_to(nbs)))), len(p.parts) - 1, 'module',
+             listing if p == Path('index.ipynb') else None, str(root)) for s, p in pages]
+    jobs += [(str(nbs/s), str(docs/s), False, len(s.parts) - 1, 'run', None, str(root)) for s in shows]
+    jobs += [(str(r), str(docs/'runs'/r.parent.name/r.name), False, 2, 'run', None, str(root)) for r in run_nbs]
+    return jobs
+
+def _log_pages(results:list, docs:Path, verbose:bool):
+    "One log line per page: `ok`/`!!`, its path, its time, and the error if any."
+    for r in results:
+        if verbose: print(f"  {'!!' if r.get('error') else 'ok'} {Path(r['dst']).relative_to(docs)} "
+                          f"({r.get('seconds', '?')}s)" + (f"  {r['error'][:200]}" if r.get('error') else ''))
+
+def _run_mkdocs(work:Path, conf:dict):
+    "Write `work/mkdocs.yml` and build the site with mkdocs (raises with its output when it fails)."
+    import yaml
+    (work/'mkdocs.yml').write_text(yaml.safe_dump(conf, sort_keys=False))
+    r = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '-q', '-f', str(work/'mkdocs.yml')], cwd=work,
+                       capture_output=True, text=True)
+    if r.returncode != 0: raise RuntimeError(f'mkdocs build failed:\n{r.stdout}\n{r.stderr}')
+
+def _summary(results:list, out:Path, t0:float, t1:float, verbose:bool)->dict:
+    "The build's summary (pages, errors, seconds) and its log line."
+    errors = [x for x in results if x.get('error')]
+    summary = dict(out=str(out), pages=len(results), errors=len(errors), seconds=round(time.time() - t0, 1),
+                   error_pages=[x['src'] for x in errors])
+    summary['mkdocs_seconds'] = round(time.time() - t1, 1)
+    if verbose: print(f"docs: {summary['pages']} pages -> {out}/index.html in {summary['seconds']}s"
+                      + (f" ({summary['errors']} with errors)" if errors else ''))
+    return summary
+
+# %% ../nbs/docs.ipynb #0289b3fb
 def build(out:str|Path='site',                  # output directory (the site)
           nbs:str|Path|None=None,               # notebooks folder (default: settings.ini nbs_path)
           runs:str|Path|None=None,              # runs folder with executed notebooks (default: runs_root())
@@ -202,67 +320,49 @@ def build(out:str|Path='site',                  # output directory (the site)
           verbose:bool=True)->dict:
     "Build the documentation site from `nbs/` (+ executed notebooks in `runs/`) into `out`."
     from nbdev.config import get_config
-    root = project_root(); cfg = get_config()
-    nbs = Path(nbs).resolve() if nbs else Path(cfg.config_path)/cfg.get('nbs_path', 'nbs')
     from halting_lab.core import runs_root
+    root = project_root()
+    cfg = get_config()
+    nbs = Path(nbs).resolve() if nbs else Path(cfg.config_path)/cfg.get('nbs_path', 'nbs')
     runs = Path(runs).resolve() if runs else (root/runs_root() if not runs_root().is_absolute() else runs_root())
-    out = Path(out).resolve(); tmp = None
-    if work is None: tmp = tempfile.TemporaryDirectory(prefix='halting_lab_docs_'); work = tmp.name
-    work = Path(work).resolve(); docs = work/'docs'
-    shutil.rmtree(docs, ignore_errors=True); docs.mkdir(parents=True)
-    t0 = time.time(); rx = re.compile(execute) if execute else None
-    rels = find_notebooks(nbs); run_nbs = find_run_notebooks(runs); shows = find_showcase(nbs)
+    out = Path(out).resolve()
+    tmp = tempfile.TemporaryDirectory(prefix='halting_lab_docs_') if work is None else None
+    work = Path(tmp.name if tmp is not None else work).resolve()
+    docs = work/'docs'
+    shutil.rmtree(docs, ignore_errors=True)
+    docs.mkdir(parents=True)
+    t0 = time.time()
+    rels, run_nbs, shows = find_notebooks(nbs), find_run_notebooks(runs), find_showcase(nbs)
     pages = [(nbs/r, page_path(r)) for r in rels]
-    listing = ['\n## Pages\n'] + [f'- [{_nav_title(p)}]({p.with_suffix(".html").as_posix()})' for _, p in pages[1:]]
-    if shows: listing = ['\n## Showcase\n'] + [f'- [{_nav_title(s)}]({s.with_suffix(".html").as_posix()})' for s in shows] + listing
-    if run_nbs: listing += ['\n### Executed runs\n'] + [f'- [{r.parent.name}/{r.stem}](runs/{r.parent.name}/{r.stem}.html)' for r in run_nbs]
-    jobs = [(str(s), str(docs/p), bool(rx and rx.search(str(s.relative_to(nbs)))), len(p.parts) - 1, 'module',
-             '\n'.join(listing) if p == Path('index.ipynb') else None, str(root)) for s, p in pages]
-    jobs += [(str(nbs/s), str(docs/s), False, len(s.parts) - 1, 'run', None, str(root)) for s in shows]
-    jobs += [(str(r), str(docs/'runs'/r.parent.name/r.name), False, 2, 'run', None, str(root)) for r in run_nbs]
+    jobs = _page_jobs(nbs, docs, root, pages, shows, run_nbs, re.compile(execute) if execute else None)
     n_workers = n_workers or min(4, os.cpu_count() or 1, max(len(jobs), 1))
     with cf.ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context('spawn')) as ex:
         results = list(ex.map(_worker, jobs))
-    for r in results:
-        if verbose: print(f"  {'!!' if r.get('error') else 'ok'} {Path(r['dst']).relative_to(docs)} ({r.get('seconds', '?')}s)"
-                          + (f"  {r['error'][:200]}" if r.get('error') else ''))
-    # navigation: Home, top-level modules, one section per folder, then the runs
-    by = {Path(r['dst']).relative_to(docs): r for r in results}
-    nav, sections = [{'Home': 'index.ipynb'}], {}
-    if shows: nav.append({'showcase': [{by[s]['title'] if s in by else _nav_title(s): s.as_posix()} for s in shows]})
-    for _, p in pages[1:]:
-        ent = {by[p]['title'] if p in by else _nav_title(p): p.as_posix()}
-        if len(p.parts) == 1: nav.append(ent)
-        else: sections.setdefault(p.parts[0], []).append(ent)
-    nav += [{k: v} for k, v in sections.items()]
-    if run_nbs: nav.append({'runs': [{f'{r.parent.name}/{r.stem}': f'runs/{r.parent.name}/{r.name}'} for r in run_nbs]})
-    import yaml
-    conf = mkdocs_config(docs, out, nav, cfg.get('title', 'docs'), cfg.get('description', ''), work/'.cache')
-    (work/'mkdocs.yml').write_text(yaml.safe_dump(conf, sort_keys=False))
+    _log_pages(results, docs, verbose)
+    nav = _site_nav(results, docs, pages, shows, run_nbs)
     t1 = time.time()
-    r = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '-q', '-f', str(work/'mkdocs.yml')], cwd=work, capture_output=True, text=True)
-    if r.returncode != 0: raise RuntimeError(f'mkdocs build failed:\n{r.stdout}\n{r.stderr}')
-    errors = [x for x in results if x.get('error')]
-    summary = dict(out=str(out), pages=len(results), errors=len(errors), seconds=round(time.time() - t0, 1),
-                   error_pages=[x['src'] for x in errors])
-    summary['mkdocs_seconds'] = round(time.time() - t1, 1)
-    if verbose: print(f"docs: {summary['pages']} pages -> {out}/index.html in {summary['seconds']}s"
-                      + (f" ({summary['errors']} with errors)" if errors else ''))
+    conf = mkdocs_config(docs, out, nav, cfg.get('title', 'docs'), cfg.get('description', ''), work/'.cache')
+    _run_mkdocs(work, conf)
+    summary = _summary(results, out, t0, t1, verbose)
     if tmp is not None: tmp.cleanup()
-    if strict and errors: raise RuntimeError(f'notebooks with errors: {summary["error_pages"]}')
+    if strict and summary['errors']: raise RuntimeError(f'notebooks with errors: {summary["error_pages"]}')
     return summary
 
 # %% ../nbs/docs.ipynb #0eb5cdf5
 def main(argv:Optional[list]=None)->int:
     "Entry point of `python -m halting_lab.docs`."
-    p = argparse.ArgumentParser(prog='python -m halting_lab.docs', description='Build the documentation site offline from nbs/ (+ executed notebooks in runs/).')
+    p = argparse.ArgumentParser(prog='python -m halting_lab.docs',
+                                description='Build the documentation site offline from nbs/ '
+                                            '(+ executed notebooks in runs/).')
     sub = p.add_subparsers(dest='cmd', required=True)
     b = sub.add_parser('build', help='build the site')
     b.add_argument('--out', default='site', help='output directory (default: site)')
     b.add_argument('--nbs', default=None, help='notebook folder (default: nbs_path of settings.ini)')
-    b.add_argument('--runs', default=None, help='runs folder whose <run_id>/*.ipynb are included (default: $HALTING_LAB_RUNS or runs)')
+    b.add_argument('--runs', default=None,
+                   help='runs folder whose <run_id>/*.ipynb are included (default: $HALTING_LAB_RUNS or runs)')
     g = b.add_mutually_exclusive_group()
-    g.add_argument('--execute', default='.*', metavar='REGEX', help='execute notebooks whose path (relative to nbs) matches (default: all)')
+    g.add_argument('--execute', default='.*', metavar='REGEX',
+                   help='execute notebooks whose path (relative to nbs) matches (default: all)')
     g.add_argument('--no-execute', dest='execute', action='store_const', const=None, help='use the stored outputs only')
     b.add_argument('--workers', type=int, default=None, help='parallel notebook workers')
     b.add_argument('--work', default=None, help='keep the processed notebooks and mkdocs.yml here (default: temp dir)')
@@ -270,11 +370,13 @@ def main(argv:Optional[list]=None)->int:
     a = p.parse_args(argv)
     try: build(a.out, a.nbs, a.runs, a.execute, a.workers, a.work, a.strict)
     except (RuntimeError, FileNotFoundError) as e:
-        print(f'docs: error: {e}', file=sys.stderr); return 1
+        print(f'docs: error: {e}', file=sys.stderr)
+        return 1
     return 0
 
 # %% ../nbs/docs.ipynb #879d1897
-if __name__ == '__main__' and 'get_ipython' not in globals():  # `python -m` only (not when a notebook shell runs this cell)
+# `python -m` only (not when a notebook shell runs this cell)
+if __name__ == '__main__' and 'get_ipython' not in globals():
     # through the importable module, so that worker processes can unpickle its functions
     from halting_lab.docs import main as _main
     sys.exit(_main())

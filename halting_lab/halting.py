@@ -32,14 +32,14 @@ class HaltState:
     t: int = 0                 # steps taken
     history: list = field(default_factory=list)   # cum after each step, S x [B, L]
     probs: list = field(default_factory=list)     # weight of each step, S x [B, L]
-    extra: dict = field(default_factory=dict)     # criterion-specific (previous logits, counters, ...)
+    extra: dict = field(default_factory=dict)     # criterion-specific (previous logits, counters)
 
 @dataclass
 class HaltResult:
     "What `finalize` returns; maps onto `core.HaltingOutput` fields."
     halting_steps: Tensor                 # [B, L] float, steps used (0 at padding)
     halt_cumprob: Tensor                  # [S, B, L] cumulative weight after each step
-    step_probs: Tensor                    # [S, B, L] weight of each step (sums to 1 over S at real positions)
+    step_probs: Tensor                    # [S, B, L] weight of each step (sum 1 at real positions)
     ponder_cost: Optional[Tensor] = None  # [B, L] differentiable cost (ACT: N + R), 0 at padding
     aux_loss: Optional[Tensor] = None     # scalar extra loss (e.g. PonderNet KL), or None
     extras: dict = field(default_factory=dict)
@@ -51,49 +51,61 @@ def masked_mean(x:Tensor, mask:Tensor)->Tensor:
 
 # %% ../nbs/halting/halting.ipynb #f81faf83
 class HaltingCriterion:
-    "Base class: `init(mask)` -> state; `step(state, t, **signals)` -> (w, state, running); `finalize(state)`."
+    "Base class: `init(mask)` -> state; `step(state, t, **signals)` -> (w, state, running)."
     name = 'base'
     per_sequence = False      # one decision per sequence (broadcast over its real positions)
     def __init__(self, max_steps:int=16): self.max_steps = int(max_steps)
 
     def init(self, mask:Tensor)->HaltState:
-        mask = mask.bool(); z = torch.zeros(mask.shape, device=mask.device)
-        return HaltState(mask=mask, running=mask.clone(), cum=z, steps=z.clone(), remainder=z.clone())
+        "Fresh state for a batch: every real position running, nothing given yet."
+        mask = mask.bool()
+        z = torch.zeros(mask.shape, device=mask.device)
+        return HaltState(mask=mask, running=mask.clone(), cum=z, steps=z.clone(),
+                         remainder=z.clone())
 
     def _decide(self, state:HaltState, t:int, **signals):
         "Return (halt_now [B,L] bool, p [B,L] weight a *continuing* position gets)."
         raise NotImplementedError
 
     def step(self, state:HaltState, t:int, **signals):
+        "Step `t`: `(w, new state, running)`; halting positions get the remainder `1 - cum`."
         run = state.running
         halt, p = self._decide(state, t, **signals)
         halt = run & (halt | (t >= self.max_steps - 1))   # the budget always closes
         still = run & ~halt
-        rem = 1 - state.cum                                # remainder R = 1 - sum of earlier weights
+        rem = 1 - state.cum                                # remainder R = 1 - earlier weights
         zero = torch.zeros_like(state.cum)
         w = torch.where(still, p.to(zero.dtype), zero) + torch.where(halt, rem, zero)
-        new = HaltState(mask=state.mask, running=still, cum=state.cum + w, steps=state.steps + run.to(zero.dtype),
+        new = HaltState(mask=state.mask, running=still, cum=state.cum + w,
+                        steps=state.steps + run.to(zero.dtype),
                         remainder=torch.where(halt, rem, state.remainder), t=t + 1,
-                        history=state.history + [state.cum + w], probs=state.probs + [w], extra=dict(state.extra))
+                        history=state.history + [state.cum + w], probs=state.probs + [w],
+                        extra=dict(state.extra))
         self._update_extra(new, t, **signals)
         return w, new, still
 
     def _update_extra(self, state, t, **signals): pass
 
-    def done(self, state:HaltState)->bool:
-        "True when no position is running (the model may stop looping)."
-        return not bool(state.running.any())
+# %% ../nbs/halting/halting.ipynb #8dd2ffdd
+@patch
+def done(self:HaltingCriterion, state:HaltState)->bool:
+    "True when no position is running (the model may stop looping)."
+    return not bool(state.running.any())
 
-    def combine(self, acc:Optional[Tensor], y:Tensor, w:Tensor)->Tensor:
-        "Running output: `acc + w * y` (w broadcast over y's trailing dims)."
-        wy = w.reshape(w.shape + (1,) * (y.dim() - w.dim())).to(y.dtype) * y
-        return wy if acc is None else acc + wy
+@patch
+def combine(self:HaltingCriterion, acc:Optional[Tensor], y:Tensor, w:Tensor)->Tensor:
+    "Running output: `acc + w * y` (w broadcast over y's trailing dims)."
+    wy = w.reshape(w.shape + (1,) * (y.dim() - w.dim())).to(y.dtype) * y
+    return wy if acc is None else acc + wy
 
-    def finalize(self, state:HaltState)->HaltResult:
-        return HaltResult(halting_steps=state.steps, halt_cumprob=torch.stack(state.history),
-                          step_probs=torch.stack(state.probs))
+@patch
+def finalize(self:HaltingCriterion, state:HaltState)->HaltResult:
+    "The `HaltResult` of a finished loop: steps used and the per-step weights `[S, B, L]`."
+    return HaltResult(halting_steps=state.steps, halt_cumprob=torch.stack(state.history),
+                      step_probs=torch.stack(state.probs))
 
-    def __repr__(self): return f'{type(self).__name__}(max_steps={self.max_steps})'
+@patch
+def __repr__(self:HaltingCriterion): return f'{type(self).__name__}(max_steps={self.max_steps})'
 
 # %% ../nbs/halting/halting.ipynb #b5272bf9
 ACT_TYPES = ('graves', 'basic', 'accumulated', 'global')
@@ -103,18 +115,10 @@ class ACT(HaltingCriterion):
     name = 'act'
     def __init__(self, max_steps:int=16, eps:float=0.01, act_type:str='graves'):
         super().__init__(max_steps)
-        if act_type not in ACT_TYPES: raise ValueError(f'act_type: expected one of {ACT_TYPES}, got {act_type!r}')
+        if act_type not in ACT_TYPES:
+            raise ValueError(f'act_type: expected one of {ACT_TYPES}, got {act_type!r}')
         self.eps, self.act_type, self.threshold = eps, act_type, 1.0 - eps
         self.per_sequence = act_type == 'global'
-
-    def halt_prob(self, state:HaltState, halt_logit:Tensor)->Tensor:
-        "Per-position halting probability `[B, L]` (the masked mean over L for 'global')."
-        p = torch.sigmoid(halt_logit.float())
-        if p.dim() == 1: p = p[:, None].expand_as(state.cum)          # a per-sequence logit [B]
-        if self.per_sequence:
-            m = state.mask.float()
-            p = ((p * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1)).expand_as(p)
-        return p
 
     def _decide(self, state, t, halt_logit=None, **_):
         if halt_logit is None: raise ValueError('ACT.step needs halt_logit [B, L] (or [B])')
@@ -122,20 +126,36 @@ class ACT(HaltingCriterion):
         return state.cum + p >= self.threshold, p
 
     def combine(self, acc, y, w):
+        "`basic` interpolates (`w*y + (1-w)*acc`, tensor2tensor); the others add `w*y`."
         if self.act_type != 'basic' or acc is None: return super().combine(acc, y, w)
         w = w.reshape(w.shape + (1,) * (y.dim() - w.dim())).to(y.dtype)
         return w * y + (1 - w) * acc
 
     def finalize(self, state):
+        "The base result plus the ponder cost `N + R` (0 at padding) and the remainders."
         res = super().finalize(state)
-        res.ponder_cost = torch.where(state.mask, state.steps + state.remainder, torch.zeros_like(state.cum))
+        res.ponder_cost = torch.where(state.mask, state.steps + state.remainder,
+                                      torch.zeros_like(state.cum))
         res.extras['remainder'] = state.remainder
         return res
 
-    def __repr__(self): return f'ACT(max_steps={self.max_steps}, eps={self.eps}, act_type={self.act_type!r})'
+    def __repr__(self):
+        return f'ACT(max_steps={self.max_steps}, eps={self.eps}, act_type={self.act_type!r})'
 
+# %% ../nbs/halting/halting.ipynb #5da31eaf
+@patch
+def halt_prob(self:ACT, state:HaltState, halt_logit:Tensor)->Tensor:
+    "Per-position halting probability `[B, L]` (the masked mean over L for 'global')."
+    p = torch.sigmoid(halt_logit.float())
+    if p.dim() == 1: p = p[:, None].expand_as(state.cum)          # a per-sequence logit [B]
+    if self.per_sequence:
+        m = state.mask.float()
+        p = ((p * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1)).expand_as(p)
+    return p
+
+# %% ../nbs/halting/halting.ipynb #c9dfbf72
 def UTACT(max_hops:int=6, act_type:str='basic', act_epsilon:float=0.01)->ACT:
-    "The Universal Transformer's ACT with tensor2tensor's names (`act_type` basic | accumulated | global)."
+    "The Universal Transformer's ACT with tensor2tensor's names (`act_type` basic|accumulated|...)."
     return ACT(max_steps=max_hops, eps=act_epsilon, act_type=act_type)
 
 # %% ../nbs/halting/halting.ipynb #0842d039
@@ -145,22 +165,26 @@ def geometric_prior(lambda_p:float, max_steps:int, device=None)->Tensor:
     p = lambda_p * (1 - lambda_p) ** n
     return p / p.sum()
 
+# %% ../nbs/halting/halting.ipynb #53df7433
 class PonderNet(HaltingCriterion):
-    "PonderNet halting; `mode` 'train' (run all steps, weights p_n) | 'median' (cum p >= 0.5) | 'sample'."
+    "PonderNet halting; `mode` 'train' (all steps, weights p_n) | 'median' (cum p >= .5) | 'sample'."
     name = 'pondernet'
     def __init__(self, max_steps:int=16, lambda_p:float=0.2, beta:float=0.01, mode:str='train'):
         super().__init__(max_steps)
-        if mode not in ('train', 'median', 'sample'): raise ValueError(f"mode: expected train|median|sample, got {mode!r}")
+        if mode not in ('train', 'median', 'sample'):
+            raise ValueError(f"mode: expected train|median|sample, got {mode!r}")
         self.lambda_p, self.beta, self.mode = lambda_p, beta, mode
 
     def init(self, mask):
+        "The base state plus the running product, the p_n and their running sum."
         st = super().init(mask)
         st.extra['not_halted'] = mask.float()             # prod_{j<n} (1 - lambda_j)
         st.extra['p'] = []                                # p_n, S x [B, L]
-        st.extra['cum_p'] = torch.zeros_like(st.cum)      # sum_{j<=n} p_j (the output weights are one-hot at inference)
+        st.extra['cum_p'] = torch.zeros_like(st.cum)      # sum_{j<=n} p_j (drives inference)
         return st
 
     def step(self, state, t, halt_logit=None, **signals):
+        "Step `t` from `halt_logit` `[B, L]`: weight p_n (train) or one-hot at the halting step."
         if halt_logit is None: raise ValueError('PonderNet.step needs halt_logit [B, L]')
         lam = torch.sigmoid(halt_logit.float())
         if t >= self.max_steps - 1: lam = torch.ones_like(lam)
@@ -170,47 +194,59 @@ class PonderNet(HaltingCriterion):
             halt = torch.zeros_like(state.running)
             w, new, still = self._step_with(state, t, halt, p_n)
         else:
-            crossed = (state.extra['cum_p'] + p_n >= 0.5) if self.mode == 'median' else (torch.rand_like(lam) < lam)
+            crossed = ((state.extra['cum_p'] + p_n >= 0.5) if self.mode == 'median'
+                       else (torch.rand_like(lam) < lam))
             w, new, still = self._step_onehot(state, t, crossed)
         new.extra['not_halted'] = state.extra['not_halted'] * (1 - lam)
-        new.extra['cum_p'] = state.extra['cum_p'] + torch.where(state.mask, p_n, torch.zeros_like(p_n))
+        new.extra['cum_p'] = (state.extra['cum_p']
+                              + torch.where(state.mask, p_n, torch.zeros_like(p_n)))
         new.extra['p'] = state.extra['p'] + [torch.where(state.mask, p_n, torch.zeros_like(p_n))]
         return w, new, still
 
-    def _step_with(self, state, t, halt, p):
-        self._p = p
-        return HaltingCriterion.step(self, state, t)
+# %% ../nbs/halting/halting.ipynb #4f2e89d5
+@patch
+def _step_with(self:PonderNet, state, t, halt, p):
+    "Training: a base-class step in which continuing positions get weight `p`."
+    self._p = p
+    return HaltingCriterion.step(self, state, t)
 
-    def _step_onehot(self, state, t, crossed):
-        "Inference: the halting step gets weight 1, the others 0."
-        self._p, self._halt = None, crossed
-        return HaltingCriterion.step(self, state, t)
+@patch
+def _step_onehot(self:PonderNet, state, t, crossed):
+    "Inference: the halting step gets weight 1, the others 0."
+    self._p, self._halt = None, crossed
+    return HaltingCriterion.step(self, state, t)
 
-    def _decide(self, state, t, **_):
-        if self._p is not None: return torch.zeros_like(state.running), self._p
-        return self._halt, torch.zeros_like(state.cum)
+@patch
+def _decide(self:PonderNet, state, t, **_):
+    "The decision `step` handed over: weights `_p` (train) or halting where `_halt`."
+    if self._p is not None: return torch.zeros_like(state.running), self._p
+    return self._halt, torch.zeros_like(state.cum)
 
-    def finalize(self, state):
-        res = super().finalize(state)
-        p = torch.stack(state.extra['p'])                                      # [S, B, L]
-        res.extras['p'] = p
-        if self.mode == 'train':
-            n = torch.arange(1, p.shape[0] + 1, device=p.device, dtype=p.dtype)[:, None, None]
-            res.halting_steps = (p * n).sum(0)                                 # expected steps
-            res.ponder_cost = res.halting_steps
-            res.aux_loss = self.beta * pondernet_kl(p, state.mask, self.lambda_p, self.max_steps)
-        return res
+@patch
+def finalize(self:PonderNet, state):
+    "The result with `p` in extras; in training, expected steps and the KL as `aux_loss`."
+    res = HaltingCriterion.finalize(self, state)
+    p = torch.stack(state.extra['p'])                                      # [S, B, L]
+    res.extras['p'] = p
+    if self.mode == 'train':
+        n = torch.arange(1, p.shape[0] + 1, device=p.device, dtype=p.dtype)[:, None, None]
+        res.halting_steps = (p * n).sum(0)                                 # expected steps
+        res.ponder_cost = res.halting_steps
+        res.aux_loss = self.beta * pondernet_kl(p, state.mask, self.lambda_p, self.max_steps)
+    return res
 
+# %% ../nbs/halting/halting.ipynb #053c4e59
 def pondernet_kl(p:Tensor, mask:Tensor, lambda_p:float, max_steps:int)->Tensor:
     "Mean over real positions of KL(p || truncated Geometric(lambda_p)); `p` `[S, B, L]`."
-    S = p.shape[0]; prior = geometric_prior(lambda_p, max_steps, p.device)[:S]
+    S = p.shape[0]
+    prior = geometric_prior(lambda_p, max_steps, p.device)[:S]
     prior = (prior / prior.sum())[:, None, None]
     kl = (p * (torch.log(p.clamp_min(1e-12)) - torch.log(prior))).sum(0)
     return masked_mean(kl, mask)
 
 def pondernet_loss(p:Tensor, step_losses:Tensor, mask:Tensor, lambda_p:float=0.2, beta:float=0.01,
                    max_steps:Optional[int]=None)->Tensor:
-    "`sum_n p_n L_n` (mean over real positions) + `beta KL(p || Geometric)`; `p`, `step_losses` `[S, B, L]`."
+    "`sum_n p_n L_n` (mean over real positions) + `beta KL(p || Geometric)`; inputs `[S, B, L]`."
     rec = masked_mean((p * step_losses).sum(0), mask)
     return rec + beta * pondernet_kl(p, mask, lambda_p, max_steps or p.shape[0])
 
@@ -218,33 +254,41 @@ def pondernet_loss(p:Tensor, step_losses:Tensor, mask:Tensor, lambda_p:float=0.2
 def q_halt_decision(steps:Tensor,                     # [B] int: steps taken, including this one
                     q_halt:Tensor,                    # [B] halt logits of this step
                     max_steps:int,                    # the budget: a sequence always halts there
-                    q_continue:Optional[Tensor]=None, # [B] HRM's continue logits (halt when q_halt > q_continue)
-                    explore_prob:Optional[float]=None,# exploration probability (None: no exploration, no random draw)
+                    q_continue:Optional[Tensor]=None, # [B] HRM's continue logits (halt if larger)
+                    explore_prob:Optional[float]=None,# exploration probability (None: no draw)
                     generator:Optional[torch.Generator]=None)->Tensor:
-    "[B] bool: the reference's halting rule after a step; the exploration min-steps are redrawn at every step."
+    "[B] bool: the reference's halting rule after a step; exploration min-steps redrawn every step."
     halted = steps >= max_steps
     want = q_halt > (0 if q_continue is None else q_continue)
-    if explore_prob is not None:      # as the reference: rand, then randint, for every slot, every step
+    if explore_prob is not None:      # as the reference: rand, then randint, every slot, every step
         explore = torch.rand(q_halt.shape, generator=generator, device=q_halt.device) < explore_prob
-        draw = torch.randint(2, max_steps + 1, steps.shape, generator=generator, device=steps.device, dtype=steps.dtype)
+        draw = torch.randint(2, max_steps + 1, steps.shape, generator=generator,
+                             device=steps.device,
+                             dtype=steps.dtype)
         want = want & (steps >= explore * draw)
     return halted | want
 
+# %% ../nbs/halting/halting.ipynb #6f03477f
 class QHalt(HaltingCriterion):
-    "TRM/HRM Q-halting: halt when `q_halt > 0` (or `> q_continue`); in training, the reference's per-step exploration."
-    name = 'q_halt'; per_sequence = True
+    "TRM/HRM Q-halting: halt when `q_halt > 0` (or `> q_continue`); training explores per step."
+    name = 'q_halt'
+    per_sequence = True
     def __init__(self, max_steps:int=16, explore_prob:float=0.1, use_q_continue:bool=False,
                  training:bool=True, generator:Optional[torch.Generator]=None):
         super().__init__(max_steps)
-        self.explore_prob, self.use_q_continue, self.training, self.generator = explore_prob, use_q_continue, training, generator
+        self.explore_prob, self.use_q_continue = explore_prob, use_q_continue
+        self.training, self.generator = training, generator
 
     def _decide(self, state, t, q_halt=None, q_continue=None, **_):
         if q_halt is None: raise ValueError('QHalt.step needs q_halt [B]')
         steps = torch.full(q_halt.shape, t + 1, dtype=torch.int32, device=q_halt.device)
-        halt = q_halt_decision(steps, q_halt, self.max_steps, q_continue if self.use_q_continue else None,
-                               self.explore_prob if self.training and self.max_steps > 1 else None, self.generator)
+        halt = q_halt_decision(steps, q_halt, self.max_steps,
+                               q_continue if self.use_q_continue else None,
+                               self.explore_prob if self.training and self.max_steps > 1 else None,
+                               self.generator)
         return halt[:, None].expand_as(state.running), torch.zeros_like(state.cum)
 
+# %% ../nbs/halting/halting.ipynb #d6e64977
 def q_halt_loss(q_halt:Tensor, seq_correct:Tensor, q_continue:Optional[Tensor]=None,
                 q_continue_target:Optional[Tensor]=None, reduction:str='mean')->Tensor:
     "BCE of `q_halt` [B] against 'prediction fully correct' (+ HRM's bootstrapped q_continue term)."
@@ -255,8 +299,9 @@ def q_halt_loss(q_halt:Tensor, seq_correct:Tensor, q_continue:Optional[Tensor]=N
     return loss
 
 def q_continue_target(next_q_halt:Tensor, next_q_continue:Tensor, is_last_step:Tensor)->Tensor:
-    "HRM's bootstrapped target: sigmoid(next q_halt) at the budget, else sigmoid(max of the next Qs)."
-    return torch.sigmoid(torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue)))
+    "HRM's bootstrapped target: sigmoid(next q_halt) at the budget, else sigmoid(max next Q)."
+    best = torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue))
+    return torch.sigmoid(best)
 
 def seq_correct(logits:Tensor, labels:Tensor, ignore_index:int=-100)->Tensor:
     "[B] bool: every supervised position predicted right (the Q-halt target)."
@@ -264,79 +309,105 @@ def seq_correct(logits:Tensor, labels:Tensor, ignore_index:int=-100)->Tensor:
     return ok.all(-1)
 
 # %% ../nbs/halting/halting.ipynb #144b94c3
-EXIT_DEFAULTS = {'entropy': 0.05, 'entropy-diff': 1e-3, 'latent-diff': 0.03, 'cosine': 1e-3, 'kl': 5e-4,
-                 'minp-kl': 1e-6, 'argmax-stability': 5, 'none': None}
+EXIT_DEFAULTS = {'entropy': 0.05, 'entropy-diff': 1e-3, 'latent-diff': 0.03, 'cosine': 1e-3,
+                 'kl': 5e-4, 'minp-kl': 1e-6, 'argmax-stability': 5, 'none': None}
 
 def _minp_log_probs(logits:Tensor, min_p:float=0.1)->Tensor:
-    V = logits.shape[-1]; probs = F.softmax(logits.float(), -1)
-    probs = torch.where(probs < min_p * probs.amax(-1, keepdim=True), torch.full_like(probs, 1 / V), probs)
+    "Log-probabilities after min-p filtering: probabilities below `min_p` x the max become 1/V."
+    V = logits.shape[-1]
+    probs = F.softmax(logits.float(), -1)
+    probs = torch.where(probs < min_p * probs.amax(-1, keepdim=True), torch.full_like(probs, 1 / V),
+                        probs)
     return torch.log(probs / probs.sum(-1, keepdim=True))
 
+# %% ../nbs/halting/halting.ipynb #dd82f2f2
 class ExitRule(HaltingCriterion):
     "Training-free exit criterion (Huginn names); `step(state, t, logits=[B,L,V], latent=[B,L,D])`."
     name = 'exit'
-    def __init__(self, criterion:str='latent-diff', threshold:float|str|None='auto', max_steps:int=16,
+    def __init__(self, criterion:str='latent-diff', threshold:float|str|None='auto',
+                 max_steps:int=16,
                  per_position:bool=False, min_steps:int=1):
         super().__init__(max_steps)
-        if criterion not in EXIT_DEFAULTS: raise ValueError(f'criterion: expected one of {list(EXIT_DEFAULTS)}, got {criterion!r}')
+        if criterion not in EXIT_DEFAULTS:
+            raise ValueError(f'criterion: expected one of {list(EXIT_DEFAULTS)}, got {criterion!r}')
         self.criterion, self.name = criterion, criterion
-        self.threshold = EXIT_DEFAULTS[criterion] if threshold in ('auto', None) else float(threshold)
-        self.per_position, self.per_sequence, self.min_steps = per_position, not per_position, min_steps
-        self.needs_logits = criterion in ('entropy', 'entropy-diff', 'kl', 'minp-kl', 'argmax-stability')
+        self.threshold = (EXIT_DEFAULTS[criterion] if threshold in ('auto', None)
+                          else float(threshold))
+        self.per_position, self.per_sequence = per_position, not per_position
+        self.min_steps = min_steps
+        self.needs_logits = criterion in ('entropy', 'entropy-diff', 'kl', 'minp-kl',
+                                          'argmax-stability')
         self.needs_latent = criterion in ('latent-diff', 'cosine')
 
     def init(self, mask, init_latent:Optional[Tensor]=None):
-        st = super().init(mask); st.extra['prev'] = init_latent
+        "The base state plus the previous value (`init_latent`) and the stable counter."
+        st = super().init(mask)
+        st.extra['prev'] = init_latent
         st.extra['stable'] = torch.zeros(mask.shape, dtype=torch.long, device=mask.device)
         return st
 
-    def exit_values(self, state, logits=None, latent=None)->Tensor:
-        "Per-position exit values `[B, L]` for this step (also updates the stored previous value)."
-        c, prev = self.criterion, state.extra['prev']
-        if self.needs_logits and logits is None: raise ValueError(f'{c} needs logits [B, L, V]')
-        if self.needs_latent and latent is None: raise ValueError(f'{c} needs latent [B, L, D]')
-        if c == 'none': return torch.zeros(state.cum.shape, device=state.cum.device)
-        if c in ('latent-diff', 'cosine'):
-            z = latent.float().detach(); prev = torch.zeros_like(z) if prev is None else prev
-            if c == 'latent-diff': v = (z - prev).norm(dim=-1) / z.norm(dim=-1).clamp_min(1e-12)
-            else: v = 1 - F.cosine_similarity(z, prev, dim=-1, eps=1e-12)
-            state.extra['prev'] = z; return v
-        lg = logits.float().detach()
-        if c == 'argmax-stability':
-            a = lg.argmax(-1)
-            stable = torch.where(prev is not None and a == prev if prev is not None else torch.zeros_like(a, dtype=torch.bool),
-                                 state.extra['stable'] + 1, torch.zeros_like(state.extra['stable']))
-            state.extra['prev'], state.extra['stable'] = a, stable
-            return stable.float()
-        if c in ('entropy', 'entropy-diff'):
-            lp = F.log_softmax(lg, -1); H = -(lp.exp() * lp).sum(-1)
-            if c == 'entropy': return H                            # absolute: no previous value needed
-            v = (H - (torch.full_like(H, 100.) if prev is None else prev)).abs()
-            state.extra['prev'] = H; return v
-        lp = _minp_log_probs(lg) if c == 'minp-kl' else F.log_softmax(lg, -1)
-        prev = torch.full_like(lp, -math.log(lp.shape[-1])) if prev is None else prev
-        v = (prev.exp() * (prev - lp)).sum(-1)                       # KL(p_{t-1} || p_t), as Huginn
-        state.extra['prev'] = lp; return v
+    def __repr__(self):
+        return (f'ExitRule({self.criterion!r}, threshold={self.threshold}, '
+                f'max_steps={self.max_steps})')
 
-    def _decide(self, state, t, logits=None, latent=None, **_):
-        v = self.exit_values(state, logits, latent)
-        if self.criterion == 'none': ok = torch.zeros_like(state.running)
-        elif self.criterion == 'argmax-stability':
-            ok = v >= self.threshold
-            if not self.per_position: ok = (ok | ~state.mask).all(-1, keepdim=True).expand_as(ok)
-        else:
-            if not self.per_position:
-                m = state.mask.float()
-                if self.criterion in ('latent-diff', 'cosine'):
-                    v = ((v * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1))
-                else: v = torch.where(state.mask, v, torch.full_like(v, -1.)).amax(-1, keepdim=True)
-                v = v.expand_as(state.cum)
-            ok = v < self.threshold
-        state.extra['last_values'] = v
-        return ok & (t + 1 >= self.min_steps), torch.zeros_like(state.cum)
+# %% ../nbs/halting/halting.ipynb #2296a3ab
+@patch
+def exit_values(self:ExitRule, state, logits=None, latent=None)->Tensor:
+    "Per-position exit values `[B, L]` for this step (also updates the stored previous value)."
+    c, prev = self.criterion, state.extra['prev']
+    if self.needs_logits and logits is None: raise ValueError(f'{c} needs logits [B, L, V]')
+    if self.needs_latent and latent is None: raise ValueError(f'{c} needs latent [B, L, D]')
+    if c == 'none': return torch.zeros(state.cum.shape, device=state.cum.device)
+    if c in ('latent-diff', 'cosine'):
+        z = latent.float().detach()
+        prev = torch.zeros_like(z) if prev is None else prev
+        if c == 'latent-diff': v = (z - prev).norm(dim=-1) / z.norm(dim=-1).clamp_min(1e-12)
+        else: v = 1 - F.cosine_similarity(z, prev, dim=-1, eps=1e-12)
+        state.extra['prev'] = z
+        return v
+    lg = logits.float().detach()
+    if c == 'argmax-stability':
+        a = lg.argmax(-1)
+        same = (prev is not None and a == prev if prev is not None
+                else torch.zeros_like(a, dtype=torch.bool))
+        stable = torch.where(same, state.extra['stable'] + 1,
+                             torch.zeros_like(state.extra['stable']))
+        state.extra['prev'], state.extra['stable'] = a, stable
+        return stable.float()
+    if c in ('entropy', 'entropy-diff'):
+        lp = F.log_softmax(lg, -1)
+        H = -(lp.exp() * lp).sum(-1)
+        if c == 'entropy': return H                            # absolute: no previous value needed
+        v = (H - (torch.full_like(H, 100.) if prev is None else prev)).abs()
+        state.extra['prev'] = H
+        return v
+    lp = _minp_log_probs(lg) if c == 'minp-kl' else F.log_softmax(lg, -1)
+    prev = torch.full_like(lp, -math.log(lp.shape[-1])) if prev is None else prev
+    v = (prev.exp() * (prev - lp)).sum(-1)                       # KL(p_{t-1} || p_t), as Huginn
+    state.extra['prev'] = lp
+    return v
 
-    def __repr__(self): return f'ExitRule({self.criterion!r}, threshold={self.threshold}, max_steps={self.max_steps})'
+# %% ../nbs/halting/halting.ipynb #be624b7a
+@patch
+def _decide(self:ExitRule, state, t, logits=None, latent=None, **_):
+    "Exit where this step's value passes the threshold (per sequence unless `per_position`)."
+    v = self.exit_values(state, logits, latent)
+    if self.criterion == 'none': ok = torch.zeros_like(state.running)
+    elif self.criterion == 'argmax-stability':
+        ok = v >= self.threshold
+        if not self.per_position: ok = (ok | ~state.mask).all(-1, keepdim=True).expand_as(ok)
+    else:
+        if not self.per_position:
+            m = state.mask.float()
+            if self.criterion in ('latent-diff', 'cosine'):
+                v = ((v * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1))
+            else: v = torch.where(state.mask, v, torch.full_like(v, -1.)).amax(-1, keepdim=True)
+            v = v.expand_as(state.cum)
+        ok = v < self.threshold
+    state.extra['last_values'] = v
+    return ok & (t + 1 >= self.min_steps), torch.zeros_like(state.cum)
 
+# %% ../nbs/halting/halting.ipynb #918e712c
 def replay_exit(crit:HaltingCriterion, mask:Tensor, step_logits:Optional[Tensor]=None,
                 step_latents:Optional[Tensor]=None, **init_kw)->HaltResult:
     "Apply an exit rule to a recorded stream (`[S, B, L, V]` logits and/or `[S, B, L, D]` latents)."
@@ -350,7 +421,8 @@ def replay_exit(crit:HaltingCriterion, mask:Tensor, step_logits:Optional[Tensor]
 
 def select_steps(step_outputs:Tensor, step_probs:Tensor)->Tensor:
     "Combine recorded per-step outputs `[S, B, L, ...]` with weights `[S, B, L]` -> `[B, L, ...]`."
-    S = step_probs.shape[0]; y = step_outputs[:S]
+    S = step_probs.shape[0]
+    y = step_outputs[:S]
     w = step_probs.reshape(step_probs.shape + (1,) * (y.dim() - step_probs.dim())).to(y.dtype)
     return (w * y).sum(0)
 

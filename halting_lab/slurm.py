@@ -4,14 +4,16 @@
 
 # %% ../nbs/slurm.ipynb #8097047e
 from __future__ import annotations
-import argparse, contextlib, datetime, fcntl, getpass, json, os, re, shlex, shutil, socket, subprocess, sys, time
+import argparse, contextlib, datetime, fcntl, getpass, json, os, re, shlex, shutil, socket, subprocess, sys
+import time
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Any, Optional
 import halting_lab
 from .core import HaltingLabError, RunDir, save_json, atomic_write_bytes, runs_root, new_run_id
-from .sweep import (parse_value, parse_grid, grid_elements, parse_params, check_parameters, notebook_parameters,
-                               inject_params, kernel_override, write_sweep, default_prefix, element_run_id, SUMMARY_NOTEBOOK, PROJECT_ROOT)
+from .sweep import (parse_value, parse_grid, grid_elements, parse_params, check_parameters,
+                               notebook_parameters, inject_params, kernel_override, write_sweep, default_prefix,
+                               element_run_id, SUMMARY_NOTEBOOK, PROJECT_ROOT)
 
 # %% auto #0
 __all__ = ['TEMPLATE_DIR', 'PREEMPTED_RC', 'SlurmConfig', 'time_to_seconds', 'signal_seconds', 'default_venv', 'render_template',
@@ -36,16 +38,18 @@ class SlurmConfig:
     mail_user: Optional[str] = None
     account: Optional[str] = None
     extra_sbatch: list = field(default_factory=list)  # more '#SBATCH' options, e.g. ['--constraint=a100']
-    signal_seconds: Optional[int] = None # USR1 this long before the walltime (None: min(300, walltime/4)); Slurm may send it up to 60 s earlier
+    signal_seconds: Optional[int] = None # USR1 this long before the walltime (None: min(300, walltime/4))
     requeue: bool = True                 # checkpoint + requeue at walltime (False: the job just ends)
     venv: Optional[str] = None           # environment to activate (default: the one running this code)
     max_attempts: int = 20               # give up after this many allocations of one run
     workdir: Optional[str] = None        # job's working directory (default: the current one)
 
+# %% ../nbs/slurm.ipynb #2049826d
 def time_to_seconds(t:str)->int:
     "Slurm time formats (`M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`, `D-H:M:S`) in seconds."
     m = re.fullmatch(r'(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?', str(t).strip())
-    if not m: raise HaltingLabError(f'--time {t!r}: expected a Slurm time such as 04:00:00, 90, 1-12:00:00')
+    if not m:
+        raise HaltingLabError(f'--time {t!r}: expected a Slurm time such as 04:00:00, 90, 1-12:00:00')
     d, a, b, c = m.groups()
     if d is not None:   # D-H[:M[:S]]
         return int(d)*86400 + int(a)*3600 + int(b or 0)*60 + int(c or 0)
@@ -54,12 +58,13 @@ def time_to_seconds(t:str)->int:
     return int(a)*60
 
 def signal_seconds(cfg:SlurmConfig)->int:
-    "Seconds before the walltime at which the job is asked to checkpoint (`cfg.signal_seconds` or min(300, walltime/4))."
+    "Seconds before the walltime at which the job is asked to checkpoint (`cfg.signal_seconds` or min(300, limit/4))."
     limit = time_to_seconds(cfg.time)
     if cfg.signal_seconds is None: return max(1, min(300, limit // 4))
     if cfg.requeue and cfg.signal_seconds >= limit:
-        raise HaltingLabError(f'--signal-seconds {cfg.signal_seconds} is not below the walltime --time {cfg.time}: the job would be '
-                              'asked to checkpoint as soon as it starts; lower --signal-seconds or raise --time')
+        raise HaltingLabError(f'--signal-seconds {cfg.signal_seconds} is not below the walltime --time {cfg.time}: '
+                              'the job would be asked to checkpoint as soon as it starts; '
+                              'lower --signal-seconds or raise --time')
     return int(cfg.signal_seconds)
 
 def default_venv()->Optional[str]:
@@ -82,12 +87,15 @@ def render_template(name:str, **values)->str:
         return str(values[k])
     return re.sub(r'@@([A-Z_]+)@@', sub, text)
 
-def sbatch_directives(cfg:SlurmConfig, job_name:str, output:str, array:str|None=None, dependency:str|None=None)->list[str]:
+# %% ../nbs/slurm.ipynb #1a7adb06
+def sbatch_directives(cfg:SlurmConfig, job_name:str, output:str, array:str|None=None,
+                      dependency:str|None=None)->list[str]:
     "The `#SBATCH` lines for `cfg`."
-    opts = [f'--job-name={cfg.job_name or job_name}', f'--output={output}', '--open-mode=append', f'--time={cfg.time}',
-            f'--cpus-per-task={cfg.cpus_per_task}']
-    for flag, v in [('partition', cfg.partition), ('gres', cfg.gres), ('gpus', cfg.gpus), ('mem', cfg.mem), ('account', cfg.account),
-                    ('mail-type', cfg.mail_type), ('mail-user', cfg.mail_user), ('array', array), ('dependency', dependency)]:
+    opts = [f'--job-name={cfg.job_name or job_name}', f'--output={output}', '--open-mode=append',
+            f'--time={cfg.time}', f'--cpus-per-task={cfg.cpus_per_task}']
+    for flag, v in [('partition', cfg.partition), ('gres', cfg.gres), ('gpus', cfg.gpus), ('mem', cfg.mem),
+                    ('account', cfg.account), ('mail-type', cfg.mail_type), ('mail-user', cfg.mail_user),
+                    ('array', array), ('dependency', dependency)]:
         if v not in (None, ''): opts.append(f'--{flag}={v}')
     if cfg.requeue: opts += [f'--signal=B:USR1@{signal_seconds(cfg)}', '--requeue']
     else: opts.append('--no-requeue')
@@ -97,12 +105,14 @@ def sbatch_directives(cfg:SlurmConfig, job_name:str, output:str, array:str|None=
         if line: opts.append(line)
     return ['#SBATCH ' + o for o in opts]
 
+# %% ../nbs/slurm.ipynb #ac759990
 def papermill_args(params:dict)->list[str]:
     "`-p`/`-r`/`-y` arguments that give the notebook exactly these typed values."
     out = []
     for k, v in params.items():
         if isinstance(v, str): out += ['-r', k, v]
-        elif v is None or isinstance(v, (bool, int, float)): out += ['-p', k, repr(v) if isinstance(v, float) else str(v)]
+        elif v is None or isinstance(v, (bool, int, float)):
+            out += ['-p', k, repr(v) if isinstance(v, float) else str(v)]
         else: out += ['-y', json.dumps({k: v})]   # lists, dicts: a YAML (JSON) mapping
     return out
 
@@ -112,29 +122,34 @@ def _select_block(elements:list[tuple[str, dict]], array:bool)->str:
         ps = ' '.join(shlex.quote(a) for a in papermill_args(params))
         return f'{indent}RUN_ID={shlex.quote(rid)}\n{indent}PARAMS=({ps})'
     if not array:
-        rid, params = elements[0]; return one(rid, params)
+        rid, params = elements[0]
+        return one(rid, params)
     lines = ['case "${SLURM_ARRAY_TASK_ID:-}" in']
     for i, (rid, params) in enumerate(elements):
         lines += [f'  {i})', one(rid, params, '    '), '    ;;']
-    lines += ['  *) echo "[halting-lab] unexpected SLURM_ARRAY_TASK_ID=${SLURM_ARRAY_TASK_ID:-}" >&2; exit 1 ;;', 'esac']
+    lines += ['  *) echo "[halting-lab] unexpected SLURM_ARRAY_TASK_ID=${SLURM_ARRAY_TASK_ID:-}" >&2; '
+              'exit 1 ;;', 'esac']
     return '\n'.join(lines)
 
+# %% ../nbs/slurm.ipynb #66bdb420
 def _activate(venv:str|None)->str:
     if not venv: return '# (no virtual environment: using the PATH of the submitting shell)'
     act = Path(venv)/'bin'/'activate'
     return f'source {shlex.quote(str(act))} || {{ echo "[halting-lab] cannot activate {venv}" >&2; exit 1; }}'
 
-def _job_script(select:str, run:str, cfg:SlurmConfig, output:str, job_name:str, root, notebook:str='', name:str='',
-                array:str|None=None, dependency:str|None=None)->str:
+def _job_script(select:str, run:str, cfg:SlurmConfig, output:str, job_name:str, root, notebook:str='',
+                name:str='', array:str|None=None, dependency:str|None=None)->str:
     "Fill `slurm/notebook.sbatch`: `select` sets RUN_ID (and PARAMS), `run` is the line the attempt runs."
     return render_template('notebook.sbatch',
         SBATCH='\n'.join(sbatch_directives(cfg, job_name, output, array, dependency)),
-        SIGNAL_SECONDS=signal_seconds(cfg) if cfg.requeue else 0, WORKDIR=shlex.quote(str(Path(cfg.workdir or os.getcwd()).resolve())),
+        SIGNAL_SECONDS=signal_seconds(cfg) if cfg.requeue else 0,
+        WORKDIR=shlex.quote(str(Path(cfg.workdir or os.getcwd()).resolve())),
         ACTIVATE=_activate(cfg.venv if cfg.venv is not None else default_venv()),
         RUNS_ROOT=shlex.quote(str(Path(root if root is not None else runs_root()).resolve())),
         NOTEBOOK=shlex.quote(notebook), NAME=shlex.quote(name), SELECT=select, RUN=run,
         MAX_ATTEMPTS=int(cfg.max_attempts), REQUEUE=int(bool(cfg.requeue)))
 
+# %% ../nbs/slurm.ipynb #eb86a959
 def render_notebook_job(notebook:str|Path, # the parameterized notebook papermill executes
                         elements:list[tuple[str, dict]], # (run_id, params) per run; one per array index when `array`
                         cfg:SlurmConfig, # resources, walltime, requeue behaviour
@@ -153,24 +168,28 @@ def render_notebook_job(notebook:str|Path, # the parameterized notebook papermil
     # to kernel_info"): retry papermill, up to 3 tries, only while no cell of the attempt has run yet.
     run = (f'( for KTRY in 1 2 3; do {pm}; RC=$?; [ "$RC" = 0 ] && exit 0; '
            f'halting-lab slurm _job ran {out} && exit "$RC"; '
-           'log "the kernel did not start (try $KTRY of 3): retrying"; sleep $((KTRY + RANDOM % 3)); done; exit "$RC" )')
-    return _job_script(_select_block(elements, array is not None), run, cfg, output, job_name, root, str(nb), nb.stem, array, dependency)
+           'log "the kernel did not start (try $KTRY of 3): retrying"; sleep $((KTRY + RANDOM % 3)); '
+           'done; exit "$RC" )')
+    return _job_script(_select_block(elements, array is not None), run, cfg, output, job_name, root, str(nb),
+                       nb.stem, array, dependency)
 
+# %% ../nbs/slurm.ipynb #a3959228
 def render_command_job(command:str|list, # shell command line (a list is quoted with `shlex.join`)
-                       run_id:str, # run directory `<root>/<run_id>`: the command must write its results/checkpoints there
+                       run_id:str, # run directory `<root>/<run_id>`: the command writes its results there
                        cfg:SlurmConfig|None=None, # resources, walltime, requeue behaviour
                        root:str|Path|None=None, # runs root (default: `runs_root()`)
                        output:str|None=None, # Slurm log (default `<run_dir>/slurm-%j.out`)
                        job_name:str|None=None)->str: # default: the run id
-    "The same walltime-surviving batch script for a command instead of a notebook (e.g. `halting-lab train ... --run_id X`)."
+    "The same walltime-surviving batch script for a command (e.g. `halting-lab train ... --run_id X`)."
     cfg = cfg or SlurmConfig()
     run_dir = Path(root if root is not None else runs_root()).resolve()/run_id
     cmd = shlex.join(map(str, command)) if isinstance(command, (list, tuple)) else str(command)
-    return _job_script(f'RUN_ID={shlex.quote(run_id)}', cmd, cfg, output or str(run_dir/'slurm-%j.out'), job_name or run_id, root)
+    return _job_script(f'RUN_ID={shlex.quote(run_id)}', cmd, cfg, output or str(run_dir/'slurm-%j.out'),
+                       job_name or run_id, root)
 
 # %% ../nbs/slurm.ipynb #92bc365e
 def notebook_ran_cells(path:str|Path)->bool:
-    "True when papermill's output notebook at `path` shows a started cell (missing/unreadable: True, a real failure)."
+    "True when papermill's output notebook at `path` shows a started cell (missing/unreadable: True)."
     try: nb = json.loads(Path(path).read_text())
     except (OSError, ValueError): return True
     return any(c.get('execution_count') or c.get('metadata', {}).get('papermill', {}).get('start_time')
@@ -182,20 +201,25 @@ def _now()->str: return datetime.datetime.now().isoformat(timespec='seconds')
 @contextlib.contextmanager
 def update_status(run_dir:str|Path):
     "Lock `run_dir/status.json`, yield it as a dict to modify in place, write it back atomically."
-    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir/'.status.lock', 'a') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         p = run_dir/'status.json'
         try: st = json.loads(p.read_text()) if p.exists() else {}
         except json.JSONDecodeError: st = {}
-        st.setdefault('run_id', run_dir.name); st.setdefault('attempts', []); st.setdefault('job_ids', [])
+        st.setdefault('run_id', run_dir.name)
+        st.setdefault('attempts', [])
+        st.setdefault('job_ids', [])
         yield st
         st['updated'] = _now()
         save_json(p, st)
 
+# %% ../nbs/slurm.ipynb #d2670811
 def _job_key()->Optional[str]:
     e = os.environ
-    if e.get('SLURM_ARRAY_JOB_ID') and e.get('SLURM_ARRAY_TASK_ID'): return f"{e['SLURM_ARRAY_JOB_ID']}_{e['SLURM_ARRAY_TASK_ID']}"
+    if e.get('SLURM_ARRAY_JOB_ID') and e.get('SLURM_ARRAY_TASK_ID'):
+        return f"{e['SLURM_ARRAY_JOB_ID']}_{e['SLURM_ARRAY_TASK_ID']}"
     return e.get('SLURM_JOB_ID')
 
 PREEMPTED_RC = 3   # `halting-lab train` exits with 3 when it checkpointed and stopped on request
@@ -206,23 +230,29 @@ def job_begin(run_dir:str|Path, max_attempts:int=20)->str:
         if st.get('state') == 'finished': return 'done'
         n = len(st['attempts'])
         if n >= max_attempts:
-            st['state'] = 'failed'; st['error'] = f'{n} attempts used (max_attempts={max_attempts})'; return 'exhausted'
+            st['state'] = 'failed'
+            st['error'] = f'{n} attempts used (max_attempts={max_attempts})'
+            return 'exhausted'
         for a in st['attempts']:   # an allocation that ended without closing its attempt (killed, node lost)
             if a.get('state') == 'running': a.update(state='lost', ended=a.get('ended') or _now())
         key = _job_key()
         if key and key not in st['job_ids']: st['job_ids'].append(key)
         st['attempts'].append({'attempt': n + 1, 'job_id': key, 'slurm_job_id': os.environ.get('SLURM_JOB_ID'),
-                               'restart_count': int(os.environ.get('SLURM_RESTART_COUNT', 0) or 0), 'node': socket.gethostname(),
-                               'started': _now(), 'started_ts': time.time(), 'state': 'running'})
-        st['state'] = 'running'; st.pop('error', None)
+                               'restart_count': int(os.environ.get('SLURM_RESTART_COUNT', 0) or 0),
+                               'node': socket.gethostname(), 'started': _now(), 'started_ts': time.time(),
+                               'state': 'running'})
+        st['state'] = 'running'
+        st.pop('error', None)
         return str(n + 1)
 
+# %% ../nbs/slurm.ipynb #9c2a2ed8
 def _attempt(st:dict, attempt:int)->dict:
     return next((a for a in st['attempts'] if a.get('attempt') == attempt), None) or {'attempt': attempt}
 
 def _attempt_file(name:str, attempt:int)->str:
     return f'{name}.attempt{attempt}.ipynb' if name else 'the Slurm log'
 
+# %% ../nbs/slurm.ipynb #7c363cde
 def job_end(run_dir:str|Path, # the run directory
             name:str, # notebook stem ('' for a command job)
             attempt:int, # the attempt being closed
@@ -238,20 +268,22 @@ def job_end(run_dir:str|Path, # the run directory
         fresh_results = res.exists() and res.stat().st_mtime >= att.get('started_ts', 0) - 1
         res_status = None
         if fresh_results:
-            with contextlib.suppress(json.JSONDecodeError, OSError, AttributeError): res_status = json.loads(res.read_text()).get('status')
-        # the training writes results.json with status 'preempted' or 'finished'; a notebook without one that
-        # ran to the end after PREEMPT was touched is taken as preempted too
+            with contextlib.suppress(json.JSONDecodeError, OSError, AttributeError):
+                res_status = json.loads(res.read_text()).get('status')
         preempted = res_status == 'preempted' or (preempt and not fresh_results)
         clean = not reason and (rc == 0 or (rc == PREEMPTED_RC and res_status == 'preempted'))
         if clean and not preempted:
             outcome = 'finished'
             if name and nb.exists(): atomic_write_bytes(run_dir/f'{name}.ipynb', nb.read_bytes())
-            st['state'] = 'finished'; st['finished'] = _now()
+            st['state'] = 'finished'
+            st['finished'] = _now()
             if name: st['notebook_out'] = f'{name}.ipynb'
         elif clean:
-            outcome = 'requeue'; st['state'] = 'requeued'
+            outcome = 'requeue'
+            st['state'] = 'requeued'
         else:
-            outcome = 'failed'; st['state'] = 'failed'
+            outcome = 'failed'
+            st['state'] = 'failed'
             st['error'] = reason or f'exit status {rc} in attempt {attempt}; see {_attempt_file(name, attempt)}'
         att.update(ended=_now(), rc=rc, state={'requeue': 'preempted'}.get(outcome, outcome))
         if name: att['notebook'] = nb.name
@@ -259,6 +291,7 @@ def job_end(run_dir:str|Path, # the run directory
             with contextlib.suppress(FileNotFoundError): (run_dir/'PREEMPT').unlink()
         return outcome
 
+# %% ../nbs/slurm.ipynb #b0fc618f
 def _timed_out(job:dict)->bool:
     "Slurm's view of a running job says it reached its time limit (RunTime >= TimeLimit)."
     try: return time_to_seconds(job['RunTime']) >= time_to_seconds(job['TimeLimit'])
@@ -270,7 +303,7 @@ def job_term(run_dir:str|Path, # the run directory
              max_attempts:int=20, # no requeue once this many attempts were used
              requeue:bool=True, # the job was submitted with requeue enabled
              timed_out:bool|None=None)->str: # None: ask `scontrol` whether the walltime was reached
-    "Record an attempt ended by SIGTERM: `requeue` (walltime reached after this attempt wrote last.ckpt), `timeout`, `cancelled` or `closed`."
+    "Record an attempt ended by SIGTERM: `requeue` (after a new last.ckpt), `timeout`, `cancelled` or `closed`."
     run_dir = Path(run_dir)
     with update_status(run_dir) as st:
         att = _attempt(st, attempt)
@@ -281,13 +314,15 @@ def job_term(run_dir:str|Path, # the run directory
         limit = (st.get('config') or {}).get('time', '?')
         if not timed_out:
             outcome, state = 'cancelled', 'cancelled'
-            st['error'] = f'attempt {attempt} got SIGTERM before its walltime: cancelled (scancel) or preempted by the scheduler'
+            st['error'] = (f'attempt {attempt} got SIGTERM before its walltime: cancelled (scancel) '
+                           'or preempted by the scheduler')
         elif requeue and progressed and len(st['attempts']) < max_attempts:
             outcome, state = 'requeue', 'requeued'
         else:
             outcome, state = 'timeout', 'timeout'
             st['error'] = (f'attempt {attempt} reached the walltime (--time {limit}) before it checkpointed and stopped'
-                           + ('' if progressed else ' and wrote no checkpoint') + '; raise --signal-seconds (or --time) and '
+                           + ('' if progressed else ' and wrote no checkpoint')
+                           + '; raise --signal-seconds (or --time) and '
                            'resubmit with the same --run-id to resume from checkpoints/last.ckpt')
         st['state'] = state
         att.update(ended=_now(), rc=143, state='timeout' if timed_out else 'cancelled')
@@ -312,8 +347,9 @@ def sbatch(script:str|Path, *args:str)->str:
         raise HaltingLabError(f'sbatch rejected the job ({script}):\n{msg}')
     return r.stdout.strip().split(';')[0].strip()
 
+# %% ../nbs/slurm.ipynb #6d676fee
 def squeue_states()->Optional[dict[str, dict]]:
-    "Jobs known to squeue: id (`123` or `123_4` for array tasks) -> state, times, nodes/reason; None if squeue cannot be asked."
+    "Jobs known to squeue: id (`123`, `123_4` for array tasks) -> state, times, nodes/reason; None if unknown."
     exe = shutil.which('squeue')
     if not exe: return None
     r = subprocess.run([exe, '-h', '-a', '-r', '-o', '%i|%T|%M|%l|%R'], capture_output=True, text=True)
@@ -321,7 +357,8 @@ def squeue_states()->Optional[dict[str, dict]]:
     out = {}
     for line in r.stdout.splitlines():
         parts = line.split('|')
-        if len(parts) == 5: out[parts[0].strip()] = dict(zip(['state', 'elapsed', 'limit', 'where'], [p.strip() for p in parts[1:]]))
+        if len(parts) == 5:
+            out[parts[0].strip()] = dict(zip(['state', 'elapsed', 'limit', 'where'], [p.strip() for p in parts[1:]]))
     return out
 
 def scontrol_job(job_id:str)->dict:
@@ -333,7 +370,7 @@ def scontrol_job(job_id:str)->dict:
     return dict(re.findall(r'(\w+)=(\S*)', r.stdout.splitlines()[0])) if r.stdout.strip() else {}
 
 def job_final_state(job_id:str)->Optional[str]:
-    "How a job that left the queue ended (`COMPLETED`, `TIMEOUT`, `CANCELLED`, ...): scontrol (recent jobs), else sacct; None if unknown."
+    "How a job that left the queue ended (`COMPLETED`, `TIMEOUT`, ...): scontrol, else sacct; None if unknown."
     st = scontrol_job(job_id).get('JobState')
     if st: return st
     exe = shutil.which('sacct')   # only with accounting (slurmdbd); otherwise it fails and we say we do not know
@@ -342,6 +379,7 @@ def job_final_state(job_id:str)->Optional[str]:
     states = [l.split()[0] for l in r.stdout.splitlines() if l.strip()] if r.returncode == 0 else []
     return states[-1] if states else None
 
+# %% ../nbs/slurm.ipynb #c57edc21
 def live_job(run_dir:str|Path, live:dict|None=None)->Optional[str]:
     "The run's last job id if squeue still lists it (pending, running, requeued), else None."
     p = Path(run_dir)/'status.json'
@@ -363,37 +401,47 @@ def _check_reusable(run_dir:Path, live:dict|None=None):
     try: st = json.loads(p.read_text()) if p.exists() else {}
     except json.JSONDecodeError: st = {}
     if st.get('state') == 'finished':
-        raise HaltingLabError(f'run {run_dir.name!r} already finished ({p}); a finished run is not restarted: pick another --run-id')
+        raise HaltingLabError(f'run {run_dir.name!r} already finished ({p}); a finished run is not restarted: '
+                              'pick another --run-id')
     live = (squeue_states() or {}) if live is None else live
     jid = live_job(run_dir, live)
     if jid:
         raise HaltingLabError(f'run {run_dir.name!r} already has job {jid} ({live[jid]["state"].lower()}) '
-                              f'writing to {run_dir}; two jobs must not share a run directory: wait for it, `scancel {jid}`, or pick another --run-id')
+                              f'writing to {run_dir}; two jobs must not share a run directory: '
+                              f'wait for it, `scancel {jid}`, or pick another --run-id')
 
+# %% ../nbs/slurm.ipynb #e8165470
 def _submit_run(run_dir:Path, script:str, cfg:SlurmConfig, **info)->str:
-    "Write `run_dir/job.sbatch`, record the run in its status file (`info`: notebook/command, params...), sbatch it; the job id."
+    "Write `run_dir/job.sbatch`, record the run (`info`: notebook/command, params...), sbatch it; the job id."
     run_dir.mkdir(parents=True, exist_ok=True)   # Slurm opens the log in it before the script runs
-    path = run_dir/'job.sbatch'; atomic_write_bytes(path, script.encode()); path.chmod(0o755)
+    path = run_dir/'job.sbatch'
+    atomic_write_bytes(path, script.encode())
+    path.chmod(0o755)
     with update_status(run_dir) as st:
-        st.update(executor='slurm', script=path.name, config=asdict(cfg), **info); st.setdefault('submitted', _now())
+        st.update(executor='slurm', script=path.name, config=asdict(cfg), **info)
+        st.setdefault('submitted', _now())
         st['state'] = 'submitted'
     try: job_id = sbatch(path)
     except HaltingLabError as e:
-        with update_status(run_dir) as st: st['state'] = 'failed'; st['error'] = str(e)
+        with update_status(run_dir) as st:
+            st['state'] = 'failed'
+            st['error'] = str(e)
         raise
     with update_status(run_dir) as st:
         if job_id not in st['job_ids']: st['job_ids'].append(job_id)
         if st['state'] == 'submitted': st['state'] = 'pending'
     return job_id
 
+# %% ../nbs/slurm.ipynb #2a243539
 def submit_notebook(notebook:str|Path, # the parameterized notebook
                     params:dict|None=None, # parameter -> value (checked against its parameters cell)
-                    run_id:str|None=None, # run directory name (default `<notebook>_<time>`); reuse one to continue a run
+                    run_id:str|None=None, # run directory name (default `<notebook>_<time>`); reuse to continue
                     cfg:SlurmConfig|None=None, # resources, walltime, requeue behaviour
                     dry_run:bool=False, # only render the script
                     root:str|Path|None=None)->dict: # runs root
     "Submit one papermill run of `notebook`; returns `{'job_id', 'run_dir', 'script'}` (`job_id` None for a dry run)."
-    cfg = cfg or SlurmConfig(); params = dict(params or {})
+    cfg = cfg or SlurmConfig()
+    params = dict(params or {})
     known = _check_notebook(notebook, params)
     if not dry_run: _need('sbatch')
     root = Path(root) if root is not None else runs_root()
@@ -401,18 +449,22 @@ def submit_notebook(notebook:str|Path, # the parameterized notebook
     run_dir = root/run_id
     _check_reusable(run_dir, {} if dry_run else None)   # a dry run does not ask the scheduler
     full = inject_params(notebook, params, run_id, known)
-    script = render_notebook_job(notebook, [(run_id, full)], cfg, str((run_dir/'slurm-%j.out').resolve()), run_id, root)
+    script = render_notebook_job(notebook, [(run_id, full)], cfg, str((run_dir/'slurm-%j.out').resolve()),
+                                 run_id, root)
     if dry_run: return {'job_id': None, 'run_dir': str(run_dir), 'script': script}
-    run_dir.mkdir(parents=True, exist_ok=True); save_json(run_dir/'params.json', full)
-    job_id = _submit_run(run_dir, script, cfg, notebook=str(Path(notebook).resolve()), name=Path(notebook).stem, params=full)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_json(run_dir/'params.json', full)
+    job_id = _submit_run(run_dir, script, cfg, notebook=str(Path(notebook).resolve()), name=Path(notebook).stem,
+                         params=full)
     return {'job_id': job_id, 'run_dir': str(run_dir), 'script': script}
 
+# %% ../nbs/slurm.ipynb #fc809961
 def submit_command(command:str|list, # shell command line (a list is quoted); it must use `runs_root()/<run_id>`
                    run_id:str, # run directory name; reuse one to continue a run
                    cfg:SlurmConfig|None=None, # resources, walltime, requeue behaviour
                    dry_run:bool=False, # only render the script
                    root:str|Path|None=None)->dict: # runs root
-    "Submit a command (e.g. `srun halting-lab train ... --run_id X`) as a walltime-surviving job; `{'job_id', 'run_dir', 'script'}`."
+    "Submit a command (e.g. `srun halting-lab train ... --run_id X`) as a requeueing job; `{'job_id', 'run_dir', ...}`."
     cfg = cfg or SlurmConfig()
     if not dry_run: _need('sbatch')
     root = Path(root) if root is not None else runs_root()
@@ -421,7 +473,8 @@ def submit_command(command:str|list, # shell command line (a list is quoted); it
     script = render_command_job(command, run_id, cfg, root)
     if dry_run: return {'job_id': None, 'run_dir': str(run_dir), 'script': script}
     cmd = shlex.join(map(str, command)) if isinstance(command, (list, tuple)) else str(command)
-    return {'job_id': _submit_run(run_dir, script, cfg, command=cmd, name=''), 'run_dir': str(run_dir), 'script': script}
+    return {'job_id': _submit_run(run_dir, script, cfg, command=cmd, name=''), 'run_dir': str(run_dir),
+            'script': script}
 
 # %% ../nbs/slurm.ipynb #3a5bc49c
 def array_indices(idx:list[int])->str:
@@ -432,16 +485,80 @@ def array_indices(idx:list[int])->str:
         else: parts.append([i, i])
     return ','.join(f'{a}' if a == b else f'{a}-{b}' for a, b in parts)
 
+# %% ../nbs/slurm.ipynb #733aaba0
 def _element_state(run_dir:Path, full:dict)->Optional[str]:
     "The element's state in its status file; a finished element must have been run with these parameters."
     p = run_dir/'status.json'
     try: st = json.loads(p.read_text()) if p.exists() else {}
     except json.JSONDecodeError: return None
     if st.get('state') == 'finished' and st.get('params') is not None and st['params'] != json.loads(json.dumps(full)):
-        raise HaltingLabError(f'{run_dir.name} already finished with params {json.dumps(st["params"])} ({p}), but this sweep gives it '
-                              f'{json.dumps(full)}; a finished run is not restarted: use another --prefix')
+        raise HaltingLabError(f'{run_dir.name} already finished with params {json.dumps(st["params"])} ({p}), '
+                              f'but this sweep gives it {json.dumps(full)}; a finished run is not restarted: '
+                              'use another --prefix')
     return st.get('state')
 
+def _sweep_plan(notebook, grid:dict, fixed:dict, prefix:str, root:Path, known:dict)->tuple:
+    "`(elements, todo, skipped)`: (run_id, params) per grid element, the indices to submit, finished run ids."
+    elements = [(element_run_id(prefix, p), inject_params(notebook, {**fixed, **p}, element_run_id(prefix, p), known))
+                for p in grid_elements(grid)]
+    # a finished element is never restarted: the array holds only the others (their indices stay those of the grid)
+    todo = [i for i, (rid, full) in enumerate(elements) if _element_state(root/rid, full) != 'finished']
+    skipped = [elements[i][0] for i in range(len(elements)) if i not in todo]
+    return elements, todo, skipped
+
+def _check_sweep_free(root:Path, prefix:str, elements:list, todo:list, live:dict):
+    "Refuse the sweep while one of its elements to submit, or its collector, still has a job in the queue."
+    for i in todo: _check_reusable(root/elements[i][0], live)   # no element may have a job still queued or running
+    if (cj := live_job(root/prefix, live)):
+        raise HaltingLabError(f'sweep {prefix!r} has its collector job {cj} still queued; '
+                              f'wait for it or `scancel {cj}` before resubmitting')
+
+# %% ../nbs/slurm.ipynb #01acaff9
+def _collector_cfg(cfg:SlurmConfig)->SlurmConfig:
+    "Default resources of the collector job: one CPU, 30 minutes, no requeue; partition, account, venv as `cfg`."
+    return SlurmConfig(partition=cfg.partition, account=cfg.account, cpus_per_task=1, time='00:30:00',
+                       requeue=False, venv=cfg.venv, workdir=cfg.workdir, mail_type=cfg.mail_type,
+                       mail_user=cfg.mail_user)
+
+# %% ../nbs/slurm.ipynb #2dee1ad0
+def _sbatch_sweep(notebook, grid:dict, fixed:dict, prefix:str, root:Path, cfg:SlurmConfig, elements:list,
+                  todo:list, skipped:list, script:str|None, collector, summary_notebook:Path, max_parallel)->tuple:
+    "Record the sweep, sbatch its array (if any) and its collector: `(array_job_id, collector_job_id, script)`."
+    sweep_dir = root/prefix
+    spec = write_sweep(notebook, grid, prefix, fixed, root, executor='slurm')
+    for rid, full in elements: save_json(root/rid/'params.json', full)   # a finished one's are these (checked)
+    for i in todo:
+        rid, full = elements[i]
+        with update_status(root/rid) as st:
+            st.update(notebook=str(Path(notebook).resolve()), name=Path(notebook).stem, params=full,
+                      executor='slurm', sweep=prefix, state='submitted', config=asdict(cfg))
+            st.setdefault('submitted', _now())
+    (sweep_dir/'logs').mkdir(parents=True, exist_ok=True)
+    array_id = None
+    if todo:
+        path = sweep_dir/'array.sbatch'
+        atomic_write_bytes(path, script.encode())
+        array_id = sbatch(path)
+        for i in todo:
+            with update_status(root/elements[i][0]) as st:
+                if f'{array_id}_{i}' not in st['job_ids']: st['job_ids'].append(f'{array_id}_{i}')
+                if st['state'] == 'submitted': st['state'] = 'pending'
+    cscript = collector(f'afterok:{array_id}' if array_id else None)
+    cpath = sweep_dir/'collector.sbatch'
+    atomic_write_bytes(cpath, cscript.encode())
+    with update_status(sweep_dir) as st:   # the collector re-summarises every element, so its finished state is reset
+        st.update(notebook=str(summary_notebook.resolve()), name=summary_notebook.stem, executor='slurm',
+                  state='submitted', params={'sweep_dir': str(sweep_dir.resolve())}, depends_on=array_id)
+        st.setdefault('submitted', _now())
+    collector_id = sbatch(cpath)
+    with update_status(sweep_dir) as st:
+        st['job_ids'].append(collector_id)
+        if st['state'] == 'submitted': st['state'] = 'pending'
+    spec.update(array_job_id=array_id, collector_job_id=collector_id, max_parallel=max_parallel, skipped=skipped)
+    save_json(sweep_dir/'sweep.json', spec)
+    return array_id, collector_id, cscript
+
+# %% ../nbs/slurm.ipynb #1f5d688b
 def submit_sweep(notebook:str|Path, # the parameterized notebook
                  grid:dict, # swept parameter -> values
                  fixed:dict|None=None, # parameters given to every element
@@ -452,81 +569,56 @@ def submit_sweep(notebook:str|Path, # the parameterized notebook
                  summary_cfg:SlurmConfig|None=None, # resources of the collector job
                  dry_run:bool=False, # only render the scripts
                  root:str|Path|None=None)->dict: # runs root
-    "Submit the grid's unfinished elements as one job array plus a collector job; returns job ids, sweep dir, run ids, skipped and scripts."
-    cfg = cfg or SlurmConfig(); fixed = dict(fixed or {})
+    "Submit the grid's unfinished elements as one job array plus a collector job; job ids, run ids, scripts."
+    cfg = cfg or SlurmConfig()
+    fixed = dict(fixed or {})
     known = _check_notebook(notebook, {**fixed, **grid})
     if not dry_run: _need('sbatch')
     root = Path(root) if root is not None else runs_root()
     prefix = prefix or default_prefix(notebook)
     sweep_dir = root/prefix
-    elements = [(element_run_id(prefix, p), inject_params(notebook, {**fixed, **p}, element_run_id(prefix, p), known)) for p in grid_elements(grid)]
-    # a finished element is never restarted: the array holds only the others (their indices stay those of the grid)
-    todo = [i for i, (rid, full) in enumerate(elements) if _element_state(root/rid, full) != 'finished']
-    skipped = [elements[i][0] for i in range(len(elements)) if i not in todo]
-    live = {} if dry_run else (squeue_states() or {})   # a dry run does not ask the scheduler
-    for i in todo: _check_reusable(root/elements[i][0], live)   # no element may have a job still queued or running
-    if (cj := live_job(sweep_dir, live)):
-        raise HaltingLabError(f'sweep {prefix!r} has its collector job {cj} still queued; wait for it or `scancel {cj}` before resubmitting')
+    elements, todo, skipped = _sweep_plan(notebook, grid, fixed, prefix, root, known)
+    _check_sweep_free(root, prefix, elements, todo, {} if dry_run else (squeue_states() or {}))
     array = array_indices(todo) + (f'%{max_parallel}' if max_parallel else '') if todo else None
-    script = render_notebook_job(notebook, elements, cfg, str((sweep_dir/'logs'/'%x_%A_%a.out').resolve()), prefix, root, array=array) if todo else None
+    log = str((sweep_dir/'logs'/'%x_%A_%a.out').resolve())
+    script = render_notebook_job(notebook, elements, cfg, log, prefix, root, array=array) if todo else None
     summary_notebook = Path(summary_notebook) if summary_notebook else SUMMARY_NOTEBOOK
-    scfg = summary_cfg or SlurmConfig(partition=cfg.partition, account=cfg.account, cpus_per_task=1, time='00:30:00', requeue=False,
-                                      venv=cfg.venv, workdir=cfg.workdir, mail_type=cfg.mail_type, mail_user=cfg.mail_user)
+    scfg = summary_cfg or _collector_cfg(cfg)
     def collector(dep):
         return render_notebook_job(summary_notebook, [(prefix, {'sweep_dir': str(sweep_dir.resolve())})], scfg,
                                    str((sweep_dir/'slurm-%j.out').resolve()), f'{prefix}_summary', root, dependency=dep)
-    out = {'sweep_dir': str(sweep_dir), 'run_ids': [e[0] for e in elements], 'submitted': [elements[i][0] for i in todo],
-           'skipped': skipped, 'script': script}
+    out = {'sweep_dir': str(sweep_dir), 'run_ids': [e[0] for e in elements],
+           'submitted': [elements[i][0] for i in todo], 'skipped': skipped, 'script': script}
     if dry_run:
-        return {**out, 'array_job_id': None, 'collector_job_id': None, 'collector_script': collector('afterok:<array_job_id>' if todo else None)}
-    spec = write_sweep(notebook, grid, prefix, fixed, root, executor='slurm')
-    for rid, full in elements: save_json(root/rid/'params.json', full)   # a finished element's are these (checked above)
-    for i in todo:
-        rid, full = elements[i]
-        with update_status(root/rid) as st:
-            st.update(notebook=str(Path(notebook).resolve()), name=Path(notebook).stem, params=full, executor='slurm',
-                      sweep=prefix, state='submitted', config=asdict(cfg)); st.setdefault('submitted', _now())
-    (sweep_dir/'logs').mkdir(parents=True, exist_ok=True)
-    array_id = None
-    if todo:
-        path = sweep_dir/'array.sbatch'; atomic_write_bytes(path, script.encode())
-        array_id = sbatch(path)
-        for i in todo:
-            with update_status(root/elements[i][0]) as st:
-                if f'{array_id}_{i}' not in st['job_ids']: st['job_ids'].append(f'{array_id}_{i}')
-                if st['state'] == 'submitted': st['state'] = 'pending'
-    cscript = collector(f'afterok:{array_id}' if array_id else None)
-    cpath = sweep_dir/'collector.sbatch'; atomic_write_bytes(cpath, cscript.encode())
-    with update_status(sweep_dir) as st:   # the collector re-summarises every element, so its finished state is reset
-        st.update(notebook=str(summary_notebook.resolve()), name=summary_notebook.stem, executor='slurm', state='submitted',
-                  params={'sweep_dir': str(sweep_dir.resolve())}, depends_on=array_id); st.setdefault('submitted', _now())
-    collector_id = sbatch(cpath)
-    with update_status(sweep_dir) as st:
-        st['job_ids'].append(collector_id)
-        if st['state'] == 'submitted': st['state'] = 'pending'
-    spec.update(array_job_id=array_id, collector_job_id=collector_id, max_parallel=max_parallel, skipped=skipped)
-    save_json(sweep_dir/'sweep.json', spec)
+        return {**out, 'array_job_id': None, 'collector_job_id': None,
+                'collector_script': collector('afterok:<array_job_id>' if todo else None)}
+    array_id, collector_id, cscript = _sbatch_sweep(notebook, grid, fixed, prefix, root, cfg, elements, todo, skipped,
+                                                    script, collector, summary_notebook, max_parallel)
     return {**out, 'array_job_id': array_id, 'collector_job_id': collector_id, 'collector_script': cscript}
 
 # %% ../nbs/slurm.ipynb #8b4e5df8
 def _scheduler_state(job_ids:list, live:dict|None)->str:
     if not job_ids: return '-'
     jid = str(job_ids[-1])
-    if live and jid in live: return live[jid]['state'] + (f" ({live[jid]['where']})" if live[jid]['where'] and live[jid]['state'] == 'PENDING' else '')
+    if live and jid in live:
+        return live[jid]['state'] + (f" ({live[jid]['where']})"
+                                     if live[jid]['where'] and live[jid]['state'] == 'PENDING' else '')
     return job_final_state(jid) or 'gone'
 
-_ENDED = {'TIMEOUT': 'timeout', 'DEADLINE': 'timeout', 'CANCELLED': 'cancelled', 'FAILED': 'failed', 'NODE_FAIL': 'failed',
-          'OUT_OF_MEMORY': 'failed', 'BOOT_FAIL': 'failed'}
+_ENDED = {'TIMEOUT': 'timeout', 'DEADLINE': 'timeout', 'CANCELLED': 'cancelled', 'FAILED': 'failed',
+          'NODE_FAIL': 'failed', 'OUT_OF_MEMORY': 'failed', 'BOOT_FAIL': 'failed'}
 
 def reconciled_state(st:dict, # a run's status.json
                      live:dict|None)->str: # `squeue_states()` (None: the scheduler could not be asked)
-    "The run's state corrected by the scheduler: `pending`/`running`/`requeued` whose job left the queue becomes `timeout`, `cancelled`, `failed` or `lost`."
+    "The run's state corrected by the scheduler: an active state whose job left the queue becomes how it ended."
     state = st.get('state', '?')
     if state not in ('pending', 'running', 'requeued') or live is None or not st.get('job_ids'): return state
     jid = str(st['job_ids'][-1])
     if jid in live: return state
-    return _ENDED.get((job_final_state(jid) or '').split(' ')[0], 'lost')   # COMPLETED or unknown: it ended without telling the file
+    # COMPLETED or unknown: it ended without telling the file
+    return _ENDED.get((job_final_state(jid) or '').split(' ')[0], 'lost')
 
+# %% ../nbs/slurm.ipynb #212f4fd9
 def run_statuses(root:str|Path|None=None)->list[dict]:
     "The status files under the runs root (Slurm runs, sweeps and JupyterLab jobs), newest first."
     root = Path(root) if root is not None else runs_root()
@@ -536,38 +628,54 @@ def run_statuses(root:str|Path|None=None)->list[dict]:
         except json.JSONDecodeError: continue
     return out
 
-def format_status(run_id:str|None=None, root:str|Path|None=None)->str:
-    "A table of all runs (or the details of one run) with the scheduler's view of their last job."
-    root = Path(root) if root is not None else runs_root()
-    live = squeue_states()
-    if run_id is None:
-        rows = [('RUN', 'STATE', 'ATTEMPTS', 'JOB', 'SLURM', 'UPDATED')]
-        for st in run_statuses(root):
-            if st.get('executor') not in ('slurm', 'slurm-lab'): continue
-            rec = reconciled_state(st, live)
-            rows.append((st.get('run_id', '?'), rec if rec == st.get('state') else f"{rec} (file: {st.get('state')})", str(len(st.get('attempts', []))),
-                         str((st.get('job_ids') or ['-'])[-1]), _scheduler_state(st.get('job_ids', []), live), st.get('updated', '')))
-        if len(rows) == 1: return f'no Slurm runs under {root}'
-        w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        return '\n'.join('  '.join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() for r in rows)
+def _status_table(root:Path, live:dict|None)->str:
+    "One line per Slurm run under `root`: state, attempts, last job and the scheduler's view of it."
+    rows = [('RUN', 'STATE', 'ATTEMPTS', 'JOB', 'SLURM', 'UPDATED')]
+    for st in run_statuses(root):
+        if st.get('executor') not in ('slurm', 'slurm-lab'): continue
+        rec = reconciled_state(st, live)
+        rows.append((st.get('run_id', '?'), rec if rec == st.get('state') else f"{rec} (file: {st.get('state')})",
+                     str(len(st.get('attempts', []))), str((st.get('job_ids') or ['-'])[-1]),
+                     _scheduler_state(st.get('job_ids', []), live), st.get('updated', '')))
+    if len(rows) == 1: return f'no Slurm runs under {root}'
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return '\n'.join('  '.join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() for r in rows)
+
+# %% ../nbs/slurm.ipynb #6b715978
+def _status_details(run_id:str, root:Path, live:dict|None)->str:
+    "One run's state, parameters, jobs, error and attempts."
     p = root/run_id/'status.json'
-    if not p.exists(): raise HaltingLabError(f'{p}: no status file (is {run_id!r} a run submitted with halting-lab slurm?)')
+    if not p.exists():
+        raise HaltingLabError(f'{p}: no status file (is {run_id!r} a run submitted with halting-lab slurm?)')
     st = json.loads(p.read_text())
     rec = reconciled_state(st, live)
     lines = [f"run {st.get('run_id')}: {rec}  (dir {root/run_id})"]
     if rec != st.get('state'):
-        lines.append(f"status.json says {st.get('state')!r}, but job {st['job_ids'][-1]} left the queue ({job_final_state(st['job_ids'][-1]) or 'unknown to Slurm'}) "
-                     "without recording its end (killed, node lost); resubmit with the same --run-id to resume from checkpoints/last.ckpt")
+        lines.append(f"status.json says {st.get('state')!r}, but job {st['job_ids'][-1]} left the queue "
+                     f"({job_final_state(st['job_ids'][-1]) or 'unknown to Slurm'}) "
+                     "without recording its end (killed, node lost); resubmit with the same --run-id to resume "
+                     "from checkpoints/last.ckpt")
     lines += [f"notebook: {st.get('notebook', '?')}", f"params: {json.dumps(st.get('params', {}))}",
-              f"jobs: {', '.join(map(str, st.get('job_ids', []))) or '-'}; scheduler: {_scheduler_state(st.get('job_ids', []), live)}"]
+              f"jobs: {', '.join(map(str, st.get('job_ids', []))) or '-'}; "
+              f"scheduler: {_scheduler_state(st.get('job_ids', []), live)}"]
     if st.get('error'): lines.append(f"error: {st['error']}")
     for a in st.get('attempts', []):
-        lines.append(f"  attempt {a.get('attempt')}: job {a.get('job_id')} on {a.get('node')} restart {a.get('restart_count')} "
+        lines.append(f"  attempt {a.get('attempt')}: job {a.get('job_id')} on {a.get('node')} "
+                     f"restart {a.get('restart_count')} "
                      f"{a.get('started', '')} -> {a.get('ended', '...')} {a.get('state')} {a.get('notebook', '')}")
     if st.get('job_ids'):
         info = scontrol_job(st['job_ids'][-1])
-        if info: lines.append('scontrol: ' + ' '.join(f'{k}={info[k]}' for k in ['JobState', 'Reason', 'RunTime', 'TimeLimit', 'Restarts', 'NodeList'] if k in info))
+        keys = ['JobState', 'Reason', 'RunTime', 'TimeLimit', 'Restarts', 'NodeList']
+        if info: lines.append('scontrol: ' + ' '.join(f'{k}={info[k]}' for k in keys if k in info))
     return '\n'.join(lines)
+
+# %% ../nbs/slurm.ipynb #79fe2108
+def format_status(run_id:str|None=None, root:str|Path|None=None)->str:
+    "A table of all runs (or the details of one run) with the scheduler's view of their last job."
+    root = Path(root) if root is not None else runs_root()
+    live = squeue_states()
+    if run_id is None: return _status_table(root, live)
+    return _status_details(run_id, root, live)
 
 # %% ../nbs/slurm.ipynb #99f2e682
 def _http_ok(url:str, timeout:float=2.0)->bool:
@@ -576,6 +684,26 @@ def _http_ok(url:str, timeout:float=2.0)->bool:
         with urllib.request.urlopen(url, timeout=timeout) as r: return r.status == 200
     except (urllib.error.URLError, OSError, ValueError): return False
 
+def _wait_lab(job_id:str, lab_dir:Path, wait:float, poll:float)->tuple:
+    "Poll until the job's JupyterLab answers: `(connection, None)`, or `(None, scontrol fields)` after `wait` s."
+    conn = lab_dir/'connection.json'
+    t0 = time.time()
+    while True:
+        if conn.exists():
+            try: c = json.loads(conn.read_text())
+            except json.JSONDecodeError: c = None
+            if c and _http_ok(f"http://{c['node']}:{c['port']}/api/status?token={c['token']}"): return c, None
+        sj = scontrol_job(job_id)
+        if sj.get('JobState') in ('FAILED', 'CANCELLED', 'TIMEOUT', 'COMPLETED', 'NODE_FAIL', 'OUT_OF_MEMORY',
+                                  'BOOT_FAIL', 'DEADLINE'):
+            logs = sorted(lab_dir.glob('slurm-*.out'))
+            tail = logs[-1].read_text()[-1500:] if logs else ''
+            raise HaltingLabError(f'JupyterLab job {job_id} ended ({sj.get("JobState")}) before it was up; '
+                                  f'log:\n{tail}')
+        if time.time() - t0 > wait: return None, sj
+        time.sleep(poll)
+
+# %% ../nbs/slurm.ipynb #29323c46
 def submit_lab(cfg:SlurmConfig|None=None, wait:float=300, login_host:str|None=None, user:str|None=None,
                local_port:int|None=None, root:str|Path|None=None, poll:float=1.0, dry_run:bool=False)->dict:
     "Start JupyterLab as a batch job; wait until it answers; return the connection info and the tunnel command."
@@ -584,40 +712,31 @@ def submit_lab(cfg:SlurmConfig|None=None, wait:float=300, login_host:str|None=No
     root = Path(root) if root is not None else runs_root()
     run_id = new_run_id('lab')
     lab_dir = (root/run_id).resolve()
-    script = render_template('lab.sbatch', SBATCH='\n'.join(sbatch_directives(cfg, 'jupyterlab', str(lab_dir/'slurm-%j.out'))),
+    script = render_template('lab.sbatch',
+                             SBATCH='\n'.join(sbatch_directives(cfg, 'jupyterlab', str(lab_dir/'slurm-%j.out'))),
                              WORKDIR=shlex.quote(str(Path(cfg.workdir or os.getcwd()).resolve())),
                              ACTIVATE=_activate(cfg.venv if cfg.venv is not None else default_venv()),
                              RUNS_ROOT=shlex.quote(str(root.resolve())), LAB_DIR=shlex.quote(str(lab_dir)))
     if dry_run: return {'script': script, 'lab_dir': str(lab_dir)}
     _need('sbatch')
     lab_dir.mkdir(parents=True, exist_ok=True)
-    path = lab_dir/'lab.sbatch'; atomic_write_bytes(path, script.encode())
+    path = lab_dir/'lab.sbatch'
+    atomic_write_bytes(path, script.encode())
     job_id = sbatch(path)
     with update_status(lab_dir) as st:
         st.update(executor='slurm-lab', state='pending', job_ids=[job_id], submitted=_now(), config=asdict(cfg))
     info = {'job_id': job_id, 'lab_dir': str(lab_dir), 'script': script}
-    conn = lab_dir/'connection.json'; t0 = time.time()
-    while True:
-        if conn.exists():
-            try: c = json.loads(conn.read_text())
-            except json.JSONDecodeError: c = None
-            if c and _http_ok(f"http://{c['node']}:{c['port']}/api/status?token={c['token']}"): break
-        sj = scontrol_job(job_id)
-        if sj.get('JobState') in ('FAILED', 'CANCELLED', 'TIMEOUT', 'COMPLETED', 'NODE_FAIL', 'OUT_OF_MEMORY', 'BOOT_FAIL', 'DEADLINE'):
-            logs = sorted(lab_dir.glob('slurm-*.out'))
-            tail = logs[-1].read_text()[-1500:] if logs else ''
-            raise HaltingLabError(f'JupyterLab job {job_id} ended ({sj.get("JobState")}) before it was up; log:\n{tail}')
-        if time.time() - t0 > wait:
-            return {**info, 'up': False, 'state': sj.get('JobState', '?'), 'reason': sj.get('Reason', '')}
-        time.sleep(poll)
+    c, sj = _wait_lab(job_id, lab_dir, wait, poll)
+    if c is None: return {**info, 'up': False, 'state': sj.get('JobState', '?'), 'reason': sj.get('Reason', '')}
     lp = local_port or c['port']
-    host = login_host or (socket.getfqdn() if '.' in socket.getfqdn() and not socket.getfqdn().startswith('localhost') else socket.gethostname())
+    host = login_host or (socket.getfqdn() if '.' in socket.getfqdn() and not socket.getfqdn().startswith('localhost')
+                          else socket.gethostname())
     tunnel = f"ssh -N -L {lp}:{c['node']}:{c['port']} {user or getpass.getuser()}@{host}"
     url = f"http://localhost:{lp}/lab?token={c['token']}"
     with update_status(lab_dir) as st:
         st.update(state='running', node=c['node'], port=c['port'], tunnel=tunnel)
-    return {**info, 'up': True, 'node': c['node'], 'port': c['port'], 'token': c['token'], 'tunnel': tunnel, 'url': url,
-            'direct_url': f"http://{c['node']}:{c['port']}/lab?token={c['token']}"}
+    return {**info, 'up': True, 'node': c['node'], 'port': c['port'], 'token': c['token'], 'tunnel': tunnel,
+            'url': url, 'direct_url': f"http://{c['node']}:{c['port']}/lab?token={c['token']}"}
 
 # %% ../nbs/slurm.ipynb #d2e3f4a5
 def _job_recipe(recipe:dict, gpus:int)->dict:
@@ -633,6 +752,7 @@ def _job_recipe(recipe:dict, gpus:int)->dict:
         r['batch_size'] = int(recipe['batch_size']) // gpus     # per-device; global unchanged
     return r
 
+# %% ../nbs/slurm.ipynb #14933003
 def recipe_job(recipe:dict|None=None,  # `halting-lab train` flags with a run_id (default: Maze-Hard)
                gpus:int=4,                # GPUs on one node, one DDP rank each (0: one CPU rank)
                cfg=None,                  # `SlurmConfig` (walltime, partition, signal lead, ...)
@@ -673,36 +793,46 @@ def _add_resource_args(ap, time_default='04:00:00', cpus_default=4):
     g.add_argument('--mem', help='memory per node, e.g. 32G (default: the cluster default per CPU)')
     g.add_argument('-t', '--time', default=time_default, help=f'walltime per allocation (default {time_default})')
     g.add_argument('-J', '--job-name')
-    g.add_argument('--mail-type', help='e.g. END,FAIL'); g.add_argument('--mail-user')
+    g.add_argument('--mail-type', help='e.g. END,FAIL')
+    g.add_argument('--mail-user')
     g.add_argument('-A', '--account')
-    g.add_argument('--sbatch', action='append', default=[], metavar='OPTION', help='extra #SBATCH option, e.g. --constraint=a100 (repeatable)')
-    g.add_argument('--signal-seconds', type=int, help='send USR1 (checkpoint + requeue) this long before the walltime (default min(300, walltime/4))')
+    g.add_argument('--sbatch', action='append', default=[], metavar='OPTION',
+                   help='extra #SBATCH option, e.g. --constraint=a100 (repeatable)')
+    g.add_argument('--signal-seconds', type=int,
+                   help='send USR1 (checkpoint + requeue) this long before the walltime (default min(300, walltime/4))')
     g.add_argument('--no-requeue', action='store_true', help='do not checkpoint/requeue at walltime')
     g.add_argument('--max-attempts', type=int, default=20, help='allocations per run before giving up')
     g.add_argument('--venv', help='virtual environment the job activates (default: the current one)')
 
 def _config(a)->SlurmConfig:
-    return SlurmConfig(partition=a.partition, gres=a.gres, gpus=a.gpus, cpus_per_task=a.cpus_per_task, mem=a.mem, time=a.time,
-                       job_name=a.job_name, mail_type=a.mail_type, mail_user=a.mail_user, account=a.account,
-                       extra_sbatch=a.sbatch, signal_seconds=a.signal_seconds, requeue=not a.no_requeue,
-                       venv=a.venv, max_attempts=a.max_attempts)
+    return SlurmConfig(partition=a.partition, gres=a.gres, gpus=a.gpus, cpus_per_task=a.cpus_per_task, mem=a.mem,
+                       time=a.time, job_name=a.job_name, mail_type=a.mail_type, mail_user=a.mail_user,
+                       account=a.account, extra_sbatch=a.sbatch, signal_seconds=a.signal_seconds,
+                       requeue=not a.no_requeue, venv=a.venv, max_attempts=a.max_attempts)
 
-def slurm_cli(argv:list[str]|None=None)->int:
-    "`halting-lab slurm submit|sweep|status|lab ...`"
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ['_job']: return _job_cli(argv[1:])
-    ap = argparse.ArgumentParser(prog='halting-lab slurm', description='Papermill notebooks as Slurm jobs that requeue themselves at '
-                                 'walltime and resume from runs/<run_id>/checkpoints/last.ckpt; sweeps as job arrays; JupyterLab on a node.')
+# %% ../nbs/slurm.ipynb #70739feb
+def _slurm_parser()->argparse.ArgumentParser:
+    "The argument parser of `halting-lab slurm`."
+    ap = argparse.ArgumentParser(prog='halting-lab slurm',
+                                 description='Papermill notebooks as Slurm jobs that requeue themselves at walltime '
+                                 'and resume from runs/<run_id>/checkpoints/last.ckpt; sweeps as job arrays; '
+                                 'JupyterLab on a node.')
     sub = ap.add_subparsers(dest='cmd', required=True)
     s = sub.add_parser('submit', help='submit a parameterized notebook as a batch job')
-    s.add_argument('notebook'); s.add_argument('-p', '--param', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='notebook parameter')
-    s.add_argument('--run-id', help='run directory name under runs/ (default <notebook>_<time>); reuse one to continue a run')
+    s.add_argument('notebook')
+    s.add_argument('-p', '--param', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='notebook parameter')
+    s.add_argument('--run-id',
+                   help='run directory name under runs/ (default <notebook>_<time>); reuse one to continue a run')
     s.add_argument('--dry-run', action='store_true', help='only print the batch script')
     _add_resource_args(s)
     w = sub.add_parser('sweep', help='submit a parameter grid as a job array + a collector job')
-    w.add_argument('notebook'); w.add_argument('--grid', action='extend', nargs='+', default=[], metavar='KEY=V1,V2', help='swept parameters: --grid dim=64,128 depth=2,3 (or repeat --grid)')
-    w.add_argument('-p', '--param', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='fixed parameter for every element')
-    w.add_argument('--prefix', help='sweep name / run id prefix'); w.add_argument('--max-parallel', type=int, help='array concurrency (%%N)')
+    w.add_argument('notebook')
+    w.add_argument('--grid', action='extend', nargs='+', default=[], metavar='KEY=V1,V2',
+                   help='swept parameters: --grid dim=64,128 depth=2,3 (or repeat --grid)')
+    w.add_argument('-p', '--param', nargs=2, action='append', metavar=('KEY', 'VALUE'),
+                   help='fixed parameter for every element')
+    w.add_argument('--prefix', help='sweep name / run id prefix')
+    w.add_argument('--max-parallel', type=int, help='array concurrency (%%N)')
     w.add_argument('--summary-notebook', help='notebook the collector runs with -p sweep_dir')
     w.add_argument('--dry-run', action='store_true', help='only print the array and collector scripts')
     _add_resource_args(w)
@@ -711,42 +841,73 @@ def slurm_cli(argv:list[str]|None=None)->int:
     l = sub.add_parser('lab', help='JupyterLab on a compute node; prints the ssh tunnel and URL')
     _add_resource_args(l)
     l.add_argument('--wait', type=float, default=600, help='seconds to wait for the job to start and Jupyter to answer')
-    l.add_argument('--login-host', help='host to tunnel through (default: this machine)'); l.add_argument('--user')
-    l.add_argument('--local-port', type=int); l.add_argument('--dry-run', action='store_true')
-    a = ap.parse_args(argv)
+    l.add_argument('--login-host', help='host to tunnel through (default: this machine)')
+    l.add_argument('--user')
+    l.add_argument('--local-port', type=int)
+    l.add_argument('--dry-run', action='store_true')
+    return ap
+
+# %% ../nbs/slurm.ipynb #376f776f
+def slurm_cli(argv:list[str]|None=None)->int:
+    "`halting-lab slurm submit|sweep|status|lab ...`"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ['_job']: return _job_cli(argv[1:])
+    a = _slurm_parser().parse_args(argv)
     if a.cmd == 'submit':
         r = submit_notebook(a.notebook, parse_params(a.param), a.run_id, _config(a), a.dry_run)
-        if a.dry_run: print(r['script']); return 0
-        print(f"submitted job {r['job_id']}\nrun dir: {r['run_dir']}\nstatus:  halting-lab slurm status {Path(r['run_dir']).name}")
+        if a.dry_run:
+            print(r['script'])
+            return 0
+        print(f"submitted job {r['job_id']}\nrun dir: {r['run_dir']}\n"
+              f"status:  halting-lab slurm status {Path(r['run_dir']).name}")
     elif a.cmd == 'sweep':
         r = submit_sweep(a.notebook, parse_grid(a.grid), parse_params(a.param), a.prefix, _config(a), a.max_parallel,
                          a.summary_notebook, dry_run=a.dry_run)
         if a.dry_run:
             print(r['script'] or f"# every element already finished: no array job ({', '.join(r['skipped'])})")
-            print('\n# ---- collector job ----'); print(r['collector_script']); return 0
+            print('\n# ---- collector job ----')
+            print(r['collector_script'])
+            return 0
         arr = (f"array job {r['array_job_id']} ({len(r['submitted'])} runs)" if r['array_job_id'] else 'no array job')
         print(f"submitted {arr} and collector job {r['collector_job_id']}")
         if r['skipped']: print(f"already finished, not resubmitted: {', '.join(r['skipped'])}")
-        print(f"sweep dir: {r['sweep_dir']}"); print('\n'.join('  ' + x for x in r['submitted']))
+        print(f"sweep dir: {r['sweep_dir']}")
+        print('\n'.join('  ' + x for x in r['submitted']))
     elif a.cmd == 'status':
         print(format_status(a.run_id))
     elif a.cmd == 'lab':
-        cfg = _config(a); cfg.requeue = False; cfg.job_name = cfg.job_name or 'jupyterlab'
-        r = submit_lab(cfg, a.wait, a.login_host, a.user, a.local_port, dry_run=a.dry_run)
-        if a.dry_run: print(r['script']); return 0
-        if not r['up']:
-            print(f"job {r['job_id']} is {r['state']} {r['reason']}; not up after {a.wait:.0f}s. Check again: halting-lab slurm status {Path(r['lab_dir']).name}")
-            return 1
-        print(f"JupyterLab is up on {r['node']}:{r['port']} (job {r['job_id']}).\nOn your machine, open the tunnel:\n  {r['tunnel']}\n"
-              f"then browse to:\n  {r['url']}\nStop it with: scancel {r['job_id']}")
+        return _lab_cli(a)
     return 0
 
+# %% ../nbs/slurm.ipynb #cac125f5
+def _lab_cli(a)->int:
+    "`halting-lab slurm lab`: submit JupyterLab, print the tunnel and the URL (1 if it is not up in time)."
+    cfg = _config(a)
+    cfg.requeue = False
+    cfg.job_name = cfg.job_name or 'jupyterlab'
+    r = submit_lab(cfg, a.wait, a.login_host, a.user, a.local_port, dry_run=a.dry_run)
+    if a.dry_run:
+        print(r['script'])
+        return 0
+    if not r['up']:
+        print(f"job {r['job_id']} is {r['state']} {r['reason']}; not up after {a.wait:.0f}s. "
+              f"Check again: halting-lab slurm status {Path(r['lab_dir']).name}")
+        return 1
+    print(f"JupyterLab is up on {r['node']}:{r['port']} (job {r['job_id']}).\nOn your machine, open the tunnel:\n"
+          f"  {r['tunnel']}\nthen browse to:\n  {r['url']}\nStop it with: scancel {r['job_id']}")
+    return 0
+
+# %% ../nbs/slurm.ipynb #e038f678
 def _job_cli(argv:list[str])->int:
-    "Internal, called by the template: `_job begin RUN_DIR` / `_job end RUN_DIR --name N --attempt K --rc RC` / `_job term RUN_DIR ...` / `_job ran NOTEBOOK`."
+    "Internal, called by the template: `_job begin|end|term RUN_DIR [--name N --attempt K --rc RC]` / `_job ran NB`."
     ap = argparse.ArgumentParser(prog='halting-lab slurm _job')
-    ap.add_argument('what', choices=['begin', 'end', 'term', 'ran']); ap.add_argument('run_dir', help='run dir (for ran: the executed notebook)')
-    ap.add_argument('--max-attempts', type=int, default=20); ap.add_argument('--name', default='')
-    ap.add_argument('--attempt', type=int, default=0); ap.add_argument('--rc', type=int, default=0); ap.add_argument('--reason', default='')
+    ap.add_argument('what', choices=['begin', 'end', 'term', 'ran'])
+    ap.add_argument('run_dir', help='run dir (for ran: the executed notebook)')
+    ap.add_argument('--max-attempts', type=int, default=20)
+    ap.add_argument('--name', default='')
+    ap.add_argument('--attempt', type=int, default=0)
+    ap.add_argument('--rc', type=int, default=0)
+    ap.add_argument('--reason', default='')
     ap.add_argument('--requeue', type=int, default=1)
     a = ap.parse_args(argv)
     if a.what == 'ran': return 0 if notebook_ran_cells(a.run_dir) else 1

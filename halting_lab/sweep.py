@@ -37,11 +37,13 @@ def parse_grid(specs:list[str])->dict[str, list]:
         key, sep, vals = spec.partition('=')
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise HaltingLabError(f'--grid {spec!r}: expected KEY=V1,V2,... with KEY a Python identifier')
+            raise HaltingLabError(f'--grid {spec!r}: expected KEY=V1,V2,... '
+                                  'with KEY a Python identifier')
         values = [parse_value(v.strip()) for v in vals.split(',') if v.strip() != '']
         if not values: raise HaltingLabError(f'--grid {spec!r}: no values after "="')
         if key in grid: raise HaltingLabError(f'--grid: key {key!r} given twice')
-        if len(set(map(repr, values))) != len(values): raise HaltingLabError(f'--grid {spec!r}: repeated value')
+        if len(set(map(repr, values))) != len(values):
+            raise HaltingLabError(f'--grid {spec!r}: repeated value')
         grid[key] = values
     if not grid: raise HaltingLabError('a sweep needs at least one --grid KEY=V1,V2,...')
     return grid
@@ -73,37 +75,49 @@ def read_notebook_json(notebook:str|Path)->dict:
     p = Path(notebook)
     if not p.exists(): raise HaltingLabError(f'{p}: notebook not found')
     try: nb = json.loads(p.read_text(encoding='utf-8'))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise HaltingLabError(f'{p}: not a notebook ({e})') from e
-    if not isinstance(nb, dict) or 'cells' not in nb: raise HaltingLabError(f'{p}: not a notebook (no "cells")')
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HaltingLabError(f'{p}: not a notebook ({e})') from e
+    if not isinstance(nb, dict) or 'cells' not in nb:
+        raise HaltingLabError(f'{p}: not a notebook (no "cells")')
     return nb
 
 def notebook_parameters(notebook:str|Path)->dict[str, str]:
     "Names assigned in the notebook's `parameters` cell -> their default's source text."
     nb = read_notebook_json(notebook)
-    cells = [c for c in nb['cells'] if c.get('cell_type') == 'code' and 'parameters' in (c.get('metadata', {}).get('tags') or [])]
+    cells = [c for c in nb['cells'] if c.get('cell_type') == 'code'
+             and 'parameters' in (c.get('metadata', {}).get('tags') or [])]
     if not cells:
-        raise HaltingLabError(f'{notebook}: no cell tagged "parameters"; papermill needs one to inject parameters '
-                              '(in Jupyter: View > Cell toolbar > Tags, add "parameters" to the cell that sets the defaults)')
-    src = ''.join(cells[0]['source']) if isinstance(cells[0]['source'], list) else cells[0]['source']
+        raise HaltingLabError(f'{notebook}: no cell tagged "parameters"; papermill needs one to '
+                              'inject parameters (in Jupyter: View > Cell toolbar > Tags, add '
+                              '"parameters" to the cell that sets the defaults)')
+    src = (''.join(cells[0]['source']) if isinstance(cells[0]['source'], list)
+           else cells[0]['source'])
     out = {}
     try:
         for node in ast.parse(src).body:
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [node.target] if isinstance(node, ast.AnnAssign) else [])
             for t in targets:
                 for n in ([t] if isinstance(t, ast.Name) else getattr(t, 'elts', [])):
-                    if isinstance(n, ast.Name): out[n.id] = ast.get_source_segment(src, node.value) if node.value is not None else ''
+                    if isinstance(n, ast.Name):
+                        out[n.id] = (ast.get_source_segment(src, node.value) if node.value is not None
+                                     else '')
     except SyntaxError:  # magics etc.: fall back to a line scan
-        for m in re.finditer(r'^([A-Za-z_]\w*)\s*(?::[^=\n]*)?=(?!=)\s*(.*)$', src, re.M): out[m.group(1)] = m.group(2)
-    for m in re.finditer(r'^# also accepted[^:]*:(.*)$', src, re.M):   # aliases the notebook maps itself
+        for m in re.finditer(r'^([A-Za-z_]\w*)\s*(?::[^=\n]*)?=(?!=)\s*(.*)$', src, re.M):
+            out[m.group(1)] = m.group(2)
+    # aliases the notebook maps itself
+    for m in re.finditer(r'^# also accepted[^:]*:(.*)$', src, re.M):
         for name in re.findall(r'[A-Za-z_]\w*', m.group(1)): out.setdefault(name, '')
     return out
 
+# %% ../nbs/sweep.ipynb #f994b695
 def check_parameters(notebook:str|Path, params:dict)->dict[str, str]:
     "Raise `HaltingLabError` naming any key of `params` the parameters cell does not assign; return the cell's names."
     known = notebook_parameters(notebook)
     unknown = [k for k in params if k not in known]
     if unknown:
-        raise HaltingLabError(f'{notebook}: unknown parameter{"s" if len(unknown) > 1 else ""} {", ".join(map(repr, unknown))}; '
+        raise HaltingLabError(f'{notebook}: unknown parameter{"s" if len(unknown) > 1 else ""} '
+                              f'{", ".join(map(repr, unknown))}; '
                               f'its parameters cell assigns: {", ".join(known) or "(nothing)"}')
     return known
 
@@ -124,10 +138,12 @@ def _series_stats(name:str, values:list)->dict:
     best = min(vals) if 'loss' in name.lower() else max(vals)
     return {f'final_{name}': vals[-1], f'best_{name}': best}
 
+# %% ../nbs/sweep.ipynb #ad351484
 def run_metrics(run_dir:str|Path)->dict:
     "Scalars describing one finished (or partial) run: results.json, final/best of metrics.csv and history.json."
     import pandas as pd
-    run_dir = Path(run_dir); row = {}
+    run_dir = Path(run_dir)
+    row = {}
     res = run_dir/'results.json'
     if res.exists():
         try: row.update(_flatten(json.loads(res.read_text())))
@@ -146,13 +162,14 @@ def run_metrics(run_dir:str|Path)->dict:
             try: h = json.loads(hist.read_text())
             except json.JSONDecodeError: continue
             for k, v in h.items():
-                if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v): derived.update(_series_stats(k, v))
+                if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v):
+                    derived.update(_series_stats(k, v))
             break
     for k, v in derived.items(): row.setdefault(k, v)
     return row
 
 def run_state(run_dir:str|Path)->str:
-    "`finished` / `running` / `failed` / ... from status.json, else `finished` if results.json exists, else `missing`/`unknown`."
+    "`finished`/`running`/`failed`/... from status.json; else `finished` if results.json exists, else `missing`."
     run_dir = Path(run_dir)
     if (run_dir/'status.json').exists():
         try: return json.loads((run_dir/'status.json').read_text()).get('state', 'unknown')
@@ -160,30 +177,38 @@ def run_state(run_dir:str|Path)->str:
     if (run_dir/'results.json').exists(): return 'finished'
     return 'unknown' if run_dir.exists() else 'missing'
 
+# %% ../nbs/sweep.ipynb #c8a6709c
 def summarize_runs(sweep_dir:str|Path, root:str|Path|None=None):
     "One row per element of the sweep in `sweep_dir` (its `sweep.json`): parameters, state, metrics."
     import pandas as pd
-    sweep_dir = Path(sweep_dir); spec = load_json(sweep_dir/'sweep.json')
+    sweep_dir = Path(sweep_dir)
+    spec = load_json(sweep_dir/'sweep.json')
     root = Path(root) if root is not None else Path(spec.get('runs_root') or sweep_dir.parent)
     rows = []
     for el in spec['elements']:
         rd = root/el['run_id']
-        rows.append({'run_id': el['run_id'], **el['params'], 'state': run_state(rd), **run_metrics(rd)})
+        rows.append({'run_id': el['run_id'], **el['params'], 'state': run_state(rd),
+                     **run_metrics(rd)})
     return pd.DataFrame(rows)
 
 def pick_metric(df, grid_keys=(), metric:str='')->str|None:
     "The column to rank/plot: `metric` if given, else the first of best/final val acc, ... present."
     if metric:
-        if metric not in df.columns: raise HaltingLabError(f'metric {metric!r} not in the summary columns {list(df.columns)}')
+        if metric not in df.columns:
+            raise HaltingLabError(f'metric {metric!r} not in the summary columns '
+                                  f'{list(df.columns)}')
         return metric
     import pandas as pd
-    for c in ['best_val_acc', 'final_val_acc', 'best_val/exact_acc', 'final_val/exact_acc', 'best_val/acc', 'final_val/acc', 'val_acc',
-              'best_val_exact_acc', 'final_metric', 'best_val_loss', 'final_val_loss', 'final_val/loss']:
+    for c in ['best_val_acc', 'final_val_acc', 'best_val/exact_acc', 'final_val/exact_acc',
+              'best_val/acc', 'final_val/acc', 'val_acc', 'best_val_exact_acc', 'final_metric',
+              'best_val_loss', 'final_val_loss', 'final_val/loss']:
         if c in df.columns and pd.api.types.is_numeric_dtype(df[c]): return c
     skip = set(grid_keys) | {'run_id', 'state'}
-    num = [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c]) and not isinstance(df[c].iloc[0], bool)]
+    num = [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c])
+           and not isinstance(df[c].iloc[0], bool)]
     return num[0] if num else None
 
+# %% ../nbs/sweep.ipynb #fd1724c5
 def plot_summary(df, grid_keys:list[str], metric:str, ax=None):
     "Heatmap of `metric` over the first two grid keys (mean over the others), or a bar chart for one key."
     import matplotlib.pyplot as plt
@@ -191,18 +216,23 @@ def plot_summary(df, grid_keys:list[str], metric:str, ax=None):
     if len(grid_keys) >= 2:
         t = df.pivot_table(index=grid_keys[0], columns=grid_keys[1], values=metric, aggfunc='mean')
         im = ax.imshow(t.values, cmap='viridis', aspect='auto')
-        ax.set_xticks(range(len(t.columns)), [str(c) for c in t.columns]); ax.set_yticks(range(len(t.index)), [str(i) for i in t.index])
-        ax.set_xlabel(grid_keys[1]); ax.set_ylabel(grid_keys[0])
+        ax.set_xticks(range(len(t.columns)), [str(c) for c in t.columns])
+        ax.set_yticks(range(len(t.index)), [str(i) for i in t.index])
+        ax.set_xlabel(grid_keys[1])
+        ax.set_ylabel(grid_keys[0])
         for i in range(t.shape[0]):
             for j in range(t.shape[1]):
                 v = t.values[i, j]
-                if v == v: ax.text(j, i, f'{v:.3g}', ha='center', va='center', color='w', fontsize=9)
+                if v == v:
+                    ax.text(j, i, f'{v:.3g}', ha='center', va='center', color='w', fontsize=9)
         ax.figure.colorbar(im, ax=ax, label=metric)
         rest = f' (mean over {", ".join(grid_keys[2:])})' if len(grid_keys) > 2 else ''
         ax.set_title(f'{metric} by {grid_keys[0]} x {grid_keys[1]}{rest}')
     else:
         labels = [str(v) for v in (df[grid_keys[0]] if grid_keys else df['run_id'])]
-        ax.bar(labels, df[metric].astype(float)); ax.set_xlabel(grid_keys[0] if grid_keys else 'run'); ax.set_ylabel(metric)
+        ax.bar(labels, df[metric].astype(float))
+        ax.set_xlabel(grid_keys[0] if grid_keys else 'run')
+        ax.set_ylabel(metric)
         ax.set_title(f'{metric} per run')
     return ax
 
@@ -219,7 +249,8 @@ def inject_params(notebook:str|Path, params:dict, run_id:str, known:dict|None=No
     if 'resume_ckpt' in known and 'resume_ckpt' not in out: out['resume_ckpt'] = 'auto'
     return out
 
-def write_sweep(notebook:str|Path, grid:dict, prefix:str, fixed:dict|None=None, root:str|Path|None=None, **extra)->dict:
+def write_sweep(notebook:str|Path, grid:dict, prefix:str, fixed:dict|None=None,
+                root:str|Path|None=None, **extra)->dict:
     "Validate parameters, create `root/prefix/sweep.json` and one run dir per element; return the spec."
     fixed = dict(fixed or {})
     overlap = set(fixed) & set(grid)
@@ -233,34 +264,41 @@ def write_sweep(notebook:str|Path, grid:dict, prefix:str, fixed:dict|None=None, 
         (root/rid).mkdir(parents=True, exist_ok=True)
         save_json(root/rid/'params.json', {**fixed, **params})
         elements.append({'run_id': rid, 'params': params})
-    spec = {'notebook': str(Path(notebook).resolve()), 'grid': grid, 'fixed': fixed, 'prefix': prefix,
-            'runs_root': str(root.resolve()), 'elements': elements,
+    spec = {'notebook': str(Path(notebook).resolve()), 'grid': grid, 'fixed': fixed,
+            'prefix': prefix, 'runs_root': str(root.resolve()), 'elements': elements,
             'created': datetime.datetime.now().isoformat(timespec='seconds'), **extra}
     sweep_dir.mkdir(parents=True, exist_ok=True)
     save_json(sweep_dir/'sweep.json', spec)
     return spec
 
+# %% ../nbs/sweep.ipynb #637e4009
 def _now()->str: return datetime.datetime.now().isoformat(timespec='seconds')
 
 def kernel_override(notebook:str|Path)->dict:
-    "Papermill's `kernel_name`/`language` for notebooks saved without kernelspec metadata (papermill refuses those otherwise)."
+    "Papermill's `kernel_name`/`language` for notebooks saved without kernelspec metadata (else refused)."
     md = read_notebook_json(notebook).get('metadata', {})
     out = {}
     if not (md.get('kernelspec') or {}).get('name'): out['kernel_name'] = 'python3'
-    if not ((md.get('kernelspec') or {}).get('language') or (md.get('language_info') or {}).get('name')): out['language'] = 'python'
+    if not ((md.get('kernelspec') or {}).get('language')
+            or (md.get('language_info') or {}).get('name')):
+        out['language'] = 'python'
     return out
 
-def execute_notebook(notebook:str|Path, run_dir:str|Path, params:dict, name:str|None=None, log_output:bool=False)->Path:
+def execute_notebook(notebook:str|Path, run_dir:str|Path, params:dict, name:str|None=None,
+                     log_output:bool=False)->Path:
     "Papermill `notebook` into `run_dir/<name>.ipynb` with `params` (raises papermill's error on failure)."
     import papermill as pm
-    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir/f'{name or Path(notebook).stem}.ipynb'
     pm.execute_notebook(str(notebook), str(out), parameters=params, **kernel_override(notebook),
                         progress_bar=False, log_output=log_output)
     return out
 
-def run_sweep(notebook:str|Path, grid:dict, prefix:str|None=None, fixed:dict|None=None, root:str|Path|None=None,
-              summary_notebook:str|Path|None=None, rerun:bool=False, log=print):
+# %% ../nbs/sweep.ipynb #cbbc6ee3
+def run_sweep(notebook:str|Path, grid:dict, prefix:str|None=None, fixed:dict|None=None,
+              root:str|Path|None=None, summary_notebook:str|Path|None=None, rerun:bool=False,
+              log=print):
     "Run every element of the grid locally, one after the other, then the summary notebook; return the summary table."
     prefix = prefix or default_prefix(notebook)
     root = Path(root) if root is not None else runs_root()
@@ -270,23 +308,30 @@ def run_sweep(notebook:str|Path, grid:dict, prefix:str|None=None, fixed:dict|Non
     for i, el in enumerate(spec['elements']):
         rd = root/el['run_id']
         if not rerun and run_state(rd) == 'finished':
-            log(f'[{i+1}/{len(spec["elements"])}] {el["run_id"]}: already finished, skipped'); continue
+            log(f'[{i+1}/{len(spec["elements"])}] {el["run_id"]}: already finished, skipped')
+            continue
         params = inject_params(notebook, {**(fixed or {}), **el['params']}, el['run_id'], known)
-        st = {'run_id': el['run_id'], 'notebook': str(Path(notebook).resolve()), 'params': params, 'executor': 'local',
-              'state': 'running', 'attempts': [{'attempt': 1, 'started': _now()}], 'updated': _now()}
+        st = {'run_id': el['run_id'], 'notebook': str(Path(notebook).resolve()), 'params': params,
+              'executor': 'local', 'state': 'running',
+              'attempts': [{'attempt': 1, 'started': _now()}], 'updated': _now()}
         save_json(rd/'status.json', st)
         t0 = time.time()
         try:
             execute_notebook(notebook, rd, params, name)
             st['state'] = 'finished'
         except Exception as e:  # papermill's PapermillExecutionError, kernel death, ...
-            st['state'] = 'failed'; st['error'] = f'{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ""}'
-        st['attempts'][-1].update(ended=_now(), state=st['state']); st['updated'] = _now()
+            st['state'] = 'failed'
+            st['error'] = (f'{type(e).__name__}: '
+                           f'{str(e).strip().splitlines()[-1] if str(e).strip() else ""}')
+        st['attempts'][-1].update(ended=_now(), state=st['state'])
+        st['updated'] = _now()
         save_json(rd/'status.json', st)
-        log(f'[{i+1}/{len(spec["elements"])}] {el["run_id"]}: {st["state"]} in {time.time()-t0:.1f}s' + (f' ({st["error"]})' if st['state'] == 'failed' else ''))
+        log(f'[{i+1}/{len(spec["elements"])}] {el["run_id"]}: {st["state"]} '
+            f'in {time.time()-t0:.1f}s' + (f' ({st["error"]})' if st['state'] == 'failed' else ''))
     summary_notebook = Path(summary_notebook) if summary_notebook else SUMMARY_NOTEBOOK
     sweep_dir = root/prefix
-    execute_notebook(summary_notebook, sweep_dir, {'sweep_dir': str(sweep_dir.resolve())}, 'sweep_summary')
+    execute_notebook(summary_notebook, sweep_dir, {'sweep_dir': str(sweep_dir.resolve())},
+                     'sweep_summary')
     log(f'summary: {sweep_dir/"sweep_summary.ipynb"}, {sweep_dir/"summary.csv"}')
     import pandas as pd
     return pd.read_csv(sweep_dir/'summary.csv')
@@ -296,21 +341,32 @@ def parse_params(pairs:list[list[str]]|None)->dict:
     "`[['dim', '64'], ...]` (from repeated `-p KEY VALUE`) -> typed dict."
     out = {}
     for k, v in (pairs or []):
-        if not k.isidentifier(): raise HaltingLabError(f'-p {k} {v}: {k!r} is not a valid parameter name')
+        if not k.isidentifier():
+            raise HaltingLabError(f'-p {k} {v}: {k!r} is not a valid parameter name')
         out[k] = parse_value(v)
     return out
 
+# %% ../nbs/sweep.ipynb #aafad86b
 def sweep_cli(argv:list[str]|None=None)->int:
     "`halting-lab sweep NOTEBOOK --grid key=v1,v2 ... [-p key value] [--prefix P]`: local sequential sweep."
-    ap = argparse.ArgumentParser(prog='halting-lab sweep', description='Run a papermill notebook once per element of a parameter grid, '
-                                 'one after the other, each into runs/<prefix>_<key><value>.../, then the summary notebook into runs/<prefix>/.')
+    ap = argparse.ArgumentParser(
+        prog='halting-lab sweep',
+        description='Run a papermill notebook once per element of a parameter grid, one after the '
+                    'other, each into runs/<prefix>_<key><value>.../, then the summary notebook '
+                    'into runs/<prefix>/.')
     ap.add_argument('notebook', help='parameterized notebook (a cell tagged "parameters")')
-    ap.add_argument('--grid', action='extend', nargs='+', default=[], metavar='KEY=V1,V2', help='swept parameters: --grid dim=64,128 depth=2,3 (or repeat --grid); the product is run')
-    ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='a fixed parameter for every element')
+    ap.add_argument('--grid', action='extend', nargs='+', default=[], metavar='KEY=V1,V2',
+                    help='swept parameters: --grid dim=64,128 depth=2,3 (or repeat --grid); '
+                         'the product is run')
+    ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('KEY', 'VALUE'),
+                    help='a fixed parameter for every element')
     ap.add_argument('--prefix', help='sweep name / run id prefix (default sweep_<notebook>_<time>)')
-    ap.add_argument('--summary-notebook', help=f'notebook run at the end with -p sweep_dir (default {SUMMARY_NOTEBOOK.name})')
+    ap.add_argument('--summary-notebook',
+                    help='notebook run at the end with -p sweep_dir '
+                         f'(default {SUMMARY_NOTEBOOK.name})')
     ap.add_argument('--rerun', action='store_true', help='re-run elements that already finished')
-    ap.add_argument('--dry-run', action='store_true', help='only list the elements and their run ids')
+    ap.add_argument('--dry-run', action='store_true',
+                    help='only list the elements and their run ids')
     a = ap.parse_args(argv)
     grid, fixed = parse_grid(a.grid), parse_params(a.param)
     if a.dry_run:
@@ -318,6 +374,8 @@ def sweep_cli(argv:list[str]|None=None)->int:
         prefix = a.prefix or default_prefix(a.notebook)
         for p in grid_elements(grid): print(element_run_id(prefix, p), json.dumps({**fixed, **p}))
         return 0
-    df = run_sweep(a.notebook, grid, a.prefix, fixed, summary_notebook=a.summary_notebook, rerun=a.rerun)
-    with __import__('pandas').option_context('display.width', 200, 'display.max_columns', 30): print(df.to_string(index=False))
+    df = run_sweep(a.notebook, grid, a.prefix, fixed, summary_notebook=a.summary_notebook,
+                   rerun=a.rerun)
+    with __import__('pandas').option_context('display.width', 200, 'display.max_columns', 30):
+        print(df.to_string(index=False))
     return int((df['state'] != 'finished').any())

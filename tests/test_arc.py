@@ -257,6 +257,8 @@ def test_official_layout_loads_and_evaluates_with_a_perfect_model(tmp_path):
     root = _official_layout(tmp_path / 'official')
     ids, tp = A.read_arc_meta(root)
     assert ids[2] == 'aaa|||t1|||0213456789'
+    from halting_lab.registry import dataset_task, recorded_task
+    assert recorded_task(root) is None and dataset_task(root) == 'arc'   # recognised by test_puzzles.json
     dm = A.arc_datamodule({'data_dir': str(root), 'batch_size': 2}); dm.setup('fit')
     b = next(iter(dm.train_dataloader()))
     assert b['inputs'].shape == (2, 900) and dm.num_puzzle_identifiers == 5
@@ -285,6 +287,7 @@ def test_registered_task_and_verbs():
     spec = registry.get_task('arc')
     assert spec.builder == 'build-arc' and spec.charset == A.ARC_CHARSET and spec.kind == 'puzzle'
     assert registry.get_command('arc-eval').fn is A.arc_eval_cli
+    assert spec.evaluator is A.arc_eval_cli and spec.recognizes is A.is_arc_dataset
     assert registry.find_command('build-arc') is not None
 
 
@@ -315,11 +318,10 @@ def test_train_and_arc_eval_end_to_end(tmp_path, monkeypatch, capsys):
     plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     drop = lambda d: {k: v for k, v in d.items() if k not in ('output', 'wall_s')}
     assert drop(plain) == drop(res) and json.loads(out.read_text())['pass@2'] == saved['pass@2']
-    from halting_lab.train.cli import _arc_eval_argv, _eval_parser
-    argv = ['--ckpt', 'c', '--data_dir', 'd', '--limit', '1', '--halt_max_steps', '3', '--no_ema', '--batch_size', '8']
-    assert _arc_eval_argv(_eval_parser().parse_args(argv), argv) == [
-        '--ckpt', 'c', '--data_dir', 'd', '--device', 'auto', '--batch_size', '8', '--num_samples', '1',
-        '--max_steps', '3', '--no_ema']
+    # eval's flags mean the same in arc-eval (the task's registered evaluator gets eval's argv unchanged)
+    a = A.arc_eval_parser().parse_args(['--ckpt', 'c', '--data_dir', 'd', '--limit', '1', '--halt_max_steps', '3',
+                                        '--no_ema', '--batch_size', '8'])
+    assert (a.num_samples, A._arc_budget(a), a.no_ema, a.batch_size, a.device) == (1, 3, True, 8, 'auto')
     assert main(['eval', '--ckpt', str(ck), '--data_dir', str(tmp_path / 'd'), '--split', 'train']) != 0
     assert '--split train: an ARC dataset' in capsys.readouterr().err
 

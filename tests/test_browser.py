@@ -1,6 +1,6 @@
 """Browser test of the halting-step explorer: a real JupyterLab, headless Debian Chromium driven by Playwright.
 
-The explorer's few-second demo run (`quick_demo_run`: 7x7 mazes, ACT-RNN, 4 epochs) is trained into a temp runs dir;
+The explorer's few-second demo run (`quick_demo_run`, recipe `QUICK_DEMO`) is trained into a temp runs dir;
 JupyterLab is started on a free localhost port with a token, Chromium opens `halting_explorer.ipynb` (a copy), runs all
 cells, moves the sample and step sliders and checks that the plotly heatmap data in the DOM changes (input and halting
 map with the sample, replay panels with the step), that the static panels are displayed and that no error output
@@ -16,10 +16,10 @@ pytestmark = pytest.mark.skipif(browser_missing('anywidget') is not None, reason
 
 def _make_run(tmp: Path) -> Path:
     "The explorer's quick demo run under tmp/runs, whose examples 0 and 1 have different halting maps (checked here)."
-    from halting_lab.viewers.explorer import quick_demo_run, InferenceCache
+    from halting_lab.viewers.explorer import quick_demo_run, InferenceCache, run_data_dir
     run = quick_demo_run(tmp)
     assert (run / 'checkpoints' / 'last.ckpt').exists() and run.parent == tmp / 'runs'
-    res = InferenceCache(disk=False).get(run / 'checkpoints' / 'last.ckpt', tmp / 'data' / 'maze-7x7-quick', 'test', device='cpu')
+    res = InferenceCache(disk=False).get(run / 'checkpoints' / 'last.ckpt', run_data_dir(run), 'test', device='cpu')
     assert (res.halting_steps[0] != res.halting_steps[1]).any(), 'precondition: the halting maps of examples 0 and 1 are equal'
     return run
 

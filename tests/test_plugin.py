@@ -3,7 +3,8 @@
 `PluginRNN` (below) is registered with `@register_model`; nothing in `halting_lab` names it. It trains
 through `halting-lab --plugin test_plugin train ...` and `train(plugins=...)`, writes checkpoints,
 resumes exactly, loads with `load_checkpoint`, evaluates (`halting-lab eval`, also `--halting kl`)
-and opens in the explorer.
+and opens in the explorer. `plugin_copy` (a task registered here with its own `evaluator`) is what
+`halting-lab eval` hands a dataset of that task to, found by `dataset.json` or by `recognizes`.
 """
 from __future__ import annotations
 import csv, json
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest, torch
 from torch import nn
 from halting_lab.core import HaltingOutput
-from halting_lab.registry import register_model
+from halting_lab.registry import register_model, register_task
 
 PLUGIN = __name__          # `test_plugin` when pytest imports this file
 
@@ -51,6 +52,28 @@ class PluginRNN(nn.Module):
         mask = (batch['inputs'] != 0).float()
         return HaltingOutput(logits=steps[-1], halting_steps=mask * len(steps),
                              step_logits=torch.stack(steps) if return_steps else None)
+
+
+def copy_eval_cli(argv:list)->int:
+    "The plugin task's own `eval`: exact and cell accuracy of the copy baseline (labels = inputs)."
+    import argparse
+    import numpy as np
+    ap = argparse.ArgumentParser(prog='copy-eval')
+    for f in ('--ckpt', '--data_dir', '--output'): ap.add_argument(f)
+    ap.add_argument('--split', default='test')
+    a = ap.parse_args(argv)
+    d = Path(a.data_dir) / a.split
+    x, y = np.load(d / 'all__inputs.npy'), np.load(d / 'all__labels.npy')
+    m = y != 0
+    res = {'evaluator': 'plugin_copy', 'ckpt': a.ckpt, 'n': len(x),
+           'exact_acc': float(((x == y) | ~m).all(1).mean()), 'cell_acc': float((x == y)[m].mean())}
+    print(json.dumps(res))
+    if a.output: Path(a.output).write_text(json.dumps(res))
+    return 0
+
+
+register_task('plugin_copy', 'halting_lab.train.run:puzzle_datamodule', evaluator=copy_eval_cli,
+              recognizes=lambda d: (Path(d) / 'COPY_TASK').exists(), help='copy baseline (test plugin)')
 
 
 @pytest.fixture(scope='module')
@@ -125,3 +148,33 @@ def test_plugin_flags_and_errors(maze_dir, capsys):
     assert '--cell_layers' in capsys.readouterr().err
     assert main(['--plugin', PLUGIN, 'train', '--help']) == 0
     assert '--plugin_steps' in capsys.readouterr().out
+
+
+def _as_task(src:Path, dst:Path, task)->Path:
+    "A copy of dataset `src` whose dataset.json files record `task` (None: no task key, as official tools)."
+    import shutil
+    shutil.copytree(src, dst)
+    for p in dst.glob('*/dataset.json'):
+        meta = {k: v for k, v in json.loads(p.read_text()).items() if k != 'task'}
+        p.write_text(json.dumps(meta if task is None else {**meta, 'task': task}))
+    return dst
+
+
+def test_plugin_task_evaluator_is_what_eval_runs(maze_dir, tmp_path, capsys):
+    "`halting-lab eval` hands a dataset of a task with an `evaluator` to it, argv unchanged."
+    from halting_lab.cli import main
+    from halting_lab.registry import dataset_task
+    recorded = _as_task(maze_dir, tmp_path / 'recorded', 'plugin_copy')
+    official = _as_task(maze_dir, tmp_path / 'official', None)
+    (official / 'COPY_TASK').touch()                       # claimed by the task's `recognizes`
+    assert dataset_task(recorded) == dataset_task(official) == 'plugin_copy'
+    assert dataset_task(maze_dir) == 'maze'
+    for d in (recorded, official):
+        out = tmp_path / f'{d.name}.json'
+        capsys.readouterr()
+        assert main(['--plugin', PLUGIN, 'eval', '--ckpt', 'unused.ckpt', '--data_dir', str(d),
+                     '--output', str(out)]) == 0
+        res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert res['evaluator'] == 'plugin_copy' and res['n'] == 8 and res['ckpt'] == 'unused.ckpt'
+        assert res['exact_acc'] == 0.0 and 0.0 < res['cell_acc'] < 1.0   # the path cells differ
+        assert json.loads(out.read_text()) == res

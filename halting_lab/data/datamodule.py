@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 import numpy as np
 import torch
+from fastcore.basics import patch
 from ..core import HaltingLabError
 from . import hrm
 
@@ -22,12 +23,13 @@ def _splits_to_check(data_dir:Path, split:str)->tuple:
     has_train = split != 'train' and (data_dir/'train'/'dataset.json').exists()
     return ('train', split) if has_train else (split,)
 
+# %% ../../nbs/data/datamodule.ipynb #9ec56fb1
 class PuzzleDataset(torch.utils.data.Dataset):
-    "Examples of one split of an HRM/TRM dataset, memory-mapped; items are the batch dict (labels: ignore -> -100)."
+    "Examples of one split of an HRM/TRM dataset, memory-mapped; items are the batch dict."
     def __init__(self, data_dir:str|Path,        # dataset root (holds train/ and test/)
                  split:str='train',              # split folder
-                 set_name:Optional[str]=None,    # one set of `sets` (e.g. 'all'); None: every set, concatenated
-                 indices:Optional[np.ndarray]=None, # optional subset of example indices (a subsample)
+                 set_name:Optional[str]=None,    # one set of `sets` (e.g. 'all'); None: all of them
+                 indices:Optional[np.ndarray]=None, # optional subset of example indices
                  validate:bool=True):            # `hrm.validate_dataset` this split (and train)
         self.data_dir, self.split, self.set_name = Path(data_dir), split, set_name
         split_dir = self.data_dir/split
@@ -44,38 +46,51 @@ class PuzzleDataset(torch.utils.data.Dataset):
         self.indices = None if indices is None else np.asarray(indices, np.int64)
 
     def _open(self):
-        "Memory-map the arrays (done lazily in each DataLoader worker: memory maps are not pickled)."
+        "Memory-map the arrays (lazily, in each DataLoader worker: memory maps are not pickled)."
         if self._arrays is None:
             md, sets = hrm.read_split(self.data_dir/self.split, mmap=True, sets=self.sets)
             pids = {}
-            for s, a in sets.items():   # puzzle identifier of every example, from the puzzle offsets
-                pids[s] = np.repeat(np.asarray(a['puzzle_identifiers'], np.int64), np.diff(np.asarray(a['puzzle_indices'], np.int64)))
+            for s, a in sets.items():   # puzzle identifier of every example, from the offsets
+                pids[s] = np.repeat(np.asarray(a['puzzle_identifiers'], np.int64),
+                                    np.diff(np.asarray(a['puzzle_indices'], np.int64)))
             self._arrays = (md, sets, pids)
         return self._arrays[0], self._arrays[1]
 
     def __getstate__(self):
-        d = dict(self.__dict__); d['_arrays'] = None; return d
+        d = dict(self.__dict__)
+        d['_arrays'] = None
+        return d
 
     def __len__(self): return int(self.offsets[-1]) if self.indices is None else len(self.indices)
 
-    def example(self, i:int)->tuple:
-        "`(inputs, labels, puzzle_identifier)` of example `i` as raw numpy (labels not remapped)."
-        self._open(); md, sets, pids = self._arrays
-        if self.indices is not None: i = int(self.indices[i])
-        if not 0 <= i < self.offsets[-1]: raise IndexError(f'example {i} out of range 0..{int(self.offsets[-1]) - 1}')
-        k = int(np.searchsorted(self.offsets, i, side='right') - 1); j = i - int(self.offsets[k]); s = self.sets[k]
-        return np.asarray(sets[s]['inputs'][j]), np.asarray(sets[s]['labels'][j]), int(pids[s][j]), i
+# %% ../../nbs/data/datamodule.ipynb #63a15f4c
+@patch
+def example(self:PuzzleDataset, i:int)->tuple:
+    "`(inputs, labels, puzzle_identifier)` of example `i` as raw numpy (labels not remapped)."
+    self._open()
+    md, sets, pids = self._arrays
+    if self.indices is not None: i = int(self.indices[i])
+    if not 0 <= i < self.offsets[-1]:
+        raise IndexError(f'example {i} out of range 0..{int(self.offsets[-1]) - 1}')
+    k = int(np.searchsorted(self.offsets, i, side='right') - 1)
+    j = i - int(self.offsets[k])
+    s = self.sets[k]
+    return np.asarray(sets[s]['inputs'][j]), np.asarray(sets[s]['labels'][j]), int(pids[s][j]), i
 
-    def __getitem__(self, i:int)->dict:
-        x, y, pid, gi = self.example(int(i))
-        y = torch.from_numpy(y.astype(np.int64))
-        if self.metadata.ignore_label_id is not None: y[y == self.metadata.ignore_label_id] = IGNORE_INDEX
-        return {'inputs': torch.from_numpy(x.astype(np.int64)), 'labels': y,
-                'puzzle_identifiers': torch.tensor(pid, dtype=torch.int64), 'index': torch.tensor(gi, dtype=torch.int64)}
+@patch
+def __getitem__(self:PuzzleDataset, i:int)->dict:
+    "Example `i` as the batch dict (int64 tensors; ignored labels are -100)."
+    x, y, pid, gi = self.example(int(i))
+    y = torch.from_numpy(y.astype(np.int64))
+    ignore = self.metadata.ignore_label_id
+    if ignore is not None: y[y == ignore] = IGNORE_INDEX
+    return {'inputs': torch.from_numpy(x.astype(np.int64)), 'labels': y,
+            'puzzle_identifiers': torch.tensor(pid, dtype=torch.int64),
+            'index': torch.tensor(gi, dtype=torch.int64)}
 
 # %% ../../nbs/data/datamodule.ipynb #23c04525
 class ResumableRandomSampler(torch.utils.data.Sampler):
-    "Random permutation per epoch from `(seed, epoch)`; `state_dict`/`load_state_dict` resume mid-epoch."
+    "Random permutation per epoch from `(seed, epoch)`; `load_state_dict` resumes mid-epoch."
     def __init__(self, n:int, seed:int=0):
         self.n, self.seed, self.epoch, self.num_yielded, self._skip = int(n), int(seed), 0, 0, 0
 
@@ -86,7 +101,9 @@ class ResumableRandomSampler(torch.utils.data.Sampler):
 
     def permutation(self, epoch:Optional[int]=None)->torch.Tensor:
         "The full order of `epoch` (default: the current one)."
-        g = torch.Generator(); g.manual_seed((self.seed * 1_000_003 + (self.epoch if epoch is None else int(epoch))) % (2**63))
+        e = self.epoch if epoch is None else int(epoch)
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + e) % (2**63))
         return torch.randperm(self.n, generator=g)
 
     def __iter__(self):
@@ -99,29 +116,36 @@ class ResumableRandomSampler(torch.utils.data.Sampler):
 
     def __len__(self): return self.n
 
-    def state_dict(self)->dict:
-        return {'seed': self.seed, 'epoch': self.epoch, 'num_yielded': self.num_yielded, 'n': self.n}
+# %% ../../nbs/data/datamodule.ipynb #64d5fff1
+@patch
+def state_dict(self:ResumableRandomSampler)->dict:
+    "`{'seed', 'epoch', 'num_yielded', 'n'}`: what a resume needs."
+    return {'seed': self.seed, 'epoch': self.epoch, 'num_yielded': self.num_yielded, 'n': self.n}
 
-    def load_state_dict(self, state:dict):
-        "Restore the epoch; the next iteration skips the `num_yielded` indices already consumed."
-        if 'n' in state and int(state['n']) != self.n:
-            raise HaltingLabError(f'sampler state: n is {state["n"]} but the dataset has {self.n} examples; resume on the same data')
-        if 'seed' in state and int(state['seed']) != self.seed:
-            raise HaltingLabError(f'sampler state: seed is {state["seed"]} but this sampler has seed {self.seed}; resume with the same --seed')
-        self.epoch = int(state.get('epoch', 0)); self.num_yielded = self._skip = int(state.get('num_yielded', 0))
+@patch
+def load_state_dict(self:ResumableRandomSampler, state:dict):
+    "Restore the epoch; the next iteration skips the `num_yielded` indices already consumed."
+    if 'n' in state and int(state['n']) != self.n:
+        raise HaltingLabError(f'sampler state: n is {state["n"]} but the dataset has {self.n} '
+                              'examples; resume on the same data')
+    if 'seed' in state and int(state['seed']) != self.seed:
+        raise HaltingLabError(f'sampler state: seed is {state["seed"]} but this sampler has seed '
+                              f'{self.seed}; resume with the same --seed')
+    self.epoch = int(state.get('epoch', 0))
+    self.num_yielded = self._skip = int(state.get('num_yielded', 0))
 
 # %% ../../nbs/data/datamodule.ipynb #1dde0520
 import lightning as L
 from fastcore.basics import patch
 
 class PuzzleDataModule(L.LightningDataModule):
-    "Lightning DataModule over an HRM/TRM dataset root: seeded resumable training order, memory-mapped splits."
+    "Lightning DataModule over an HRM/TRM dataset root: seeded resumable order, memory maps."
     def __init__(self, data_dir:str|Path,         # dataset root (train/, test/)
                  batch_size:int=128,
                  seed:int=0,                      # data order of epoch e is a function of (seed, e)
                  num_workers:int=0,
                  val_split:Optional[str]='test',  # split used for validation (None: no validation)
-                 subsample:Optional[int]=None,    # train on this many (seeded) random training examples
+                 subsample:Optional[int]=None,    # train on this many (seeded) random examples
                  eval_batch_size:Optional[int]=None,
                  drop_last:bool=False,
                  task:Optional[str]=None,         # accepted for the CLI; not used by the data
@@ -150,7 +174,7 @@ class PuzzleDataModule(L.LightningDataModule):
 # %% ../../nbs/data/datamodule.ipynb #6a2f8c4e
 @patch
 def setup(self:PuzzleDataModule, stage:Optional[str]=None):
-    "Validate the splits (once), then open the training set (with its sampler) and the validation set."
+    "Validate the splits (once), then open the training set (with its sampler) and the val set."
     if self.validate and self.validated is None:
         val = (self.val_split,) if self.val_split and self.val_split != 'train' else ()
         splits = ('train',) + val
@@ -161,8 +185,8 @@ def setup(self:PuzzleDataModule, stage:Optional[str]=None):
         if self.subsample is not None and self.subsample < len(full):
             rng = np.random.default_rng(self.seed)
             idx = np.sort(rng.choice(len(full), int(self.subsample), replace=False))
-        self.train_dataset = full if idx is None else PuzzleDataset(self.data_dir, 'train', self.set_name,
-                                                                    indices=idx, validate=False)
+        self.train_dataset = full if idx is None else PuzzleDataset(
+            self.data_dir, 'train', self.set_name, indices=idx, validate=False)
         self.train_sampler = ResumableRandomSampler(len(self.train_dataset), self.seed)
     if self.val_dataset is None and self.val_split:
         self.val_dataset = PuzzleDataset(self.data_dir, self.val_split, self.set_name,
@@ -171,6 +195,7 @@ def setup(self:PuzzleDataModule, stage:Optional[str]=None):
 # %% ../../nbs/data/datamodule.ipynb #3c8e1b7a
 @patch
 def _loader(self:PuzzleDataModule, ds, **kw):
+    "A DataLoader of `ds` with this module's workers (pinned memory on GPU machines)."
     return torch.utils.data.DataLoader(ds, num_workers=self.num_workers,
                                        persistent_workers=self.num_workers > 0,
                                        pin_memory=torch.cuda.is_available(), **kw)
@@ -190,11 +215,13 @@ def train_dataloader(self:PuzzleDataModule):
 
 @patch
 def val_dataloader(self:PuzzleDataModule):
+    "Validation batches of `val_split` in order (none without a val split)."
     self.setup('fit')
     if self.val_dataset is None: return []
     return self._loader(self.val_dataset, batch_size=self.eval_batch_size, shuffle=False)
 
 @patch
 def test_dataloader(self:PuzzleDataModule):
+    "Batches of `val_split` (default `test`), validated, in order."
     ds = PuzzleDataset(self.data_dir, self.val_split or 'test', self.set_name)
     return self._loader(ds, batch_size=self.eval_batch_size, shuffle=False)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 import numpy as np
+from fastcore.basics import patch
 from ..core import HaltingLabError, atomic_dir, save_json
 
 # %% auto #0
@@ -24,47 +25,54 @@ __all__ = ['FIELDS', 'SPLITS', 'MAZE_CHARSET', 'DatasetMetadata', 'DatasetFormat
 class DatasetMetadata:
     "The content of one split's `dataset.json` (HRM's keys, plus TRM's optional `total_puzzles`)."
     pad_id: int = 0                       # padding token of inputs
-    ignore_label_id: Optional[int] = 0    # label value that carries no loss (None: every label counts)
+    ignore_label_id: Optional[int] = 0    # label value with no loss (None: every label counts)
     blank_identifier_id: int = 0          # puzzle identifier used for padding / "no identifier"
     vocab_size: int                       # number of token ids (ids are 0..vocab_size-1)
     seq_len: int                          # tokens per example
     num_puzzle_identifiers: int           # puzzle identifiers are 0..num_puzzle_identifiers-1
     total_groups: int                     # number of groups over all sets
     mean_puzzle_examples: float           # mean number of examples per puzzle
-    total_puzzles: Optional[int] = None   # TRM only: number of puzzles (TRM's builders: = total_groups)
+    total_puzzles: Optional[int] = None   # TRM only: number of puzzles (TRM builders: total_groups)
     sets: list = field(default_factory=lambda: ['all'])  # set names S of the `S__*.npy` files
-    task: Optional[str] = None            # registered task that built it (newer builders; absent in old sets)
+    task: Optional[str] = None            # registered task that built it (absent in old sets)
 
     KEYS = ('pad_id', 'ignore_label_id', 'blank_identifier_id', 'vocab_size', 'seq_len',
-            'num_puzzle_identifiers', 'total_groups', 'mean_puzzle_examples', 'total_puzzles', 'sets',
-            'task')
+            'num_puzzle_identifiers', 'total_groups', 'mean_puzzle_examples', 'total_puzzles',
+            'sets', 'task')
     REQUIRED = ('pad_id', 'ignore_label_id', 'blank_identifier_id', 'vocab_size', 'seq_len',
                 'num_puzzle_identifiers', 'total_groups', 'mean_puzzle_examples', 'sets')
 
     def to_dict(self)->dict:
-        "The `dataset.json` dict in the official key order (`total_puzzles`, `task` left out when None)."
+        "The `dataset.json` dict in the official key order (`total_puzzles`, `task` only if set)."
         d = {k: getattr(self, k) for k in self.KEYS}
         for k in ('total_puzzles', 'task'):
             if d[k] is None: del d[k]
         return d
 
-    @classmethod
-    def from_dict(cls, d:dict, source:str='dataset.json')->'DatasetMetadata':
-        "Build from a parsed `dataset.json`; a missing required key raises `MissingFieldError`."
-        for k in cls.REQUIRED:
-            if k not in d: raise MissingFieldError(f'{source}: field {k!r} missing; expected the HRM/TRM keys {list(cls.REQUIRED)}')
-        for k in ('vocab_size', 'seq_len', 'num_puzzle_identifiers', 'total_groups', 'pad_id', 'blank_identifier_id'):
-            if not isinstance(d[k], int) or isinstance(d[k], bool):
-                raise DatasetFormatError(f'{source}: field {k!r} is {d[k]!r}; expected an integer')
-        if not isinstance(d['sets'], list) or not d['sets'] or not all(isinstance(s, str) for s in d['sets']):
-            raise DatasetFormatError(f'{source}: field \'sets\' is {d["sets"]!r}; expected a non-empty list of set names such as ["all"]')
-        if d.get('ignore_label_id') is not None and (not isinstance(d['ignore_label_id'], int)
-                                                     or isinstance(d['ignore_label_id'], bool)):
-            raise DatasetFormatError(f"{source}: field 'ignore_label_id' is {d['ignore_label_id']!r}; "
-                                     'expected an integer or null')
-        if d.get('task') is not None and not isinstance(d['task'], str):
-            raise DatasetFormatError(f"{source}: field 'task' is {d['task']!r}; expected a task name string")
-        return cls(**{k: d[k] for k in cls.KEYS if k in d})
+# %% ../../nbs/data/hrm.ipynb #98aa68a8
+@patch(cls_method=True)
+def from_dict(cls:DatasetMetadata, d:dict, source:str='dataset.json')->'DatasetMetadata':
+    "Build from a parsed `dataset.json`; a missing required key raises `MissingFieldError`."
+    for k in cls.REQUIRED:
+        if k not in d:
+            raise MissingFieldError(f'{source}: field {k!r} missing; '
+                                    f'expected the HRM/TRM keys {list(cls.REQUIRED)}')
+    for k in ('vocab_size', 'seq_len', 'num_puzzle_identifiers', 'total_groups', 'pad_id',
+              'blank_identifier_id'):
+        if not isinstance(d[k], int) or isinstance(d[k], bool):
+            raise DatasetFormatError(f'{source}: field {k!r} is {d[k]!r}; expected an integer')
+    sets = d['sets']
+    if not isinstance(sets, list) or not sets or not all(isinstance(s, str) for s in sets):
+        raise DatasetFormatError(f'{source}: field \'sets\' is {d["sets"]!r}; '
+                                 'expected a non-empty list of set names such as ["all"]')
+    if d.get('ignore_label_id') is not None and (not isinstance(d['ignore_label_id'], int)
+                                                 or isinstance(d['ignore_label_id'], bool)):
+        raise DatasetFormatError(f"{source}: field 'ignore_label_id' is {d['ignore_label_id']!r}; "
+                                 'expected an integer or null')
+    if d.get('task') is not None and not isinstance(d['task'], str):
+        raise DatasetFormatError(f"{source}: field 'task' is {d['task']!r}; "
+                                 'expected a task name string')
+    return cls(**{k: d[k] for k in cls.KEYS if k in d})
 
 # %% ../../nbs/data/hrm.ipynb #c35c03c2
 class DatasetFormatError(HaltingLabError):
@@ -74,13 +82,13 @@ class MissingFileError(DatasetFormatError):
 class MissingFieldError(DatasetFormatError):
     "A required key of `dataset.json` is missing."
 class WrongDtypeError(DatasetFormatError):
-    "An array is not of an integer dtype (index arrays: not one that converts exactly to int64, e.g. float or uint64)."
+    "An array is not of an integer dtype (index arrays: not exactly convertible to int64)."
 class ShapeMismatchError(DatasetFormatError):
     "An array has the wrong shape (e.g. labels vs inputs)."
 class TokenOutOfRangeError(DatasetFormatError):
-    "A token id is negative or `>= vocab_size` (or a puzzle identifier `>= num_puzzle_identifiers`)."
+    "A token id is negative or `>= vocab_size` (a puzzle id: `>= num_puzzle_identifiers`)."
 class BadIndicesError(DatasetFormatError):
-    "`puzzle_indices` / `group_indices` do not start at 0, are not monotone, or do not end at the count."
+    "`puzzle_indices` / `group_indices` do not start at 0, decrease, or do not end at the count."
 class SeqLenMismatchError(DatasetFormatError):
     "`seq_len` in `dataset.json` disagrees with the arrays."
 class GroupCountMismatchError(DatasetFormatError):
@@ -107,43 +115,51 @@ def token_dtype(vocab_size:int):
 
 def _as_sets(split_arrays:dict)->dict:
     "Accept `{field: array}` (one set called `all`) or `{set_name: {field: array}}`."
-    if all(k in split_arrays for k in ('inputs', 'labels')) and not isinstance(split_arrays['inputs'], dict):
+    if (all(k in split_arrays for k in ('inputs', 'labels'))
+            and not isinstance(split_arrays['inputs'], dict)):
         return {'all': split_arrays}
     return split_arrays
 
 def _default_indices(arrs:dict)->dict:
-    "Fill in puzzle/group indices when absent: one example per puzzle, one puzzle per group, identifier 0."
-    arrs = dict(arrs); n = len(arrs['inputs'])
+    "Fill in absent indices: one example per puzzle, one puzzle per group, identifier 0."
+    arrs = dict(arrs)
+    n = len(arrs['inputs'])
     if 'puzzle_indices' not in arrs: arrs['puzzle_indices'] = np.arange(n + 1)
     p = len(arrs['puzzle_indices']) - 1
     if 'puzzle_identifiers' not in arrs: arrs['puzzle_identifiers'] = np.zeros(p)
     if 'group_indices' not in arrs: arrs['group_indices'] = np.arange(p + 1)
     return arrs
 
-def make_metadata(sets:dict,                 # {set_name: {field: array}} (or one set's {field: array})
+# %% ../../nbs/data/hrm.ipynb #3a57c001
+def make_metadata(sets:dict,                 # {set_name: {field: array}} (or one set's)
                   vocab_size:int,            # number of token ids
                   pad_id:int=0, ignore_label_id:Optional[int]=0, blank_identifier_id:int=0,
                   num_puzzle_identifiers:Optional[int]=None, # default: max identifier + 1
-                  total_puzzles:Optional[int]=None,          # default: total_groups (what TRM's builders write)
+                  total_puzzles:Optional[int]=None,          # default: total_groups (as TRM)
                   mean_puzzle_examples:Optional[float]=None, # default: examples / puzzles
-                  task:Optional[str]=None,                   # registered task name, stored as `task`
+                  task:Optional[str]=None,                   # registered task name (`task`)
                   )->DatasetMetadata:
     "Metadata of one split computed from its arrays (TRM variant: includes `total_puzzles`)."
     sets = {k: _default_indices(v) for k, v in _as_sets(sets).items()}
     seq_lens = {int(np.shape(a['inputs'])[1]) for a in sets.values()}
-    if len(seq_lens) != 1: raise SeqLenMismatchError(f'inputs: the sets have seq_len {sorted(seq_lens)}; expected one seq_len for all sets of a split')
+    if len(seq_lens) != 1:
+        raise SeqLenMismatchError(f'inputs: the sets have seq_len {sorted(seq_lens)}; '
+                                  'expected one seq_len for all sets of a split')
     n_ex = sum(len(a['inputs']) for a in sets.values())
     n_pz = sum(len(a['puzzle_identifiers']) for a in sets.values())
     n_gr = sum(len(a['group_indices']) - 1 for a in sets.values())
     if num_puzzle_identifiers is None:
-        num_puzzle_identifiers = max([int(np.max(a['puzzle_identifiers'])) + 1 if len(a['puzzle_identifiers']) else 1
+        num_puzzle_identifiers = max([int(np.max(a['puzzle_identifiers'])) + 1
+                                      if len(a['puzzle_identifiers']) else 1
                                       for a in sets.values()] + [blank_identifier_id + 1])
-    return DatasetMetadata(pad_id=pad_id, ignore_label_id=ignore_label_id, blank_identifier_id=blank_identifier_id,
-                           vocab_size=int(vocab_size), seq_len=seq_lens.pop(), num_puzzle_identifiers=int(num_puzzle_identifiers),
-                           total_groups=int(n_gr),
-                           mean_puzzle_examples=float(mean_puzzle_examples if mean_puzzle_examples is not None else (n_ex / max(n_pz, 1))),
-                           total_puzzles=int(total_puzzles if total_puzzles is not None else n_gr), sets=list(sets),
-                           task=task)
+    mean = mean_puzzle_examples if mean_puzzle_examples is not None else (n_ex / max(n_pz, 1))
+    return DatasetMetadata(pad_id=pad_id, ignore_label_id=ignore_label_id,
+                           blank_identifier_id=blank_identifier_id, vocab_size=int(vocab_size),
+                           seq_len=seq_lens.pop(),
+                           num_puzzle_identifiers=int(num_puzzle_identifiers),
+                           total_groups=int(n_gr), mean_puzzle_examples=float(mean),
+                           total_puzzles=int(total_puzzles if total_puzzles is not None else n_gr),
+                           sets=list(sets), task=task)
 
 # %% ../../nbs/data/hrm.ipynb #00b0f8ae
 def write_split(split_dir:str|Path,      # e.g. `<dataset>/train` (created)
@@ -151,7 +167,8 @@ def write_split(split_dir:str|Path,      # e.g. `<dataset>/train` (created)
                 metadata:DatasetMetadata|None=None, # default: `make_metadata(sets, vocab_size)`
                 vocab_size:Optional[int]=None):
     "Write the arrays of one split (official dtypes) and its `dataset.json`; returns the metadata."
-    split_dir = Path(split_dir); split_dir.mkdir(parents=True, exist_ok=True)
+    split_dir = Path(split_dir)
+    split_dir.mkdir(parents=True, exist_ok=True)
     sets = {k: _default_indices(v) for k, v in _as_sets(sets).items()}
     if metadata is None:
         if vocab_size is None: raise ValueError('write_split: pass metadata or vocab_size')
@@ -165,8 +182,9 @@ def write_split(split_dir:str|Path,      # e.g. `<dataset>/train` (created)
     save_json(split_dir/'dataset.json', metadata.to_dict())
     return metadata
 
+# %% ../../nbs/data/hrm.ipynb #804e019f
 def write_dataset(output_dir:str|Path,   # dataset root (replaced atomically when it exists)
-                  splits:dict,           # {'train': sets, 'test': sets}, each as `write_split` takes
+                  splits:dict,           # {'train': sets, 'test': sets}, as `write_split` takes
                   vocab_size:int,        # number of token ids
                   identifiers:list|None=None, # names for identifiers.json (default ["<blank>"])
                   overwrite:bool=True,
@@ -176,7 +194,8 @@ def write_dataset(output_dir:str|Path,   # dataset root (replaced atomically whe
     with atomic_dir(output_dir, overwrite=overwrite) as tmp:
         for split, sets in splits.items():
             write_split(tmp/split, sets, make_metadata(sets, vocab_size, **meta_kw))
-        save_json(tmp/'identifiers.json', list(identifiers) if identifiers is not None else ['<blank>'])
+        ids = list(identifiers) if identifiers is not None else ['<blank>']
+        save_json(tmp/'identifiers.json', ids)
     return output_dir
 
 # %% ../../nbs/data/hrm.ipynb #6c2b8e41
@@ -222,45 +241,63 @@ def open_array(p:Path,          # a `S__field.npy` file
 def read_metadata(split_dir:str|Path)->DatasetMetadata:
     "Parse `split_dir/dataset.json` (HRM or TRM variant)."
     p = Path(split_dir)/'dataset.json'
-    if not p.exists(): raise MissingFileError(f'{p}: dataset.json missing (expected one per split directory, e.g. train/dataset.json)')
+    if not p.exists():
+        raise MissingFileError(f'{p}: dataset.json missing '
+                               '(expected one per split directory, e.g. train/dataset.json)')
     try: d = json.loads(p.read_text(encoding='utf-8'))
-    except json.JSONDecodeError as e: raise DatasetFormatError(f'{p}: invalid JSON ({e}); expected the HRM/TRM dataset.json object') from e
-    if not isinstance(d, dict): raise DatasetFormatError(f'{p}: got a JSON {type(d).__name__}; expected a JSON object')
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f'{p}: invalid JSON ({e}); '
+                                 'expected the HRM/TRM dataset.json object') from e
+    if not isinstance(d, dict):
+        raise DatasetFormatError(f'{p}: got a JSON {type(d).__name__}; expected a JSON object')
     return DatasetMetadata.from_dict(d, source=str(p))
 
+# %% ../../nbs/data/hrm.ipynb #206bcba4
 def read_split(split_dir:str|Path,        # e.g. `<dataset>/train`
                mmap:bool=True,            # memory-map the arrays (`np.load(mmap_mode='r')`)
                sets:Optional[list]=None,  # set names to load (default: all in `dataset.json`)
                )->tuple:
     "`(metadata, {set_name: {field: array}})` of one split."
-    split_dir = Path(split_dir); md = read_metadata(split_dir)
+    split_dir = Path(split_dir)
+    md = read_metadata(split_dir)
     out = {}
     for s in (sets or md.sets):
-        if s not in md.sets: raise DatasetFormatError(f'{split_dir/"dataset.json"}: field \'sets\' has no set {s!r}; expected one of {md.sets}')
+        if s not in md.sets:
+            raise DatasetFormatError(f'{split_dir/"dataset.json"}: field \'sets\' has no set {s!r}; '
+                                     f'expected one of {md.sets}')
         out[s] = {}
         for f in FIELDS:
             p = array_path(split_dir, s, f)
-            if not p.exists(): raise MissingFileError(f'{p}: array file missing; expected field {f!r} of set {s!r} (listed in dataset.json \'sets\') in {p.name}')
+            if not p.exists():
+                raise MissingFileError(f'{p}: array file missing; expected field {f!r} of set {s!r} '
+                                       f'(listed in dataset.json \'sets\') in {p.name}')
             out[s][f] = open_array(p, f, mmap)
     return md, out
 
+# %% ../../nbs/data/hrm.ipynb #f956ee6e
 def dataset_splits(data_dir:str|Path)->list:
-    "Split names present in a dataset root (`train`, `test`, then any other folder with a dataset.json)."
+    "Split names in a dataset root (`train`, `test`, then other folders with a dataset.json)."
     data_dir = Path(data_dir)
-    extra = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and p.name not in SPLITS and (p/'dataset.json').exists()) if data_dir.is_dir() else []
+    extra = sorted(p.name for p in data_dir.iterdir()
+                   if p.is_dir() and p.name not in SPLITS and (p/'dataset.json').exists()
+                   ) if data_dir.is_dir() else []
     return [s for s in SPLITS if (data_dir/s).is_dir()] + extra
 
 def read_dataset(data_dir:str|Path, mmap:bool=True)->dict:
     "`{split: (metadata, sets)}` for every split of a dataset root."
     data_dir = Path(data_dir)
-    if not data_dir.is_dir(): raise MissingFileError(f'{data_dir}: dataset directory not found; expected a folder holding train/ and test/')
+    if not data_dir.is_dir():
+        raise MissingFileError(f'{data_dir}: dataset directory not found; '
+                               'expected a folder holding train/ and test/')
     splits = dataset_splits(data_dir)
-    if not splits: raise MissingFileError(f'{data_dir}: no split directory (expected train/ and test/, each with dataset.json)')
+    if not splits:
+        raise MissingFileError(f'{data_dir}: no split directory '
+                               '(expected train/ and test/, each with dataset.json)')
     return {s: read_split(data_dir/s, mmap=mmap) for s in splits}
 
 # %% ../../nbs/data/hrm.ipynb #3749963b
 def _rows_per_chunk(a:np.ndarray, elements:int=1<<22)->int:
-    "Rows per chunk so that one chunk holds about `elements` values (bounded memory on large memory maps)."
+    "Rows per chunk so that one chunk holds about `elements` values (bounded memory)."
     return max(1, elements // max(1, int(np.prod(a.shape[1:], dtype=np.int64))))
 
 def _minmax(a:np.ndarray, chunk:Optional[int]=None)->tuple:
@@ -280,26 +317,30 @@ def _bad_token(a:np.ndarray, vocab_size:int, ignore:Optional[int]=None, chunk:Op
     chunk = chunk or _rows_per_chunk(a)
     for i in range(0, len(a), chunk):
         c = np.asarray(a[i:i+chunk])
-        if c.size == 0 or (int(c.min()) >= 0 and int(c.max()) < vocab_size): continue   # the fast path
+        if c.size == 0 or (int(c.min()) >= 0 and int(c.max()) < vocab_size): continue  # fast path
         c = c.astype(np.int64)
         bad = (c < 0) | (c >= vocab_size)
         if ignore is not None: bad &= c != ignore
         if bad.any(): return int(c[bad].flat[0])
     return None
 
+# %% ../../nbs/data/hrm.ipynb #7fef8565
 def _check_indices(p:Path, field:str, idx:np.ndarray, end:int, what:str):
     "Offsets `idx` must be 1-D, start at 0, never decrease and end at `end`."
     idx = np.asarray(idx)
     if idx.ndim != 1 or len(idx) < 1:
-        raise ShapeMismatchError(f'{p}: field {field!r} has shape {idx.shape}; expected 1-D with length count+1')
-    if idx[0] != 0: raise BadIndicesError(f'{p}: field {field!r} starts at {int(idx[0])}; expected 0')
+        raise ShapeMismatchError(f'{p}: field {field!r} has shape {idx.shape}; '
+                                 'expected 1-D with length count+1')
+    if idx[0] != 0:
+        raise BadIndicesError(f'{p}: field {field!r} starts at {int(idx[0])}; expected 0')
     d = np.diff(idx.astype(np.int64))
     if (d < 0).any():
         i = int(np.argmax(d < 0))
-        raise BadIndicesError(f'{p}: field {field!r} is not monotone ({int(idx[i+1])} at position {i+1} '
-                              f'follows {int(idx[i])}); expected non-decreasing offsets')
+        raise BadIndicesError(f'{p}: field {field!r} is not monotone ({int(idx[i+1])} at position '
+                              f'{i+1} follows {int(idx[i])}); expected non-decreasing offsets')
     if idx[-1] != end:
-        raise BadIndicesError(f'{p}: field {field!r} ends at {int(idx[-1])}; expected the number of {what} ({end})')
+        raise BadIndicesError(f'{p}: field {field!r} ends at {int(idx[-1])}; '
+                              f'expected the number of {what} ({end})')
 
 # %% ../../nbs/data/hrm.ipynb #f4a7c2d0
 _INDEX_DTYPE = 'that converts exactly to int64 (int32 as the official builders write)'
@@ -412,6 +453,7 @@ def _check_across(data_dir:Path, out:dict):
                                      f'expected < num_puzzle_identifiers of {ref}/dataset.json '
                                      f'({n})')
 
+# %% ../../nbs/data/hrm.ipynb #268e5ef9
 _VALIDATED: dict = {}   # (root, splits, file stats) -> summary: a dataset checked once per process
 
 def _stat_key(data_dir:Path, splits:tuple)->tuple:
@@ -422,6 +464,7 @@ def _stat_key(data_dir:Path, splits:tuple)->tuple:
 
 _NO_ROOT = 'dataset directory not found; expected a folder holding train/ and test/'
 
+# %% ../../nbs/data/hrm.ipynb #a010d7a9
 def validate_dataset(data_dir:str|Path,             # dataset root
                      splits:tuple=('train', 'test'), # splits that must exist and be valid
                      cache:bool=True,                # skip unchanged files already validated
@@ -441,6 +484,7 @@ def validate_dataset(data_dir:str|Path,             # dataset root
     if key is not None: _VALIDATED[key] = out
     return out
 
+# %% ../../nbs/data/hrm.ipynb #61e6dd5f
 def check_dataset(data_dir:str|Path)->dict:
     "Validate a dataset root (train, test, any other split): a named error or `{split: summary}`."
     data_dir = Path(data_dir)
@@ -456,10 +500,12 @@ MAZE_CHARSET = '# SGo'
 
 def render_text(tokens, vocab_size:int, pad_id:int=0)->str:
     "Render one example's tokens as a text grid (square seq_len) or a line."
-    t = np.asarray(tokens).reshape(-1); n = int(math.isqrt(len(t)))
+    t = np.asarray(tokens).reshape(-1)
+    n = int(math.isqrt(len(t)))
     if vocab_size == len(MAZE_CHARSET) + 1: cell = lambda v: '?' if v == 0 else MAZE_CHARSET[v - 1]
     else:
-        w = len(str(vocab_size - 1)); cell = lambda v: '.'.rjust(w) if v == pad_id else str(v).rjust(w)
+        w = len(str(vocab_size - 1))
+        cell = lambda v: '.'.rjust(w) if v == pad_id else str(v).rjust(w)
     sep = '' if vocab_size <= 10 or vocab_size == len(MAZE_CHARSET) + 1 else ' '
     if n * n != len(t): return sep.join(cell(int(v)) for v in t)
     return '\n'.join(sep.join(cell(int(v)) for v in t[r*n:(r+1)*n]) for r in range(n))
@@ -470,30 +516,41 @@ def format_summary(data_dir:str|Path, summary:dict, example:bool=True)->str:
     lines = [f'dataset {data_dir}: OK']
     for split, s in summary.items():
         md = s['metadata']
-        lines.append(f"  {split}: {s['examples']} examples, {s['puzzles']} puzzles, {s['groups']} groups; "
+        variant = (f"TRM variant (total_puzzles {md['total_puzzles']})" if 'total_puzzles' in md
+                   else 'HRM variant (no total_puzzles)')
+        lines.append(f"  {split}: {s['examples']} examples, {s['puzzles']} puzzles, "
+                     f"{s['groups']} groups; "
                      f"vocab_size {md['vocab_size']}, seq_len {md['seq_len']}, sets {md['sets']}, "
                      f"num_puzzle_identifiers {md['num_puzzle_identifiers']}, "
-                     f"{'TRM variant (total_puzzles ' + str(md['total_puzzles']) + ')' if 'total_puzzles' in md else 'HRM variant (no total_puzzles)'}")
+                     f"{variant}")
         lines += [f'    warning: {w}' for w in s['warnings']]
     if example:
         split = 'train' if 'train' in summary else next(iter(summary))
         md, sets = read_split(Path(data_dir)/split)
-        s0 = next(iter(sets)); a = sets[s0]
+        s0 = next(iter(sets))
+        a = sets[s0]
         if len(a['inputs']):
-            lines += [f'example 0 of {split}/{s0} (input):', render_text(a['inputs'][0], md.vocab_size, md.pad_id),
-                      f'example 0 of {split}/{s0} (label):', render_text(a['labels'][0], md.vocab_size, md.pad_id)]
+            lines += [f'example 0 of {split}/{s0} (input):',
+                      render_text(a['inputs'][0], md.vocab_size, md.pad_id),
+                      f'example 0 of {split}/{s0} (label):',
+                      render_text(a['labels'][0], md.vocab_size, md.pad_id)]
     return '\n'.join(lines)
 
+# %% ../../nbs/data/hrm.ipynb #efe70f62
 def data_cli(argv:list|None=None)->int:
-    "`halting-lab data check DIR`: validate a dataset root and print a summary; exit 1 with the named error."
-    ap = argparse.ArgumentParser(prog='halting-lab data', description='Inspect HRM/TRM-format datasets.')
+    "`halting-lab data check DIR`: validate a dataset root and print a summary (exit 1 on an error)."
+    ap = argparse.ArgumentParser(prog='halting-lab data',
+                                 description='Inspect HRM/TRM-format datasets.')
     sub = ap.add_subparsers(dest='cmd', required=True)
     c = sub.add_parser('check', help='validate DIR (holding train/ and test/) and print a summary')
-    c.add_argument('dir'); c.add_argument('--json', action='store_true', help='print the summary as JSON')
+    c.add_argument('dir')
+    c.add_argument('--json', action='store_true', help='print the summary as JSON')
     c.add_argument('--no-example', action='store_true', help='do not render an example')
     args = ap.parse_args(argv)
     try: summary = check_dataset(args.dir)
     except DatasetFormatError as e:
-        print(f'halting-lab data check: {type(e).__name__}: {e}', file=sys.stderr); return 1
-    print(json.dumps(summary, indent=2) if args.json else format_summary(args.dir, summary, example=not args.no_example))
+        print(f'halting-lab data check: {type(e).__name__}: {e}', file=sys.stderr)
+        return 1
+    if args.json: print(json.dumps(summary, indent=2))
+    else: print(format_summary(args.dir, summary, example=not args.no_example))
     return 0

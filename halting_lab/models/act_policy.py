@@ -21,6 +21,25 @@ __all__ = ['SEED_004_PRESET', 'ACTConfig', 'make_backbone', 'sinusoidal_1d', 'Si
            'DecoderLayer', 'Decoder', 'ACTPolicy', 'TemporalEnsembler', 'replan_changes', 'replan_profile']
 
 # %% ../../nbs/models/act_policy.ipynb #ca8311b1
+def _check_act_config(c):
+    "Raise `HaltingLabError` naming the flag for every bad value of the `ACTConfig` `c`."
+    if not 1 <= c.n_action_steps <= c.chunk_size:
+        raise HaltingLabError(
+            f'--n_action_steps: must be in [1, chunk_size={c.chunk_size}], '
+            f'got {c.n_action_steps}'
+        )
+    if c.temporal_ensemble_coeff is not None and c.n_action_steps != 1:
+        raise HaltingLabError(
+            '--temporal_ensemble_coeff: needs --n_action_steps 1 (a new chunk every step)'
+        )
+    if c.n_obs_steps != 1:
+        raise HaltingLabError('--n_obs_steps: only 1 is supported (as lerobot ACT)')
+    if c.dim_model % c.n_heads:
+        raise HaltingLabError('--dim_model: must be divisible by --n_heads')
+    if not c.camera_list:
+        raise HaltingLabError('--cameras: at least one camera')
+
+# %% ../../nbs/models/act_policy.ipynb #dc6bb57a
 @dataclass
 class ACTConfig:
     "Hyper-parameters of `ACTPolicy` (LeRobot's names; stored in every checkpoint)."
@@ -35,9 +54,7 @@ class ACTConfig:
     image_height: int = 224  # frames are resized to this before the backbone
     image_width: int = 224
     vision_backbone: str = 'resnet18'  # torchvision ResNet name
-    pretrained_backbone_weights: Optional[str] = (
-        None  # local .pth state dict for the backbone (no download)
-    )
+    pretrained_backbone_weights: Optional[str] = None  # local .pth backbone state dict (no download)
     replace_final_stride_with_dilation: bool = False
     pre_norm: bool = False
     dim_model: int = 512
@@ -49,33 +66,17 @@ class ACTConfig:
     use_vae: bool = True
     latent_dim: int = 32
     n_vae_encoder_layers: int = 4
-    temporal_ensemble_coeff: Optional[float] = (
-        None  # e.g. 0.01: ensemble every step's chunk (n_action_steps 1)
-    )
+    temporal_ensemble_coeff: Optional[float] = None  # e.g. 0.01: ensemble every step's chunk
     dropout: float = 0.1
     kl_weight: float = 10.0
     optimizer_lr_backbone: float = 1e-5  # the backbone's learning rate (the rest: --learning_rate)
 
-    @property
-    def camera_list(self) -> list:
-        return [c.strip() for c in self.cameras.split(',') if c.strip()]
+    def __post_init__(self): _check_act_config(self)
 
-    def __post_init__(self):
-        if not 1 <= self.n_action_steps <= self.chunk_size:
-            raise HaltingLabError(
-                f'--n_action_steps: must be in [1, chunk_size={self.chunk_size}], '
-                f'got {self.n_action_steps}'
-            )
-        if self.temporal_ensemble_coeff is not None and self.n_action_steps != 1:
-            raise HaltingLabError(
-                '--temporal_ensemble_coeff: needs --n_action_steps 1 (a new chunk every step)'
-            )
-        if self.n_obs_steps != 1:
-            raise HaltingLabError('--n_obs_steps: only 1 is supported (as lerobot ACT)')
-        if self.dim_model % self.n_heads:
-            raise HaltingLabError('--dim_model: must be divisible by --n_heads')
-        if not self.camera_list:
-            raise HaltingLabError('--cameras: at least one camera')
+# %% ../../nbs/models/act_policy.ipynb #4eddf6fa
+@patch(as_prop=True)
+def camera_list(self: ACTConfig) -> list:
+    return [c.strip() for c in self.cameras.split(',') if c.strip()]
 
 # %% ../../nbs/models/act_policy.ipynb #7e86a9a7
 SEED_004_PRESET = {
@@ -180,7 +181,7 @@ def _activation(name: str):
         raise HaltingLabError(f'--feedforward_activation: relu, gelu or glu, got {name!r}')
     return {'relu': F.relu, 'gelu': F.gelu, 'glu': F.glu}[name]
 
-
+# %% ../../nbs/models/act_policy.ipynb #562d8d6a
 class EncoderLayer(nn.Module):
     "Self-attention + feed-forward, position embedding on queries/keys."
 
@@ -199,24 +200,26 @@ class EncoderLayer(nn.Module):
         )
         self.activation, self.pre_norm = _activation(cfg.feedforward_activation), cfg.pre_norm
 
-    def forward(self, x, pos_embed=None, key_padding_mask=None):  # x: [S, B, D]
+# %% ../../nbs/models/act_policy.ipynb #d7779095
+@patch
+def forward(self: EncoderLayer, x, pos_embed=None, key_padding_mask=None):  # x: [S, B, D]
+    skip = x
+    if self.pre_norm:
+        x = self.norm1(x)
+    q = k = x if pos_embed is None else x + pos_embed
+    x = skip + self.dropout1(
+        self.self_attn(q, k, value=x, key_padding_mask=key_padding_mask)[0]
+    )
+    if self.pre_norm:
         skip = x
-        if self.pre_norm:
-            x = self.norm1(x)
-        q = k = x if pos_embed is None else x + pos_embed
-        x = skip + self.dropout1(
-            self.self_attn(q, k, value=x, key_padding_mask=key_padding_mask)[0]
-        )
-        if self.pre_norm:
-            skip = x
-            x = self.norm2(x)
-        else:
-            x = self.norm1(x)
-            skip = x
-        x = skip + self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
-        return x if self.pre_norm else self.norm2(x)
+        x = self.norm2(x)
+    else:
+        x = self.norm1(x)
+        skip = x
+    x = skip + self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+    return x if self.pre_norm else self.norm2(x)  # [S, B, D]
 
-
+# %% ../../nbs/models/act_policy.ipynb #caca0033
 class Encoder(nn.Module):
     "A stack of EncoderLayers (final LayerNorm only with pre-norm)."
 
@@ -247,31 +250,39 @@ class DecoderLayer(nn.Module):
         self.dropout1, self.dropout2, self.dropout3 = (nn.Dropout(cfg.dropout) for _ in range(3))
         self.activation, self.pre_norm = _activation(cfg.feedforward_activation), cfg.pre_norm
 
-    def forward(self, x, encoder_out, decoder_pos_embed, encoder_pos_embed):  # x: [chunk, B, D]
-        add = lambda t, p: t if p is None else t + p
-        skip = x
-        if self.pre_norm:
-            x = self.norm1(x)
-        q = k = add(x, decoder_pos_embed)
-        x = skip + self.dropout1(self.self_attn(q, k, value=x)[0])
-        if self.pre_norm:
-            skip, x = x, self.norm2(x)
-        else:
-            x = skip = self.norm1(x)
-        x = self.multihead_attn(
-            query=add(x, decoder_pos_embed),
-            key=add(encoder_out, encoder_pos_embed),
-            value=encoder_out,
-        )[0]
-        x = skip + self.dropout2(x)
-        if self.pre_norm:
-            skip, x = x, self.norm3(x)
-        else:
-            x = skip = self.norm2(x)
-        x = skip + self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(x)))))
-        return x if self.pre_norm else self.norm3(x)
+# %% ../../nbs/models/act_policy.ipynb #17d4e0c0
+@patch
+def forward(
+    self: DecoderLayer,
+    x,  # [chunk, B, D] action queries
+    encoder_out,  # [S, B, D]
+    decoder_pos_embed,
+    encoder_pos_embed,
+):
+    add = lambda t, p: t if p is None else t + p
+    skip = x
+    if self.pre_norm:
+        x = self.norm1(x)
+    q = k = add(x, decoder_pos_embed)
+    x = skip + self.dropout1(self.self_attn(q, k, value=x)[0])
+    if self.pre_norm:
+        skip, x = x, self.norm2(x)
+    else:
+        x = skip = self.norm1(x)
+    x = self.multihead_attn(
+        query=add(x, decoder_pos_embed),
+        key=add(encoder_out, encoder_pos_embed),
+        value=encoder_out,
+    )[0]  # [chunk, B, D]
+    x = skip + self.dropout2(x)
+    if self.pre_norm:
+        skip, x = x, self.norm3(x)
+    else:
+        x = skip = self.norm2(x)
+    x = skip + self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+    return x if self.pre_norm else self.norm3(x)
 
-
+# %% ../../nbs/models/act_policy.ipynb #6daf1e7d
 class Decoder(nn.Module):
     "A stack of DecoderLayers and a final LayerNorm."
 
@@ -304,35 +315,43 @@ class ACTPolicy(nn.Module):
         elif isinstance(config, dict):
             config = ACTConfig(**{**config, **kwargs})
         cfg = self.config = config
-        D = cfg.dim_model
         if cfg.use_vae:
-            self.vae_encoder = Encoder(cfg, cfg.n_vae_encoder_layers)
-            self.vae_encoder_cls_embed = nn.Embedding(1, D)
-            self.vae_encoder_robot_state_input_proj = nn.Linear(cfg.state_dim, D)
-            self.vae_encoder_action_input_proj = nn.Linear(cfg.action_dim, D)
-            self.vae_encoder_latent_output_proj = nn.Linear(D, cfg.latent_dim * 2)
-            self.register_buffer(
-                'vae_encoder_pos_enc', sinusoidal_1d(2 + cfg.chunk_size, D).unsqueeze(0)
-            )
-        self.backbone = make_backbone(cfg)
-        self.encoder = Encoder(cfg, cfg.n_encoder_layers)
-        self.decoder = Decoder(cfg)
-        self.encoder_robot_state_input_proj = nn.Linear(cfg.state_dim, D)
-        self.encoder_latent_input_proj = nn.Linear(cfg.latent_dim, D)
-        feat = 512 if cfg.vision_backbone in ('resnet18', 'resnet34') else 2048  # layer4 channels
-        self.encoder_img_feat_input_proj = nn.Conv2d(feat, D, 1)
-        self.encoder_1d_feature_pos_embed = nn.Embedding(2, D)
-        self.encoder_cam_feat_pos_embed = SinusoidalPosition2d(D // 2)
-        self.decoder_pos_embed = nn.Embedding(cfg.chunk_size, D)
-        self.action_head = nn.Linear(D, cfg.action_dim)
+            self._init_vae_encoder()
+        self._init_encoder_decoder()
         self._init_stats()
         self._reset_parameters()
-        self._queue, self.ensembler, self.steps, self.replans = (
-            None,
-            None,
-            0,
-            [],
-        )  # acting state (`reset`)
+        self._queue, self.ensembler, self.steps, self.replans = None, None, 0, []  # acting state
+
+# %% ../../nbs/models/act_policy.ipynb #921b8582
+@patch
+def _init_vae_encoder(self: ACTPolicy):
+    "The CVAE encoder: [CLS, state, action chunk] -> the latent's mean and log variance."
+    cfg, D = self.config, self.config.dim_model
+    self.vae_encoder = Encoder(cfg, cfg.n_vae_encoder_layers)
+    self.vae_encoder_cls_embed = nn.Embedding(1, D)
+    self.vae_encoder_robot_state_input_proj = nn.Linear(cfg.state_dim, D)
+    self.vae_encoder_action_input_proj = nn.Linear(cfg.action_dim, D)
+    self.vae_encoder_latent_output_proj = nn.Linear(D, cfg.latent_dim * 2)
+    self.register_buffer(
+        'vae_encoder_pos_enc', sinusoidal_1d(2 + cfg.chunk_size, D).unsqueeze(0)
+    )  # [1, 2 + chunk, D]
+
+
+@patch
+def _init_encoder_decoder(self: ACTPolicy):
+    "Backbone, transformer encoder/decoder, input projections, position embeddings, action head."
+    cfg, D = self.config, self.config.dim_model
+    self.backbone = make_backbone(cfg)
+    self.encoder = Encoder(cfg, cfg.n_encoder_layers)
+    self.decoder = Decoder(cfg)
+    self.encoder_robot_state_input_proj = nn.Linear(cfg.state_dim, D)
+    self.encoder_latent_input_proj = nn.Linear(cfg.latent_dim, D)
+    feat = 512 if cfg.vision_backbone in ('resnet18', 'resnet34') else 2048  # layer4 channels
+    self.encoder_img_feat_input_proj = nn.Conv2d(feat, D, 1)
+    self.encoder_1d_feature_pos_embed = nn.Embedding(2, D)
+    self.encoder_cam_feat_pos_embed = SinusoidalPosition2d(D // 2)
+    self.decoder_pos_embed = nn.Embedding(cfg.chunk_size, D)
+    self.action_head = nn.Linear(D, cfg.action_dim)
 
 # %% ../../nbs/models/act_policy.ipynb #fcbaf35a
 @patch
@@ -381,13 +400,13 @@ def _image_tokens(self: ACTPolicy, batch: dict) -> tuple:
         if key not in batch:
             raise HaltingLabError(f'batch: missing {key!r} (cameras {self.config.cameras!r})')
         img = (batch[key] - self.image_mean) / self.image_std
-        fmap = self.backbone(img)['feature_map']
-        p = self.encoder_cam_feat_pos_embed(fmap).to(dtype=fmap.dtype)
+        fmap = self.backbone(img)['feature_map']  # [B, 512, H', W']
+        p = self.encoder_cam_feat_pos_embed(fmap).to(dtype=fmap.dtype)  # [1, D, H', W']
         toks.append(self.encoder_img_feat_input_proj(fmap).flatten(2).permute(2, 0, 1))
         pos.append(p.flatten(2).permute(2, 0, 1))
     return torch.cat(toks), torch.cat(pos)
 
-
+# %% ../../nbs/models/act_policy.ipynb #7eaabfb3
 @patch
 def _latent(self: ACTPolicy, state, actions=None, is_pad=None) -> tuple:
     "(latent [B, L], mu, log_sigma_x2): CVAE sample from the demonstrated chunk, else zeros."
@@ -403,7 +422,7 @@ def _latent(self: ACTPolicy, state, actions=None, is_pad=None) -> tuple:
         x.permute(1, 0, 2),
         pos_embed=self.vae_encoder_pos_enc.permute(1, 0, 2),
         key_padding_mask=mask,
-    )[0]
+    )[0]  # the CLS token's output [B, D]
     params = self.vae_encoder_latent_output_proj(out)
     mu, log_sigma_x2 = params[:, : c.latent_dim], params[:, c.latent_dim :]
     return mu + log_sigma_x2.div(2).exp() * torch.randn_like(mu), mu, log_sigma_x2
@@ -423,7 +442,7 @@ def forward(self: ACTPolicy, batch: dict) -> dict:
             self.encoder_robot_state_input_proj(state)[None],
             img,
         ]
-    )
+    )  # [2 + N, B, D]
     pos = torch.cat([self.encoder_1d_feature_pos_embed.weight.unsqueeze(1), img_pos])
     enc = self.encoder(tokens, pos_embed=pos)
     B = state.shape[0]
@@ -433,10 +452,10 @@ def forward(self: ACTPolicy, batch: dict) -> dict:
         enc,
         decoder_pos_embed=self.decoder_pos_embed.weight.unsqueeze(1),
         encoder_pos_embed=pos,
-    )
+    )  # [chunk, B, D]
     return {'action': self.action_head(dec.transpose(0, 1)), 'mu': mu, 'log_sigma_x2': logs}
 
-
+# %% ../../nbs/models/act_policy.ipynb #57e5559c
 @patch
 def compute_loss(self: ACTPolicy, batch: dict) -> dict:
     "{'loss', 'l1_loss', 'kld_loss'}: L1 over non-padded normalised actions + kl_weight * KL."

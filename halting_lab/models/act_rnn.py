@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, InitVar
 from typing import Optional
 import torch
+from fastcore.basics import patch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from ..core import HaltingOutput, HaltingLabError
@@ -15,9 +16,34 @@ from ..halting import ACT, PonderNet, make_criterion, act_ponder_weight
 from ..registry import register_model
 
 # %% auto #0
-__all__ = ['ActRNNConfig', 'ConvMix', 'AttnMix', 'GatedCell', 'ActRNN']
+__all__ = ['ActRNNConfig', 'ConvMix', 'TokenMix', 'AttnMix', 'GatedCell', 'ActRNN']
 
 # %% ../../nbs/models/act_rnn.ipynb #8df6a353
+def _check_act_rnn_config(c):
+    "Raise `HaltingLabError` naming the field for every bad value of the `ActRNNConfig` `c`."
+    if c.act_mode not in ('per_cell', 'per_sequence'):
+        raise HaltingLabError(
+            f"act_mode: expected 'per_cell' or 'per_sequence', got {c.act_mode!r}")
+    if c.mixing not in ('conv', 'attention', 'mixer'):
+        raise HaltingLabError(
+            f"mixing: expected 'conv', 'attention' or 'mixer', got {c.mixing!r}")
+    if c.halt_max_steps < 1:
+        raise HaltingLabError(f'halt_max_steps: must be >= 1, got {c.halt_max_steps}')
+    if c.mixing == 'attention' and c.hidden_size % c.num_heads:
+        raise HaltingLabError(
+            f'hidden_size ({c.hidden_size}) must be divisible by num_heads ({c.num_heads})')
+    if c.halting_rule not in ('act', 'pondernet'):
+        raise HaltingLabError(
+            f"halting_rule: expected 'act' or 'pondernet', got {c.halting_rule!r}")
+    if c.halting_rule == 'pondernet' and c.act_mode != 'per_cell':
+        raise HaltingLabError("act_mode: halting_rule 'pondernet' halts per cell; "
+                              "act_mode 'per_sequence' is ACT only")
+    if not 0 < c.pondernet_lambda_p <= 1:
+        raise HaltingLabError(f'pondernet_lambda_p: must be in (0, 1], got {c.pondernet_lambda_p}')
+    if c.pondernet_beta < 0:
+        raise HaltingLabError(f'pondernet_beta: must be >= 0, got {c.pondernet_beta}')
+
+# %% ../../nbs/models/act_rnn.ipynb #e46b6920
 @dataclass
 class ActRNNConfig:
     "Hyper-parameters of `ActRNN` (all structural: stored in every checkpoint)."
@@ -27,66 +53,55 @@ class ActRNNConfig:
     num_puzzle_identifiers: int = 1
     hidden_size: int = 512
     halt_max_steps: int = 16       # max ACT steps (the seed's `--time_limit`)
-    act_mode: str = 'per_cell'     # 'per_cell' | 'per_sequence' (the original's one count per sequence)
-    mixing: str = 'conv'           # 'conv' (3x3 on the square grid, 1-D if seq_len is not a square) | 'attention'
-    cell_layers: int = 2           # gated mixing updates per ACT step (cells a signal travels per step)
+    act_mode: str = 'per_cell'     # 'per_cell' | 'per_sequence' (the original's: one count each)
+    mixing: str = 'conv'           # 'conv' (3x3 on the grid, 1-D otherwise) | 'attention' | 'mixer'
+    cell_layers: int = 2           # gated mixing updates per ACT step (cells a signal travels)
     kernel_size: int = 3
     num_heads: int = 4             # attention mixing only
     act_eps: float = 0.01
-    halt_bias_init: float = -4.0   # sigmoid(-4) = 0.018: the last step gets most weight at first (learn, then shorten)
+    halt_bias_init: float = -4.0   # sigmoid(-4) = 0.018: the last step gets most weight at first
     pad_id: int = 0                # input token of padding positions (never halt-counted)
-    halting_rule: str = 'act'      # 'act' (Graves: N + R ponder cost) | 'pondernet' (Banino: p_n, KL to a geometric prior)
-    pondernet_lambda_p: float = 0.2   # pondernet: prior halting probability per step (Geometric(lambda_p))
-    pondernet_beta: float = 0.01      # pondernet: weight of KL(p || Geometric(lambda_p)) in the loss
-    time_limit: InitVar[Optional[int]] = None   # the seed's name: ActRNNConfig(time_limit=8) still works
+    halting_rule: str = 'act'      # 'act' (Graves: N + R ponder cost) | 'pondernet' (Banino)
+    pondernet_lambda_p: float = 0.2   # pondernet: prior halting probability per step (Geometric)
+    pondernet_beta: float = 0.01      # pondernet: weight of KL(p || Geometric(lambda_p))
+    time_limit: InitVar[Optional[int]] = None   # the seed's name: ActRNNConfig(time_limit=8) works
 
     NON_STRUCTURAL = ('pondernet_lambda_p', 'pondernet_beta')   # loss weights: may change on resume
     FLAG_ALIASES = {'time_limit': 'halt_max_steps'}             # seed 000's name of the budget
 
     def __post_init__(self, time_limit=None):
         if isinstance(time_limit, int): self.halt_max_steps = time_limit
-        if self.act_mode not in ('per_cell', 'per_sequence'):
-            raise HaltingLabError(f"act_mode: expected 'per_cell' or 'per_sequence', got {self.act_mode!r}")
-        if self.mixing not in ('conv', 'attention'):
-            raise HaltingLabError(f"mixing: expected 'conv' or 'attention', got {self.mixing!r}")
-        if self.halt_max_steps < 1:
-            raise HaltingLabError(f'halt_max_steps: must be >= 1, got {self.halt_max_steps}')
-        if self.mixing == 'attention' and self.hidden_size % self.num_heads:
-            raise HaltingLabError(f'hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})')
-        if self.halting_rule not in ('act', 'pondernet'):
-            raise HaltingLabError(f"halting_rule: expected 'act' or 'pondernet', got {self.halting_rule!r}")
-        if self.halting_rule == 'pondernet' and self.act_mode != 'per_cell':
-            raise HaltingLabError("act_mode: halting_rule 'pondernet' halts per cell; act_mode 'per_sequence' is ACT only")
-        if not 0 < self.pondernet_lambda_p <= 1:
-            raise HaltingLabError(f'pondernet_lambda_p: must be in (0, 1], got {self.pondernet_lambda_p}')
-        if self.pondernet_beta < 0: raise HaltingLabError(f'pondernet_beta: must be >= 0, got {self.pondernet_beta}')
+        _check_act_rnn_config(self)
 
-    @classmethod
-    def validate_flags(cls, flags:dict):
-        "Flag combinations `params_to_configs` rejects (PonderNet weights vs the ACT penalty)."
-        pondernet = flags.get('halting_rule', cls.halting_rule) == 'pondernet'
-        for k in ('pondernet_lambda_p', 'pondernet_beta'):
-            if k in flags and not pondernet:
-                raise HaltingLabError(f'--{k}: has no effect without --halting_rule pondernet')
-        for k in ActRNN.train_flags:
-            if k in flags and pondernet:
-                raise HaltingLabError(f'--{k}: applies to --halting_rule act only; PonderNet is '
-                                      'regularised by --pondernet_beta and --pondernet_lambda_p')
+ActRNNConfig.time_limit = property(lambda self: self.halt_max_steps,
+                                   doc="The seed's name of `halt_max_steps`.")
 
+# %% ../../nbs/models/act_rnn.ipynb #53320de0
+@patch(cls_method=True)
+def validate_flags(cls:ActRNNConfig, flags:dict):
+    "Flag combinations `params_to_configs` rejects (PonderNet weights vs the ACT penalty)."
+    pondernet = flags.get('halting_rule', cls.halting_rule) == 'pondernet'
+    for k in ('pondernet_lambda_p', 'pondernet_beta'):
+        if k in flags and not pondernet:
+            raise HaltingLabError(f'--{k}: has no effect without --halting_rule pondernet')
+    for k in ActRNN.train_flags:
+        if k in flags and pondernet:
+            raise HaltingLabError(f'--{k}: applies to --halting_rule act only; PonderNet is '
+                                  'regularised by --pondernet_beta and --pondernet_lambda_p')
 
-    @property
-    def grid_side(self)->Optional[int]:
-        "Side of the square grid when `seq_len` is a perfect square, else None (1-D mixing)."
-        s = math.isqrt(self.seq_len); return s if s * s == self.seq_len else None
-
-ActRNNConfig.time_limit = property(lambda self: self.halt_max_steps, doc="The seed's name of `halt_max_steps`.")
+@patch(as_prop=True)
+def grid_side(self:ActRNNConfig)->Optional[int]:
+    "Side of the square grid when `seq_len` is a perfect square, else None (1-D mixing)."
+    s = math.isqrt(self.seq_len)
+    return s if s * s == self.seq_len else None
 
 # %% ../../nbs/models/act_rnn.ipynb #a2f0ca96
 class ConvMix(nn.Module):
     "k×k convolution over the square grid (or k-wide 1-D convolution over the sequence)."
     def __init__(self, c_in:int, c_out:int, seq_len:int, k:int=3):
         super().__init__()
-        s = math.isqrt(seq_len); self.side = s if s * s == seq_len else None
+        s = math.isqrt(seq_len)
+        self.side = s if s * s == seq_len else None
         conv = nn.Conv2d if self.side else nn.Conv1d
         self.conv = conv(c_in, c_out, k, padding=k // 2)
 
@@ -95,8 +110,22 @@ class ConvMix(nn.Module):
         if self.side:
             v = u.transpose(1, 2).reshape(B, C, self.side, self.side)          # [B, C, S, S]
             return self.conv(v).flatten(2).transpose(1, 2)                      # [B, L, C_out]
-        return self.conv(u.transpose(1, 2)).transpose(1, 2)
+        return self.conv(u.transpose(1, 2)).transpose(1, 2)                     # [B, L, C_out]
 
+# %% ../../nbs/models/act_rnn.ipynb #e46bde4b
+class TokenMix(nn.Module):
+    "MLP over the cell axis (MLP-Mixer token mixing), then a channel projection: `[B, L, C] -> [B, L, C_out]`."
+    def __init__(self, c_in:int, c_out:int, seq_len:int, expansion:int=2):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(seq_len, expansion * seq_len), nn.GELU(),
+                                 nn.Linear(expansion * seq_len, seq_len))
+        self.proj = nn.Linear(c_in, c_out)
+
+    def forward(self, u:Tensor)->Tensor:                               # u: [B, L, C]
+        v = self.mlp(u.transpose(1, 2)).transpose(1, 2)                # [B, L, C]: cells mixed
+        return self.proj(v)                                            # [B, L, C_out]
+
+# %% ../../nbs/models/act_rnn.ipynb #7f3d9df7
 class AttnMix(nn.Module):
     "Multi-head self-attention over the cells (SDPA); padding keys are masked."
     def __init__(self, c_in:int, c_out:int, heads:int):
@@ -106,21 +135,25 @@ class AttnMix(nn.Module):
 
     def forward(self, u:Tensor, key_mask:Optional[Tensor]=None)->Tensor:   # u: [B, L, C]
         B, L, _ = u.shape
-        q, k, v = self.qkv(self.norm(u)).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # [B, h, L, d]
+        qkv = self.qkv(self.norm(u)).view(B, L, 3, self.heads, -1)          # [B, L, 3, h, d]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)                                # [B, h, L, d] each
         am = None if key_mask is None else key_mask[:, None, None, :]       # [B, 1, 1, L]
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=am)
-        return self.out(o.transpose(1, 2).reshape(B, L, -1))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=am)          # [B, h, L, d]
+        return self.out(o.transpose(1, 2).reshape(B, L, -1))                # [B, L, C_out]
 
 # %% ../../nbs/models/act_rnn.ipynb #89f38f08
 class GatedCell(nn.Module):
     "One gated update `h <- h + σ(z)(tanh(n) - h)` with `[z, n] = mix(h) + W x`; h, x: `[B, L, H]`."
     def __init__(self, cfg:ActRNNConfig):
         super().__init__()
-        H = cfg.hidden_size; self.attn = cfg.mixing == 'attention'
+        H = cfg.hidden_size
+        self.attn = cfg.mixing == 'attention'
         self.mix = (ConvMix(H, 2 * H, cfg.seq_len, cfg.kernel_size) if not self.attn
                     else nn.Sequential())
         if self.attn: self.att, self.lin = AttnMix(H, H, cfg.num_heads), nn.Linear(2 * H, 2 * H)
-        self.inp = (ConvMix(H, 2 * H, cfg.seq_len, cfg.kernel_size) if not self.attn else nn.Linear(H, 2 * H))
+        if cfg.mixing == 'mixer': self.tok = TokenMix(H, 2 * H, cfg.seq_len)  # + all cells at once
+        self.inp = (ConvMix(H, 2 * H, cfg.seq_len, cfg.kernel_size) if not self.attn
+                    else nn.Linear(H, 2 * H))
 
     def input_term(self, x:Tensor)->Tensor:
         "`W x` `[B, L, 2H]`: computed once per forward, the input is the same at every step."
@@ -129,6 +162,7 @@ class GatedCell(nn.Module):
     def forward(self, h:Tensor, xin:Tensor, mask:Tensor)->Tensor:
         if self.attn: a = self.lin(torch.cat([h, self.att(h, mask)], -1))   # [B, L, 2H]
         else: a = self.mix(h)                                               # [B, L, 2H]
+        if hasattr(self, 'tok'): a = a + self.tok(h)                        # mixer: + token MLP
         z, n = (a + xin).chunk(2, -1)                                       # [B, L, H] each
         return h + torch.sigmoid(z) * (torch.tanh(n) - h)
 
@@ -138,65 +172,78 @@ class ActRNN(nn.Module):
     "Recurrent per-cell core with ACT; `forward(batch, return_steps=False) -> HaltingOutput`."
     model_type = 'act_rnn'
     config_cls = ActRNNConfig
-    train_flags = ('time_penalty', 'time_penalty_start', 'time_penalty_warmup_steps')  # ACT schedule
+    train_flags = ('time_penalty', 'time_penalty_start', 'time_penalty_warmup_steps')  # ACT's
 
     def __init__(self, config:ActRNNConfig):
         super().__init__()
-        self.config = cfg = config; H = cfg.hidden_size
-        self.embed = nn.Embedding(cfg.vocab_size, H)
+        self.config = cfg = config
+        H = cfg.hidden_size
+        self.embed = nn.Embedding(cfg.vocab_size, H)                                 # [V, H]
         self.puzzle_embed = nn.Embedding(max(1, cfg.num_puzzle_identifiers), H)
         nn.init.zeros_(self.puzzle_embed.weight)
-        self.pos_embed = nn.Parameter(torch.randn(cfg.seq_len, H) * 0.02) if cfg.mixing == 'attention' else None
+        attn = cfg.mixing == 'attention'
+        pos = nn.Parameter(torch.randn(cfg.seq_len, H) * 0.02) if attn else None  # [L, H]
+        self.pos_embed = pos
         self.cells = nn.ModuleList(GatedCell(cfg) for _ in range(cfg.cell_layers))
         self.norm = nn.LayerNorm(H)
         self.head = nn.Linear(H, cfg.vocab_size)
         self.halt = nn.Linear(H, 1)
-        nn.init.zeros_(self.halt.weight); nn.init.constant_(self.halt.bias, cfg.halt_bias_init)
+        nn.init.zeros_(self.halt.weight)
+        nn.init.constant_(self.halt.bias, cfg.halt_bias_init)
 
-    def criterion(self):
-        "The halting rule: ACT, or PonderNet (all steps weighted p_n in training, median in eval)."
-        c = self.config   # the classes directly: no registry lookup inside a compiled forward
-        if c.halting_rule == 'pondernet':
-            return PonderNet(c.halt_max_steps, lambda_p=c.pondernet_lambda_p, beta=c.pondernet_beta,
-                             mode='train' if self.training else 'median')
-        return ACT(c.halt_max_steps, eps=c.act_eps,
-                   act_type='global' if c.act_mode == 'per_sequence' else 'graves')
+# %% ../../nbs/models/act_rnn.ipynb #ae0542c7
+@patch
+def criterion(self:ActRNN):
+    "The halting rule: ACT, or PonderNet (all steps weighted p_n in training, median in eval)."
+    c = self.config   # the classes directly: no registry lookup inside a compiled forward
+    if c.halting_rule == 'pondernet':
+        return PonderNet(c.halt_max_steps, lambda_p=c.pondernet_lambda_p, beta=c.pondernet_beta,
+                         mode='train' if self.training else 'median')
+    return ACT(c.halt_max_steps, eps=c.act_eps,
+               act_type='global' if c.act_mode == 'per_sequence' else 'graves')
 
-    def ponder_weight(self, step:int, train_config:dict)->float:
-        "Weight of the ACT ponder cost at optimizer `step` (0 with PonderNet: its KL regularises)."
-        if self.config.halting_rule != 'act': return 0.0
-        tc = train_config
-        return act_ponder_weight(step, tc['time_penalty_start'], tc['time_penalty'],
-                                 tc['time_penalty_warmup_steps'])
+@patch
+def ponder_weight(self:ActRNN, step:int, train_config:dict)->float:
+    "Weight of the ACT ponder cost at optimizer `step` (0 with PonderNet: its KL regularises)."
+    if self.config.halting_rule != 'act': return 0.0
+    tc = train_config
+    return act_ponder_weight(step, tc['time_penalty_start'], tc['time_penalty'],
+                             tc['time_penalty_warmup_steps'])
 
-    def forward(self, batch:dict, return_steps:bool=False)->HaltingOutput:
-        inputs = batch['inputs'].long()                                  # [B, L]
-        B, L = inputs.shape
-        mask = inputs != self.config.pad_id                              # [B, L] real cells
-        x = self.embed(inputs)                                           # [B, L, H]
-        if 'puzzle_identifiers' in batch: x = x + self.puzzle_embed(batch['puzzle_identifiers'].long())[:, None]
-        if self.pos_embed is not None: x = x + self.pos_embed[:L]
-        h = torch.zeros_like(x)                                          # [B, L, H]
-        xin = [cell.input_term(x) for cell in self.cells]                # per layer [B, L, 2H]
-        act = self.criterion(); st = act.init(mask); out, steps = None, []
-        ponder_train = self.config.halting_rule == 'pondernet' and self.training
-        keep_steps = return_steps or ponder_train                        # PonderNet's loss reads every step's logits
-        run_all = torch.compiler.is_compiling()                          # compiled: no data-dependent early exit
-        for t in range(self.config.halt_max_steps):
-            run = st.running
-            h_new = h
-            for cell, xi in zip(self.cells, xin): h_new = cell(h_new, xi, mask)
-            h = torch.where(run[..., None], h_new, h)                    # halted cells keep their state
-            y = self.norm(h)
-            logits_t = self.head(y)                                      # [B, L, V]
-            w, st, _ = act.step(st, t, halt_logit=self.halt(y).squeeze(-1))
-            out = act.combine(out, logits_t.float(), w)                  # ACT-weighted logits
-            if keep_steps: steps.append(logits_t)
-            if not run_all and act.done(st): break
-        res = act.finalize(st)
-        extras = {'step_probs': res.step_probs, 'mask': mask, 'criterion': act}
-        if 'p' in res.extras: extras['pondernet_p'] = res.extras['p']   # PonderNet's p_n [S, B, L]
-        pc = res.ponder_cost if res.ponder_cost is not None else res.halting_steps   # PonderNet eval: N
-        return HaltingOutput(logits=out, halting_steps=res.halting_steps, ponder_cost=pc,
-                             step_logits=torch.stack(steps) if keep_steps else None,
-                             halt_cumprob=res.halt_cumprob if return_steps else None, extras=extras)
+# %% ../../nbs/models/act_rnn.ipynb #6ec56c48
+@patch
+def forward(self:ActRNN, batch:dict, return_steps:bool=False)->HaltingOutput:
+    "Up to `halt_max_steps` recurrent steps; logits `[B, L, V]` weighted by the halting rule."
+    inputs = batch['inputs'].long()                                  # [B, L]
+    B, L = inputs.shape
+    mask = inputs != self.config.pad_id                              # [B, L] real cells
+    x = self.embed(inputs)                                           # [B, L, H]
+    if 'puzzle_identifiers' in batch:
+        x = x + self.puzzle_embed(batch['puzzle_identifiers'].long())[:, None]   # + [B, 1, H]
+    if self.pos_embed is not None: x = x + self.pos_embed[:L]
+    h = torch.zeros_like(x)                                          # [B, L, H]
+    xin = [cell.input_term(x) for cell in self.cells]                # per layer [B, L, 2H]
+    act = self.criterion()
+    st = act.init(mask)
+    out, steps = None, []
+    ponder_train = self.config.halting_rule == 'pondernet' and self.training
+    keep_steps = return_steps or ponder_train                  # PonderNet's loss reads them all
+    run_all = torch.compiler.is_compiling()                    # compiled: no data-dependent exit
+    for t in range(self.config.halt_max_steps):
+        run = st.running                                             # [B, L]
+        h_new = h
+        for cell, xi in zip(self.cells, xin): h_new = cell(h_new, xi, mask)
+        h = torch.where(run[..., None], h_new, h)                    # halted cells keep their state
+        y = self.norm(h)
+        logits_t = self.head(y)                                      # [B, L, V]
+        w, st, _ = act.step(st, t, halt_logit=self.halt(y).squeeze(-1))
+        out = act.combine(out, logits_t.float(), w)                  # ACT-weighted logits
+        if keep_steps: steps.append(logits_t)
+        if not run_all and act.done(st): break
+    res = act.finalize(st)
+    extras = {'step_probs': res.step_probs, 'mask': mask, 'criterion': act}
+    if 'p' in res.extras: extras['pondernet_p'] = res.extras['p']   # PonderNet's p_n [S, B, L]
+    pc = res.ponder_cost if res.ponder_cost is not None else res.halting_steps   # PonderNet eval: N
+    return HaltingOutput(logits=out, halting_steps=res.halting_steps, ponder_cost=pc,
+                         step_logits=torch.stack(steps) if keep_steps else None,
+                         halt_cumprob=res.halt_cumprob if return_steps else None, extras=extras)

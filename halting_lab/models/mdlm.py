@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 import torch
+from fastcore.basics import patch
 from torch import nn
 import torch.nn.functional as F
 from ..core import HaltingLabError
@@ -28,7 +29,7 @@ class BackboneOutput:
     logits: torch.Tensor  # [B, L, V] predictions at every position
     hidden: torch.Tensor  # [B, L, D] last hidden states (the critic's relation matrix uses them)
 
-
+# %% ../../nbs/models/mdlm.ipynb #054d917e
 class MaskedDiffusionBackbone(nn.Module):
     "Interface: `forward(tokens [B, L]) -> BackboneOutput`; `encode`, `decode`, `token_strings`."
 
@@ -52,19 +53,21 @@ class MaskedDiffusionBackbone(nn.Module):
         "[V] bool: token ids whose string contains a digit (the numerals operator's fast path)."
         return torch.tensor([any(c.isdigit() for c in s) for s in self.token_strings()])
 
-    def encode_batch(
-        self,
-        prompts: list,  # question texts
-        prompt_len: int,  # prompts are left-padded/truncated to this many tokens
-        gen_len: int,
-    ):  # generation slots (all `mask_id`)
-        "Token ids `[B, prompt_len + gen_len]`: the left-padded prompt, then `gen_len` masks."
-        out = torch.full((len(prompts), prompt_len + gen_len), self.pad_id, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids = self.encode(p)[-prompt_len:]
-            out[i, prompt_len - len(ids) : prompt_len] = torch.tensor(ids, dtype=torch.long)
-        out[:, prompt_len:] = self.mask_id
-        return out
+# %% ../../nbs/models/mdlm.ipynb #914b1035
+@patch
+def encode_batch(
+    self: MaskedDiffusionBackbone,
+    prompts: list,  # question texts
+    prompt_len: int,  # prompts are left-padded/truncated to this many tokens
+    gen_len: int,  # generation slots (all `mask_id`)
+):
+    "Token ids `[B, prompt_len + gen_len]`: the left-padded prompt, then `gen_len` masks."
+    out = torch.full((len(prompts), prompt_len + gen_len), self.pad_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids = self.encode(p)[-prompt_len:]
+        out[i, prompt_len - len(ids) : prompt_len] = torch.tensor(ids, dtype=torch.long)
+    out[:, prompt_len:] = self.mask_id
+    return out
 
 # %% ../../nbs/models/mdlm.ipynb #f9681024
 @dataclass
@@ -85,7 +88,7 @@ class MDLMConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
-
+# %% ../../nbs/models/mdlm.ipynb #ce3825f3
 class Block(nn.Module):
     "Pre-norm bidirectional transformer block."
 
@@ -105,10 +108,10 @@ class Block(nn.Module):
             self.qkv(self.ln1(x))
             .view(B, L, 3, self.n_heads, D // self.n_heads)
             .permute(2, 0, 3, 1, 4)
-        )
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, D)
+        )  # [B, h, L, D/h] each
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, D)  # [B, L, D]
         x = x + self.drop(self.proj(a))
-        return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
+        return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))  # [B, L, D]
 
 # %% ../../nbs/models/mdlm.ipynb #d5e1afee
 @register_model(
@@ -174,25 +177,28 @@ class TinyMDLMBackbone(MaskedDiffusionBackbone):
     def forward(self, tokens):
         return self.model(tokens)
 
-    def state(self) -> dict:
-        "Checkpoint content: config (plain dict) + weights (tensors)."
-        base = getattr(self.model, 'get_base_model', lambda: self.model)()
-        return {
-            'model_type': 'mdlm',
-            'config': dataclasses.asdict(base.config),
-            'state_dict': {k: v.detach().cpu() for k, v in base.state_dict().items()},
-        }
+# %% ../../nbs/models/mdlm.ipynb #cbb248b6
+@patch
+def state(self: TinyMDLMBackbone) -> dict:
+    "Checkpoint content: config (plain dict) + weights (tensors)."
+    base = getattr(self.model, 'get_base_model', lambda: self.model)()
+    return {
+        'model_type': 'mdlm',
+        'config': dataclasses.asdict(base.config),
+        'state_dict': {k: v.detach().cpu() for k, v in base.state_dict().items()},
+    }
 
-    @classmethod
-    def from_state(cls, st: dict, src: str = 'backbone.pt'):
-        "Rebuild from `state()` (e.g. `torch.load(path, weights_only=True)`)."
-        if not isinstance(st, dict) or st.get('model_type') != 'mdlm' or 'state_dict' not in st:
-            raise HaltingLabError(
-                f'{src}: not a TinyMDLM checkpoint (expected model_type mdlm + state_dict)'
-            )
-        m = TinyMDLM(MDLMConfig.from_dict(st['config']))
-        m.load_state_dict(st['state_dict'])
-        return cls(m)
+
+@patch(cls_method=True)
+def from_state(cls: TinyMDLMBackbone, st: dict, src: str = 'backbone.pt'):
+    "Rebuild from `state()` (e.g. `torch.load(path, weights_only=True)`)."
+    if not isinstance(st, dict) or st.get('model_type') != 'mdlm' or 'state_dict' not in st:
+        raise HaltingLabError(
+            f'{src}: not a TinyMDLM checkpoint (expected model_type mdlm + state_dict)'
+        )
+    m = TinyMDLM(MDLMConfig.from_dict(st['config']))
+    m.load_state_dict(st['state_dict'])
+    return cls(m)
 
 # %% ../../nbs/models/mdlm.ipynb #86a54d53
 def mdlm_loss(
@@ -251,9 +257,8 @@ def train_mdlm(
         sched.step()
         losses.append(float(loss.detach()))
         if log and log_every and (step + 1) % log_every == 0:
-            log(
-                f'mdlm step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.3f} ({time.time() - t0:.0f}s)'
-            )
+            mean = sum(losses[-log_every:]) / log_every
+            log(f'mdlm step {step + 1}/{steps} loss {mean:.3f} ({time.time() - t0:.0f}s)')
     backbone.eval()
     return losses
 
@@ -274,7 +279,7 @@ def resolve_dtype(name: str) -> Optional[torch.dtype]:
         raise HaltingLabError(f'backbone.torch_dtype: expected one of {list(DTYPES)}, got {name!r}')
     return DTYPES[name]
 
-
+# %% ../../nbs/models/mdlm.ipynb #d8788d63
 def apply_finetune_mode(
     backbone: MaskedDiffusionBackbone,
     mode: str,
@@ -316,70 +321,78 @@ class HFMaskedDiffusionBackbone(MaskedDiffusionBackbone):
         self.pad_id = int(pad if pad is not None else (tokenizer.eos_token_id or 0))
         self._strings = None
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str,
-        torch_dtype: str = 'auto',
-        trust_remote_code: bool = False,
-        suppress_load_warnings: bool = False,
-        tokenizer_source: str = 'auto',
-        device: str = 'cpu',
-    ):
-        "Load model + tokenizer from a hub id (e.g. `kuleshov-group/e2d2-owt`) or a local directory."
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+# %% ../../nbs/models/mdlm.ipynb #32472f0d
+@patch(cls_method=True)
+def from_pretrained(
+    cls: HFMaskedDiffusionBackbone,
+    name_or_path: str,
+    torch_dtype: str = 'auto',
+    trust_remote_code: bool = False,
+    suppress_load_warnings: bool = False,
+    tokenizer_source: str = 'auto',
+    device: str = 'cpu',
+):
+    "Load model + tokenizer from a hub id (e.g. `kuleshov-group/e2d2-owt`) or a local directory."
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-        dt = resolve_dtype(torch_dtype)
-        quiet = hf_logging.get_verbosity() if suppress_load_warnings else None
-        if suppress_load_warnings:
-            hf_logging.set_verbosity_error()
-        try:
-            tok_src = (
-                name_or_path if tokenizer_source in ('auto', 'e2d2', 'mdlm') else tokenizer_source
-            )
-            tok = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=trust_remote_code)
-            kw = {'trust_remote_code': trust_remote_code}
-            if dt is not None:
-                kw['dtype'] = dt
-            model = AutoModelForMaskedLM.from_pretrained(name_or_path, **kw)
-        except OSError as e:
-            raise HaltingLabError(
-                f'backbone.name {name_or_path!r}: cannot load it ({e}); on a machine '
-                'without hub access pass a local directory'
-            ) from e
-        finally:
-            if quiet is not None:
-                hf_logging.set_verbosity(quiet)
-        return cls(model.to(device).eval(), tok, name_or_path)
+    dt = resolve_dtype(torch_dtype)
+    quiet = hf_logging.get_verbosity() if suppress_load_warnings else None
+    if suppress_load_warnings:
+        hf_logging.set_verbosity_error()
+    try:
+        tok_src = name_or_path if tokenizer_source in ('auto', 'e2d2', 'mdlm') else tokenizer_source
+        tok = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=trust_remote_code)
+        kw = {'trust_remote_code': trust_remote_code}
+        if dt is not None:
+            kw['dtype'] = dt
+        model = AutoModelForMaskedLM.from_pretrained(name_or_path, **kw)
+    except OSError as e:
+        raise HaltingLabError(
+            f'backbone.name {name_or_path!r}: cannot load it ({e}); on a machine '
+            'without hub access pass a local directory'
+        ) from e
+    finally:
+        if quiet is not None:
+            hf_logging.set_verbosity(quiet)
+    return cls(model.to(device).eval(), tok, name_or_path)
 
-    def encode(self, text):
-        return self.tokenizer.encode(text, add_special_tokens=False)
+# %% ../../nbs/models/mdlm.ipynb #4e3cefaf
+@patch
+def encode(self: HFMaskedDiffusionBackbone, text):
+    return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def decode(self, ids):
-        ids = [int(i) for i in ids if int(i) not in (self.mask_id, self.pad_id)]
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def token_strings(self):
-        if self._strings is None:
-            self._strings = [
-                self.tokenizer.convert_tokens_to_string([t]) if t else ''
-                for t in self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
-            ]
-        return self._strings
+@patch
+def decode(self: HFMaskedDiffusionBackbone, ids):
+    ids = [int(i) for i in ids if int(i) not in (self.mask_id, self.pad_id)]
+    return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    @property
-    def hidden_size(self):
-        return int(self.model.config.hidden_size)
 
-    def forward(self, tokens):
-        out = self.model(
-            input_ids=tokens, attention_mask=torch.ones_like(tokens), output_hidden_states=True
-        )
-        hs = getattr(out, 'hidden_states', None)
-        hidden = hs[-1] if hs else out.logits
-        V = len(self.tokenizer)
-        return BackboneOutput(logits=out.logits[..., :V].float(), hidden=hidden.float())
+@patch
+def token_strings(self: HFMaskedDiffusionBackbone):
+    if self._strings is None:
+        self._strings = [
+            self.tokenizer.convert_tokens_to_string([t]) if t else ''
+            for t in self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        ]
+    return self._strings
+
+# %% ../../nbs/models/mdlm.ipynb #221c6cb4
+@patch(as_prop=True)
+def hidden_size(self: HFMaskedDiffusionBackbone):
+    return int(self.model.config.hidden_size)
+
+
+@patch
+def forward(self: HFMaskedDiffusionBackbone, tokens):
+    out = self.model(
+        input_ids=tokens, attention_mask=torch.ones_like(tokens), output_hidden_states=True
+    )
+    hs = getattr(out, 'hidden_states', None)
+    hidden = hs[-1] if hs else out.logits  # [B, L, D]
+    V = len(self.tokenizer)
+    return BackboneOutput(logits=out.logits[..., :V].float(), hidden=hidden.float())
 
 # %% ../../nbs/models/mdlm.ipynb #abfabb25
 def build_backbone(

@@ -10,13 +10,17 @@ from typing import Optional
 import torch
 from torch import nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from ..core import HaltingOutput, HaltingLabError
 from ..registry import register_model
 
 # %% auto #0
-__all__ = ['NavConfig', 'MixerBlock', 'NavTRM', 'create_model', 'count_parameters']
+__all__ = ['READOUTS', 'NavConfig', 'fast_dropout', 'MixerBlock', 'first_optimal_logits', 'NavTRM', 'create_model',
+           'count_parameters']
 
 # %% ../../nbs/models/nav_mixer.ipynb #1b09e2bf
+READOUTS = ('softmax', 'first_optimal')
+
 @dataclass
 class NavConfig:
     "Hyper-parameters of `NavTRM` (stored as `config` in every checkpoint)."
@@ -32,6 +36,8 @@ class NavConfig:
     detach_steps: bool = True  # carry (y, z) between supervision steps without gradient (TRM)
     num_tokens: int = 5
     num_actions: int = 5
+    local_mix: bool = True     # + a depthwise 3x3 convolution beside the token MLP (see the mixer block)
+    readout: str = 'softmax'   # 'softmax': the seed's 5-way logits; 'first_optimal': see below
     def to_dict(self)->dict: return dataclasses.asdict(self)
     @classmethod
     def from_dict(cls, d:dict)->'NavConfig':
@@ -40,17 +46,42 @@ class NavConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 # %% ../../nbs/models/nav_mixer.ipynb #3e940903
+def fast_dropout(x:torch.Tensor, p:float, training:bool=True)->torch.Tensor:
+    "Inverted dropout like `F.dropout`, with the keep mask drawn as int32 (~3x cheaper on CPU than bernoulli_)."
+    if not training or p == 0: return x
+    if p >= 1: return torch.zeros_like(x)
+    keep = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_() >= int(p * 2**31)
+    return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
+
 class MixerBlock(nn.Module):
-    "Pre-norm MLP-Mixer block: token mixing across the G*G cells, then channel mixing (dropout on both residual branches)."
-    def __init__(self, n_tokens:int, dim:int, token_hidden:int, channel_hidden:int, dropout:float):
+    "Pre-norm MLP-Mixer block: token mixing across the G*G cells, then channel mixing (dropout on both branches)."
+    def __init__(self, n_tokens:int, dim:int, token_hidden:int, channel_hidden:int, dropout:float,
+                 grid_size:int=0):   # > 0: add local mixing over the grid_size x grid_size cells
         super().__init__()
+        self.grid_size = int(grid_size)
+        self.local = self.local_conv(dim) if grid_size else None
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.token_mlp = nn.Sequential(nn.Linear(n_tokens, token_hidden), nn.GELU(), nn.Linear(token_hidden, n_tokens))
+        self.token_mlp = nn.Sequential(nn.Linear(n_tokens, token_hidden), nn.GELU(),
+                                       nn.Linear(token_hidden, n_tokens))
         self.channel_mlp = nn.Sequential(nn.Linear(dim, channel_hidden), nn.GELU(), nn.Linear(channel_hidden, dim))
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout)   # holds p (and shows it in the repr); applied by fast_dropout
+    @staticmethod
+    def local_conv(dim:int)->nn.Module: return nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
     def forward(self, x):  # [B, T, D]
-        x = x + self.drop(self.token_mlp(self.norm1(x).transpose(1, 2)).transpose(1, 2))
-        return x + self.drop(self.channel_mlp(self.norm2(x)))
+        p, on = self.drop.p, self.training
+        h = self.norm1(x).transpose(1, 2)   # [B, D, T]
+        t = self.token_mlp(h)
+        if self.local is not None:
+            B, D, T = h.shape
+            t = t + self.local(h.reshape(B, D, self.grid_size, self.grid_size)).reshape(B, D, T)
+        x = x + fast_dropout(t.transpose(1, 2), p, on)
+        return x + fast_dropout(self.channel_mlp(self.norm2(x)), p, on)
+
+# %% ../../nbs/models/nav_mixer.ipynb #7230d524
+def first_optimal_logits(s:torch.Tensor)->torch.Tensor:
+    "log P(action a is the first optimal one) from independent optimality logits `s` [..., A] (order: a's index)."
+    before = F.logsigmoid(-s)
+    return F.logsigmoid(s) + torch.cumsum(before, -1) - before
 
 # %% ../../nbs/models/nav_mixer.ipynb #406c5d33
 @register_model(trainable=True)
@@ -65,84 +96,126 @@ class NavTRM(nn.Module):
         elif isinstance(config, dict): config = NavConfig.from_dict({**config, **kwargs})
         c = self.config = config
         if c.dim < 2 or c.depth < 1 or not 0 <= c.dropout < 1 or c.n_sup < 1 or c.n_latent < 1:
-            raise HaltingLabError(f'NavConfig: need dim>=2, depth>=1, 0<=dropout<1, n_sup>=1, n_latent>=1; got {c}')
+            raise HaltingLabError('NavConfig: need dim>=2, depth>=1, 0<=dropout<1, n_sup>=1, n_latent>=1; '
+                                  f'got {c}')
+        if c.readout not in READOUTS: raise HaltingLabError(f'NavConfig.readout: expected one of {READOUTS}, '
+                                                            f'got {c.readout!r}')
         T = c.grid_size * c.grid_size
         self.embed = nn.Embedding(c.num_tokens, c.dim)
         # offsets of every cell from the agent and from the goal (rows and columns, -(G-1)..G-1)
         self.rel = nn.ModuleList([nn.Embedding(2 * c.grid_size - 1, c.dim) for _ in range(4)])
         rr, cc = torch.meshgrid(torch.arange(c.grid_size), torch.arange(c.grid_size), indexing='ij')
-        self.register_buffer('cell_rc', torch.stack([rr.reshape(-1), cc.reshape(-1)], -1), persistent=False)  # [T, 2]
+        rc = torch.stack([rr.reshape(-1), cc.reshape(-1)], -1)
+        self.register_buffer('cell_rc', rc, persistent=False)  # [T, 2]
         # the recursion schedule travels in the state dict: loading it sets n_sup / n_latent (see below)
         self.register_buffer('recursion', torch.tensor([c.n_sup, c.n_latent]))  # [2]
+        self.register_buffer('readout_kind', torch.tensor(READOUTS.index(c.readout)))   # so does the readout
         self.outside = nn.Parameter(torch.zeros(1, c.dim))
         self.y_init = nn.Parameter(torch.zeros(1, 1, c.dim))
         th, ch = max(4, int(c.token_mult * c.dim)), max(4, int(c.channel_mult * c.dim))
-        self.net = nn.Sequential(*[MixerBlock(T, c.dim, th, ch, c.dropout) for _ in range(c.depth)])
+        local = c.grid_size if c.local_mix else 0
+        self.net = nn.Sequential(*[MixerBlock(T, c.dim, th, ch, c.dropout, local) for _ in range(c.depth)])
         self.norm = nn.LayerNorm(6 * c.dim)
         self.head = nn.Linear(6 * c.dim, c.num_actions)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        "Adopt the `recursion` ([n_sup, n_latent]) of the loaded weights; state dicts without it keep the config's."
-        key = prefix + 'recursion'
-        if key in state_dict:
-            n_sup, n_latent = (int(v) for v in state_dict[key])
-            if n_sup < 1 or n_latent < 1: raise HaltingLabError(f'state dict: {key} is {[n_sup, n_latent]}; expected [n_sup >= 1, n_latent >= 1]')
-            self.config = dataclasses.replace(self.config, n_sup=n_sup, n_latent=n_latent)
-        else: state_dict[key] = self.recursion.clone()  # checkpoints written before the buffer existed
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @staticmethod
     def _tokens(batch)->torch.Tensor:
         x = batch['inputs'] if isinstance(batch, dict) else batch
         return x.reshape(x.shape[0], -1).long()
 
-    def _neighbours(self, agent_idx):
-        "Cell indices of [agent, up, down, left, right] (-1 = off the grid): [B, 5]."
-        G = self.config.grid_size; r, c = agent_idx // G, agent_idx % G
-        cols = [agent_idx]
-        for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-            rr, cc = r + dr, c + dc
-            ok = (rr >= 0) & (rr < G) & (cc >= 0) & (cc < G)
-            cols.append(torch.where(ok, rr * G + cc, torch.full_like(rr, -1)))
-        return torch.stack(cols, 1)
+# %% ../../nbs/models/nav_mixer.ipynb #b033bf98
+@patch
+def _load_from_state_dict(self:NavTRM, state_dict, prefix, *args, **kwargs):
+    "Adopt the `recursion` ([n_sup, n_latent]) of the loaded weights; state dicts without it keep the config's."
+    key = prefix + 'recursion'
+    if key in state_dict:
+        n_sup, n_latent = (int(v) for v in state_dict[key])
+        if n_sup < 1 or n_latent < 1:
+            raise HaltingLabError(f'state dict: {key} is {[n_sup, n_latent]}; '
+                                  'expected [n_sup >= 1, n_latent >= 1]')
+        self.config = dataclasses.replace(self.config, n_sup=n_sup, n_latent=n_latent)
+    else: state_dict[key] = self.recursion.clone()  # checkpoints written before the buffer existed
+    key = prefix + 'readout_kind'
+    if key in state_dict:
+        k = int(state_dict[key])
+        if not 0 <= k < len(READOUTS):
+            raise HaltingLabError(f'state dict: {key} is {k}; expected 0..{len(READOUTS) - 1} ({READOUTS})')
+    else: k, state_dict[key] = 0, torch.tensor(0)   # written before readouts existed: the seed's softmax
+    self.config = dataclasses.replace(self.config, readout=READOUTS[k])
+    has_local = prefix + 'net.0.local.weight' in state_dict   # the weights decide (older ones have none)
+    for blk in self.net:
+        if has_local and blk.local is None:
+            w = blk.norm1.weight
+            blk.grid_size, blk.local = self.config.grid_size, blk.local_conv(w.shape[0]).to(w.device)
+        if not has_local: blk.local = None
+    self.config = dataclasses.replace(self.config, local_mix=has_local)
+    super(NavTRM, self)._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _readout(self, y, nb_idx):
-        "Action logits from the answer state at the agent's cell, its 4 neighbours and the grid mean."
-        B, T, D = y.shape
-        padded = torch.cat([y, self.outside.expand(B, 1, D)], 1)  # index T = outside the grid
-        idx = torch.where(nb_idx < 0, torch.full_like(nb_idx, T), nb_idx)
-        cells = padded.gather(1, idx[..., None].expand(B, 5, D)).reshape(B, 5 * D)
-        return self.head(self.norm(torch.cat([cells, y.mean(1)], -1)))
+# %% ../../nbs/models/nav_mixer.ipynb #e032d69e
+@patch
+def _neighbours(self:NavTRM, agent_idx):
+    "Cell indices of [agent, up, down, left, right] (-1 = off the grid): [B, 5]."
+    G = self.config.grid_size
+    r, c = agent_idx // G, agent_idx % G
+    cols = [agent_idx]
+    for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        rr, cc = r + dr, c + dc
+        ok = (rr >= 0) & (rr < G) & (cc >= 0) & (cc < G)
+        cols.append(torch.where(ok, rr * G + cc, torch.full_like(rr, -1)))
+    return torch.stack(cols, 1)
 
-    def _embed(self, tok, agent_idx, goal_idx):
-        G = self.config.grid_size
-        a_rc, g_rc = self.cell_rc[agent_idx], self.cell_rc[goal_idx]  # [B, 2]
-        rel_a = self.cell_rc[None] - a_rc[:, None] + G - 1  # [B, T, 2]
-        rel_g = self.cell_rc[None] - g_rc[:, None] + G - 1
-        return (self.embed(tok) + self.rel[0](rel_a[..., 0]) + self.rel[1](rel_a[..., 1])
-                + self.rel[2](rel_g[..., 0]) + self.rel[3](rel_g[..., 1]))
+@patch
+def _readout(self:NavTRM, y, nb_idx):
+    "Action logits from the answer state at the agent's cell, its 4 neighbours and the grid mean."
+    B, T, D = y.shape
+    padded = torch.cat([y, self.outside.expand(B, 1, D)], 1)  # index T = outside the grid
+    idx = torch.where(nb_idx < 0, torch.full_like(nb_idx, T), nb_idx)
+    cells = padded.gather(1, idx[..., None].expand(B, 5, D)).reshape(B, 5 * D)
+    return self.head(self.norm(torch.cat([cells, y.mean(1)], -1)))
 
-    def forward(self, batch, return_steps:bool=False, n_sup:Optional[int]=None)->HaltingOutput:
-        c = self.config; S = n_sup or c.n_sup
-        tok = self._tokens(batch)
-        if tok.shape[1] != c.grid_size ** 2:
-            raise HaltingLabError(f'inputs: expected {c.grid_size}x{c.grid_size} grids ({c.grid_size**2} cells), got {tok.shape[1]} cells')
-        agent_idx = ((tok == 2) | (tok == 4)).float().argmax(1)
-        goal_idx = torch.where(tok.eq(4).any(1), agent_idx, (tok == 3).float().argmax(1))
-        nb_idx = self._neighbours(agent_idx)
-        x = self._embed(tok, agent_idx, goal_idx)
-        y = self.y_init.expand_as(x); z = torch.zeros_like(x)
-        steps = []
-        for s in range(S):
-            if c.detach_steps and s > 0: y, z = y.detach(), z.detach()
-            for _ in range(c.n_latent): z = self.net(x + y + z)
-            y = self.net(y + z)
-            steps.append(self._readout(y, nb_idx))
-        step_logits = torch.stack(steps)[:, :, None, :]  # [S, B, 1, V]
-        B = tok.shape[0]
-        return HaltingOutput(logits=step_logits[-1], halting_steps=torch.full((B, 1), float(S), device=tok.device),
-                             ponder_cost=None, step_logits=step_logits if (return_steps or self.training) else None)
+@patch
+def _embed(self:NavTRM, tok, agent_idx, goal_idx):
+    "Token embedding + learned embeddings of each cell's row/column offsets from the agent and the goal."
+    G = self.config.grid_size
+    a_rc, g_rc = self.cell_rc[agent_idx], self.cell_rc[goal_idx]  # [B, 2]
+    rel_a = self.cell_rc[None] - a_rc[:, None] + G - 1  # [B, T, 2]
+    rel_g = self.cell_rc[None] - g_rc[:, None] + G - 1
+    return (self.embed(tok) + self.rel[0](rel_a[..., 0]) + self.rel[1](rel_a[..., 1])
+            + self.rel[2](rel_g[..., 0]) + self.rel[3](rel_g[..., 1]))
 
+# %% ../../nbs/models/nav_mixer.ipynb #a9d1fe5c
+@patch
+def forward(self:NavTRM, batch, return_steps:bool=False, n_sup:Optional[int]=None)->HaltingOutput:
+    "The `HaltingOutput` of a batch (token grids or a dict with `inputs`); `n_sup` overrides the steps."
+    c = self.config
+    S = n_sup or c.n_sup
+    tok = self._tokens(batch)
+    if tok.shape[1] != c.grid_size ** 2:
+        raise HaltingLabError(f'inputs: expected {c.grid_size}x{c.grid_size} grids ({c.grid_size**2} cells), '
+                              f'got {tok.shape[1]} cells')
+    agent_idx = ((tok == 2) | (tok == 4)).float().argmax(1)
+    goal_idx = torch.where(tok.eq(4).any(1), agent_idx, (tok == 3).float().argmax(1))
+    nb_idx = self._neighbours(agent_idx)
+    x = self._embed(tok, agent_idx, goal_idx)
+    y = self.y_init.expand_as(x)
+    z = torch.zeros_like(x)
+    steps = []
+    for s in range(S):
+        if c.detach_steps and s > 0: y, z = y.detach(), z.detach()
+        for _ in range(c.n_latent): z = self.net(x + y + z)
+        y = self.net(y + z)
+        steps.append(self._readout(y, nb_idx))
+    raw, extras = torch.stack(steps), {}   # [S, B, V]
+    if c.readout == 'first_optimal':
+        extras['optimal_logits'] = raw
+        raw = first_optimal_logits(raw.float())
+    step_logits = raw[:, :, None, :]  # [S, B, 1, V]
+    B = tok.shape[0]
+    halting = torch.full((B, 1), float(S), device=tok.device)
+    return HaltingOutput(logits=step_logits[-1], halting_steps=halting, ponder_cost=None, extras=extras,
+                         step_logits=step_logits if (return_steps or self.training) else None)
+
+# %% ../../nbs/models/nav_mixer.ipynb #6e729ad8
 def create_model(grid_size:int=NavConfig.grid_size, dim:int=NavConfig.dim, depth:int=NavConfig.depth,
                  dropout:float=NavConfig.dropout, **kwargs)->NavTRM:
     "The seed's `create_model(grid_size=, dim=, depth=, dropout=)` (extra `NavConfig` fields as keywords)."

@@ -92,7 +92,7 @@ def apply_operators(
     ensure_update: bool = True,
     fallback_operator: int = 0,
 ):
-    "(update mask [B, L], fell_back [B] bool): each row's operator, with the fallback for empty rows."
+    "(update mask [B, L], fell_back [B] bool): each row's operator, the fallback for empty rows."
     upd = torch.zeros_like(v.masked)
     for op in range(N_OPS):
         rows = ops == op
@@ -126,7 +126,7 @@ N_FEATURES = len(FEATURE_NAMES)
 def relation_matrix(
     hidden: torch.Tensor, prompt_len: int  # [B, L, D] last hidden states
 ) -> torch.Tensor:
-    "R [B, G, P]: cosine similarity of each generation slot's hidden state with each prompt token's."
+    "R [B, G, P]: cosine similarity of every generation slot's and prompt token's hidden states."
     h = F.normalize(hidden.float(), dim=-1)
     return h[:, prompt_len:] @ h[:, :prompt_len].transpose(1, 2)
 
@@ -136,7 +136,7 @@ def _mmean(x, m, empty: float):
     n = m.float().sum(-1)
     return torch.where(n > 0, (x * m).sum(-1) / n.clamp_min(1), torch.full_like(n, empty))
 
-
+# %% ../../nbs/models/reoac.ipynb #caba1e54
 def aggregate_features(
     R: torch.Tensor,  # [B, G, P] relation matrix
     prompt_valid: torch.Tensor,  # [B, P] bool: real (non-padding) prompt tokens
@@ -205,7 +205,7 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
         nn.Linear(hidden, n_out),
     )
 
-
+# %% ../../nbs/models/reoac.ipynb #16594518
 class RelationalEnergyCritic(nn.Module):
     "Relation matrix + 11 aggregated features + Q head over the 5 operators."
 
@@ -243,7 +243,7 @@ class RelationalEnergyCritic(nn.Module):
     def forward(self, x):
         return self.q_head(x)  # [B, 5] Q values
 
-
+# %% ../../nbs/models/reoac.ipynb #99a5b6ea
 class OperatorActor(nn.Module):
     "MLP policy: critic input (11 features [+ hidden]) -> 5 operator logits."
 
@@ -261,7 +261,7 @@ def select_operator(
     generator: Optional[torch.Generator] = None,
     fixed: Optional[int] = None,
 ) -> torch.Tensor:
-    "[B] operator ids: `argmax` / `sample` from the actor's logits, or a `fixed` operator for every row."
+    "[B] operator ids: `argmax` / `sample` from the actor's logits, or one `fixed` operator for all."
     if fixed is not None:
         return torch.full(logits.shape[:1], int(fixed), dtype=torch.long, device=logits.device)
     if mode == 'argmax':

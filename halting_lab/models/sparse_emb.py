@@ -89,7 +89,7 @@ def _gather_ranks(ids: torch.Tensor, grads: torch.Tensor) -> tuple:
     keep = aid >= 0
     return aid[keep], ag[keep]
 
-
+# %% ../../nbs/models/sparse_emb.ipynb #867d34f3
 def pop_sparse_grads(weight: torch.Tensor) -> Optional[tuple]:
     "`(ids [M], grads [M, D])` recorded on `weight` since its last step (cleared), or None."
     pend = _pending(weight)

@@ -8,6 +8,7 @@ import functools, math
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 import torch
+from fastcore.basics import patch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from ..core import HaltingOutput, HaltingLabError
@@ -26,135 +27,160 @@ def _h(default, help:str, **kw):
 ACT_TYPES_UT = ('basic', 'accumulated', 'global')
 POS_BIASES = ('auto', 'none', '2d')
 
+# %% ../../nbs/models/universal_transformer.ipynb #7ec3e23e
+def _check_ut_config(c):
+    "Raise `HaltingLabError` naming the field for every bad value of the `UTConfig` `c`."
+    if c.ut_act_type not in ACT_TYPES_UT:
+        raise HaltingLabError(
+            f"ut_act_type: expected 'basic', 'accumulated' or 'global', got {c.ut_act_type!r}")
+    if c.ut_pos_bias not in POS_BIASES:
+        raise HaltingLabError(
+            f'ut_pos_bias: expected one of {", ".join(POS_BIASES)}, got {c.ut_pos_bias!r}')
+    if c.ut_pos_bias == '2d' and math.isqrt(c.seq_len) ** 2 != c.seq_len:
+        raise HaltingLabError(
+            f'ut_pos_bias: 2d needs a square grid; seq_len {c.seq_len} is not a square')
+    for k in ('ut_key_depth', 'ut_value_depth'):
+        if getattr(c, k) % c.ut_heads:
+            raise HaltingLabError(
+                f'{k} ({getattr(c, k)}) must be divisible by ut_heads ({c.ut_heads})')
+    for k in ('hidden_size', 'ut_embedding_size', 'halt_max_steps', 'ut_inner_layers'):
+        if getattr(c, k) < 1:
+            raise HaltingLabError(f'{k}: must be >= 1, got {getattr(c, k)}')
+
+# %% ../../nbs/models/universal_transformer.ipynb #86712c55
 @dataclass
 class UTConfig:
-    "Structure of `UniversalTransformer` (tensor2tensor's design, the flag names of its common PyTorch port)."
+    "Structure of `UniversalTransformer` (tensor2tensor's design, its PyTorch port's flag names)."
     model_type: str = 'universal_transformer'
     vocab_size: int = _h(6, 'input vocabulary size (set from the dataset)')
     seq_len: int = _h(900, 'tokens per example (set from the dataset)')
     num_puzzle_identifiers: int = _h(1, 'puzzle identifiers that get an embedding (set from the dataset)')
-    hidden_size: int = _h(512, 'model width: every hop (attention, feed-forward, timing/step signals, ACT unit) '
-                          'and the output head run at this size')
-    ut_embedding_size: int = _h(64, 'token embedding size, projected to --hidden_size (no projection when equal)')
+    hidden_size: int = _h(512, 'model width: every hop (attention, feed-forward, '
+                          'timing/step signals, ACT unit) and the output head run at this size')
+    ut_embedding_size: int = _h(64, 'token embedding size, projected to --hidden_size '
+                                '(no projection when equal)')
     ut_heads: int = _h(4, 'attention heads; --ut_key_depth and --ut_value_depth are split over them')
     ut_key_depth: int = _h(256, 'total query/key depth over all heads (t2t total_key_depth)')
     ut_value_depth: int = _h(256, 'total value depth over all heads (t2t total_value_depth)')
     ut_filter_size: int = _h(256, 'inner size of the feed-forward of every hop (t2t filter_size)')
     halt_max_steps: int = _h(6, "hop budget: the shared block runs at most this many times "
                              "(the runbook's --ut_max_hops)")
-    ut_act: bool = _h(False, 'per-position ACT (opt-in, as the runbook passes it); without it every position '
-                      'runs --halt_max_steps hops')
-    ut_act_type: str = _h('basic', "ACT variant, tensor2tensor's names: basic (output w*y + (1-w)*previous), "
-                          'accumulated (sum of w*y), global (one halting probability per sequence)',
+    ut_act: bool = _h(False, 'per-position ACT (opt-in, as the runbook passes it); '
+                      'without it every position runs --halt_max_steps hops')
+    ut_act_type: str = _h('basic', "ACT variant, tensor2tensor's names: basic (output w*y + "
+                          '(1-w)*previous), accumulated (sum of w*y), global (one halting '
+                          'probability per sequence)',
                           choices=ACT_TYPES_UT)
-    ut_act_epsilon: float = _h(0.01, 'ACT halts a position once its summed halting probability reaches 1 - epsilon')
-    ut_act_loss_weight: float = _h(0.001, 'weight of the ACT ponder cost (N + R, mean over positions) in the loss')
+    ut_act_epsilon: float = _h(0.01, 'ACT halts a position once its summed halting probability '
+                               'reaches 1 - epsilon')
+    ut_act_loss_weight: float = _h(0.001, 'weight of the ACT ponder cost '
+                                   '(N + R, mean over positions) in the loss')
     halt_bias_init: float = _h(1.0, "initial bias of the halting unit (t2t's act_halting_bias_init)")
-    ut_inner_layers: int = _h(1, "attention + feed-forward layers per hop, each with its own weights, shared "
-                              "by all hops (t2t's num_inrecurrence_layers)")
-    ut_pos_bias: str = _h('auto', 'attention position bias: 2d (a learned bias per head and 2-D offset on a square '
-                          'grid, started as -slope x Manhattan distance), none (t2t: the timing signal only), '
+    ut_inner_layers: int = _h(1, "attention + feed-forward layers per hop, each with its own "
+                              "weights, shared by all hops (t2t's num_inrecurrence_layers)")
+    ut_pos_bias: str = _h('auto', 'attention position bias: 2d (a learned bias per head '
+                          'and 2-D offset on a square grid, started as -slope x Manhattan '
+                          'distance), none (t2t: the timing signal only), '
                           'auto (2d when seq_len is a square, else none)', choices=POS_BIASES)
     dropout: float = _h(0.0, 'dropout after attention and inside/after the feed-forward')
     pad_id: int = _h(0, 'input token of padding positions (they never run and are never attended to)')
-    FLAG_ALIASES: ClassVar[dict] = {'ut_max_hops': 'halt_max_steps'}   # seed name -> canonical field
-    NON_STRUCTURAL: ClassVar[tuple] = ('ut_act_loss_weight', 'dropout')   # may change when a run resumes
+    FLAG_ALIASES: ClassVar[dict] = {'ut_max_hops': 'halt_max_steps'}   # seed name -> field
+    NON_STRUCTURAL: ClassVar[tuple] = ('ut_act_loss_weight', 'dropout')   # may change on resume
+    def __post_init__(self): _check_ut_config(self)
 
-    def __post_init__(self):
-        if self.ut_act_type not in ACT_TYPES_UT:
-            raise HaltingLabError(f"ut_act_type: expected 'basic', 'accumulated' or 'global', got {self.ut_act_type!r}")
-        if self.ut_pos_bias not in POS_BIASES:
-            raise HaltingLabError(f'ut_pos_bias: expected one of {", ".join(POS_BIASES)}, got {self.ut_pos_bias!r}')
-        if self.ut_pos_bias == '2d' and math.isqrt(self.seq_len) ** 2 != self.seq_len:
-            raise HaltingLabError(f'ut_pos_bias: 2d needs a square grid; seq_len {self.seq_len} is not a square')
-        for k in ('ut_key_depth', 'ut_value_depth'):
-            if getattr(self, k) % self.ut_heads:
-                raise HaltingLabError(f'{k} ({getattr(self, k)}) must be divisible by ut_heads ({self.ut_heads})')
-        for k in ('hidden_size', 'ut_embedding_size', 'halt_max_steps', 'ut_inner_layers'):
-            if getattr(self, k) < 1: raise HaltingLabError(f'{k}: must be >= 1, got {getattr(self, k)}')
+# %% ../../nbs/models/universal_transformer.ipynb #c9985565
+@patch(as_prop=True)
+def ut_max_hops(self:UTConfig)->int:
+    "The runbook's name of `halt_max_steps` (read-only here; `UTConfig(ut_max_hops=n)` sets it)."
+    return self.halt_max_steps
 
-    @property
-    def ut_max_hops(self)->int:
-        "The runbook's name of `halt_max_steps` (read-only here; `UTConfig(ut_max_hops=n)` sets it)."
-        return self.halt_max_steps
+@patch(as_prop=True)
+def pos_bias_kind(self:UTConfig)->str:
+    "The attention position bias the model uses: 'none' or '2d' ('auto' resolved from `seq_len`)."
+    if self.ut_pos_bias != 'auto': return self.ut_pos_bias
+    side = math.isqrt(self.seq_len)
+    return '2d' if side > 1 and side * side == self.seq_len else 'none'
 
-    @property
-    def pos_bias_kind(self)->str:
-        "The attention position bias the model uses: 'none' or '2d' ('auto' resolved from `seq_len`)."
-        if self.ut_pos_bias != 'auto': return self.ut_pos_bias
-        side = math.isqrt(self.seq_len)
-        return '2d' if side > 1 and side * side == self.seq_len else 'none'
-
-    @classmethod
-    def validate_flags(cls, flags:dict):
-        "Flag combinations `params_to_configs` rejects: ACT settings without `--ut_act`."
-        if flags.get('ut_act', False): return
-        for k in ('ut_act_loss_weight', 'ut_act_type', 'ut_act_epsilon'):
-            if k in flags: raise HaltingLabError(f'--{k}: has no effect without --ut_act '
-                                                 '(ACT is off: always --halt_max_steps hops)')
+@patch(cls_method=True)
+def validate_flags(cls:UTConfig, flags:dict):
+    "Flag combinations `params_to_configs` rejects: ACT settings without `--ut_act`."
+    if flags.get('ut_act', False): return
+    for k in ('ut_act_loss_weight', 'ut_act_type', 'ut_act_epsilon'):
+        if k in flags:
+            raise HaltingLabError(f'--{k}: has no effect without --ut_act '
+                                  '(ACT is off: always --halt_max_steps hops)')
 
 # %% ../../nbs/models/universal_transformer.ipynb #6a7c3e12
-V1_FIELDS = frozenset({'vocab_size', 'seq_len', 'num_puzzle_identifiers', 'hidden_size', 'ut_embedding_size', 'ut_heads',
-                       'ut_key_depth', 'ut_value_depth', 'ut_filter_size', 'ut_act', 'ut_act_type', 'ut_act_epsilon',
-                       'ut_act_loss_weight', 'halt_bias_init', 'dropout', 'pad_id'})   # + ut_max_hops, model_type
+V1_FIELDS = frozenset({'vocab_size', 'seq_len', 'num_puzzle_identifiers', 'hidden_size',
+                       'ut_embedding_size', 'ut_heads', 'ut_key_depth', 'ut_value_depth',
+                       'ut_filter_size', 'ut_act', 'ut_act_type', 'ut_act_epsilon',
+                       'ut_act_loss_weight', 'halt_bias_init', 'dropout', 'pad_id'})
+# + ut_max_hops, model_type
 
 def is_v1_config(d:dict)->bool:
-    "Whether `d` is a config stored before `hidden_size` became the width (the old class's whole field set)."
+    "Whether `d` was stored before `hidden_size` became the width (the old class's field set)."
     return V1_FIELDS <= set(d) and 'ut_pos_bias' not in d
 
 def upgrade_stored_config(d:dict)->dict:
-    "A stored config as today's fields of the same model (earlier layout: width `ut_embedding_size`, no bias)."
+    "A stored config as today's fields of the same model (an earlier layout is rebuilt)."
     if not is_v1_config(d): return dict(d)
     return {**d, 'hidden_size': d['ut_embedding_size'], 'ut_pos_bias': 'none', 'ut_inner_layers': 1}
 
 _dataclass_init = UTConfig.__init__
 @functools.wraps(_dataclass_init)
 def _ut_config_init(self, *args, **kw):
-    "The dataclass `__init__`; an earlier-layout config is rebuilt first, the alias `ut_max_hops` sets the budget."
+    "The dataclass `__init__`; earlier-layout configs are rebuilt, `ut_max_hops` sets the budget."
     kw = upgrade_stored_config(kw)
-    if 'ut_max_hops' in kw: kw['halt_max_steps'] = kw.pop('ut_max_hops')   # alias wins: `replace` passes both
+    if 'ut_max_hops' in kw:
+        kw['halt_max_steps'] = kw.pop('ut_max_hops')   # alias wins: `replace` passes both
     _dataclass_init(self, *args, **kw)
 UTConfig.__init__ = _ut_config_init
 
 # %% ../../nbs/models/universal_transformer.ipynb #1cd8120a
-def timing_signal(length:int, channels:int, min_timescale:float=1.0, max_timescale:float=1e4)->Tensor:
-    "tensor2tensor's sinusoidal signal `[length, channels]` (sines in the first half, cosines in the second)."
+def timing_signal(length:int, channels:int, min_timescale:float=1.0,
+                  max_timescale:float=1e4)->Tensor:
+    "tensor2tensor's sinusoidal signal `[length, channels]` (sines, then cosines)."
     pos = torch.arange(length, dtype=torch.float32)
     n = channels // 2
     inc = math.log(max_timescale / min_timescale) / max(n - 1, 1)
     inv = min_timescale * torch.exp(torch.arange(n, dtype=torch.float32) * -inc)
     t = pos[:, None] * inv[None]                                          # [length, n]
-    sig = torch.cat([torch.sin(t), torch.cos(t)], 1)
+    sig = torch.cat([torch.sin(t), torch.cos(t)], 1)                      # [length, 2n]
     return F.pad(sig, (0, channels % 2))
 
+# %% ../../nbs/models/universal_transformer.ipynb #8c6d76e0
 def grid_offsets(side:int)->tuple:
-    "(index `[L, L]` of each query/key pair's 2-D offset into a `(2 side - 1)^2` table, Manhattan length per offset)."
-    r, c = torch.arange(side * side) // side, torch.arange(side * side) % side
-    idx = (r[:, None] - r[None] + side - 1) * (2 * side - 1) + (c[:, None] - c[None] + side - 1)
-    o = torch.arange(-(side - 1), side)
+    "(`[L, L]` index of each pair's 2-D offset in a `(2 side - 1)^2` table, Manhattan lengths)."
+    r, c = torch.arange(side * side) // side, torch.arange(side * side) % side      # [L] row, col
+    dr, dc = r[:, None] - r[None] + side - 1, c[:, None] - c[None] + side - 1       # [L, L] each
+    idx = dr * (2 * side - 1) + dc                                                  # [L, L]
+    o = torch.arange(-(side - 1), side)                                             # [2 side - 1]
     return idx, (o[:, None].abs() + o[None].abs()).float().reshape(-1)
 
 class GridPositionBias(nn.Module):
-    "A learned attention bias per head and 2-D offset (Swin-style table), started at `-slope_h * |offset|_1`."
+    "A learned attention bias per head and 2-D offset (Swin-style), started at `-slope * |offset|_1`."
     def __init__(self, side:int, heads:int):
         super().__init__()
         idx, dist = grid_offsets(side)
-        slopes = 2.0 ** (1 - torch.arange(heads, dtype=torch.float32))   # 2, 1, 1/2, ...: near to wide heads
+        slopes = 2.0 ** (1 - torch.arange(heads, dtype=torch.float32))   # 2, 1, 1/2, ...: near..wide
         self.table = nn.Parameter(-slopes[:, None] * dist[None])          # [heads, (2 side - 1)^2]
         self.register_buffer('idx', idx, persistent=False)
 
     def forward(self, L:int)->Tensor: return self.table[:, self.idx[:L, :L]]   # [heads, L, L]
 
+# %% ../../nbs/models/universal_transformer.ipynb #7a8e4ca9
 class UTBlock(nn.Module):
-    "Pre-norm self-attention (SDPA, key/value depths split over heads) + pre-norm ReLU feed-forward, at `hidden_size`."
+    "Pre-norm self-attention (SDPA, depths split over heads) + pre-norm ReLU feed-forward."
     def __init__(self, cfg:UTConfig):
         super().__init__()
         d, self.h = cfg.hidden_size, cfg.ut_heads
         self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.q, self.k = nn.Linear(d, cfg.ut_key_depth, bias=False), nn.Linear(d, cfg.ut_key_depth, bias=False)
-        self.v, self.o = nn.Linear(d, cfg.ut_value_depth, bias=False), nn.Linear(cfg.ut_value_depth, d, bias=False)
-        self.ff = nn.Sequential(nn.Linear(d, cfg.ut_filter_size), nn.ReLU(), nn.Dropout(cfg.dropout),
-                                nn.Linear(cfg.ut_filter_size, d))
+        self.q = nn.Linear(d, cfg.ut_key_depth, bias=False)
+        self.k = nn.Linear(d, cfg.ut_key_depth, bias=False)
+        self.v = nn.Linear(d, cfg.ut_value_depth, bias=False)
+        self.o = nn.Linear(cfg.ut_value_depth, d, bias=False)
+        self.ff = nn.Sequential(nn.Linear(d, cfg.ut_filter_size), nn.ReLU(),
+                                nn.Dropout(cfg.dropout), nn.Linear(cfg.ut_filter_size, d))
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x:Tensor,             # [B, L, d]
@@ -163,79 +189,106 @@ class UTBlock(nn.Module):
                )->Tensor:
         B, L, _ = x.shape
         u = self.n1(x)
-        q, k, v = (f(u).view(B, L, self.h, -1).transpose(1, 2) for f in (self.q, self.k, self.v))  # [B, h, L, dk]
-        m = key_mask[:, None, None, :]
-        if bias is not None: m = bias[None].masked_fill(~m, float('-inf'))                          # [B, h, L, L]
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
-        x = x + self.drop(self.o(a.transpose(1, 2).reshape(B, L, -1)))
+        qkv = (f(u).view(B, L, self.h, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        q, k, v = qkv                                                   # [B, h, L, dk|dv]
+        m = key_mask[:, None, None, :]                                  # [B, 1, 1, L]
+        if bias is not None: m = bias[None].masked_fill(~m, float('-inf'))   # [B, h, L, L]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=m)        # [B, h, L, dv]
+        x = x + self.drop(self.o(a.transpose(1, 2).reshape(B, L, -1)))  # [B, L, d]
         return x + self.drop(self.ff(self.n2(x)))
 
 # %% ../../nbs/models/universal_transformer.ipynb #a4d51f04
 @register_model
 class UniversalTransformer(nn.Module):
-    "Universal Transformer encoder with per-position ACT; `forward(batch, return_steps=False) -> HaltingOutput`."
+    "Universal Transformer encoder with per-position ACT; `forward(batch) -> HaltingOutput`."
     model_type = 'universal_transformer'
     config_cls = UTConfig
 
     def __init__(self, config:UTConfig):
         super().__init__()
-        self.config = cfg = config; e, d = cfg.ut_embedding_size, cfg.hidden_size
-        self.embed = nn.Embedding(cfg.vocab_size, e)
+        self.config = cfg = config
+        e, d = cfg.ut_embedding_size, cfg.hidden_size
+        self.embed = nn.Embedding(cfg.vocab_size, e)                          # [vocab, e]
         nn.init.normal_(self.embed.weight, std=e ** -0.5)
-        self.puzzle_embed = nn.Embedding(max(1, cfg.num_puzzle_identifiers), e); nn.init.zeros_(self.puzzle_embed.weight)
-        self.proj = nn.Linear(e, d, bias=False) if e != d else None         # the port's embedding_proj
-        self.block = UTBlock(cfg)                                             # hop layer (t2t: rec_layer_0)
-        self.inner = nn.ModuleList(UTBlock(cfg) for _ in range(cfg.ut_inner_layers - 1))   # rec_layer_1, ...
-        self.pos_bias = GridPositionBias(math.isqrt(cfg.seq_len), cfg.ut_heads) if cfg.pos_bias_kind == '2d' else None
-        self.halt = nn.Linear(d, 1); nn.init.constant_(self.halt.bias, cfg.halt_bias_init)
+        self.puzzle_embed = nn.Embedding(max(1, cfg.num_puzzle_identifiers), e)
+        nn.init.zeros_(self.puzzle_embed.weight)
+        self.proj = nn.Linear(e, d, bias=False) if e != d else None   # the port's embedding_proj
+        self.block = UTBlock(cfg)                                       # hop layer (rec_layer_0)
+        inner = range(cfg.ut_inner_layers - 1)
+        self.inner = nn.ModuleList(UTBlock(cfg) for _ in inner)         # t2t: rec_layer_1, ...
+        side = math.isqrt(cfg.seq_len)
+        self.pos_bias = GridPositionBias(side, cfg.ut_heads) if cfg.pos_bias_kind == '2d' else None
+        self.halt = nn.Linear(d, 1)
+        nn.init.constant_(self.halt.bias, cfg.halt_bias_init)
         self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, cfg.vocab_size)
-        self.register_buffer('pos_signal', timing_signal(cfg.seq_len, d), persistent=False)          # [L, d]
-        self.register_buffer('step_signal', timing_signal(cfg.halt_max_steps, d), persistent=False)  # [T, d]
+        pos, step = timing_signal(cfg.seq_len, d), timing_signal(cfg.halt_max_steps, d)   # [L|T, d]
+        self.register_buffer('pos_signal', pos, persistent=False)
+        self.register_buffer('step_signal', step, persistent=False)
 
-    def ponder_weight(self, step:int, train_config:dict)->float:
-        "Weight of the ACT ponder cost in the loss (the trainer asks every optimizer step): constant, 0 without ACT."
-        return float(self.config.ut_act_loss_weight) if self.config.ut_act else 0.0
+# %% ../../nbs/models/universal_transformer.ipynb #3b5e7058
+@patch
+def ponder_weight(self:UniversalTransformer, step:int, train_config:dict)->float:
+    "Weight of the ACT ponder cost in the loss (asked every optimizer step); 0 without ACT."
+    return float(self.config.ut_act_loss_weight) if self.config.ut_act else 0.0
 
-    def criterion(self)->ACT:
-        "The halting rule: tensor2tensor's ACT variant `ut_act_type` over `halt_max_steps` hops."
-        return ACT(self.config.halt_max_steps, eps=self.config.ut_act_epsilon, act_type=self.config.ut_act_type)
+@patch
+def criterion(self:UniversalTransformer)->ACT:
+    "The halting rule: tensor2tensor's ACT variant `ut_act_type` over `halt_max_steps` hops."
+    c = self.config
+    return ACT(c.halt_max_steps, eps=c.ut_act_epsilon, act_type=c.ut_act_type)
 
-    def embed_inputs(self, batch:dict)->Tensor:
-        "Token (+ puzzle) embedding at `ut_embedding_size`, projected to `hidden_size`: `[B, L, hidden_size]`."
-        x = self.embed(batch['inputs'].long()) * self.config.ut_embedding_size ** 0.5
-        if 'puzzle_identifiers' in batch: x = x + self.puzzle_embed(batch['puzzle_identifiers'].long())[:, None]
-        return x if self.proj is None else self.proj(x)
+@patch
+def embed_inputs(self:UniversalTransformer, batch:dict)->Tensor:
+    "Token (+ puzzle) embedding at `ut_embedding_size`, projected: `[B, L, hidden_size]`."
+    x = self.embed(batch['inputs'].long()) * self.config.ut_embedding_size ** 0.5    # [B, L, e]
+    if 'puzzle_identifiers' in batch:
+        x = x + self.puzzle_embed(batch['puzzle_identifiers'].long())[:, None]    # + [B, 1, e]
+    return x if self.proj is None else self.proj(x)                                # [B, L, d]
 
-    def forward(self, batch:dict, return_steps:bool=False)->HaltingOutput:
-        cfg = self.config
-        inputs = batch['inputs'].long(); B, L = inputs.shape                  # [B, L]
-        mask = inputs != cfg.pad_id                                           # [B, L]
-        state = self.embed_inputs(batch)                                      # [B, L, d]
-        pos = self.pos_signal[:L].to(state.dtype)
-        key_mask = mask | ~mask.any(1, keepdim=True)                          # an all-pad row attends to itself
-        bias = None if self.pos_bias is None else self.pos_bias(L).to(state.dtype)   # [heads, L, L]
-        act = self.criterion(); st = act.init(mask); acc, steps = None, []
-        for t in range(cfg.halt_max_steps):
-            s = state + pos + self.step_signal[t].to(state.dtype)
-            y = self.block(s, key_mask, bias)                                 # [B, L, d]
-            for layer in self.inner: y = layer(y, key_mask, bias)
-            if cfg.ut_act:
-                w, st2, _ = act.step(st, t, halt_logit=self.halt(s).squeeze(-1))
-                acc = act.combine(acc, y, w)
-                state = torch.where(st.running[..., None], y, state); st = st2
-            else:
-                state = y; acc = y
-            if return_steps: steps.append(self.head(self.norm(y)))
-            if cfg.ut_act and act.done(st): break
-        logits = self.head(self.norm(acc))
+# %% ../../nbs/models/universal_transformer.ipynb #a082fad0
+@patch
+def _halting_stats(self:UniversalTransformer, act:ACT, st, mask:Tensor)->tuple:
+    "(halting steps `[B, L]`, ponder cost, cumulative halting prob, step probs `[T, B, L]`)."
+    if self.config.ut_act:
+        res = act.finalize(st)
+        return res.halting_steps, res.ponder_cost, res.halt_cumprob, res.step_probs
+    T, (B, L) = self.config.halt_max_steps, mask.shape
+    probs = torch.zeros(T, B, L, device=mask.device)                      # [T, B, L]
+    probs[-1] = mask.float()                                              # all weight on the last
+    return mask.float() * T, None, probs.cumsum(0), probs
+
+# %% ../../nbs/models/universal_transformer.ipynb #ca33bcc5
+@patch
+def forward(self:UniversalTransformer, batch:dict, return_steps:bool=False)->HaltingOutput:
+    "Up to `halt_max_steps` hops of the shared block; logits `[B, L, vocab]` of the ACT output."
+    cfg = self.config
+    inputs = batch['inputs'].long()                                       # [B, L]
+    B, L = inputs.shape
+    mask = inputs != cfg.pad_id                                           # [B, L]
+    state = self.embed_inputs(batch)                                      # [B, L, d]
+    pos = self.pos_signal[:L].to(state.dtype)                             # [L, d]
+    key_mask = mask | ~mask.any(1, keepdim=True)                          # all-pad row: attends all
+    bias = None if self.pos_bias is None else self.pos_bias(L).to(state.dtype)   # [heads, L, L]
+    act = self.criterion()
+    st = act.init(mask)
+    acc, steps = None, []
+    for t in range(cfg.halt_max_steps):
+        s = state + pos + self.step_signal[t].to(state.dtype)             # [B, L, d]
+        y = self.block(s, key_mask, bias)                                 # [B, L, d]
+        for layer in self.inner: y = layer(y, key_mask, bias)
         if cfg.ut_act:
-            res = act.finalize(st)
-            hs, pc, cum, probs = res.halting_steps, res.ponder_cost, res.halt_cumprob, res.step_probs
+            w, st2, _ = act.step(st, t, halt_logit=self.halt(s).squeeze(-1))   # w: [B, L]
+            acc = act.combine(acc, y, w)                                  # [B, L, d]
+            state = torch.where(st.running[..., None], y, state)         # halted: keep their state
+            st = st2
         else:
-            hs = mask.float() * cfg.halt_max_steps; pc = None
-            probs = torch.zeros(cfg.halt_max_steps, B, L, device=mask.device); probs[-1] = mask.float()
-            cum = probs.cumsum(0)
-        return HaltingOutput(logits=logits, halting_steps=hs, ponder_cost=pc,
-                             step_logits=torch.stack(steps) if return_steps else None,
-                             halt_cumprob=cum if return_steps else None,
-                             extras={'step_probs': probs, 'mask': mask, 'criterion': act})
+            state = y
+            acc = y
+        if return_steps: steps.append(self.head(self.norm(y)))            # [B, L, vocab]
+        if cfg.ut_act and act.done(st): break
+    logits = self.head(self.norm(acc))                                    # [B, L, vocab]
+    hs, pc, cum, probs = self._halting_stats(act, st, mask)
+    return HaltingOutput(logits=logits, halting_steps=hs, ponder_cost=pc,
+                         step_logits=torch.stack(steps) if return_steps else None,
+                         halt_cumprob=cum if return_steps else None,
+                         extras={'step_probs': probs, 'mask': mask, 'criterion': act})

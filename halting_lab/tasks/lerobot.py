@@ -302,19 +302,45 @@ def _episode_rows(lengths, cameras, fps, stats_per_ep) -> dict:
     return cols
 
 # %% ../../nbs/tasks/lerobot.ipynb #f561fe38
+def _write_meta(
+    root: Path, lengths: list, cameras: tuple, fps: int, stats_ep: list, all_s: list, all_a: list,
+    features: dict, seed: int,
+):
+    "Write meta/: the episodes table, tasks, stats.json, info.json and metadata.json."
+    import pyarrow.parquet as pq, pyarrow as pa, pandas as pd
+
+    n_episodes = len(lengths)
+    (root / 'meta/episodes/chunk-000').mkdir(parents=True)
+    rows = _episode_rows(lengths, cameras, fps, stats_ep)
+    pq.write_table(pa.table(rows), str(root / EPISODES_PATH))
+    tasks = pd.DataFrame({'task_index': [0]}, index=pd.Index([TASK_TEXT], name='task'))
+    tasks.to_parquet(root / 'meta/tasks.parquet')
+    stats = {'observation.state': _stats(np.concatenate(all_s)),
+             'action': _stats(np.concatenate(all_a))}
+    save_json(root / 'meta/stats.json', stats)
+    info = {
+        'codebase_version': CODEBASE_VERSION, 'robot_type': 'wheel_loader',
+        'total_episodes': n_episodes, 'total_frames': int(sum(lengths)), 'total_tasks': 1,
+        'chunks_size': 1000, 'data_files_size_in_mb': 100, 'video_files_size_in_mb': 500,
+        'fps': fps, 'splits': {'train': f'0:{n_episodes}'},
+        'data_path': DATA_PATH, 'video_path': VIDEO_PATH, 'features': features,
+    }
+    save_json(root / 'meta/info.json', info)
+    meta = {'task': TASK_TEXT, 'success_criteria': SUCCESS_CRITERIA,
+            'generator': 'halting_lab.tasks.lerobot.make_synthetic', 'seed': seed}
+    save_json(root / 'meta/metadata.json', meta)
+
+# %% ../../nbs/tasks/lerobot.ipynb #b07c6fb3
 def make_synthetic(
     root: str | Path,  # dataset directory to create (replaced if it exists)
     n_episodes: int = 50,
     length: int = 40,  # steps per episode (episodes vary by up to +-length//8)
-    width: int = 64,
-    height: int = 48,
-    fps: int = 30,
-    cameras: tuple = ('ego',),
+    width: int = 64, height: int = 48, fps: int = 30, cameras: tuple = ('ego',),
     codec: str = 'auto',  # auto (AV1 like lerobot if available), av1, h264, mpeg4
     seed: int = 0,
 ) -> Path:
     "Write `n_episodes` scripted loader episodes in the LeRobot v3.0 layout under `root`."
-    import pyarrow.parquet as pq, pyarrow as pa, pandas as pd, shutil
+    import pyarrow.parquet as pq, shutil
 
     root = Path(root)
     if root.exists():
@@ -323,15 +349,13 @@ def make_synthetic(
     jit = max(0, length // 8)
     lengths = [int(length + rng.integers(-jit, jit + 1)) for _ in range(n_episodes)]
     (root / 'data/chunk-000').mkdir(parents=True)
-    frames, stats_ep, all_s, all_a, start = [], [], [], [], 0
-    writer = None
+    data_file = str(root / DATA_PATH.format(chunk_index=0, file_index=0))
+    frames, stats_ep, all_s, all_a, start, writer = [], [], [], [], 0, None
     for ep, n in enumerate(lengths):
         st, ac = simulate_episode(n, seed=seed * 10_007 + ep)
         tab = _episode_table(ep, start, st, ac, fps)
         if writer is None:
-            writer = pq.ParquetWriter(
-                str(root / DATA_PATH.format(chunk_index=0, file_index=0)), tab.schema
-            )
+            writer = pq.ParquetWriter(data_file, tab.schema)
         writer.write_table(tab)  # one row group per episode, as lerobot
         frames += [render_frame(s_, a_[3], width, height) for s_, a_ in zip(st, ac)]
         stats_ep.append({'observation.state': _stats(st), 'action': _stats(ac)})
@@ -341,49 +365,10 @@ def make_synthetic(
     writer.close()
     fam = 'av1'
     for cam in cameras:
-        fam = encode_video(
-            root / VIDEO_PATH.format(video_key=image_key(cam), chunk_index=0, file_index=0),
-            frames,
-            fps,
-            codec,
-        )
-    (root / 'meta/episodes/chunk-000').mkdir(parents=True)
-    pq.write_table(
-        pa.table(_episode_rows(lengths, cameras, fps, stats_ep)), str(root / EPISODES_PATH)
-    )
-    pd.DataFrame({'task_index': [0]}, index=pd.Index([TASK_TEXT], name='task')).to_parquet(
-        root / 'meta/tasks.parquet'
-    )
-    stats = {
-        'observation.state': _stats(np.concatenate(all_s)),
-        'action': _stats(np.concatenate(all_a)),
-    }
-    save_json(root / 'meta/stats.json', stats)
-    info = {
-        'codebase_version': CODEBASE_VERSION,
-        'robot_type': 'wheel_loader',
-        'total_episodes': n_episodes,
-        'total_frames': int(sum(lengths)),
-        'total_tasks': 1,
-        'chunks_size': 1000,
-        'data_files_size_in_mb': 100,
-        'video_files_size_in_mb': 500,
-        'fps': fps,
-        'splits': {'train': f'0:{n_episodes}'},
-        'data_path': DATA_PATH,
-        'video_path': VIDEO_PATH,
-        'features': features_for(list(cameras), width, height, fps, fam),
-    }
-    save_json(root / 'meta/info.json', info)
-    save_json(
-        root / 'meta/metadata.json',
-        {
-            'task': TASK_TEXT,
-            'success_criteria': SUCCESS_CRITERIA,
-            'generator': 'halting_lab.tasks.lerobot.make_synthetic',
-            'seed': seed,
-        },
-    )
+        video = root / VIDEO_PATH.format(video_key=image_key(cam), chunk_index=0, file_index=0)
+        fam = encode_video(video, frames, fps, codec)
+    features = features_for(list(cameras), width, height, fps, fam)
+    _write_meta(root, lengths, cameras, fps, stats_ep, all_s, all_a, features, seed)
     return root
 
 # %% ../../nbs/tasks/lerobot.ipynb #186e648e
@@ -445,7 +430,7 @@ def episodes(self: LeRobotData) -> list:
         rows += pq.read_table(str(f)).to_pylist()
     return sorted(rows, key=lambda r: int(r['episode_index']))
 
-
+# %% ../../nbs/tasks/lerobot.ipynb #a0af2d1b
 @patch
 def data_table(self: LeRobotData):
     "All data parquet rows as one pyarrow Table (read once)."
@@ -489,7 +474,7 @@ def decoded(self: LeRobotData, path: Path, size: Optional[tuple] = None) -> tupl
         self._video[k] = decode_video(path, size)
     return self._video[k]
 
-
+# %% ../../nbs/tasks/lerobot.ipynb #e3f17fe8
 @patch
 def _episode_mask(self: LeRobotData, key: str, ep: dict, ts: np.ndarray) -> np.ndarray:
     "Frames of `ep` among timestamps `ts` of its file (from/to timestamps, half a frame slack)."
@@ -603,7 +588,7 @@ def check_info(info: dict, root: Path) -> list:
         )
     return out
 
-
+# %% ../../nbs/tasks/lerobot.ipynb #facb7b20
 def check_episode_count(info: dict, episodes: list, min_episodes: int) -> list:
     "At least `min_episodes` episodes, and info.json's total_episodes equal to the table's."
     out, n = [], len(episodes)
@@ -649,7 +634,7 @@ def check_frame_counts(ep: dict, n_rows: int, n_frames: dict) -> list:
         )
     return out
 
-
+# %% ../../nbs/tasks/lerobot.ipynb #9d04d8ad
 def check_values(
     e: int, name: str, x: np.ndarray, names: Optional[list], bound: Optional[float]
 ) -> list:
@@ -726,7 +711,7 @@ def check_resolution(
         )
     return out
 
-
+# %% ../../nbs/tasks/lerobot.ipynb #06fe79e7
 def find_metadata(root: Path, info: dict) -> tuple:
     "(where, success_criteria or None) from metadata.json (meta/ or root) or info.json."
     for p in (root / 'meta/metadata.json', root / 'metadata.json'):
@@ -740,13 +725,8 @@ def find_metadata(root: Path, info: dict) -> tuple:
     return None, None
 
 # %% ../../nbs/tasks/lerobot.ipynb #13b0ce4a
-_DTYPES = {
-    'float32': np.floating,
-    'float64': np.floating,
-    'int64': np.integer,
-    'int32': np.integer,
-    'bool': np.bool_,
-}
+_DTYPES = {'float32': np.floating, 'float64': np.floating, 'int64': np.integer, 'int32': np.integer,
+           'bool': np.bool_}
 
 
 def check_feature_shapes(features: dict, columns: dict, column_names: list) -> list:
@@ -756,37 +736,21 @@ def check_feature_shapes(features: dict, columns: dict, column_names: list) -> l
         if f.get('dtype') in ('video', 'image'):
             continue
         if k not in column_names:
-            out.append(
-                Failure(
-                    'feature_shapes',
-                    f'feature {k!r} of info.json is not a data column',
-                    f'{k} 열 없음 (info.json에 선언됨)',
-                    field=k,
-                )
-            )
+            out.append(Failure('feature_shapes', f'feature {k!r} of info.json is not a data column',
+                               f'{k} 열 없음 (info.json에 선언됨)', field=k))
             continue
         x = columns[k]
         got = list(x.shape[1:]) if x.ndim > 1 else [1]
         want = [int(v) for v in f.get('shape', [1])]
         if got != want:
-            out.append(
-                Failure(
-                    'feature_shapes',
-                    f'feature {k!r}: rows have shape {got}, info.json declares {want}',
-                    f'{k} shape 불일치 (info.json {want}, 데이터 {got})',
-                    field=k,
-                )
-            )
+            out.append(Failure('feature_shapes',
+                               f'feature {k!r}: rows have shape {got}, info.json declares {want}',
+                               f'{k} shape 불일치 (info.json {want}, 데이터 {got})', field=k))
         kind = _DTYPES.get(f.get('dtype'))
         if kind is not None and len(x) and not np.issubdtype(x.dtype, kind):
-            out.append(
-                Failure(
-                    'feature_shapes',
-                    f'feature {k!r}: dtype {x.dtype}, info.json declares {f["dtype"]}',
-                    f'{k} dtype 불일치 (info.json {f["dtype"]}, 데이터 {x.dtype})',
-                    field=k,
-                )
-            )
+            out.append(Failure('feature_shapes',
+                               f'feature {k!r}: dtype {x.dtype}, info.json declares {f["dtype"]}',
+                               f'{k} dtype 불일치 (info.json {f["dtype"]}, 데이터 {x.dtype})', field=k))
     return out
 
 # %% ../../nbs/tasks/lerobot.ipynb #387cd518
@@ -864,7 +828,7 @@ def _episode_checks(
         )
     return out
 
-
+# %% ../../nbs/tasks/lerobot.ipynb #b0b63902
 def validate_dataset(
     root: str | Path,  # LeRobot v3.0 dataset directory
     min_episodes: int = 50,  # the seed's minimum
@@ -878,11 +842,8 @@ def validate_dataset(
     try:
         eps = ds.episodes()
     except HaltingLabError as err:
-        rep.failures.append(
-            Failure(
-                'episodes', str(err), '에피소드 테이블 없음 (meta/episodes)', field='meta/episodes'
-            )
-        )
+        rep.failures.append(Failure('episodes', str(err), '에피소드 테이블 없음 (meta/episodes)',
+                                    field='meta/episodes'))
         eps = []
     rep.n_episodes = len(eps)
     rep.failures += check_episode_count(ds.info, eps, min_episodes)
@@ -896,22 +857,15 @@ def validate_dataset(
     rep.n_frames = len(cols.get('episode_index', []))
     ep_col = cols.get('episode_index')
     for ep in eps:
-        rows = (
-            np.nonzero(ep_col == int(ep['episode_index']))[0]
-            if ep_col is not None
-            else np.zeros(0, int)
-        )
+        rows = (np.nonzero(ep_col == int(ep['episode_index']))[0] if ep_col is not None
+                else np.zeros(0, int))
         rep.failures += _episode_checks(ds, ep, rows, cols, expected_resolution)
     where, crit = find_metadata(root, ds.info)
     if crit is None:
-        rep.failures.append(
-            Failure(
-                'success_criteria',
-                f'{root}: no success_criteria in meta/metadata.json, metadata.json or info.json',
-                'metadata.json에 success_criteria 없음',
-                field='success_criteria',
-            )
-        )
+        rep.failures.append(Failure(
+            'success_criteria',
+            f'{root}: no success_criteria in meta/metadata.json, metadata.json or info.json',
+            'metadata.json에 success_criteria 없음', field='success_criteria'))
     return rep
 
 # %% ../../nbs/tasks/lerobot.ipynb #72239960
@@ -958,7 +912,7 @@ def _set_value(c: dict, key: str, episode: int, dim: int, value: float) -> dict:
     c[key][row, dim] = value
     return c
 
-
+# %% ../../nbs/tasks/lerobot.ipynb #4b17bf10
 def break_dataset(root: str | Path, how: str, episode: int = 1):
     "Damage the dataset at `root` in exactly one way (`how` in BREAKS), at `episode`."
     root = Path(root)
@@ -1110,7 +1064,7 @@ class ValidationFailed(HaltingLabError):
             + blocked_message(report)
         )
 
-
+# %% ../../nbs/tasks/lerobot.ipynb #b78f1a6e
 _PASSED: dict = {}  # (root, file signature, min_episodes, resolution) -> report, for this process
 
 
@@ -1167,22 +1121,12 @@ class LeRobotDataModule(L.LightningDataModule):
         validate: bool = True,
     ):
         super().__init__()
-        self.root, self.chunk_size, self.image_size = (
-            Path(dataset),
-            int(chunk_size),
-            tuple(image_size),
-        )
-        self.batch_size, self.seed, self.num_workers, self.cameras = (
-            int(batch_size),
-            int(seed),
-            int(num_workers),
-            tuple(cameras),
-        )
-        self.val_episodes, self.min_episodes, self.resolution = (
-            val_episodes,
-            int(min_episodes),
-            resolution,
-        )
+        self.root = Path(dataset)
+        self.chunk_size, self.image_size = int(chunk_size), tuple(image_size)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.num_workers, self.cameras = int(num_workers), tuple(cameras)
+        self.val_episodes, self.min_episodes = val_episodes, int(min_episodes)
+        self.resolution = resolution
         self.report = require_valid(self.root, self.min_episodes, resolution) if validate else None
         self.data = LeRobotData(self.root)
         self.train_dataset = self.val_dataset = self.train_sampler = None
@@ -1191,23 +1135,27 @@ class LeRobotDataModule(L.LightningDataModule):
     def n_episodes(self) -> int:
         return len(self.data.episodes())
 
-    def model_fields(self) -> dict:
-        "Model-config values the data dictates: state/action sizes from info.json, the cameras."
-        f = self.data.features
-        dim = lambda k: int(np.prod(f[k]['shape'])) if k in f else None
-        return {
-            'state_dim': dim('observation.state'),
-            'action_dim': dim('action'),
-            'cameras': ','.join(self.cameras),
-        }
+# %% ../../nbs/tasks/lerobot.ipynb #d80c5ec0
+@patch
+def model_fields(self: LeRobotDataModule) -> dict:
+    "Model-config values the data dictates: state/action sizes from info.json, the cameras."
+    f = self.data.features
+    dim = lambda k: int(np.prod(f[k]['shape'])) if k in f else None
+    return {
+        'state_dim': dim('observation.state'),
+        'action_dim': dim('action'),
+        'cameras': ','.join(self.cameras),
+    }
 
-    def split(self) -> tuple:
-        "(train episodes, val episodes): the last `val_episodes` (fraction or count) are held out."
-        eps = self.data.episodes()
-        v = self.val_episodes
-        n_val = int(v) if v >= 1 else int(round(len(eps) * float(v)))
-        n_val = min(n_val, len(eps) - 1)
-        return (eps[: len(eps) - n_val], eps[len(eps) - n_val :]) if n_val > 0 else (eps, [])
+
+@patch
+def split(self: LeRobotDataModule) -> tuple:
+    "(train episodes, val episodes): the last `val_episodes` (fraction or count) are held out."
+    eps = self.data.episodes()
+    v = self.val_episodes
+    n_val = int(v) if v >= 1 else int(round(len(eps) * float(v)))
+    n_val = min(n_val, len(eps) - 1)
+    return (eps[: len(eps) - n_val], eps[len(eps) - n_val :]) if n_val > 0 else (eps, [])
 
 # %% ../../nbs/tasks/lerobot.ipynb #c6ecb4f8
 @patch
@@ -1235,9 +1183,10 @@ def stats(self: LeRobotDataModule) -> dict:
         for k, x in (('observation.state', d.states), ('action', d.actions))
     }
 
-
+# %% ../../nbs/tasks/lerobot.ipynb #b3c05e02
 @patch
 def train_dataloader(self: LeRobotDataModule):
+    "Training batches in the sampler's order."
     self.setup()
     return torch.utils.data.DataLoader(
         self.train_dataset,
@@ -1250,6 +1199,7 @@ def train_dataloader(self: LeRobotDataModule):
 
 @patch
 def val_dataloader(self: LeRobotDataModule):
+    "Validation batches in order (none without validation episodes)."
     self.setup()
     if self.val_dataset is None:
         return []

@@ -9,6 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 import numpy as np
+from fastcore.basics import patch
 from ..core import HaltingLabError, atomic_write_text
 from ..registry import register_task
 
@@ -172,7 +173,7 @@ def _math_verify_equal(pred: str, gold: str) -> Optional[bool]:
         return None
     return bool(verify(g, p))
 
-
+# %% ../../nbs/tasks/math.ipynb #d7c0de5f
 def math_equal(
     pred: Optional[str],  # extracted prediction (LaTeX)
     gold: Optional[str],  # reference answer (LaTeX)
@@ -264,7 +265,7 @@ def _read_rows(path: Path) -> list:
             raise HaltingLabError(f'{path}:{i + 1}: invalid JSON line ({e})') from e
     return rows
 
-
+# %% ../../nbs/tasks/math.ipynb #db2b182f
 def normalize_row(row: dict, name: str, i: int, src: str = '') -> dict:
     "One processed row (`id`, `question`, `answer`, `final`) from a raw GSM8K or MATH row."
     if name == 'gsm8k':
@@ -314,7 +315,7 @@ def read_jsonl(path: str | Path) -> list:
             )
     return rows
 
-
+# %% ../../nbs/tasks/math.ipynb #111b1bdc
 def _find_split(raw: Path, split: str) -> Path:
     for cand in (
         raw / f'{split}.jsonl',
@@ -329,7 +330,7 @@ def _find_split(raw: Path, split: str) -> Path:
         f'data set yourself and point --raw at the folder holding it'
     )
 
-
+# %% ../../nbs/tasks/math.ipynb #2bd485a9
 def prep_dataset(
     name: str,  # gsm8k | math | synthetic
     out_dir: str | Path = 'dataset/processed',  # where <name>_{train,test}.jsonl go
@@ -378,7 +379,7 @@ def char_decode(ids) -> str:
 
 # %% ../../nbs/tasks/math.ipynb #2cc06788
 def encode_example(row: dict, prompt_len: int, gen_len: int):
-    "(inputs, labels) int64 arrays of length prompt_len + gen_len for one row (answer padded with PAD)."
+    "(inputs, labels) int64 arrays of length prompt_len + gen_len for one row (answer PAD-padded)."
     q, a = char_encode(row['question'])[-prompt_len:], char_encode(row['answer'])
     if len(a) > gen_len:
         raise HaltingLabError(
@@ -391,9 +392,9 @@ def encode_example(row: dict, prompt_len: int, gen_len: int):
     x[prompt_len:] = MASK_ID
     return x, y
 
-
+# %% ../../nbs/tasks/math.ipynb #a96717a5
 class MathGenDataModule:
-    "Lightning-style DataModule of generated math problems (char-level, PuzzleDataset batch format)."
+    "Lightning-style DataModule of generated math problems (char-level, PuzzleDataset batches)."
 
     def __init__(
         self,
@@ -404,12 +405,8 @@ class MathGenDataModule:
         batch_size: int = 64,
         seed: int = 0,
     ):
-        self.n_train, self.n_val, self.prompt_len, self.gen_len = (
-            n_train,
-            n_val,
-            prompt_len,
-            gen_len,
-        )
+        self.n_train, self.n_val = n_train, n_val
+        self.prompt_len, self.gen_len = prompt_len, gen_len
         self.batch_size, self.seed = batch_size, seed
 
     def _ds(self, rows):
@@ -430,20 +427,26 @@ class MathGenDataModule:
         self.train_set = self._ds(generate_math(self.n_train, seed=self.seed))
         self.val_set = self._ds(generate_math(self.n_val, seed=self.seed + 10_000))
 
-    def train_dataloader(self):
-        import torch
+# %% ../../nbs/tasks/math.ipynb #ac59ff1b
+@patch
+def train_dataloader(self: MathGenDataModule):
+    "Shuffled training batches, in an order fixed by `seed`."
+    import torch
 
-        g = torch.Generator().manual_seed(self.seed)
-        return torch.utils.data.DataLoader(
-            self.train_set, self.batch_size, shuffle=True, generator=g
-        )
-
-    def val_dataloader(self):
-        import torch
-
-        return torch.utils.data.DataLoader(self.val_set, self.batch_size)
+    g = torch.Generator().manual_seed(self.seed)
+    return torch.utils.data.DataLoader(
+        self.train_set, self.batch_size, shuffle=True, generator=g
+    )
 
 
+@patch
+def val_dataloader(self: MathGenDataModule):
+    "Validation batches in order."
+    import torch
+
+    return torch.utils.data.DataLoader(self.val_set, self.batch_size)
+
+# %% ../../nbs/tasks/math.ipynb #c886a554
 @register_task('math_gen', kind='generated', charset=CHARSET, builder='reoac')
 def math_gen_datamodule(train_config):
     "Generated math (addition with carries, 2–3 step word problems); REOAC's task (seed 002)."

@@ -69,18 +69,23 @@ def parse_map(text:str)->tuple:
     if not rows: raise HaltingLabError('grid map: empty; expected rows of "#", ".", "S", "G"')
     n = len(rows)
     bad_len = [i for i, r in enumerate(rows) if len(r) != n]
-    if bad_len: raise HaltingLabError(f'grid map: row {bad_len[0]} has {len(rows[bad_len[0]])} characters; expected a square map ({n} rows of {n})')
+    if bad_len: raise HaltingLabError(f'grid map: row {bad_len[0]} has {len(rows[bad_len[0]])} characters; '
+                                      f'expected a square map ({n} rows of {n})')
     bad = sorted({ch for r in rows for ch in r} - set(MAP_CHARS))
-    if bad: raise HaltingLabError(f'grid map: characters {bad} not allowed; expected {sorted(MAP_CHARS)} (# wall, . free, S start, G goal)')
+    if bad: raise HaltingLabError(f'grid map: characters {bad} not allowed; expected {sorted(MAP_CHARS)} '
+                                  '(# wall, . free, S start, G goal)')
     a = np.array([list(r) for r in rows])
     for ch, name in (('S', 'start'), ('G', 'goal')):
-        if (a == ch).sum() != 1: raise HaltingLabError(f'grid map: {(a == ch).sum()} "{ch}" cells; expected exactly one {name}')
+        if (a == ch).sum() != 1:
+            raise HaltingLabError(f'grid map: {(a == ch).sum()} "{ch}" cells; expected exactly one {name}')
     cell = lambda ch: tuple(int(v) for v in np.argwhere(a == ch)[0])
     return a == '#', cell('S'), cell('G')
 
 def format_map(walls:np.ndarray, start:tuple, goal:tuple)->str:
     "Inverse of `parse_map`."
-    a = np.where(walls, '#', '.'); a[tuple(start)] = 'S'; a[tuple(goal)] = 'G'
+    a = np.where(walls, '#', '.')
+    a[tuple(start)] = 'S'
+    a[tuple(goal)] = 'G'
     return '\n'.join(''.join(r) for r in a)
 
 # %% ../../nbs/tasks/nav.ipynb #d497f725
@@ -90,7 +95,7 @@ def astar(walls:np.ndarray, start:tuple, goal:tuple)->Optional[list]:
     n, m = walls.shape
     if walls[start] or walls[goal]: return None
     h = lambda p: abs(p[0] - goal[0]) + abs(p[1] - goal[1])
-    g = {start: 0}; parent = {start: None}
+    g, parent = {start: 0}, {start: None}
     heap = [(h(start), 0, start)]  # (f, g, cell): ties broken by the smaller g then the cell
     closed = set()
     while heap:
@@ -106,7 +111,7 @@ def astar(walls:np.ndarray, start:tuple, goal:tuple)->Optional[list]:
             if not (0 <= nb[0] < n and 0 <= nb[1] < m) or walls[nb] or nb in closed: continue
             ng = gc + 1
             if ng < g.get(nb, math.inf):
-                g[nb] = ng; parent[nb] = cur
+                g[nb], parent[nb] = ng, cur
                 heapq.heappush(heap, (ng + h(nb), ng, nb))
     return None
 
@@ -168,7 +173,8 @@ def goal_distances(grids:torch.Tensor)->torch.Tensor:
     d = torch.where((g == GOAL) | (g == AGENT_ON_GOAL), 0, big)
     for _ in range(big):
         p = torch.nn.functional.pad(d, (1, 1, 1, 1), value=big)
-        nb = torch.minimum(torch.minimum(p[:, :-2, 1:-1], p[:, 2:, 1:-1]), torch.minimum(p[:, 1:-1, :-2], p[:, 1:-1, 2:]))
+        nb = torch.minimum(torch.minimum(p[:, :-2, 1:-1], p[:, 2:, 1:-1]),
+                           torch.minimum(p[:, 1:-1, :-2], p[:, 1:-1, 2:]))
         new = torch.where(free, torch.minimum(d, nb + 1), big)
         if torch.equal(new, d): break
         d = new
@@ -176,7 +182,8 @@ def goal_distances(grids:torch.Tensor)->torch.Tensor:
 
 def optimal_actions(grids:torch.Tensor)->torch.Tensor:
     "[N, 5] bool: the moves that start a shortest path from the agent (only `stay` on the goal)."
-    g = torch.as_tensor(grids).long(); N, G = g.shape[0], g.shape[-1]
+    g = torch.as_tensor(grids).long()
+    N, G = g.shape[0], g.shape[-1]
     d = torch.nn.functional.pad(goal_distances(g), (1, 1, 1, 1), value=G * G + 1)
     flat = ((g == AGENT) | (g == AGENT_ON_GOAL)).reshape(N, -1).float().argmax(1)
     r, c = flat // G + 1, flat % G + 1
@@ -186,6 +193,7 @@ def optimal_actions(grids:torch.Tensor)->torch.Tensor:
     out[:, STAY] = here == 0
     return out
 
+# %% ../../nbs/tasks/nav.ipynb #ae801dc4
 def augment_batch(inputs:torch.Tensor, # [B, G*G] tokens
                   optimal:torch.Tensor, # [B, 5] bool, `optimal_actions` of the inputs
                   t:torch.Tensor, tables:tuple)->tuple:
@@ -204,15 +212,26 @@ def random_problem(rng:random.Random, grid_size:int=8, wall_density:tuple=(0.1, 
         if len(free) < 2: continue
         start, goal = rng.sample(free, 2)
         if astar(walls, start, goal) is not None: return walls, start, goal
-    raise HaltingLabError(f'no solvable {grid_size}x{grid_size} grid in {max_tries} tries (wall_density={wall_density})')
+    raise HaltingLabError(f'no solvable {grid_size}x{grid_size} grid in {max_tries} tries '
+                          f'(wall_density={wall_density})')
 
 # %% ../../nbs/tasks/nav.ipynb #4190ca2e
 FORMAT_VERSION = 1
 
+def _onehot(P:np.ndarray, n:int)->np.ndarray:
+    "[N, 2] positions -> [N, n, n] one-hot grids (so positions follow `dihedral_transform` exactly)."
+    out = np.zeros((len(P), n, n), np.uint8)
+    out[np.arange(len(P)), P[:, 0], P[:, 1]] = 1
+    return out
+
+def _dihedral_positions(P:np.ndarray, n:int)->np.ndarray:
+    "[N, 2] positions -> [8N, 2]: their images under the 8 transforms (`augment_dihedral`'s order)."
+    return np.concatenate([np.argwhere(dihedral_transform(_onehot(P, n), t))[:, 1:] for t in range(8)])
+
+# %% ../../nbs/tasks/nav.ipynb #789a39af
 def build_split(num_samples:int, grid_size:int=8, seed:int=0, augment:bool=False,
                 wall_density:tuple=(0.1, 0.35), progress:bool=True, desc:str='samples')->dict:
     "One split as a dict of tensors (see the table above)."
-    import torch
     from tqdm.auto import tqdm
     if num_samples < 1: raise HaltingLabError(f'num_samples: expected >= 1, got {num_samples}')
     if grid_size < 2: raise HaltingLabError(f'grid_size: expected >= 2, got {grid_size}')
@@ -224,18 +243,22 @@ def build_split(num_samples:int, grid_size:int=8, seed:int=0, augment:bool=False
         walls, start, goal = random_problem(rng, grid_size, wall_density)
         ep = episode(walls, start, goal)
         for k, (pos, a) in enumerate(ep[:num_samples - len(acts)]):
-            grids.append(encode_state(walls, pos, goal)); acts.append(a); agents.append(pos); goals.append(goal)
-            eps.append(e); steps.append(k); plens.append(len(ep) - 1)
-        bar.update(min(len(ep), bar.total - bar.n)); e += 1
+            grids.append(encode_state(walls, pos, goal))
+            acts.append(a)
+            agents.append(pos)
+            goals.append(goal)
+            eps.append(e)
+            steps.append(k)
+            plens.append(len(ep) - 1)
+        bar.update(min(len(ep), bar.total - bar.n))
+        e += 1
     bar.close()
-    grids, acts = np.stack(grids), np.array(acts, np.int64)
-    n = len(acts); tids = np.zeros(n, np.int64)
+    grids, acts, tids = np.stack(grids), np.array(acts, np.int64), np.zeros(len(acts), np.int64)
     agents, goals = np.array(agents, np.int64), np.array(goals, np.int64)
     if augment:
         grids, acts, tids = augment_dihedral(grids, acts)
         acts = optimal_actions(torch.as_tensor(grids)).float().argmax(1).numpy()   # tie-break of each grid
-        pos = lambda P: np.concatenate([np.argwhere(dihedral_transform(_onehot(P, grid_size), t))[:, 1:] for t in range(8)])
-        agents, goals = pos(agents), pos(goals)
+        agents, goals = _dihedral_positions(agents, grid_size), _dihedral_positions(goals, grid_size)
         eps, steps, plens = (np.tile(np.array(x, np.int64), 8) for x in (eps, steps, plens))
     T = lambda x: torch.as_tensor(np.asarray(x))
     return {'grids': T(grids.astype(np.uint8)), 'actions': T(acts), 'agent': T(agents), 'goal': T(goals),
@@ -245,22 +268,19 @@ def build_split(num_samples:int, grid_size:int=8, seed:int=0, augment:bool=False
                      'wall_density': list(wall_density), 'num_samples': int(len(acts)), 'num_episodes': e,
                      'token_names': TOKEN_NAMES, 'action_names': ACTION_NAMES}}
 
-def _onehot(P:np.ndarray, n:int)->np.ndarray:
-    "[N, 2] positions -> [N, n, n] one-hot grids (so positions follow `dihedral_transform` exactly)."
-    out = np.zeros((len(P), n, n), np.uint8); out[np.arange(len(P)), P[:, 0], P[:, 1]] = 1
-    return out
-
 # %% ../../nbs/tasks/nav.ipynb #f12775a6
 def generate_dataset(num_train:int=10000, num_test:int=1000, grid_size:int=8, augment:bool=False,
                      seed:int=42, output_dir:str|Path='data/nav', wall_density:tuple=(0.1, 0.35),
                      augment_test:bool=False, progress:bool=True)->dict:
-    "Write `train.pt` and `test.pt` into `output_dir` (atomically); returns their paths. Test is not augmented unless `augment_test`."
+    "Write `train.pt` and `test.pt` into `output_dir` (atomically); their paths. `augment_test`: augment test too."
     out = Path(output_dir)
     tr = build_split(num_train, grid_size, seed * 2 + 0, augment, wall_density, progress, 'train samples')
-    te = build_split(num_test, grid_size, seed * 2 + 1, augment and augment_test, wall_density, progress, 'test samples')
+    te = build_split(num_test, grid_size, seed * 2 + 1, augment and augment_test, wall_density, progress,
+                     'test samples')
     paths = {'train': torch_save_atomic(tr, out/'train.pt'), 'test': torch_save_atomic(te, out/'test.pt')}
     return paths
 
+# %% ../../nbs/tasks/nav.ipynb #f8a0ce05
 def _read_pt(path:Path):
     "torch.load with weights_only=True; anything else is a clear error naming the file."
     try: return torch.load(path, map_location='cpu', weights_only=True)
@@ -290,6 +310,7 @@ def load_split(path:str|Path)->dict:
         raise HaltingLabError(f'{path}: actions: labels must be in 0..{NUM_ACTIONS - 1}')
     return d
 
+# %% ../../nbs/tasks/nav.ipynb #08d434dc
 class NavDataset:
     "A nav split as a torch dataset of workbench batches (`inputs` [G*G] long, `labels` [1] long)."
     def __init__(self, path_or_dict):
@@ -370,7 +391,10 @@ class NavDataModule(L.LightningDataModule):
         tr.with_optimal = True   # training batches carry their optimal moves (for augmentation)
         self.train_dataset, self.val_dataset = tr, va
     @property
-    def grid_size(self)->int: self.setup(); return self.train_dataset.grid_size
+    def grid_size(self)->int:
+        "Grid side of the data (loads the splits on first use)."
+        self.setup()
+        return self.train_dataset.grid_size
     def model_fields(self)->dict:
         "Model-config values the data dictates."
         return {'grid_size': self.grid_size}

@@ -16,24 +16,48 @@ __all__ = ['SUDOKU_CHARSET', 'count_solutions', 'is_valid_solution', 'random_sol
            'build_sudoku', 'build_sudoku_cli', 'sudoku_difficulty', 'render_sudoku']
 
 # %% ../../nbs/tasks/sudoku.ipynb #91aebfd9
-_ROW = [i // 9 for i in range(81)]; _COL = [i % 9 for i in range(81)]
+_ROW = [i // 9 for i in range(81)]
+_COL = [i % 9 for i in range(81)]
 _BOX = [(i // 27) * 3 + (i % 9) // 3 for i in range(81)]
 _POP = [bin(m).count('1') for m in range(1024)]
 _BITS = [[d for d in range(1, 10) if m >> d & 1] for m in range(1024)]
 _FULL = 0x3FE  # bits 1..9
 
-def count_solutions(grid, # 81 ints, 0 = blank, 1..9 digits (list / array)
-                    limit:int=2, # stop counting at this many
-                    rng:Optional[np.random.Generator]=None, # shuffle candidate order (random fill)
-                    )->tuple[int, Optional[list]]:
-    "`(number of solutions found up to limit, first solution or None)`; invalid givens give `(0, None)`."
-    g = [int(v) for v in np.asarray(grid).reshape(-1)]
+# %% ../../nbs/tasks/sudoku.ipynb #6f7139fa
+def _unit_masks(g:list)->Optional[tuple]:
+    "`(rows, cols, boxes)` digit masks of the givens in `g` (81 ints); None if a digit repeats."
     rows, cols, boxes = [0] * 9, [0] * 9, [0] * 9
     for i, v in enumerate(g):
         if v:
             b = 1 << v
-            if (rows[_ROW[i]] | cols[_COL[i]] | boxes[_BOX[i]]) & b: return 0, None
-            rows[_ROW[i]] |= b; cols[_COL[i]] |= b; boxes[_BOX[i]] |= b
+            if (rows[_ROW[i]] | cols[_COL[i]] | boxes[_BOX[i]]) & b: return None
+            rows[_ROW[i]] |= b
+            cols[_COL[i]] |= b
+            boxes[_BOX[i]] |= b
+    return rows, cols, boxes
+
+def _most_constrained(empties:list, k:int, rows:list, cols:list, boxes:list)->tuple:
+    "`(j, mask, count)`: the cell of `empties[k:]` with the fewest candidates (stops at <= 1)."
+    best, bm, bc = k, 0, 10
+    for j in range(k, len(empties)):
+        i = empties[j]
+        m = _FULL & ~(rows[_ROW[i]] | cols[_COL[i]] | boxes[_BOX[i]])
+        c = _POP[m]
+        if c < bc:
+            best, bm, bc = j, m, c
+            if c <= 1: break
+    return best, bm, bc
+
+# %% ../../nbs/tasks/sudoku.ipynb #79bdd397
+def count_solutions(grid, # 81 ints, 0 = blank, 1..9 digits (list / array)
+                    limit:int=2, # stop counting at this many
+                    rng:Optional[np.random.Generator]=None, # shuffle candidate order (random fill)
+                    )->tuple[int, Optional[list]]:
+    "`(solutions found, up to limit; the first solution or None)`; invalid givens: `(0, None)`."
+    g = [int(v) for v in np.asarray(grid).reshape(-1)]
+    masks = _unit_masks(g)
+    if masks is None: return 0, None
+    rows, cols, boxes = masks
     empties = [i for i in range(81) if not g[i]]
     found = [0, None]
 
@@ -42,20 +66,19 @@ def count_solutions(grid, # 81 ints, 0 = blank, 1..9 digits (list / array)
             found[0] += 1
             if found[1] is None: found[1] = list(g)
             return found[0] >= limit
-        best, bm, bc = k, 0, 10                     # choose the most constrained empty cell
-        for j in range(k, len(empties)):
-            i = empties[j]; m = _FULL & ~(rows[_ROW[i]] | cols[_COL[i]] | boxes[_BOX[i]]); c = _POP[m]
-            if c < bc:
-                best, bm, bc = j, m, c
-                if c <= 1: break
+        best, bm, bc = _most_constrained(empties, k, rows, cols, boxes)
         if bc == 0: return False
         empties[k], empties[best] = empties[best], empties[k]
-        i = empties[k]; r, c, bx = _ROW[i], _COL[i], _BOX[i]
+        i = empties[k]
+        r, c, bx = _ROW[i], _COL[i], _BOX[i]
         ds = _BITS[bm] if rng is None else [int(d) for d in rng.permutation(_BITS[bm])]
         for d in ds:
-            b = 1 << d; g[i] = d; rows[r] |= b; cols[c] |= b; boxes[bx] |= b
+            b = 1 << d
+            g[i] = d
+            rows[r], cols[c], boxes[bx] = rows[r] | b, cols[c] | b, boxes[bx] | b
             stop = search(k + 1)
-            rows[r] ^= b; cols[c] ^= b; boxes[bx] ^= b; g[i] = 0
+            rows[r], cols[c], boxes[bx] = rows[r] ^ b, cols[c] ^ b, boxes[bx] ^ b
+            g[i] = 0
             if stop: return True
         empties[k], empties[best] = empties[best], empties[k]
         return False
@@ -66,32 +89,39 @@ def count_solutions(grid, # 81 ints, 0 = blank, 1..9 digits (list / array)
 # %% ../../nbs/tasks/sudoku.ipynb #fe63409c
 def is_valid_solution(sol)->bool:
     "Every row, column and 3x3 box of a 9x9 grid holds the digits 1..9 exactly once."
-    s = np.asarray(sol).reshape(9, 9); want = set(range(1, 10))
+    s = np.asarray(sol).reshape(9, 9)
+    want = set(range(1, 10))
     boxes = s.reshape(3, 3, 3, 3).transpose(0, 2, 1, 3).reshape(9, 9)
     return all(set(a) == want for m in (s, s.T, boxes) for a in m)
 
 # %% ../../nbs/tasks/sudoku.ipynb #f5e35986
 def random_solution(rng:np.random.Generator)->np.ndarray:
-    "A uniformly shuffled complete grid: randomised backtracking fill of the empty grid. [81] ints 1..9."
+    "A random complete grid (randomised backtracking fill of the empty grid): [81] ints 1..9."
     n, sol = count_solutions(np.zeros(81, int), limit=1, rng=rng)
     return np.array(sol, dtype=np.int64)
 
-def make_puzzle(rng:np.random.Generator, givens:int, max_tries:int=20)->tuple[np.ndarray, np.ndarray]:
-    "`(puzzle, solution)`, [81] each (0 = blank), with exactly `givens` givens and a unique solution."
+def make_puzzle(rng:np.random.Generator, givens:int,
+                max_tries:int=20)->tuple[np.ndarray, np.ndarray]:
+    "`(puzzle, solution)`, [81] each (0 = blank): exactly `givens` givens, a unique solution."
     if not 17 <= givens <= 81: raise HaltingLabError(f'givens: must be in 17..81, got {givens}')
     for _ in range(max_tries):
-        sol = random_solution(rng); puz = sol.copy(); left = 81
+        sol = random_solution(rng)
+        puz = sol.copy()
+        left = 81
         for i in rng.permutation(81):
             if left == givens: break
-            v = puz[i]; puz[i] = 0
+            v = puz[i]
+            puz[i] = 0
             if count_solutions(puz, limit=2)[0] == 1: left -= 1
             else: puz[i] = v
         if left == givens: return puz, sol
-    raise HaltingLabError(f'givens: could not reach {givens} givens with a unique solution in {max_tries} tries; use more givens')
+    raise HaltingLabError(f'givens: could not reach {givens} givens with a unique solution in '
+                          f'{max_tries} tries; use more givens')
 
 # %% ../../nbs/tasks/sudoku.ipynb #65359047
-def shuffle_sudoku(board:np.ndarray, solution:np.ndarray, rng:np.random.Generator)->tuple[np.ndarray, np.ndarray]:
-    "Apply one random validity-preserving transform to a 9x9 `board` (0 = blank) and its `solution`."
+def shuffle_sudoku(board:np.ndarray, solution:np.ndarray,
+                   rng:np.random.Generator)->tuple[np.ndarray, np.ndarray]:
+    "One random validity-preserving transform of a 9x9 `board` (0 = blank) and its `solution`."
     digit_map = np.concatenate([[0], rng.permutation(np.arange(1, 10))])
     transpose = rng.random() < 0.5
     row_perm = np.concatenate([b * 3 + rng.permutation(3) for b in rng.permutation(3)])
@@ -105,46 +135,65 @@ def shuffle_sudoku(board:np.ndarray, solution:np.ndarray, rng:np.random.Generato
 
 # %% ../../nbs/tasks/sudoku.ipynb #3931c266
 def _to_split(puzzles:list, solutions:list, aug:int, rng:np.random.Generator)->dict:
+    "One split's arrays: each puzzle plus `aug` augmented copies as one group, tokens = digit + 1."
     inputs, labels, pidx, gidx = [], [], [0], [0]
     for puz, sol in zip(puzzles, solutions):
         for a in range(1 + aug):
-            b, s = (puz.reshape(9, 9), sol.reshape(9, 9)) if a == 0 else shuffle_sudoku(puz, sol, rng)
-            inputs.append(b.reshape(-1) + 1); labels.append(s.reshape(-1) + 1); pidx.append(len(inputs))
+            b, s = ((puz.reshape(9, 9), sol.reshape(9, 9)) if a == 0
+                    else shuffle_sudoku(puz, sol, rng))
+            inputs.append(b.reshape(-1) + 1)
+            labels.append(s.reshape(-1) + 1)
+            pidx.append(len(inputs))
         gidx.append(len(pidx) - 1)
     n = len(inputs)
-    return {'inputs': np.array(inputs, np.uint8).reshape(n, 81), 'labels': np.array(labels, np.uint8).reshape(n, 81),
+    return {'inputs': np.array(inputs, np.uint8).reshape(n, 81),
+            'labels': np.array(labels, np.uint8).reshape(n, 81),
             'puzzle_identifiers': np.zeros(n, np.int32), 'puzzle_indices': np.array(pidx, np.int32),
             'group_indices': np.array(gidx, np.int32)}
 
-def build_sudoku(output_dir:str|Path, num_train:int=1000, num_test:int=200, min_givens:int=36, max_givens:int=45,
-                 aug:int=0, seed:int=0, verbose:bool=False)->Path:
-    "Generate `num_train` + `num_test` unique-solution puzzles (givens uniform in [min, max]) into `output_dir`."
+# %% ../../nbs/tasks/sudoku.ipynb #8999d05b
+def build_sudoku(output_dir:str|Path, num_train:int=1000, num_test:int=200, min_givens:int=36,
+                 max_givens:int=45, aug:int=0, seed:int=0, verbose:bool=False)->Path:
+    "Write `num_train` + `num_test` unique-solution puzzles (givens in [min, max]) to `output_dir`."
     from halting_lab.data.hrm import write_dataset
-    if min_givens > max_givens: raise HaltingLabError(f'--min-givens ({min_givens}) > --max-givens ({max_givens})')
-    rng = np.random.default_rng(seed); t0 = time.time(); splits = {}
+    if min_givens > max_givens:
+        raise HaltingLabError(f'--min-givens ({min_givens}) > --max-givens ({max_givens})')
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    splits = {}
     for split, n, a in (('train', num_train, aug), ('test', num_test, 0)):
         puz, sol = [], []
         for k in range(n):
-            p, s = make_puzzle(rng, int(rng.integers(min_givens, max_givens + 1))); puz.append(p); sol.append(s)
-            if verbose and (k + 1) % 1000 == 0: print(f'{split}: {k + 1}/{n} puzzles ({time.time() - t0:.0f}s)', flush=True)
+            p, s = make_puzzle(rng, int(rng.integers(min_givens, max_givens + 1)))
+            puz.append(p)
+            sol.append(s)
+            if verbose and (k + 1) % 1000 == 0:
+                print(f'{split}: {k + 1}/{n} puzzles ({time.time() - t0:.0f}s)', flush=True)
         splits[split] = _to_split(puz, sol, a, rng)
     return write_dataset(output_dir, splits, vocab_size=11, identifiers=['<blank>'], task='sudoku')
 
 # %% ../../nbs/tasks/sudoku.ipynb #7a34d9c7
 def build_sudoku_cli(argv:list|None=None)->int:
     "`halting-lab build-sudoku`: generate unique-solution Sudoku puzzles in the HRM format."
-    ap = argparse.ArgumentParser(prog='halting-lab build-sudoku', description=build_sudoku_cli.__doc__)
+    ap = argparse.ArgumentParser(prog='halting-lab build-sudoku',
+                                 description=build_sudoku_cli.__doc__)
     ap.add_argument('--output-dir', default='data/sudoku-easy')
-    ap.add_argument('--num-train', type=int, default=1000); ap.add_argument('--num-test', type=int, default=200)
-    ap.add_argument('--min-givens', type=int, default=36); ap.add_argument('--max-givens', type=int, default=45)
-    ap.add_argument('--givens', type=int, default=None, help='exact number of givens (sets min = max)')
-    ap.add_argument('--aug', type=int, default=0, help='augmented copies per train puzzle (official builder: 1000 for sudoku-extreme-1k)')
+    ap.add_argument('--num-train', type=int, default=1000)
+    ap.add_argument('--num-test', type=int, default=200)
+    ap.add_argument('--min-givens', type=int, default=36)
+    ap.add_argument('--max-givens', type=int, default=45)
+    ap.add_argument('--givens', type=int, default=None,
+                    help='exact number of givens (sets min = max)')
+    ap.add_argument('--aug', type=int, default=0,
+                    help='augmented copies per train puzzle '
+                         '(official builder: 1000 for sudoku-extreme-1k)')
     ap.add_argument('--seed', type=int, default=0)
     a = ap.parse_args(argv)
     lo, hi = (a.givens, a.givens) if a.givens is not None else (a.min_givens, a.max_givens)
     t0 = time.time()
     out = build_sudoku(a.output_dir, a.num_train, a.num_test, lo, hi, a.aug, a.seed, verbose=True)
-    print(f'wrote {out} ({a.num_train} train x {1 + a.aug}, {a.num_test} test; givens {lo}..{hi}) in {time.time() - t0:.1f}s')
+    print(f'wrote {out} ({a.num_train} train x {1 + a.aug}, {a.num_test} test; givens {lo}..{hi}) '
+          f'in {time.time() - t0:.1f}s')
     return 0
 
 # %% ../../nbs/tasks/sudoku.ipynb #1d6e8f30
@@ -161,4 +210,5 @@ def render_sudoku(tokens)->str:
 
 register_task('sudoku', 'halting_lab.train.run:puzzle_datamodule', builder='build-sudoku',
               difficulty=sudoku_difficulty, renderer=render_sudoku, charset=SUDOKU_CHARSET,
-              kind='puzzle', help='9 x 9 Sudoku (HRM format, `halting-lab build-sudoku`)')
+              kind='puzzle', build=build_sudoku,
+              help='9 x 9 Sudoku (HRM format, `halting-lab build-sudoku`)')

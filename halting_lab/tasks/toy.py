@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 import torch
 import lightning as L
+from fastcore.basics import patch
 from ..core import HaltingLabError
 from ..registry import register_task
 
@@ -26,7 +27,8 @@ TOY_TASKS = ('parity', 'addition', 'copy', 'reverse', 'sort')
 
 def toy_seq_len(task:str, max_length:int)->int:
     "Tokens needed for the longest example of `task` with length `max_length`."
-    if task not in TOY_TASKS: raise HaltingLabError(f'task: unknown toy task {task!r}; expected one of {TOY_TASKS}')
+    if task not in TOY_TASKS:
+        raise HaltingLabError(f'task: unknown toy task {task!r}; expected one of {TOY_TASKS}')
     return {'parity': max_length + 1, 'addition': 3 * max_length + 3}.get(task, 2 * max_length + 1)
 
 def toy_max_length(task:str, seq_len:int)->int:
@@ -41,33 +43,49 @@ def make_example(task:str, n:int, rng:np.random.Generator, seq_len:int):
     x, y = np.full(seq_len, PAD, np.int64), np.full(seq_len, IGNORE_INDEX, np.int64)
     if task == 'parity':
         bits = rng.integers(0, 2, n)
-        x[:n] = ZERO + bits; x[n] = BLANK; y[n] = ZERO + bits.sum() % 2
+        x[:n] = ZERO + bits
+        x[n] = BLANK
+        y[n] = ZERO + bits.sum() % 2
     elif task == 'addition':
         a, b = rng.integers(0, 2, n), rng.integers(0, 2, n)
-        s = int(sum(int(v) << i for i, v in enumerate(a))) + int(sum(int(v) << i for i, v in enumerate(b)))
+        s = (int(sum(int(v) << i for i, v in enumerate(a)))
+             + int(sum(int(v) << i for i, v in enumerate(b))))
         out = np.array([(s >> i) & 1 for i in range(n + 1)])
-        x[:n] = ZERO + a; x[n] = SEP; x[n + 1:2 * n + 1] = ZERO + b; x[2 * n + 1] = SEP
-        x[2 * n + 2:3 * n + 3] = BLANK; y[2 * n + 2:3 * n + 3] = ZERO + out
+        x[:n] = ZERO + a
+        x[n] = SEP
+        x[n + 1:2 * n + 1] = ZERO + b
+        x[2 * n + 1] = SEP
+        x[2 * n + 2:3 * n + 3] = BLANK
+        y[2 * n + 2:3 * n + 3] = ZERO + out
     else:
         s = rng.integers(0, NUM_SYMBOLS, n)
         ans = {'copy': s, 'reverse': s[::-1], 'sort': np.sort(s)}[task]
-        x[:n] = SYM0 + s; x[n] = SEP; x[n + 1:2 * n + 1] = BLANK; y[n + 1:2 * n + 1] = SYM0 + ans
+        x[:n] = SYM0 + s
+        x[n] = SEP
+        x[n + 1:2 * n + 1] = BLANK
+        y[n + 1:2 * n + 1] = SYM0 + ans
     return x, y
 
+# %% ../../nbs/tasks/toy.ipynb #f8582f95
 class ToyDataset(torch.utils.data.Dataset):
     "`num` examples of a toy task; example `i` is a function of `(seed, split, i)` only."
     SPLITS = {'train': 0, 'val': 1, 'test': 2}
-    def __init__(self, task:str, num:int, seq_len:int, min_length:int=1, max_length:Optional[int]=None,
+    def __init__(self, task:str, num:int, seq_len:int, min_length:int=1,
+                 max_length:Optional[int]=None,
                  seed:int=0, split:str='train'):
-        if task not in TOY_TASKS: raise HaltingLabError(f'task: unknown toy task {task!r}; expected one of {TOY_TASKS}')
-        self.task, self.num, self.seq_len, self.seed, self.split = task, int(num), int(seq_len), int(seed), split
+        if task not in TOY_TASKS:
+            raise HaltingLabError(f'task: unknown toy task {task!r}; expected one of {TOY_TASKS}')
+        self.task, self.num, self.seq_len = task, int(num), int(seq_len)
+        self.seed, self.split = int(seed), split
         self.max_length = int(max_length or toy_max_length(task, seq_len))
         self.min_length = int(min_length or 1)
         if toy_seq_len(task, self.max_length) > self.seq_len:
-            raise HaltingLabError(f'max_length: {self.max_length} does not fit seq_len {self.seq_len} for {task!r} '
-                                  f'(needs {toy_seq_len(task, self.max_length)})')
+            raise HaltingLabError(f'max_length: {self.max_length} does not fit '
+                                  f'seq_len {self.seq_len} '
+                                  f'for {task!r} (needs {toy_seq_len(task, self.max_length)})')
         if not 1 <= self.min_length <= self.max_length:
-            raise HaltingLabError(f'min_length: expected 1..{self.max_length}, got {self.min_length}')
+            raise HaltingLabError(f'min_length: expected 1..{self.max_length}, '
+                                  f'got {self.min_length}')
 
     def __len__(self): return self.num
 
@@ -80,7 +98,8 @@ class ToyDataset(torch.utils.data.Dataset):
         if not 0 <= i < self.num: raise IndexError(i)
         x, y = self.example(i)
         return {'inputs': torch.from_numpy(x), 'labels': torch.from_numpy(y),
-                'puzzle_identifiers': torch.tensor(0, dtype=torch.int64), 'index': torch.tensor(int(i), dtype=torch.int64)}
+                'puzzle_identifiers': torch.tensor(0, dtype=torch.int64),
+                'index': torch.tensor(int(i), dtype=torch.int64)}
 
 # %% ../../nbs/tasks/toy.ipynb #5581719f
 @dataclass
@@ -100,26 +119,33 @@ def toy_metadata(seq_len:int, num:int):
     "A `halting_lab.data.hrm.DatasetMetadata` when available, else the compatible `ToyMetadata`."
     try:
         from halting_lab.data.hrm import DatasetMetadata
-        return DatasetMetadata(pad_id=PAD, ignore_label_id=None, blank_identifier_id=0, vocab_size=TOY_VOCAB_SIZE,
-                               seq_len=seq_len, num_puzzle_identifiers=1, total_groups=num, mean_puzzle_examples=1.0,
-                               sets=['all'])
+        return DatasetMetadata(pad_id=PAD, ignore_label_id=None, blank_identifier_id=0,
+                               vocab_size=TOY_VOCAB_SIZE, seq_len=seq_len, num_puzzle_identifiers=1,
+                               total_groups=num, mean_puzzle_examples=1.0, sets=['all'])
     except Exception: return ToyMetadata(seq_len=seq_len, total_groups=num)
 
 # %% ../../nbs/tasks/toy.ipynb #73a551d2
 class ToyDataModule(L.LightningDataModule):
-    "Lightning DataModule of a toy task; `.metadata` has vocab_size, seq_len, num_puzzle_identifiers."
+    "Lightning DataModule of a toy task; `.metadata` has vocab_size, seq_len, num_puzzle_ids."
     def __init__(self, task:str='parity',
-                 seq_len:Optional[int]=None,      # tokens per example (default: what max_length needs)
+                 seq_len:Optional[int]=None,      # tokens per example (default: max_length's)
                  batch_size:int=64, num_train:int=10000, num_val:int=1000, seed:int=0,
-                 max_length:Optional[int]=None,   # longest example (default: the longest that fits seq_len; 16)
+                 max_length:Optional[int]=None,   # longest example (default: what fits seq_len; 16)
                  min_length:Optional[int]=None,   # shortest example (default 1)
-                 num_workers:int=0, val_split:Optional[str]='val', eval_batch_size:Optional[int]=None):
+                 num_workers:int=0, val_split:Optional[str]='val',
+                 eval_batch_size:Optional[int]=None):
         super().__init__()
-        if task not in TOY_TASKS: raise HaltingLabError(f'task: unknown toy task {task!r}; expected one of {TOY_TASKS}')
-        if seq_len is None: max_length = max_length or 16; seq_len = toy_seq_len(task, max_length)
-        self.task, self.seq_len, self.batch_size, self.seed = task, int(seq_len), int(batch_size), int(seed)
-        self.max_length = int(max_length or toy_max_length(task, self.seq_len)); self.min_length = int(min_length or 1)
-        self.num_train, self.num_val, self.num_workers = int(num_train), int(num_val), int(num_workers)
+        if task not in TOY_TASKS:
+            raise HaltingLabError(f'task: unknown toy task {task!r}; expected one of {TOY_TASKS}')
+        if seq_len is None:
+            max_length = max_length or 16
+            seq_len = toy_seq_len(task, max_length)
+        self.task, self.seq_len = task, int(seq_len)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.max_length = int(max_length or toy_max_length(task, self.seq_len))
+        self.min_length = int(min_length or 1)
+        self.num_train, self.num_val = int(num_train), int(num_val)
+        self.num_workers = int(num_workers)
         self.val_split, self.eval_batch_size = val_split, int(eval_batch_size or batch_size)
         self.metadata = toy_metadata(self.seq_len, self.num_train)
         self.train_dataset = self.val_dataset = self.train_sampler = None
@@ -128,28 +154,40 @@ class ToyDataModule(L.LightningDataModule):
     num_puzzle_identifiers = property(lambda self: 1)
     pad_id = property(lambda self: PAD)
 
-    def _ds(self, num, split):
-        return ToyDataset(self.task, num, self.seq_len, self.min_length, self.max_length, self.seed, split)
+# %% ../../nbs/tasks/toy.ipynb #7649a987
+@patch
+def _ds(self:ToyDataModule, num, split):
+    "The `ToyDataset` of `num` examples of `split` with this module's task and lengths."
+    return ToyDataset(self.task, num, self.seq_len, self.min_length, self.max_length, self.seed, split)
 
-    def setup(self, stage:Optional[str]=None):
-        if self.train_dataset is None:
-            from halting_lab.data.datamodule import ResumableRandomSampler
-            self.train_dataset = self._ds(self.num_train, 'train')
-            self.train_sampler = ResumableRandomSampler(self.num_train, self.seed)
-        if self.val_dataset is None and self.val_split: self.val_dataset = self._ds(self.num_val, 'val')
+@patch
+def setup(self:ToyDataModule, stage:Optional[str]=None):
+    "Build the train dataset with its resumable sampler, and the val dataset (once)."
+    if self.train_dataset is None:
+        from halting_lab.data.datamodule import ResumableRandomSampler
+        self.train_dataset = self._ds(self.num_train, 'train')
+        self.train_sampler = ResumableRandomSampler(self.num_train, self.seed)
+    if self.val_dataset is None and self.val_split:
+        self.val_dataset = self._ds(self.num_val, 'val')
 
-    def train_dataloader(self):
-        self.setup('fit')
-        return torch.utils.data.DataLoader(self.train_dataset, batch_size=self.batch_size, sampler=self.train_sampler,
-                                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+# %% ../../nbs/tasks/toy.ipynb #589a0efb
+@patch
+def train_dataloader(self:ToyDataModule):
+    "Training batches, in the resumable sampler's order."
+    self.setup('fit')
+    return torch.utils.data.DataLoader(self.train_dataset, batch_size=self.batch_size,
+                                       sampler=self.train_sampler, num_workers=self.num_workers,
+                                       persistent_workers=self.num_workers > 0)
 
-    def val_dataloader(self):
-        self.setup('fit')
-        if self.val_dataset is None: return []
-        return torch.utils.data.DataLoader(self.val_dataset, batch_size=self.eval_batch_size, shuffle=False,
-                                           num_workers=self.num_workers)
+@patch
+def val_dataloader(self:ToyDataModule):
+    "Validation batches of the val split, in index order (none without a val split)."
+    self.setup('fit')
+    if self.val_dataset is None: return []
+    return torch.utils.data.DataLoader(self.val_dataset, batch_size=self.eval_batch_size,
+                                       shuffle=False, num_workers=self.num_workers)
 
-    test_dataloader = val_dataloader
+ToyDataModule.test_dataloader = ToyDataModule.val_dataloader
 
 # %% ../../nbs/tasks/toy.ipynb #5f0d3e67
 TOY_CHARSET = '_01|?' + 'abcdefgh'     # token id -> character (PAD ZERO ONE SEP BLANK, symbols)

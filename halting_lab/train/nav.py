@@ -22,17 +22,30 @@ from .lightning import HaltingLitModule, batch_stats
 
 # %% auto #0
 __all__ = ['MODEL_FLAGS', 'TASK_FLAGS', 'RUN_DEFAULTS', 'SEED_CONFIG_KEYS', 'resolve_device', 'HISTORY_KEYS', 'RESUME_MAY_CHANGE',
-           'TRAIN_FLAGS', 'train_defaults', 'NavDiverged', 'NavLitModule', 'export_dir', 'seed_args', 'NavExport',
-           'read_nav_checkpoint', 'load_nav_checkpoint', 'latest_checkpoint', 'nav_run_dirs', 'resolve_nav_resume',
-           'train_params', 'train_nav', 'nav_cli']
+           'TRAIN_FLAGS', 'cpu_has_bf16', 'nav_precision', 'train_defaults', 'NavDiverged', 'NavLitModule',
+           'export_dir', 'seed_args', 'NavExport', 'read_nav_checkpoint', 'load_nav_checkpoint', 'latest_checkpoint',
+           'nav_run_dirs', 'resolve_nav_resume', 'train_params', 'train_nav', 'nav_cli']
 
 # %% ../../nbs/train/nav.ipynb #233dbff1
-MODEL_FLAGS = ('dim', 'depth', 'dropout', 'n_sup', 'n_latent')  # defaults: NavConfig's
+MODEL_FLAGS = ('dim', 'depth', 'dropout', 'n_sup', 'n_latent', 'readout')  # defaults: NavConfig's
 TASK_FLAGS = ('train_path', 'val_path', 'checkpoint_dir', 'patience', 'monitor', 'save_every')
 RUN_DEFAULTS = dict(weight_decay=0.01, lr=1e-3, epochs=100, batch_size=64, device='auto', seed=42,
-                    grad_clip=1.0, resume=None, run_id=None, runs_root=None, threads=None, quiet=False)
+                    grad_clip=1.0, resume=None, run_id=None, runs_root=None, threads=None, quiet=False,
+                    precision='auto')
 SEED_CONFIG_KEYS = ('grid_size', 'dim', 'depth', 'dropout')
 resolve_device = _core_resolve_device
+
+def cpu_has_bf16()->bool:
+    "Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo; False elsewhere)."
+    try: flags = Path('/proc/cpuinfo').read_text()
+    except OSError: return False
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+def nav_precision(precision:Optional[str], accelerator:str)->Optional[str]:
+    "Lightning precision of `--precision`: `auto` = bf16-mixed on a CPU with native bf16, else train()'s default."
+    if precision != 'auto': return precision
+    cpu = accelerator == 'cpu' or (accelerator == 'auto' and resolve_device('auto') == 'cpu')
+    return 'bf16-mixed' if cpu and cpu_has_bf16() else None
 
 def train_defaults()->dict:
     "Every `train_nav` argument's default (model flags from `NavConfig`, task flags from `NavTaskConfig`)."
@@ -70,6 +83,9 @@ def compute_loss(self:NavLitModule, out, batch:dict, ponder_weight=None):
     if self.training and out.step_logits is not None:
         sl = out.step_logits[:, :, 0].float()                 # [S, B, V]
         loss = F.cross_entropy(sl.reshape(-1, sl.shape[-1]), y.repeat(sl.shape[0]))
+    opt, s = batch.get('optimal'), (out.extras or {}).get('optimal_logits')
+    if self.training and opt is not None and s is not None:   # readout 'first_optimal': every optimal move
+        loss = loss + F.binary_cross_entropy_with_logits(s.float(), opt.float()[None].expand(s.shape))
     return loss, final, batch_stats(out, batch, loss, final)
 
 @patch
@@ -80,9 +96,12 @@ def augment(self:NavLitModule, batch:dict)->dict:
     opt = batch.get('optimal')
     if opt is None: opt = optimal_actions(x.reshape(x.shape[0], *2 * [self.model.config.grid_size]).cpu())
     t = torch.randint(0, 8, (x.shape[0],)).to(x.device)
-    xa, ya = augment_batch(x, opt.to(x.device), t, tuple(v.to(x.device) for v in self._tables))
-    return {**batch, 'inputs': xa, 'labels': ya}
+    tables, opt = tuple(v.to(x.device) for v in self._tables), opt.to(x.device)
+    xa, ya = augment_batch(x, opt, t, tables)
+    moved = torch.zeros_like(opt).scatter_(1, tables[1][t], opt)   # the optimal set, transformed
+    return {**batch, 'inputs': xa, 'labels': ya, 'optimal': moved}
 
+# %% ../../nbs/train/nav.ipynb #c13e5a62
 @patch
 def training_step(self:NavLitModule, batch, batch_idx):
     "One step: (augment), forward with every supervision step, loss; NaN/inf stops the run."
@@ -118,7 +137,9 @@ def on_validation_epoch_end(self:NavLitModule):
                                                 'writing a checkpoint for this epoch')
     st, H = self.state, self.state['history']
     is_best = vacc > st['best']['val_acc'] if self.nav.monitor == 'val_acc' else vl < st['best']['val_loss']
-    if is_best: st['best'].update(epoch=epoch, val_acc=vacc, val_loss=vl); st['bad_epochs'] = 0
+    if is_best:
+        st['best'].update(epoch=epoch, val_acc=vacc, val_loss=vl)
+        st['bad_epochs'] = 0
     else: st['bad_epochs'] += 1
     lr = self.trainer.optimizers[0].param_groups[0]['lr']
     for k, v in zip(HISTORY_KEYS, (tl, ta, vl, vacc, epoch, lr, time.time() - (self._t0 or time.time()), is_best)):
@@ -150,7 +171,8 @@ def seed_args(tc:dict, mc:dict)->dict:
     out = {k: mc[k] for k in MODEL_FLAGS if k in mc}
     out.update({k: tc.get(k) for k in TASK_FLAGS})
     out.update(weight_decay=tc['weight_decay'], lr=tc['learning_rate'], epochs=tc['max_epochs'],
-               batch_size=tc['batch_size'], seed=tc['seed'], grad_clip=tc['grad_clip'])
+               batch_size=tc['batch_size'], seed=tc['seed'], grad_clip=tc['grad_clip'],
+               precision=tc.get('precision'))
     return out
 
 # %% ../../nbs/train/nav.ipynb #5c0e7a94
@@ -253,10 +275,12 @@ def _resume_args(path:Path, given:dict)->dict:
     ck = read_nav_checkpoint(path)
     args = ck.get('train_args') if isinstance(ck, dict) else None
     if args is None and isinstance(ck, dict) and 'halting_lab' in ck:
-        h = ck['halting_lab']; args = seed_args(h['train_config'], h['model_config'])
+        h = ck['halting_lab']
+        args = seed_args(h['train_config'], h['model_config'])
     if args is None or 'halting_lab' not in ck:
         raise HaltingLabError(f'--resume {path}: not a checkpoint of this trainer (an older nav checkpoint '
                               'loads with load_nav_checkpoint / the viewer, but cannot be resumed exactly)')
+    args = {'precision': None, **args}   # runs from before --precision: train()'s default, as they ran
     return {**args, **{k: given[k] for k in RESUME_MAY_CHANGE if k in given}}
 
 def _as_run_checkpoint(resume:Optional[Path], run_dir:Path)->Optional[Path]:
@@ -281,6 +305,7 @@ def train_params(a:dict, resume:Optional[Path]=None)->dict:
              learning_rate=float(a['lr']), weight_decay=float(a['weight_decay']), beta2=0.999,
              grad_clip=float(a['grad_clip'] or 0), seed=int(a['seed']),
              accelerator=_accelerator(a['device']), default_root_dir=str(rd), progress_bar=False,
+             precision=nav_precision(a.get('precision'), _accelerator(a['device'])),
              save_every_n_epochs=0, resume_ckpt=str(resume) if resume else None)
     p.update({k: a[k] for k in MODEL_FLAGS if a.get(k) is not None})
     return p
@@ -339,6 +364,7 @@ def _gen_parser():
     p.add_argument('--no-progress', action='store_true')
     return p
 
+# %% ../../nbs/train/nav.ipynb #cee98cf3
 TRAIN_FLAGS = (  # flag, type, help (defaults: train_defaults())
     ('--dim', int, 'hidden dimension'), ('--depth', int, 'mixer blocks in the shared net'),
     ('--dropout', float, 'dropout rate'), ('--weight-decay', float, 'AdamW weight decay'),
@@ -351,12 +377,15 @@ TRAIN_FLAGS = (  # flag, type, help (defaults: train_defaults())
     ('--seed', int, 'random seed'), ('--grad-clip', float, 'gradient-norm clipping, 0 = off'),
     ('--monitor', str, 'val_acc or val_loss: what best.pt and early stopping follow'),
     ('--n-sup', int, 'supervision (recursion) steps'), ('--n-latent', int, 'latent updates per step'),
+    ('--readout', str, "softmax (the seed's 5-way head) or first_optimal (per-move optimality, see models.nav_mixer)"),
     ('--save-every', int, 'write checkpoint_epoch_N.pt every N epochs (and at the last)'),
     ('--resume', str, "continue exactly from a checkpoint_epoch_N.pt / best.pt / last.ckpt; 'auto' = this "
                       "run's last.ckpt or newest checkpoint_epoch_N.pt, if any"),
     ('--run-id', str, 'run directory <runs-root>/<run_id>/ (seed files in its checkpoints/)'),
     ('--runs-root', str, 'parent of run directories (default $HALTING_LAB_RUNS or runs/)'),
-    ('--threads', int, 'torch CPU threads'))
+    ('--threads', int, 'torch CPU threads'),
+    ('--precision', str, 'auto|32-true|bf16-mixed: auto = bf16 autocast on a CPU with native bf16 '
+                         '(AVX512-BF16/AMX), else train()\'s default (fp32 on CPU, bf16-mixed on CUDA)'))
 
 def _train_parser():
     d = train_defaults()
@@ -376,7 +405,9 @@ def nav_cli(argv:Optional[list]=None)->int:
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = 'usage: halting-lab nav {generate,train} [flags]   (halting-lab nav generate --help)'
-    if not argv or argv[0] in ('-h', '--help'): print(usage); return 0
+    if not argv or argv[0] in ('-h', '--help'):
+        print(usage)
+        return 0
     sub, rest = argv[0], argv[1:]
     if sub == 'generate':
         from halting_lab.tasks.nav import generate_dataset
@@ -392,4 +423,5 @@ def nav_cli(argv:Optional[list]=None)->int:
         print(f"best val_acc {best} at epoch {s['best_epoch']}; {s['epochs_run']} epochs in "
               f"{s['elapsed_s']:.1f}s; outputs in {s['checkpoint_dir']}")
         return 0
-    print(f'halting-lab nav: unknown subcommand {sub!r}\n{usage}', file=sys.stderr); return 2
+    print(f'halting-lab nav: unknown subcommand {sub!r}\n{usage}', file=sys.stderr)
+    return 2

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 from ..core import HaltingLabError, load_json
 from ..tasks import arc as A
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['ARC_PALETTE', 'TaskPredictions', 'task_predictions', 'task_png', 'show_static', 'task_figure', 'parse_tag',
@@ -60,24 +61,10 @@ def _cell_map(values: np.ndarray, shape: tuple, name: str) -> np.ndarray:
     )
 
 
-def task_predictions(
-    model,
-    data_dir: str | Path,
-    task_id: str,
-    device: str = 'cpu',
-    halting: Optional[str] = None,
-    max_steps: Optional[int] = None,
-) -> TaskPredictions:
-    "Run `model` on every augmented copy of `task_id`'s test puzzle and vote (see above)."
+def _run_copies(model, x: np.ndarray, p: np.ndarray, device: str, kw: dict) -> tuple:
+    "(prediction, confidence, halting steps, halting probability q) of each augmented copy."
     import torch
 
-    ids, tp = A.read_arc_meta(data_dir)
-    if task_id not in tp:
-        raise HaltingLabError(f'task {task_id!r}: not a test task of {data_dir}')
-    x, _, p, names, _ = A.split_examples(data_dir)
-    keep = np.array([A.parse_identifier(n)[0] == task_id for n in names])
-    x, p, names = x[keep], p[keep], [n for n, k in zip(names, keep) if k]
-    kw = {k: v for k, v in (('halting', halting), ('max_steps', max_steps)) if v is not None}
     model = model.to(device).eval()
     with torch.no_grad():
         out = model(
@@ -92,34 +79,57 @@ def task_predictions(
     steps = out.halting_steps.float().cpu().numpy()
     qh = (out.extras or {}).get('q_halt_logits')
     q = torch.sigmoid(qh[-1].double()).cpu().numpy() if qh is not None else np.zeros(len(x))
+    return pred, conf, steps, q
+
+# %% ../../nbs/viewers/arc_viewer.ipynb #b815b936
+def _test_pair(e: dict, x: np.ndarray, names: list, pred, conf, steps, q) -> dict:
+    "One test pair: the copies whose input maps back to it, each mapped back, and their vote."
+    xi = np.array(e['input'], np.uint8)
+    copies = []
+    for i, n in enumerate(names):
+        if not np.array_equal(A.invert_grid(A.crop(x[i]), n), xi):
+            continue
+        c = A.crop(pred[i])
+        copies.append(
+            {
+                'name': n,
+                'pred': A.invert_grid(c, n),
+                'q': float(q[i]),
+                'conf': _cell_map(conf[i], c.shape, n),
+                'steps': _cell_map(steps[i], c.shape, n),
+            }
+        )
+    return {
+        'input': xi,
+        'output': np.array(e.get('output', [[0]]), np.uint8),
+        'copies': copies,
+        'ranked': A.vote([(c['pred'], c['q']) for c in copies]),
+    }
+
+# %% ../../nbs/viewers/arc_viewer.ipynb #32bcddc8
+def task_predictions(
+    model,
+    data_dir: str | Path,
+    task_id: str,
+    device: str = 'cpu',
+    halting: Optional[str] = None,
+    max_steps: Optional[int] = None,
+) -> TaskPredictions:
+    "Run `model` on every augmented copy of `task_id`'s test puzzle and vote (see above)."
+    ids, tp = A.read_arc_meta(data_dir)
+    if task_id not in tp:
+        raise HaltingLabError(f'task {task_id!r}: not a test task of {data_dir}')
+    x, _, p, names, _ = A.split_examples(data_dir)
+    keep = np.array([A.parse_identifier(n)[0] == task_id for n in names])
+    x, p, names = x[keep], p[keep], [n for n, k in zip(names, keep) if k]
+    kw = {k: v for k, v in (('halting', halting), ('max_steps', max_steps)) if v is not None}
+    pred, conf, steps, q = _run_copies(model, x, p, device, kw)
     task = tp[task_id]
     res = TaskPredictions(
         task_id, [(np.array(e['input']), np.array(e['output'])) for e in task['train']]
     )
     for e in task['test']:
-        xi = np.array(e['input'], np.uint8)
-        copies = []
-        for i, n in enumerate(names):
-            if not np.array_equal(A.invert_grid(A.crop(x[i]), n), xi):
-                continue
-            c = A.crop(pred[i])
-            copies.append(
-                {
-                    'name': n,
-                    'pred': A.invert_grid(c, n),
-                    'q': float(q[i]),
-                    'conf': _cell_map(conf[i], c.shape, n),
-                    'steps': _cell_map(steps[i], c.shape, n),
-                }
-            )
-        res.tests.append(
-            {
-                'input': xi,
-                'output': np.array(e.get('output', [[0]]), np.uint8),
-                'copies': copies,
-                'ranked': A.vote([(c['pred'], c['q']) for c in copies]),
-            }
-        )
+        res.tests.append(_test_pair(e, x, names, pred, conf, steps, q))
     return res
 
 # %% ../../nbs/viewers/arc_viewer.ipynb #d5b40f96
@@ -150,6 +160,17 @@ def _draw_map(ax, m, title: str, cmap: str, vmin=None, vmax=None):
     return im
 
 
+def _draw_copy_maps(axes, t: dict, copy_index: int, j: int):
+    "Confidence and halting steps of one augmented copy, in panels `j` and `j + 1` of `axes`."
+    c = t['copies'][copy_index]
+    short = c['name'].split(A.ID_SEP, 1)[-1] if A.ID_SEP in c['name'] else 'original'
+    if c['conf'].size:
+        axes[j].axis('on')
+        _draw_map(axes[j], c['conf'], f'confidence ({short})', 'magma', 0, 1)
+        axes[j + 1].axis('on')
+        _draw_map(axes[j + 1], c['steps'], 'halting steps', 'viridis')
+
+# %% ../../nbs/viewers/arc_viewer.ipynb #b718bea1
 def task_png(
     tp: TaskPredictions, test_index: int = 0, copy_index: int = 0, path: str | Path | None = None
 ):
@@ -175,14 +196,7 @@ def task_png(
         axes[2, j].axis('on')
         _draw_grid(axes[2, j], g, title)
     if t['copies']:
-        c = t['copies'][copy_index]
-        short = c['name'].split(A.ID_SEP, 1)[-1] if A.ID_SEP in c['name'] else 'original'
-        j = len(panels)
-        if c['conf'].size:
-            axes[2, j].axis('on')
-            _draw_map(axes[2, j], c['conf'], f'confidence ({short})', 'magma', 0, 1)
-            axes[2, j + 1].axis('on')
-            _draw_map(axes[2, j + 1], c['steps'], 'halting steps', 'viridis')
+        _draw_copy_maps(axes[2], t, copy_index, len(panels))
     s = tp.summary
     fig.suptitle(
         f"task {tp.task_id}: pass@1 {s.get('pass@1', 0):.2f}, pass@2 {s.get('pass@2', 0):.2f}, "
@@ -218,6 +232,18 @@ def _heat(go, g, **kw):
     )
 
 
+def _votes_bar(go, t: dict):
+    "Bar chart of the vote counts of the (up to 8) distinct answers; the right one in green."
+    r = t['ranked'][:8]
+    return go.Bar(
+        x=[f'#{k + 1}' for k in range(len(r))],
+        y=[c for _, c, _ in r],
+        showlegend=False,
+        marker_color=['#2ca02c' if np.array_equal(g, t['output']) else '#888888' for g, _, _ in r],
+        hovertext=[f'mean q {q:.3f}' for _, _, q in r],
+    )
+
+# %% ../../nbs/viewers/arc_viewer.ipynb #5bdc176d
 def task_figure(tp: TaskPredictions, test_index: int = 0, copy_index: int = 0, height: int = 520):
     "Plotly figure: demos, test input, truth, top-2 votes, vote counts, a copy's confidence/steps."
     import plotly.graph_objects as go
@@ -237,20 +263,7 @@ def task_figure(tp: TaskPredictions, test_index: int = 0, copy_index: int = 0, h
     row3 = [t['input'], t['output']] + [g for g, _, _ in t['ranked'][:2]]
     for j, g in enumerate(row3):
         fig.add_trace(_heat(go, g), 3, j + 1)
-    r = t['ranked'][:8]
-    fig.add_trace(
-        go.Bar(
-            x=[f'#{k + 1}' for k in range(len(r))],
-            y=[c for _, c, _ in r],
-            showlegend=False,
-            marker_color=[
-                '#2ca02c' if np.array_equal(g, t['output']) else '#888888' for g, _, _ in r
-            ],
-            hovertext=[f'mean q {q:.3f}' for _, _, q in r],
-        ),
-        4,
-        1,
-    )
+    fig.add_trace(_votes_bar(go, t), 4, 1)
     if t['copies'] and t['copies'][copy_index]['conf'].size:
         c = t['copies'][copy_index]
         fig.add_trace(
@@ -306,7 +319,6 @@ def read_llm_calls(path: str | Path) -> list:
         recs.append(r)
     return recs
 
-
 # %% ../../nbs/viewers/arc_viewer.ipynb #7f9ac08d
 def _grid_or_none(g):
     "A grid as a uint8 array, or None when it is missing or not a valid ARC grid."
@@ -346,7 +358,7 @@ def calls_to_sessions(recs: list, task_id: str, test_index: int = 0) -> list:
         out.append({'label': f'call log, run {k + 1}', 'attempts': [att[n] for n in sorted(att)]})
     return out
 
-
+# %% ../../nbs/viewers/arc_viewer.ipynb #1aea079d
 def _rows_to_sessions(rows: list, label: str, task_id: str, test_index: int) -> list:
     "Attempt logs of result rows (`train.hybrid.result_row`) for one test pair."
     def one(a):
@@ -358,7 +370,7 @@ def _rows_to_sessions(rows: list, label: str, task_id: str, test_index: int) -> 
     return [{'label': label, 'attempts': [one(a) for a in r.get('attempt_log') or []]}
             for r in rows if r.get('task') == task_id and r.get('test_index', 0) == test_index]
 
-
+# %% ../../nbs/viewers/arc_viewer.ipynb #4c6b7005
 class HybridLog:
     "Reasoning text of a hybrid run: a run directory (results JSON or call logs) or one JSONL file."
 
@@ -395,19 +407,20 @@ class HybridLog:
                 f'{p}: no results JSON with attempt_log and no LLM call log (*.jsonl)'
             )
 
-    def sessions(self, task_id: str, test_index: int = 0) -> list:
-        "`[{'label', 'attempts'}]` for one test pair: result attempt logs first, else the call log."
-        out = [
-            s for lb, rows in self.results for s in _rows_to_sessions(rows, lb, task_id, test_index)
-        ]
-        return out or calls_to_sessions(self.calls, task_id, test_index)
+# %% ../../nbs/viewers/arc_viewer.ipynb #4550f0f0
+@patch
+def sessions(self: HybridLog, task_id: str, test_index: int = 0) -> list:
+    "`[{'label', 'attempts'}]` for one test pair: result attempt logs first, else the call log."
+    out = [
+        s for lb, rows in self.results for s in _rows_to_sessions(rows, lb, task_id, test_index)
+    ]
+    return out or calls_to_sessions(self.calls, task_id, test_index)
 
-    @property
-    def task_ids(self) -> set:
-        "Tasks that have any logged attempt."
-        ids = {r.get('task') for _, rows in self.results for r in rows}
-        return ids | {parse_tag(r['tag'])[0] for r in self.calls}
-
+@patch(as_prop=True)
+def task_ids(self: HybridLog) -> set:
+    "Tasks that have any logged attempt."
+    ids = {r.get('task') for _, rows in self.results for r in rows}
+    return ids | {parse_tag(r['tag'])[0] for r in self.calls}
 
 # %% ../../nbs/viewers/arc_viewer.ipynb #c2865809
 def _grid_html(g) -> str:
@@ -448,7 +461,6 @@ def reasoning_html(sessions: list, target=None, max_chars: int = 1500) -> str:
                 '</div>')
     return ''.join(parts)
 
-
 # %% ../../nbs/viewers/arc_viewer.ipynb #d5ddb134
 class ArcBrowser:
     "ipywidgets browser: task / test pair / copy pickers; a hybrid run's text beside the grids."
@@ -483,43 +495,50 @@ class ArcBrowser:
             w.observe(lambda _: self.show(), 'value')
         self.show()
 
-    def predictions(self, task_id: str) -> TaskPredictions:
-        "Cached `task_predictions` of one task."
-        if task_id not in self._cache:
-            self._cache[task_id] = task_predictions(
-                self.model, self.data_dir, task_id, self.device, self.halting
-            )
-        return self._cache[task_id]
-
-    def show(self):
-        "Redraw for the current picks."
-        tp = self.predictions(self.w_task.value)
-        self.w_test.max = len(tp.tests) - 1
-        t = tp.tests[min(self.w_test.value, self.w_test.max)]
-        self.w_copy.max = max(len(t['copies']) - 1, 0)
-        self.fig = task_figure(
-            tp, min(self.w_test.value, self.w_test.max), min(self.w_copy.value, self.w_copy.max)
+# %% ../../nbs/viewers/arc_viewer.ipynb #0626dd5b
+@patch
+def predictions(self: ArcBrowser, task_id: str) -> TaskPredictions:
+    "Cached `task_predictions` of one task."
+    if task_id not in self._cache:
+        self._cache[task_id] = task_predictions(
+            self.model, self.data_dir, task_id, self.device, self.halting
         )
-        s = tp.summary
-        self.w_status.value = (
-            f"<b>{tp.task_id}</b>: pass@1 {s['pass@1']:.2f}, pass@2 {s['pass@2']:.2f}, "
-            f"{len(t['copies'])} copies, {len(t['ranked'])} distinct answers"
-        )
-        if self.hybrid is not None:
-            ti = min(self.w_test.value, self.w_test.max)
-            head = f'<b>hybrid reasoning</b> ({self.hybrid.path.name}, test pair {ti})<br>'
-            ss = self.hybrid.sessions(tp.task_id, ti)
-            self.w_reason.value = head + reasoning_html(ss, t['output'])
-        self.w_fig.clear_output(wait=True)
-        with self.w_fig:
-            self.fig.show()
-        return self.fig
+    return self._cache[task_id]
 
-    def show_static(self, out_dir: str | Path) -> Path:
-        "PNG of the current task (see `show_static`)."
-        return show_static(self.predictions(self.w_task.value), out_dir, self.w_test.value)
+# %% ../../nbs/viewers/arc_viewer.ipynb #9280f79c
+@patch
+def show(self: ArcBrowser):
+    "Redraw for the current picks."
+    tp = self.predictions(self.w_task.value)
+    self.w_test.max = len(tp.tests) - 1
+    t = tp.tests[min(self.w_test.value, self.w_test.max)]
+    self.w_copy.max = max(len(t['copies']) - 1, 0)
+    self.fig = task_figure(
+        tp, min(self.w_test.value, self.w_test.max), min(self.w_copy.value, self.w_copy.max)
+    )
+    s = tp.summary
+    self.w_status.value = (
+        f"<b>{tp.task_id}</b>: pass@1 {s['pass@1']:.2f}, pass@2 {s['pass@2']:.2f}, "
+        f"{len(t['copies'])} copies, {len(t['ranked'])} distinct answers"
+    )
+    if self.hybrid is not None:
+        ti = min(self.w_test.value, self.w_test.max)
+        head = f'<b>hybrid reasoning</b> ({self.hybrid.path.name}, test pair {ti})<br>'
+        ss = self.hybrid.sessions(tp.task_id, ti)
+        self.w_reason.value = head + reasoning_html(ss, t['output'])
+    self.w_fig.clear_output(wait=True)
+    with self.w_fig:
+        self.fig.show()
+    return self.fig
 
-    def _ipython_display_(self):
-        from IPython.display import display
+# %% ../../nbs/viewers/arc_viewer.ipynb #7edba3e6
+@patch
+def show_static(self: ArcBrowser, out_dir: str | Path) -> Path:
+    "PNG of the current task (see `show_static`)."
+    return show_static(self.predictions(self.w_task.value), out_dir, self.w_test.value)
 
-        display(self.ui)
+@patch
+def _ipython_display_(self: ArcBrowser):
+    from IPython.display import display
+
+    display(self.ui)

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 from ..core import HaltingLabError, load_json
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['X_COLUMNS', 'IGNORED_CONFIG', 'find_runs_dir', 'list_metric_runs', 'load_metrics', 'x_column', 'metric_columns',
@@ -20,17 +21,21 @@ __all__ = ['X_COLUMNS', 'IGNORED_CONFIG', 'find_runs_dir', 'list_metric_runs', '
 X_COLUMNS = ('step', 'global_step', 'epoch')
 
 def find_runs_dir()->Path:
-    "Same rule as the explorer: `$HALTING_LAB_RUNS`, else the project's `runs/` (works from `nbs/...`)."
+    "As the explorer: `$HALTING_LAB_RUNS`, else the project's `runs/` (from `nbs/...` too)."
     from halting_lab.viewers.explorer import find_runs_dir as f
     return f()
+
+def _has_metrics(p:Path)->bool:
+    return p.is_dir() and (p/'metrics.csv').exists() and (p/'metrics.csv').stat().st_size > 0
 
 def list_metric_runs(root:str|Path|None=None)->list:
     "Run directories under `root` that have a non-empty `metrics.csv`, newest first."
     root = Path(root) if root is not None else find_runs_dir()
     if not root.is_dir(): return []
-    rs = [p for p in root.iterdir() if p.is_dir() and (p/'metrics.csv').exists() and (p/'metrics.csv').stat().st_size > 0]
+    rs = [p for p in root.iterdir() if _has_metrics(p)]
     return sorted(rs, key=lambda p: -(p/'metrics.csv').stat().st_mtime)
 
+# %% ../../nbs/viewers/curves.ipynb #1f6a2afa
 def load_metrics(run:str|Path)->pd.DataFrame:
     "A run's `metrics.csv` as a DataFrame (numeric columns only, sorted by the x column)."
     f = Path(run)/'metrics.csv'
@@ -55,18 +60,21 @@ def metric_columns(dfs:Sequence[pd.DataFrame])->list:
 
 # %% ../../nbs/viewers/curves.ipynb #48fda42d
 def smooth(y:Sequence[float], weight:float=0.6)->np.ndarray:
-    "Debiased exponential moving average of `y` (weight 0 = raw, close to 1 = very smooth); NaNs skipped."
-    y = np.asarray(y, dtype=float); out = np.full_like(y, np.nan)
+    "Debiased exponential moving average of `y` (0 = raw, near 1 = very smooth); NaNs skipped."
+    y = np.asarray(y, dtype=float)
+    out = np.full_like(y, np.nan)
     if not 0 <= weight < 1: raise ValueError(f'smoothing weight must be in [0, 1), got {weight}')
     acc, n = 0.0, 0
     for i, v in enumerate(y):
         if np.isnan(v): continue
-        acc = weight * acc + (1 - weight) * v; n += 1
+        acc = weight * acc + (1 - weight) * v
+        n += 1
         out[i] = acc / (1 - weight ** n)
     return out
 
 # %% ../../nbs/viewers/curves.ipynb #8c103ab1
-IGNORED_CONFIG = r'(^|\.)(library_versions|versions|command|argv|created|timestamp|start_time|hostname|run_dir|default_root_dir|output_dir|git.*)(\.|$)'
+IGNORED_CONFIG = (r'(^|\.)(library_versions|versions|command|argv|created|timestamp|start_time'
+                  r'|hostname|run_dir|default_root_dir|output_dir|git.*)(\.|$)')
 
 def flatten(d:dict, prefix:str='')->dict:
     "Nested dict -> {'a.b': v}."
@@ -85,140 +93,203 @@ def load_config(run:str|Path)->dict:
 def _best(df, col):
     s = df[col].dropna()
     if s.empty: return np.nan
-    low = re.search(r'loss|err|ponder|halting|steps', col, re.I) and not re.search(r'acc', col, re.I)
+    low = re.search(r'loss|err|ponder|halting|steps', col, re.I)
+    low = low and not re.search(r'acc', col, re.I)
     return float(s.min() if low else s.max())
 
-def compare_runs(runs:Sequence[str|Path],
-                 metrics:Optional[Sequence[str]]=None, # columns to report (default: every val/test column, else all)
-                 ignore:str=IGNORED_CONFIG,           # regex of config keys never shown
-                 all_config:bool=False,               # show every config key, not only those that differ
-                )->pd.DataFrame:
-    "One row per run: config keys that differ between `runs`, then best value of each metric (min for losses, max for accuracies) and the number of logged rows."
-    runs = [Path(r) for r in runs]
-    cfgs = {r.name: {k: v for k, v in load_config(r).items() if not re.search(ignore, k)} for r in runs}
+# %% ../../nbs/viewers/curves.ipynb #ac41d29f
+def _differing_config(runs:list, ignore:str, all_config:bool)->tuple:
+    "({run name: flat config without `ignore`d keys}, keys to show: all, or those that differ)."
+    keep = lambda cfg: {k: v for k, v in cfg.items() if not re.search(ignore, k)}
+    cfgs = {r.name: keep(load_config(r)) for r in runs}
     keys = sorted(set().union(*[c.keys() for c in cfgs.values()])) if cfgs else []
-    differ = [k for k in keys if all_config or len({json.dumps(c.get(k), default=str) for c in cfgs.values()}) > 1]
+    values = lambda k: {json.dumps(c.get(k), default=str) for c in cfgs.values()}
+    return cfgs, [k for k in keys if all_config or len(values(k)) > 1]
+
+def compare_runs(runs:Sequence[str|Path],
+                 metrics:Optional[Sequence[str]]=None, # columns (default: val/test ones, else all)
+                 ignore:str=IGNORED_CONFIG,           # regex of config keys never shown
+                 all_config:bool=False,               # every config key, not only those that differ
+                )->pd.DataFrame:
+    "One row per run: config keys that differ, best value of each metric, number of logged rows."
+    runs = [Path(r) for r in runs]
+    cfgs, differ = _differing_config(runs, ignore, all_config)
     dfs = {r.name: load_metrics(r) if (r/'metrics.csv').exists() else pd.DataFrame() for r in runs}
-    cols = list(metrics) if metrics else [c for c in metric_columns(dfs.values()) if re.match(r'(val|test)', c)] or metric_columns(dfs.values())
+    every = metric_columns(dfs.values())
+    cols = list(metrics) if metrics else [c for c in every if re.match(r'(val|test)', c)] or every
     rows = []
     for r in runs:
-        df = dfs[r.name]; row = {k: cfgs[r.name].get(k) for k in differ}
+        df = dfs[r.name]
+        row = {k: cfgs[r.name].get(k) for k in differ}
         for c in cols: row[f'best {c}'] = _best(df, c) if c in df.columns else np.nan
-        x = x_column(df); row['last ' + (x or 'row')] = (df[x].max() if x and len(df) else len(df))
+        x = x_column(df)
+        row['last ' + (x or 'row')] = (df[x].max() if x and len(df) else len(df))
         rows.append(row)
     return pd.DataFrame(rows, index=pd.Index([r.name for r in runs], name='run'))
 
 # %% ../../nbs/viewers/curves.ipynb #a0386339
+def _xy(df:pd.DataFrame, c:str, x:Optional[str])->tuple:
+    "(x values, y values) of the rows where column `c` was logged."
+    d = df[[c] + ([x] if x else [])].dropna(subset=[c])
+    return (d[x].to_numpy() if x else d.index.to_numpy()), d[c].to_numpy()
+
+# %% ../../nbs/viewers/curves.ipynb #37da5e21
 def curves_figure(runs:Sequence[str|Path],
-                  columns:Optional[Sequence[str]]=None,  # metric columns, one panel each (default: all)
+                  columns:Optional[Sequence[str]]=None,  # metric columns (default: all)
                   smoothing:float=0.6,
                   show_raw:bool=True,                    # faint raw curve under the smoothed one
                   height_per_row:int=260, ncols:int=2):
-    "Plotly figure: one panel per metric column, one colour per run (smoothed, raw faint underneath)."
+    "Plotly figure: a panel per metric column, a colour per run (smoothed, raw faint underneath)."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
     from plotly.colors import qualitative
-    runs = [Path(r) for r in runs]; dfs = [load_metrics(r) for r in runs]
+    runs = [Path(r) for r in runs]
+    dfs = [load_metrics(r) for r in runs]
     columns = list(columns) if columns else metric_columns(dfs)
     nrows = max(math.ceil(len(columns) / ncols), 1)
-    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=columns or ['(no metrics)'], vertical_spacing=0.25 / max(nrows, 1) + 0.04)
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=columns or ['(no metrics)'],
+                        vertical_spacing=0.25 / max(nrows, 1) + 0.04)
     pal = qualitative.Plotly
     for ri, (r, df) in enumerate(zip(runs, dfs)):
-        x = x_column(df); col = pal[ri % len(pal)]
+        x = x_column(df)
+        col = pal[ri % len(pal)]
         for ci, c in enumerate(columns):
             if c not in df.columns: continue
-            d = df[[c] + ([x] if x else [])].dropna(subset=[c])
-            xs = d[x].to_numpy() if x else d.index.to_numpy(); ys = d[c].to_numpy()
+            xs, ys = _xy(df, c, x)
             rr, cc = ci // ncols + 1, ci % ncols + 1
             if show_raw and smoothing > 0:
-                fig.add_trace(go.Scatter(x=xs, y=ys, mode='lines', line=dict(color=col, width=1), opacity=0.25,
-                                         legendgroup=r.name, showlegend=False, hoverinfo='skip'), rr, cc)
-            fig.add_trace(go.Scatter(x=xs, y=smooth(ys, smoothing) if smoothing > 0 else ys, mode='lines' if len(ys) > 1 else 'markers',
-                                     name=r.name, line=dict(color=col, width=2), legendgroup=r.name, showlegend=ci == 0,
-                                     hovertemplate=f'{r.name}<br>{x or "row"} %{{x}}<br>{c} %{{y:.4g}}<extra></extra>'), rr, cc)
+                fig.add_trace(go.Scatter(x=xs, y=ys, mode='lines', line=dict(color=col, width=1),
+                                         opacity=0.25, legendgroup=r.name, showlegend=False,
+                                         hoverinfo='skip'), rr, cc)
+            hover = f'{r.name}<br>{x or "row"} %{{x}}<br>{c} %{{y:.4g}}<extra></extra>'
+            fig.add_trace(go.Scatter(x=xs, y=smooth(ys, smoothing) if smoothing > 0 else ys,
+                                     mode='lines' if len(ys) > 1 else 'markers', name=r.name,
+                                     line=dict(color=col, width=2), legendgroup=r.name,
+                                     showlegend=ci == 0, hovertemplate=hover), rr, cc)
             fig.update_xaxes(title_text=x or 'row', row=rr, col=cc)
-    fig.update_layout(height=height_per_row * nrows + 80, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation='h', y=1.02 + 0.1 / nrows, yanchor='bottom'))
+    fig.update_layout(height=height_per_row * nrows + 80, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation='h', y=1.02 + 0.1 / nrows, yanchor='bottom'))
     return fig
 
+# %% ../../nbs/viewers/curves.ipynb #30ad8533
 def curves_png(runs:Sequence[str|Path], columns:Optional[Sequence[str]]=None, smoothing:float=0.6,
                path:str|Path|None=None, ncols:int=2, dpi:int=90):
-    "Matplotlib version of `curves_figure` (for executed notebooks and docs); saved to `path` when given."
+    "Matplotlib version of `curves_figure` (executed notebooks, docs); saved to `path` when given."
     import matplotlib.pyplot as plt
-    runs = [Path(r) for r in runs]; dfs = [load_metrics(r) for r in runs]
+    runs = [Path(r) for r in runs]
+    dfs = [load_metrics(r) for r in runs]
     columns = list(columns) if columns else metric_columns(dfs)
     nrows = max(math.ceil(len(columns) / ncols), 1)
     fig, axs = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.2 * nrows), squeeze=False)
     for ri, (r, df) in enumerate(zip(runs, dfs)):
-        x = x_column(df); colr = f'C{ri % 10}'
+        x = x_column(df)
+        colr = f'C{ri % 10}'
         for ci, c in enumerate(columns):
             if c not in df.columns: continue
-            d = df[[c] + ([x] if x else [])].dropna(subset=[c]); ax = axs.flat[ci]
-            xs = d[x].to_numpy() if x else d.index.to_numpy(); ys = d[c].to_numpy()
+            ax = axs.flat[ci]
+            xs, ys = _xy(df, c, x)
             if smoothing > 0: ax.plot(xs, ys, color=colr, alpha=0.25, lw=1)
-            ax.plot(xs, smooth(ys, smoothing) if smoothing > 0 else ys, color=colr, lw=2, label=r.name, marker='o' if len(ys) == 1 else None)
-            ax.set_title(c, fontsize=10); ax.set_xlabel(x or 'row')
+            ax.plot(xs, smooth(ys, smoothing) if smoothing > 0 else ys, color=colr, lw=2,
+                    label=r.name, marker='o' if len(ys) == 1 else None)
+            ax.set_title(c, fontsize=10)
+            ax.set_xlabel(x or 'row')
     for ax in axs.flat[len(columns):]: ax.axis('off')
     if runs: axs.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    if path is not None: Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=dpi)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
     return fig
 
+# %% ../../nbs/viewers/curves.ipynb #10471286
 def save_curves_static(runs, out_dir:str|Path, columns=None, smoothing:float=0.6)->list:
-    "Write `curves.png`, self-contained `curves.html` (plotly JS inlined) and `runs_comparison.csv`/`.html`."
+    "Write `curves.png`, self-contained `curves.html` (JS inlined), `runs_comparison.csv`/`.html`."
     import matplotlib.pyplot as plt
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    f = curves_png(runs, columns, smoothing, out/'curves.png'); plt.close(f)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    f = curves_png(runs, columns, smoothing, out/'curves.png')
+    plt.close(f)
     curves_figure(runs, columns, smoothing).write_html(out/'curves.html', include_plotlyjs=True)
-    t = compare_runs(runs); t.to_csv(out/'runs_comparison.csv'); (out/'runs_comparison.html').write_text(t.to_html(float_format='%.4g'))
-    return [out/'curves.png', out/'curves.html', out/'runs_comparison.csv', out/'runs_comparison.html']
+    t = compare_runs(runs)
+    t.to_csv(out/'runs_comparison.csv')
+    (out/'runs_comparison.html').write_text(t.to_html(float_format='%.4g'))
+    names = ['curves.png', 'curves.html', 'runs_comparison.csv', 'runs_comparison.html']
+    return [out/n for n in names]
 
 # %% ../../nbs/viewers/curves.ipynb #51ccb8f1
 class CurvesViewer:
-    "Pick runs and metric columns; overlaid curves with a smoothing slider, and the comparison table."
-    def __init__(self, runs_dir:str|Path|None=None, runs:Optional[Sequence]=None, columns:Optional[Sequence[str]]=None, smoothing:float=0.6):
+    "Pick runs and metric columns: overlaid curves with a smoothing slider, the comparison table."
+    def __init__(self,
+                 runs_dir:str|Path|None=None,          # where runs live (default `find_runs_dir()`)
+                 runs:Optional[Sequence]=None,         # preselected runs (default: the 3 newest)
+                 columns:Optional[Sequence[str]]=None, # preselected metrics (default: the usual)
+                 smoothing:float=0.6):
         import ipywidgets as W, plotly.graph_objects as go
         self.runs_dir = Path(runs_dir) if runs_dir is not None else find_runs_dir()
         all_runs = list_metric_runs(self.runs_dir)
         opts = [(r.name, str(r)) for r in all_runs]
-        sel = [str(Path(r) if Path(r).exists() else self.runs_dir/str(r)) for r in runs] if runs else [v for _, v in opts[:3]]
-        self.w_runs = W.SelectMultiple(options=opts, value=[v for v in sel if v in dict(opts).values()], description='runs',
-                                       rows=min(max(len(opts), 3), 8), layout=W.Layout(width='340px'))
+        if runs: sel = [str(Path(r) if Path(r).exists() else self.runs_dir/str(r)) for r in runs]
+        else: sel = [v for _, v in opts[:3]]
+        known = dict(opts).values()
+        self.w_runs = W.SelectMultiple(options=opts, value=[v for v in sel if v in known],
+                                       description='runs', rows=min(max(len(opts), 3), 8),
+                                       layout=W.Layout(width='340px'))
         cols = metric_columns([load_metrics(r) for r in all_runs])
-        default_cols = list(columns) if columns else [c for c in cols if re.search(r'loss|exact|halting', c)][:6] or cols[:4]
-        self.w_cols = W.SelectMultiple(options=cols, value=[c for c in default_cols if c in cols], description='metrics',
-                                       rows=min(max(len(cols), 3), 8), layout=W.Layout(width='340px'))
-        self.w_smooth = W.FloatSlider(value=smoothing, min=0, max=0.99, step=0.01, description='smoothing', continuous_update=False)
+        usual = [c for c in cols if re.search(r'loss|exact|halting', c)][:6]
+        default_cols = (list(columns) if columns else usual) or cols[:4]
+        self.w_cols = W.SelectMultiple(options=cols, value=[c for c in default_cols if c in cols],
+                                       description='metrics', rows=min(max(len(cols), 3), 8),
+                                       layout=W.Layout(width='340px'))
+        self.w_smooth = W.FloatSlider(value=smoothing, min=0, max=0.99, step=0.01,
+                                      description='smoothing', continuous_update=False)
         self.w_all = W.Checkbox(value=False, description='all config keys')
-        self.fig = go.FigureWidget(); self.w_table = W.HTML()
-        self.ui = W.VBox([W.HBox([self.w_runs, self.w_cols, W.VBox([self.w_smooth, self.w_all])]), self.fig, self.w_table])
-        for w in (self.w_runs, self.w_cols, self.w_smooth, self.w_all): w.observe(lambda ch: self.update(), 'value')
+        self.fig = go.FigureWidget()
+        self.w_table = W.HTML()
+        pickers = W.HBox([self.w_runs, self.w_cols, W.VBox([self.w_smooth, self.w_all])])
+        self.ui = W.VBox([pickers, self.fig, self.w_table])
+        for w in (self.w_runs, self.w_cols, self.w_smooth, self.w_all):
+            w.observe(lambda ch: self.update(), 'value')
         self.update()
 
-    def update(self):
-        "Redraw curves and table for the current selection."
-        runs, cols = list(self.w_runs.value), list(self.w_cols.value)
-        f = curves_figure(runs, cols, self.w_smooth.value)
-        with self.fig.batch_update():
-            self.fig.data = []; self.fig.layout = f.layout
-            self.fig.add_traces(list(f.data))
-        self.table = compare_runs(runs, all_config=self.w_all.value) if runs else pd.DataFrame()
-        self.w_table.value = self.table.to_html(float_format='%.4g', na_rep='') if runs else '<i>select runs</i>'
+# %% ../../nbs/viewers/curves.ipynb #c2b6d6c9
+@patch
+def update(self:CurvesViewer):
+    "Redraw curves and table for the current selection."
+    runs, cols = list(self.w_runs.value), list(self.w_cols.value)
+    f = curves_figure(runs, cols, self.w_smooth.value)
+    with self.fig.batch_update():
+        self.fig.data = []
+        self.fig.layout = f.layout
+        self.fig.add_traces(list(f.data))
+    self.table = compare_runs(runs, all_config=self.w_all.value) if runs else pd.DataFrame()
+    html = self.table.to_html(float_format='%.4g', na_rep='') if runs else '<i>select runs</i>'
+    self.w_table.value = html
 
-    def save_static(self, out_dir)->list:
-        "Write the static curves and table of the current selection (see `save_curves_static`)."
-        return save_curves_static(list(self.w_runs.value), out_dir, list(self.w_cols.value), self.w_smooth.value)
+# %% ../../nbs/viewers/curves.ipynb #099fcdb8
+@patch
+def save_static(self:CurvesViewer, out_dir)->list:
+    "Write the static curves and table of the current selection (see `save_curves_static`)."
+    runs, cols = list(self.w_runs.value), list(self.w_cols.value)
+    return save_curves_static(runs, out_dir, cols, self.w_smooth.value)
 
-    def show_static(self, out_dir=None)->list:
-        "Display the current selection as a PNG and an HTML table (kept by executed notebooks and the docs); also `save_static` into `out_dir` when given."
-        import matplotlib.pyplot as plt
-        from IPython.display import display, Image, HTML
-        runs, cols, sm = list(self.w_runs.value), list(self.w_cols.value), self.w_smooth.value
-        files = self.save_static(out_dir) if out_dir is not None else []
-        f = curves_png(runs, cols, sm); buf = io.BytesIO(); f.savefig(buf, format='png', dpi=90); plt.close(f)
-        display(Image(data=buf.getvalue()))
-        display(HTML(self.table.to_html(float_format='%.4g', na_rep='') if runs else '<i>no runs selected</i>'))
-        return files
+@patch
+def show_static(self:CurvesViewer, out_dir=None)->list:
+    "PNG + HTML table of the selection (notebooks, docs); `save_static` into `out_dir` when given."
+    import matplotlib.pyplot as plt
+    from IPython.display import display, Image, HTML
+    runs, cols, sm = list(self.w_runs.value), list(self.w_cols.value), self.w_smooth.value
+    files = self.save_static(out_dir) if out_dir is not None else []
+    f = curves_png(runs, cols, sm)
+    buf = io.BytesIO()
+    f.savefig(buf, format='png', dpi=90)
+    plt.close(f)
+    display(Image(data=buf.getvalue()))
+    no_runs = '<i>no runs selected</i>'
+    table = self.table.to_html(float_format='%.4g', na_rep='') if runs else no_runs
+    display(HTML(table))
+    return files
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.ui)
+@patch
+def _ipython_display_(self:CurvesViewer):
+    from IPython.display import display
+    display(self.ui)

@@ -138,9 +138,76 @@ def energy_map_figure(rec: dict, step: int = -1):
     fig.colorbar(im, ax=ax, fraction=0.03)
     return fig
 
+# %% ../../nbs/viewers/energy_map.ipynb #9d8cc2fe
+def _viz_energy_map(rec: dict, out_dir: Path, plt, out: dict):
+    "`viz/energy_map.csv` (+ `.png`) of the last step of `rec`; paths added to `out`."
+    R, rows, cols, _ = step_matrix(rec, len(rec['trace']) - 1)
+    out['energy_map_csv'] = atomic_write_text(
+        out_dir / 'energy_map.csv',
+        _csv([['slot'] + cols] + [[r] + [f'{v:.4f}' for v in row] for r, row in zip(rows, R)]),
+    )
+    if plt:
+        fig = energy_map_figure(rec)
+        _save_png(fig, out_dir / 'energy_map.png')
+        plt.close(fig)
+        out['energy_map_png'] = out_dir / 'energy_map.png'
+
+
+def _viz_loss(m: list, out_dir: Path, plt, out: dict):
+    "`viz/loss.csv` (+ `.png`) of the metrics rows `m`; paths added to `out`."
+    keys = ['critic_loss', 'actor_loss', 'backbone_loss', 'total_loss']
+    out['loss_csv'] = atomic_write_text(
+        out_dir / 'loss.csv',
+        _csv([['iteration'] + keys] + [[r['iteration']] + [r[k] for k in keys] for r in m]),
+    )
+    if plt:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for k in keys:
+            ax.plot(
+                [r['iteration'] for r in m], [r[k] for r in m], label=k.replace('_loss', '')
+            )
+        ax.set_xlabel('iteration')
+        ax.set_ylabel('loss')
+        ax.legend(fontsize=7)
+        _save_png(fig, out_dir / 'loss.png')
+        plt.close(fig)
+        out['loss_png'] = out_dir / 'loss.png'
+
+# %% ../../nbs/viewers/energy_map.ipynb #571ae3d4
+def _viz_embedding(recs: list, out_dir: Path, plt, out: dict):
+    "`viz/embedding_proj.csv` (+ `.png`) of the samples' feature vectors; paths added to `out`."
+    xy, have = embedding_projection(recs)
+    if not have:
+        return
+    out['embedding_proj_csv'] = atomic_write_text(
+        out_dir / 'embedding_proj.csv',
+        _csv(
+            [['file', 'x', 'y', 'reward', 'operator', 'iteration']]
+            + [
+                [
+                    r['file'],
+                    f'{a:.5f}',
+                    f'{b:.5f}',
+                    r['reward'],
+                    main_operator(r),
+                    r.get('iteration', 0),
+                ]
+                for (a, b), r in zip(xy, have)
+            ]
+        ),
+    )
+    if plt:
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=[r['reward'] for r in have], cmap='coolwarm', s=14)
+        fig.colorbar(sc, ax=ax, label='reward')
+        ax.set_title('feature vectors (PCA)', fontsize=9)
+        _save_png(fig, out_dir / 'embedding_proj.png')
+        plt.close(fig)
+        out['embedding_proj_png'] = out_dir / 'embedding_proj.png'
+
 # %% ../../nbs/viewers/energy_map.ipynb #be4e1484
 def viz_run(run_dir: str | Path, sample: str | Path | None = None) -> dict:
-    "Write viz/energy_map.csv/png, viz/embedding_proj.csv/png, viz/loss.csv/png; returns {name: path}."
+    "Write viz/energy_map, viz/embedding_proj and viz/loss (.csv, .png); returns {name: path}."
     run_dir = Path(run_dir)
     out_dir = run_dir / 'viz'
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,64 +220,11 @@ def viz_run(run_dir: str | Path, sample: str | Path | None = None) -> dict:
             (r for r in reversed(recs) if r.get('trace') and r['trace'][-1].get('relation')), None
         )
     if rec is not None and rec.get('trace'):
-        R, rows, cols, _ = step_matrix(rec, len(rec['trace']) - 1)
-        out['energy_map_csv'] = atomic_write_text(
-            out_dir / 'energy_map.csv',
-            _csv([['slot'] + cols] + [[r] + [f'{v:.4f}' for v in row] for r, row in zip(rows, R)]),
-        )
-        if plt:
-            fig = energy_map_figure(rec)
-            _save_png(fig, out_dir / 'energy_map.png')
-            plt.close(fig)
-            out['energy_map_png'] = out_dir / 'energy_map.png'
-    xy, have = embedding_projection(recs)
-    if have:
-        out['embedding_proj_csv'] = atomic_write_text(
-            out_dir / 'embedding_proj.csv',
-            _csv(
-                [['file', 'x', 'y', 'reward', 'operator', 'iteration']]
-                + [
-                    [
-                        r['file'],
-                        f'{a:.5f}',
-                        f'{b:.5f}',
-                        r['reward'],
-                        main_operator(r),
-                        r.get('iteration', 0),
-                    ]
-                    for (a, b), r in zip(xy, have)
-                ]
-            ),
-        )
-        if plt:
-            fig, ax = plt.subplots(figsize=(4.5, 4))
-            sc = ax.scatter(
-                xy[:, 0], xy[:, 1], c=[r['reward'] for r in have], cmap='coolwarm', s=14
-            )
-            fig.colorbar(sc, ax=ax, label='reward')
-            ax.set_title('feature vectors (PCA)', fontsize=9)
-            _save_png(fig, out_dir / 'embedding_proj.png')
-            plt.close(fig)
-            out['embedding_proj_png'] = out_dir / 'embedding_proj.png'
+        _viz_energy_map(rec, out_dir, plt, out)
+    _viz_embedding(recs, out_dir, plt, out)
     m = load_metrics(run_dir)
     if m:
-        keys = ['critic_loss', 'actor_loss', 'backbone_loss', 'total_loss']
-        out['loss_csv'] = atomic_write_text(
-            out_dir / 'loss.csv',
-            _csv([['iteration'] + keys] + [[r['iteration']] + [r[k] for k in keys] for r in m]),
-        )
-        if plt:
-            fig, ax = plt.subplots(figsize=(5, 3.2))
-            for k in keys:
-                ax.plot(
-                    [r['iteration'] for r in m], [r[k] for r in m], label=k.replace('_loss', '')
-                )
-            ax.set_xlabel('iteration')
-            ax.set_ylabel('loss')
-            ax.legend(fontsize=7)
-            _save_png(fig, out_dir / 'loss.png')
-            plt.close(fig)
-            out['loss_png'] = out_dir / 'loss.png'
+        _viz_loss(m, out_dir, plt, out)
     return out
 
 # %% ../../nbs/viewers/energy_map.ipynb #8f28cc28
@@ -235,20 +249,11 @@ def _heatmap_data(rec, step):
 
 
 @patch
-def _build(self: EnergyMapViewer):
-    import ipywidgets as W
+def _build_figures(self: EnergyMapViewer):
+    "The five `FigureWidget`s: energy map, Q values, features, embedding, losses."
     import plotly.graph_objects as go
     from halting_lab.models.reoac import FEATURE_NAMES, OPERATORS
 
-    opts = [
-        (f"{r['file']}  R={r['reward']:.2f}  {r['final_text'][:24]!r}", i)
-        for i, r in enumerate(self.recs)
-    ]
-    self.w_sample = W.Dropdown(
-        options=opts, value=0, description='sample', layout=W.Layout(width='520px')
-    )
-    self.w_step = W.IntSlider(0, 0, len(self.recs[0]['trace']) - 1, description='step')
-    self.w_color = W.ToggleButtons(options=['reward', 'operator'], description='colour')
     self.f_map = go.FigureWidget(
         go.Heatmap(zmin=-1, zmax=1, colorscale='Viridis'),
         layout=dict(height=480, width=620, margin=dict(l=80, r=10, t=40, b=80)),
@@ -273,6 +278,23 @@ def _build(self: EnergyMapViewer):
         ],
         layout=dict(height=320, width=520, title='losses'),
     )
+
+# %% ../../nbs/viewers/energy_map.ipynb #2fa1cc68
+@patch
+def _build(self: EnergyMapViewer):
+    "The pickers, the figures and their layout; the observers that redraw."
+    import ipywidgets as W
+
+    opts = [
+        (f"{r['file']}  R={r['reward']:.2f}  {r['final_text'][:24]!r}", i)
+        for i, r in enumerate(self.recs)
+    ]
+    self.w_sample = W.Dropdown(
+        options=opts, value=0, description='sample', layout=W.Layout(width='520px')
+    )
+    self.w_step = W.IntSlider(0, 0, len(self.recs[0]['trace']) - 1, description='step')
+    self.w_color = W.ToggleButtons(options=['reward', 'operator'], description='colour')
+    self._build_figures()
     self.w_sample.observe(lambda ch: self._on_sample(), 'value')
     self.w_step.observe(lambda ch: self.update(), 'value')
     self.w_color.observe(lambda ch: self._color(), 'value')
@@ -305,19 +327,10 @@ def update(self: EnergyMapViewer):
     rec, step = self._record(), self.w_step.value
     d, now = _heatmap_data(rec, step)
     tr = rec['trace'][step]
+    box = dict(type='rect', x0=-0.5, x1=len(d['x']) - 0.5, line=dict(color='red'))
     with self.f_map.batch_update():
         self.f_map.data[0].update(**d)
-        self.f_map.layout.shapes = [
-            dict(
-                type='rect',
-                x0=-0.5,
-                x1=len(d['x']) - 0.5,
-                y0=i - 0.5,
-                y1=i + 0.5,
-                line=dict(color='red'),
-            )
-            for i in now
-        ]
+        self.f_map.layout.shapes = [dict(box, y0=i - 0.5, y1=i + 0.5) for i in now]
         self.f_map.layout.title = (
             f"step {step}: {OPERATORS[tr['operator_id']]} unmasks {len(now)} slot(s)"
         )
@@ -328,7 +341,7 @@ def update(self: EnergyMapViewer):
         f"<b>gold</b> {rec.get('gold')} &nbsp; reward {rec['reward']:.2f} cost {rec['cost']:.3f}"
     )
 
-
+# %% ../../nbs/viewers/energy_map.ipynb #bb56cec3
 @patch
 def _color(self: EnergyMapViewer):
     c = (
@@ -347,7 +360,7 @@ def _color(self: EnergyMapViewer):
 def show_static(
     run_dir: str | Path, sample: int = -1, step: int = -1, path: str | Path | None = None
 ):
-    "Matplotlib version of the viewer's panels (energy map, Q values, features, losses); optional PNG."
+    "The viewer's panels in matplotlib (energy map, Q values, features, losses); a PNG if `path`."
     from halting_lab.models.reoac import FEATURE_NAMES, OPERATORS
 
     plt = _plt()
@@ -365,10 +378,8 @@ def show_static(
     ax.set_yticks(range(len(rows)), rows, fontsize=5)
     for i in now:
         ax.add_patch(plt.Rectangle((-0.5, i - 0.5), len(cols), 1, fill=False, ec='red', lw=1))
-    ax.set_title(
-        f"{rec['file']} step {step}: {OPERATORS[tr['operator_id']]} (reward {rec['reward']:.2f})",
-        fontsize=8,
-    )
+    op = OPERATORS[tr['operator_id']]
+    ax.set_title(f"{rec['file']} step {step}: {op} (reward {rec['reward']:.2f})", fontsize=8)
     a2 = fig.add_axes([0.55, 0.6, 0.18, 0.32])
     a2.bar(range(5), tr['q_values'])
     a2.set_xticks(range(5), [o[:10] for o in OPERATORS], rotation=60, fontsize=6)

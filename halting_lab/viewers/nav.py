@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Optional
 import numpy as np
+from fastcore.basics import patch
 from ..core import HaltingLabError
 from ..tasks.nav import (ACTION_NAMES, ACTION_DELTAS, STAY, astar, decode_state, encode_state, episode,
                                    random_problem, step, parse_map, format_map)
@@ -19,7 +20,8 @@ __all__ = ['action_probs', 'rollout', 'success_by_difficulty', 'rollout_figure',
 def action_probs(model, walls:np.ndarray, goal:tuple, n_sup:Optional[int]=None)->np.ndarray:
     "Softmax over actions for the agent on every cell: `[S, G, G, 5]` (NaN on walls)."
     import torch
-    G = walls.shape[0]; cells = [(r, c) for r in range(G) for c in range(G) if not walls[r, c]]
+    G = walls.shape[0]
+    cells = [(r, c) for r in range(G) for c in range(G) if not walls[r, c]]
     x = torch.as_tensor(np.stack([encode_state(walls, p, goal) for p in cells]).reshape(len(cells), -1)).long()
     dev = next(model.parameters()).device
     model.eval()
@@ -38,11 +40,16 @@ def rollout(model, walls:np.ndarray, start:tuple, goal:tuple, n_sup:Optional[int
     pos, path, acts, seen = tuple(start), [tuple(start)], [], {tuple(start)}
     success = False
     for _ in range(max_steps):
-        a = int(np.nanargmax(probs[pos])); acts.append(a)
-        if a == STAY: success = pos == tuple(goal); break
+        a = int(np.nanargmax(probs[pos]))
+        acts.append(a)
+        if a == STAY:
+            success = pos == tuple(goal)
+            break
         nxt = step(walls, pos, a)
         if nxt == pos or nxt in seen: break  # bumped into a wall / the edge, or a loop
-        pos = nxt; path.append(pos); seen.add(pos)
+        pos = nxt
+        path.append(pos)
+        seen.add(pos)
     return {'path': path, 'actions': acts, 'success': success, 'astar_path': ap,
             'optimal': success and ap is not None and len(path) == len(ap)}
 
@@ -52,7 +59,7 @@ def success_by_difficulty(model, num_problems:int=200, grid_size:Optional[int]=N
     "DataFrame per A* path length: `problems`, `success_rate`, `optimal_rate`."
     import pandas as pd
     G = grid_size or model.config.grid_size
-    rng = random.Random(seed); rows = []
+    rng, rows = random.Random(seed), []
     for _ in range(num_problems):
         walls, s, g = random_problem(rng, G)
         r = rollout(model, walls, s, g, n_sup=n_sup)
@@ -75,11 +82,16 @@ def rollout_figure(walls, start, goal, probs, result:dict, title:str=''):
     for r in range(G):
         for c in range(G):
             if walls[r, c]: continue
-            p = probs[r, c]; a = int(np.nanargmax(p))
-            xs.append(c); ys.append(r); syms.append(_SYMBOL[a]); ops.append(float(0.15 + 0.85 * p[a]))
+            p = probs[r, c]
+            a = int(np.nanargmax(p))
+            xs.append(c)
+            ys.append(r)
+            syms.append(_SYMBOL[a])
+            ops.append(float(0.15 + 0.85 * p[a]))
             txt.append('<br>'.join(f'{n}: {v:.2f}' for n, v in zip(ACTION_NAMES, p)))
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode='markers', marker=dict(symbol=syms, size=13, color='#4c78a8', opacity=ops),
-                             text=txt, hovertemplate='(%{y}, %{x})<br>%{text}<extra></extra>', name='argmax action'))
+    marker = dict(symbol=syms, size=13, color='#4c78a8', opacity=ops)
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode='markers', marker=marker, text=txt,
+                             hovertemplate='(%{y}, %{x})<br>%{text}<extra></extra>', name='argmax action'))
     if result.get('astar_path'):
         ap = np.array(result['astar_path'])
         fig.add_trace(go.Scatter(x=ap[:, 1], y=ap[:, 0], mode='lines', line=dict(color='#2ca02c', width=6, dash='dash'),
@@ -96,9 +108,10 @@ def rollout_figure(walls, start, goal, probs, result:dict, title:str=''):
                       legend=dict(orientation='h', y=-0.08))
     return fig
 
+# %% ../../nbs/viewers/nav_viewer.ipynb #49524f95
 def save_rollout_png(path:str|Path, walls, start, goal, probs, result:dict, title:str='', ax=None):
     "Static PNG of one rollout (matplotlib); returns the path."
-    import matplotlib; import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
     own = ax is None
     if own: fig, ax = plt.subplots(figsize=(5, 5))
     G = walls.shape[0]
@@ -106,16 +119,26 @@ def save_rollout_png(path:str|Path, walls, start, goal, probs, result:dict, titl
     for r in range(G):
         for c in range(G):
             if walls[r, c]: continue
-            p = probs[r, c]; a = int(np.nanargmax(p))
-            ax.text(c, r, _ARROW[a], ha='center', va='center', color='#4c78a8', alpha=float(0.2 + 0.8 * p[a]), fontsize=11)
+            p = probs[r, c]
+            a = int(np.nanargmax(p))
+            ax.text(c, r, _ARROW[a], ha='center', va='center', color='#4c78a8', alpha=float(0.2 + 0.8 * p[a]),
+                    fontsize=11)
     if result.get('astar_path'):
-        ap = np.array(result['astar_path']); ax.plot(ap[:, 1], ap[:, 0], '--', color='#2ca02c', lw=5, alpha=0.5, label='A*')
-    pp = np.array(result['path']); ax.plot(pp[:, 1], pp[:, 0], '-o', color='#d62728', lw=2, ms=3, label='policy')
-    ax.scatter([start[1]], [start[0]], s=200, c='#ff7f0e', zorder=5); ax.scatter([goal[1]], [goal[0]], s=200, c='#9467bd', zorder=5)
-    ax.set_xticks([]); ax.set_yticks([]); ax.set_title(title or ('reached' if result['success'] else 'failed'), fontsize=9)
+        ap = np.array(result['astar_path'])
+        ax.plot(ap[:, 1], ap[:, 0], '--', color='#2ca02c', lw=5, alpha=0.5, label='A*')
+    pp = np.array(result['path'])
+    ax.plot(pp[:, 1], pp[:, 0], '-o', color='#d62728', lw=2, ms=3, label='policy')
+    ax.scatter([start[1]], [start[0]], s=200, c='#ff7f0e', zorder=5)
+    ax.scatter([goal[1]], [goal[0]], s=200, c='#9467bd', zorder=5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or ('reached' if result['success'] else 'failed'), fontsize=9)
     if own:
-        ax.legend(loc='upper right', fontsize=7); path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches='tight'); plt.close(fig)
+        ax.legend(loc='upper right', fontsize=7)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches='tight')
+        plt.close(fig)
     return path
 
 # %% ../../nbs/viewers/nav_viewer.ipynb #ab10fcd9
@@ -125,40 +148,25 @@ class NavViewer:
                  grid=None,             # a chosen grid (see `set_grid`); default: random grid 0
                  trusted:bool=False):   # RISK: allow a full unpickle of an old checkpoint the safe load refuses
         from halting_lab.train.nav import load_nav_checkpoint
-        self.model, self.ckpt = (load_nav_checkpoint(checkpoint, device, trusted) if isinstance(checkpoint, (str, Path))
-                                 else (checkpoint, {}))
+        if isinstance(checkpoint, (str, Path)): self.model, self.ckpt = load_nav_checkpoint(checkpoint, device, trusted)
+        else: self.model, self.ckpt = checkpoint, {}
         self.G = self.model.config.grid_size
         self.max_sup = max_steps or 2 * self.model.config.n_sup
         self.starts = None
         if data_path is not None:
             from halting_lab.tasks.nav import load_split
-            d = load_split(data_path); first = (d['step'] == 0) & (d['transform'] == 0)
+            d = load_split(data_path)
+            first = (d['step'] == 0) & (d['transform'] == 0)
             self.starts = d['grids'][first].numpy()
-        self.problem = None; self._cache = {}
+        self.problem, self._cache = None, {}
         if grid is None: self.set_random(0)
         else: self.set_grid(grid)
-
-    def set_random(self, seed:int):
-        "A random solvable problem drawn with `seed`."
-        self.problem = random_problem(random.Random(seed), self.G); self._cache = {}
-    def set_test(self, i:int):
-        "The start state of test episode `i`."
-        if self.starts is None: raise HaltingLabError('NavViewer: pass data_path= to browse a data set')
-        self.problem = decode_state(self.starts[i % len(self.starts)]); self._cache = {}
-    def set_grid(self, grid):
-        "A chosen problem: a text map (`#` `.` `S` `G`), a token grid `[G, G]`, or `(walls, start, goal)`."
-        if isinstance(grid, str): w, s, g = parse_map(grid)
-        elif isinstance(grid, tuple) and len(grid) == 3: w, s, g = np.asarray(grid[0], bool), tuple(grid[1]), tuple(grid[2])
-        else: w, s, g = decode_state(np.asarray(grid))
-        if w.shape != (self.G, self.G):
-            raise HaltingLabError(f'grid: {w.shape[0]}x{w.shape[1]}; this model was trained on {self.G}x{self.G} grids')
-        if astar(w, s, g) is None: raise HaltingLabError(f'grid: the goal {g} is not reachable from the start {s}')
-        self.problem = (w, tuple(s), tuple(g)); self._cache = {}
 
     def probs(self, k:int)->np.ndarray:
         "`[G, G, 5]` action probabilities after `k` recursion steps."
         if 'all' not in self._cache:
-            w, s, g = self.problem; self._cache['all'] = action_probs(self.model, w, g, n_sup=self.max_sup)
+            w, s, g = self.problem
+            self._cache['all'] = action_probs(self.model, w, g, n_sup=self.max_sup)
         return self._cache['all'][k - 1]
 
     def rollout(self, k:Optional[int]=None)->dict:
@@ -166,53 +174,110 @@ class NavViewer:
         w, s, g = self.problem
         return rollout(self.model, w, s, g, probs=self.probs(k or self.model.config.n_sup))
 
-    def figure(self, k:Optional[int]=None):
-        k = k or self.model.config.n_sup
-        w, s, g = self.problem
-        return rollout_figure(w, s, g, self.probs(k), self.rollout(k), title=f'recursion step {k}/{self.max_sup} (trained: {self.model.config.n_sup})')
+# %% ../../nbs/viewers/nav_viewer.ipynb #06f69f19
+@patch
+def set_random(self:NavViewer, seed:int):
+    "A random solvable problem drawn with `seed`."
+    self.problem, self._cache = random_problem(random.Random(seed), self.G), {}
 
-    def save_png(self, path:str|Path, k:Optional[int]=None):
-        "Static PNG of the current problem at recursion step `k`."
-        k = k or self.model.config.n_sup
-        w, s, g = self.problem
-        return save_rollout_png(path, w, s, g, self.probs(k), self.rollout(k), title=f'recursion step {k}')
+@patch
+def set_test(self:NavViewer, i:int):
+    "The start state of test episode `i`."
+    if self.starts is None: raise HaltingLabError('NavViewer: pass data_path= to browse a data set')
+    self.problem, self._cache = decode_state(self.starts[i % len(self.starts)]), {}
 
-    @property
-    def widget(self):
-        import ipywidgets as W, plotly.graph_objects as go
-        fw = go.FigureWidget(self.figure())
-        src = W.ToggleButtons(options=['random'] + (['test set'] if self.starts is not None else []) + ['map'], value='random')
-        idx = W.IntText(value=0, description='seed / index')
-        k = W.IntSlider(value=self.model.config.n_sup, min=1, max=self.max_sup, description='recursion step')
-        rnd = W.Button(description='random grid')
-        text = W.Textarea(value=format_map(*self.problem), rows=self.G + 1, description='map', continuous_update=False)
-        table = W.Output(); syncing = [False]   # (True while the map box is filled in by code, not by the user)
-        def redraw(*_):
-            table.clear_output()
-            try:
-                if src.value == 'random': self.set_random(idx.value)
-                elif src.value == 'test set': self.set_test(idx.value)
-                else: self.set_grid(text.value)
-            except HaltingLabError as e:
-                table.append_stdout(f'{e}\n'); return
-            if src.value != 'map':
-                syncing[0] = True; text.value = format_map(*self.problem); syncing[0] = False
-            show()
-        def show(*_):
-            f = self.figure(k.value)
-            with fw.batch_update():
-                fw.data = []; fw.add_traces(f.data); fw.layout.title = f.layout.title
-        def success(*_):
-            table.clear_output()
-            table.append_stdout(success_by_difficulty(self.model, 100, n_sup=k.value).to_string(index=False) + '\n')
-        def new(_): src.value = 'random'; idx.value = random.randrange(10**6)
-        def edited(_):
-            if syncing[0]: return
-            if src.value == 'map': redraw()
-            else: src.value = 'map'   # (observing src redraws)
-        rnd.on_click(new); idx.observe(redraw, 'value'); src.observe(redraw, 'value'); k.observe(show, 'value')
-        text.observe(edited, 'value')
-        btn = W.Button(description='success by difficulty'); btn.on_click(success)
-        box = W.VBox([W.HBox([src, idx, rnd]), k, W.HBox([fw, text]), btn, table])
-        box.controls = dict(source=src, index=idx, step=k, map=text, figure=fw, output=table, random=rnd, success=btn)
-        return box
+@patch
+def set_grid(self:NavViewer, grid):
+    "A chosen problem: a text map (`#` `.` `S` `G`), a token grid `[G, G]`, or `(walls, start, goal)`."
+    if isinstance(grid, str): w, s, g = parse_map(grid)
+    elif isinstance(grid, tuple) and len(grid) == 3:
+        w, s, g = np.asarray(grid[0], bool), tuple(grid[1]), tuple(grid[2])
+    else: w, s, g = decode_state(np.asarray(grid))
+    if w.shape != (self.G, self.G):
+        raise HaltingLabError(f'grid: {w.shape[0]}x{w.shape[1]}; this model was trained on {self.G}x{self.G} grids')
+    if astar(w, s, g) is None: raise HaltingLabError(f'grid: the goal {g} is not reachable from the start {s}')
+    self.problem, self._cache = (w, tuple(s), tuple(g)), {}
+
+@patch
+def select(self:NavViewer, source:str, index:int=0, text:str=''):
+    "Set the problem from a source: 'random' (seed `index`), 'test set' (episode `index`) or 'map' (`text`)."
+    if source == 'random': self.set_random(index)
+    elif source == 'test set': self.set_test(index)
+    else: self.set_grid(text)
+
+# %% ../../nbs/viewers/nav_viewer.ipynb #2d73d4b3
+@patch
+def figure(self:NavViewer, k:Optional[int]=None):
+    "The plotly figure of the current problem at recursion step `k`."
+    k = k or self.model.config.n_sup
+    w, s, g = self.problem
+    title = f'recursion step {k}/{self.max_sup} (trained: {self.model.config.n_sup})'
+    return rollout_figure(w, s, g, self.probs(k), self.rollout(k), title=title)
+
+@patch
+def save_png(self:NavViewer, path:str|Path, k:Optional[int]=None):
+    "Static PNG of the current problem at recursion step `k`."
+    k = k or self.model.config.n_sup
+    w, s, g = self.problem
+    return save_rollout_png(path, w, s, g, self.probs(k), self.rollout(k), title=f'recursion step {k}')
+
+# %% ../../nbs/viewers/nav_viewer.ipynb #81d781c5
+@patch
+def _controls(self:NavViewer)->dict:
+    "The widget's controls, by name (not yet wired)."
+    import ipywidgets as W, plotly.graph_objects as go
+    sources = ['random'] + (['test set'] if self.starts is not None else []) + ['map']
+    n_sup = self.model.config.n_sup
+    return dict(source=W.ToggleButtons(options=sources, value='random'),
+                index=W.IntText(value=0, description='seed / index'),
+                step=W.IntSlider(value=n_sup, min=1, max=self.max_sup, description='recursion step'),
+                random=W.Button(description='random grid'),
+                map=W.Textarea(value=format_map(*self.problem), rows=self.G + 1, description='map',
+                               continuous_update=False),
+                figure=go.FigureWidget(self.figure()), output=W.Output(),
+                success=W.Button(description='success by difficulty'))
+
+@patch
+def _show_success(self:NavViewer, out, k:int):
+    "The success rate by difficulty (100 fresh problems, recursion step `k`) into the output widget `out`."
+    out.clear_output()
+    out.append_stdout(success_by_difficulty(self.model, 100, n_sup=k).to_string(index=False) + '\n')
+
+# %% ../../nbs/viewers/nav_viewer.ipynb #6ddd5a59
+@patch(as_prop=True)
+def widget(self:NavViewer):
+    "The viewer as an ipywidgets box (`box.controls`: its controls by name)."
+    import ipywidgets as W
+    c = self._controls()
+    src, idx, k, text, fw, table = (c[n] for n in ('source', 'index', 'step', 'map', 'figure', 'output'))
+    syncing = [False]   # (True while the map box is filled in by code, not by the user)
+    def redraw(*_):
+        table.clear_output()
+        try: self.select(src.value, idx.value, text.value)
+        except HaltingLabError as e:
+            table.append_stdout(f'{e}\n')
+            return
+        if src.value != 'map':
+            syncing[0] = True
+            text.value = format_map(*self.problem)
+            syncing[0] = False
+        show()
+    def show(*_):
+        f = self.figure(k.value)
+        with fw.batch_update():
+            fw.data = []
+            fw.add_traces(f.data)
+            fw.layout.title = f.layout.title
+    def new(_):
+        src.value = 'random'
+        idx.value = random.randrange(10**6)
+    def edited(_):
+        if syncing[0]: return
+        if src.value == 'map': redraw()
+        else: src.value = 'map'   # (observing src redraws)
+    for w, f in ((idx, redraw), (src, redraw), (k, show), (text, edited)): w.observe(f, 'value')
+    c['random'].on_click(new)
+    c['success'].on_click(lambda _: self._show_success(table, k.value))
+    box = W.VBox([W.HBox([src, idx, c['random']]), k, W.HBox([fw, text]), c['success'], table])
+    box.controls = c
+    return box

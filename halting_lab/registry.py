@@ -4,7 +4,7 @@
 
 # %% ../nbs/registry.ipynb #c40c1168
 from __future__ import annotations
-import dataclasses, importlib, os, sys
+import dataclasses, functools, importlib, os, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -293,10 +293,11 @@ def _import_plugin(name:str, builtin:bool=False):
         raise HaltingLabError(f'--plugin {name}: cannot import it ({e})') from e
     _loaded.add(name)
 
-def _entry_point_plugins()->list:
+@functools.lru_cache(maxsize=None)
+def _entry_point_plugins()->tuple:
     "Module names listed under the `halting_lab.plugins` entry-point group of installed packages."
-    from importlib.metadata import entry_points
-    return [ep.value.split(':')[0] for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    from importlib.metadata import entry_points   # scans site-packages: tens of ms, so once per process
+    return tuple(ep.value.split(':')[0] for ep in entry_points(group=ENTRY_POINT_GROUP))
 
 def user_plugins()->list:
     "The plugin modules imported so far that are not built in (recorded by `train()`)."
@@ -316,7 +317,7 @@ def load_plugins(names=(), # extra plugin modules to import (e.g. from --plugin 
     try:
         if builtins:
             for mod in BUILTIN_PLUGINS: _import_plugin(mod, builtin=True)
-        for mod in _entry_point_plugins() + env_plugins() + [n.strip() for n in names]:
+        for mod in [*_entry_point_plugins(), *env_plugins()] + [n.strip() for n in names]:
             _import_plugin(mod)
     finally: _loading.pop()
     return sorted(_loaded)
@@ -375,7 +376,8 @@ def builtin_command_available(verb:str)->bool: # a key of BUILTIN_COMMANDS
 
 # %% ../nbs/registry.ipynb #04ac76d5
 def _get(kind:str, name:str, flag:str):
-    load_plugins()
+    "The registered `kind` entry `name`; plugins are imported first when it is not registered yet."
+    if name not in _REGISTRY[kind]: load_plugins()   # lookups are hot (per step): import only when missing
     if name not in _REGISTRY[kind]:
         known = sorted(k for k in _REGISTRY[kind] if not k.startswith('_'))
         raise HaltingLabError(f'{flag}: unknown {kind} {name!r}; expected one of {known}')

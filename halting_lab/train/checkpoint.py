@@ -100,6 +100,7 @@ def _layout(ck:dict):
     if 'model_state_dict' in ck and isinstance(ck.get('config'), dict): return _info_state_dict
     return None
 
+# %% ../../nbs/train/checkpoint.ipynb #c7283f91
 def checkpoint_info(ck:dict,          # a loaded checkpoint dict
                     path=None)->dict: # its file, named in errors
     "{'format', 'model_type', 'model_config', 'train_config', 'epoch', 'global_step', 'has_ema'}."
@@ -125,6 +126,7 @@ def _weights(ck:dict, info:dict, ema:bool)->tuple:
     use_ema = ema and 'ema_state_dict' in ck
     return ck['ema_state_dict' if use_ema else 'model_state_dict'], 'ema' if use_ema else 'model'
 
+# %% ../../nbs/train/checkpoint.ipynb #79eb648a
 def load_checkpoint(path:str|Path,        # a .ckpt written by `halting-lab train` or a seed-003 navigation checkpoint
                     map_location='cpu',
                     ema:bool=True,          # use the EMA weights when the checkpoint has them

@@ -104,6 +104,7 @@ def _holder_alive(h:Optional[dict])->bool:
     if not h or h.get('pid') == os.getpid(): return False
     return h.get('host') != socket.gethostname() or _pid_alive(h.get('pid', 0))
 
+# %% ../../nbs/train/guard.ipynb #a208ef94
 def _open_locked(lock:RunLock)->int:
     "An fd of the lock file that this process holds; `_busy` error when a live process holds it."
     for _ in range(20):
@@ -124,6 +125,7 @@ def _open_locked(lock:RunLock)->int:
         os.close(fd)      # the holder removed the file as we opened it: open the new one
     raise HaltingLabError(f'{lock.path}: could not take the run lock (the file keeps changing)')
 
+# %% ../../nbs/train/guard.ipynb #79cc7442
 @patch
 def acquire(self:RunLock)->RunLock:
     "Take the lock or raise a `HaltingLabError` naming the holder (a dead holder's lock is taken)."
@@ -137,6 +139,7 @@ def acquire(self:RunLock)->RunLock:
     atexit.register(self.release)
     return self
 
+# %% ../../nbs/train/guard.ipynb #8e77c7f6
 @patch
 def release(self:RunLock):
     "Remove the lock file and drop the lock (idempotent)."

@@ -29,7 +29,8 @@ IGNORE_INDEX = -100
 
 ponder_weight_at = act_ponder_weight   # the ACT schedule lives in `halting_lab.halting`
 
-def lr_factor_at(step:int, warmup_steps:int, total_steps:int, schedule:str='constant', min_ratio:float=0.1)->float:
+def lr_factor_at(step:int, warmup_steps:int, total_steps:int, schedule:str='constant',
+                 min_ratio:float=0.1)->float:
     "LR multiplier at optimizer step `step` (linear warm-up, then constant or cosine)."
     if warmup_steps > 0 and step < warmup_steps: return (step + 1) / warmup_steps
     if schedule == 'constant': return 1.0
@@ -38,7 +39,8 @@ def lr_factor_at(step:int, warmup_steps:int, total_steps:int, schedule:str='cons
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 # %% ../../nbs/train/lightning.ipynb #31da4bbe
-STAT_KEYS = ('n', 'loss', 'ce', 'cells', 'correct', 'exact', 'halt_n', 'halt_sum', 'ponder_sum', 'halt_max')
+STAT_KEYS = ('n', 'loss', 'ce', 'cells', 'correct', 'exact', 'halt_n', 'halt_sum', 'ponder_sum',
+             'halt_max')
 
 def label_mask(batch:dict)->torch.Tensor:
     "Positions that count for loss/accuracy: `batch['mask']` if given, else labels != -100."
@@ -47,7 +49,8 @@ def label_mask(batch:dict)->torch.Tensor:
 
 def batch_stats(out:HaltingOutput, batch:dict, loss:torch.Tensor, ce:torch.Tensor)->dict:
     "Sum statistics of one batch (float64 tensors on the batch's device)."
-    labels = batch['labels']; mask = label_mask(batch)
+    labels = batch['labels']
+    mask = label_mask(batch)
     pred = out.logits.argmax(-1)
     right = (pred == labels) & mask
     hs = out.halting_steps.detach().float()
@@ -58,15 +61,17 @@ def batch_stats(out:HaltingOutput, batch:dict, loss:torch.Tensor, ce:torch.Tenso
     return {'n': d(n), 'loss': d(loss.detach().double() * n), 'ce': d(ce.detach().double() * n),
             'cells': d(mask.sum()), 'correct': d(right.sum()),
             'exact': d(((right | ~mask).all(-1)).sum()),
-            'halt_n': d(hmask.sum()), 'halt_sum': d((hs * hmask).sum()), 'ponder_sum': d((pc * hmask).sum()),
+            'halt_n': d(hmask.sum()), 'halt_sum': d((hs * hmask).sum()),
+            'ponder_sum': d((pc * hmask).sum()),
             'halt_max': d(hs.max() if hs.numel() else 0.)}
 
 def stats_to_metrics(s:dict)->dict:
     "Epoch metrics from accumulated sums."
     g = lambda k: float(s[k])
     n, cells, hn = max(g('n'), 1.), max(g('cells'), 1.), max(g('halt_n'), 1.)
-    return {'loss': g('loss') / n, 'ce': g('ce') / n, 'cell_acc': g('correct') / cells, 'exact_acc': g('exact') / n,
-            'mean_halting_steps': g('halt_sum') / hn, 'max_halting_steps': g('halt_max'), 'ponder_cost': g('ponder_sum') / hn}
+    return {'loss': g('loss') / n, 'ce': g('ce') / n, 'cell_acc': g('correct') / cells,
+            'exact_acc': g('exact') / n, 'mean_halting_steps': g('halt_sum') / hn,
+            'max_halting_steps': g('halt_max'), 'ponder_cost': g('ponder_sum') / hn}
 
 # %% ../../nbs/train/lightning.ipynb #69697cd1
 class HaltingLitModule(L.LightningModule):
@@ -283,18 +288,24 @@ def on_load_checkpoint(self:HaltingLitModule, checkpoint):
 def get_rng_state()->dict:
     "Python/numpy/torch(/cuda) RNG states as tensors and plain Python values."
     npst = np.random.get_state()
-    out = {'python': random.getstate(), 'numpy': {'keys': torch.from_numpy(npst[1].astype(np.int64)),
-           'pos': int(npst[2]), 'has_gauss': int(npst[3]), 'gauss': float(npst[4])}, 'torch': torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized(): out['cuda'] = torch.cuda.get_rng_state_all()
+    out = {'python': random.getstate(),
+           'numpy': {'keys': torch.from_numpy(npst[1].astype(np.int64)), 'pos': int(npst[2]),
+                     'has_gauss': int(npst[3]), 'gauss': float(npst[4])},
+           'torch': torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out['cuda'] = torch.cuda.get_rng_state_all()
     return out
 
 def set_rng_state(st:dict):
     "Inverse of `get_rng_state`."
-    v, s, g = st['python']; random.setstate((v, tuple(s), g))
+    v, s, g = st['python']
+    random.setstate((v, tuple(s), g))
     n = st['numpy']
-    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
+    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
+                         n['gauss']))
     torch.set_rng_state(st['torch'].cpu())
-    if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all([t.cpu() for t in st['cuda']])
+    if 'cuda' in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([t.cpu() for t in st['cuda']])
 
 # %% ../../nbs/train/lightning.ipynb #8ff9b0c9
 class _SkipShardBatches(torch.utils.data.Sampler):
@@ -309,6 +320,7 @@ class _SkipShardBatches(torch.utils.data.Sampler):
             if i // self.world < self.skip: continue
             yield b
 
+# %% ../../nbs/train/lightning.ipynb #d623dfc0
 class ResumableLoader:
     "Training-loader wrapper: epoch-seeded order, DDP batch sharding, exact mid-epoch resume."
     def __init__(self, dataloader, epoch_fn=None, rank:int=0, world:int=1):
@@ -374,8 +386,10 @@ def atomic_copy(src:str|Path, dst:str|Path):
     return dst
 
 # %% ../../nbs/train/lightning.ipynb #9e951b23
-METRIC_NAMES = ('loss', 'ce', 'cell_acc', 'exact_acc', 'mean_halting_steps', 'max_halting_steps', 'ponder_cost')
-CSV_COLUMNS = (['epoch', 'step', 'kind', 'lr', 'ponder_weight', 'train/loss_step'] + [f'train/{m}' for m in METRIC_NAMES]
+METRIC_NAMES = ('loss', 'ce', 'cell_acc', 'exact_acc', 'mean_halting_steps', 'max_halting_steps',
+                'ponder_cost')
+CSV_COLUMNS = (['epoch', 'step', 'kind', 'lr', 'ponder_weight', 'train/loss_step']
+               + [f'train/{m}' for m in METRIC_NAMES]
                + [f'val/{m}' for m in METRIC_NAMES] + ['epoch_time_s'])
 
 def read_metrics_csv(path:str|Path):
@@ -385,6 +399,7 @@ def read_metrics_csv(path:str|Path):
 
 def _is_rank0(trainer)->bool: return trainer.is_global_zero
 
+# %% ../../nbs/train/lightning.ipynb #103bd927
 class MetricsCSV(Callback):
     "Per-epoch and per-N-step rows to `<run>/metrics.csv`, exact under resume (no duplicate rows)."
     def __init__(self, path:str|Path, log_every_n_steps:int=50, preemption:'Preemption'=None,
@@ -464,14 +479,16 @@ def _lr(trainer):
 # %% ../../nbs/train/lightning.ipynb #3c0ed03c
 class RunCheckpoints(Callback):
     "last.ckpt every epoch, best.ckpt by val exact accuracy, periodic epoch=E.ckpt with retention."
-    def __init__(self, ckpt_dir:str|Path, save_every_n_epochs:int=1, keep_last_k:int=3, monitor:str='val/exact_acc',
-                 preemption:'Preemption'=None):
-        self.dir, self.every, self.k, self.monitor, self.preemption = Path(ckpt_dir), int(save_every_n_epochs), int(keep_last_k), monitor, preemption
+    def __init__(self, ckpt_dir:str|Path, save_every_n_epochs:int=1, keep_last_k:int=3,
+                 monitor:str='val/exact_acc', preemption:'Preemption'=None):
+        self.dir, self.every, self.k = Path(ckpt_dir), int(save_every_n_epochs), int(keep_last_k)
+        self.monitor, self.preemption = monitor, preemption
         self.best_score, self.best_epoch = None, None
     @property
     def state_key(self): return 'RunCheckpoints'
     def state_dict(self): return {'best_score': self.best_score, 'best_epoch': self.best_epoch}
-    def load_state_dict(self, s): self.best_score, self.best_epoch = s.get('best_score'), s.get('best_epoch')
+    def load_state_dict(self, s):
+        self.best_score, self.best_epoch = s.get('best_score'), s.get('best_epoch')
     def on_train_epoch_end(self, trainer, pl_module):
         if self.preemption is not None and self.preemption.triggered: return
         epoch = trainer.current_epoch

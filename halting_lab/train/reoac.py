@@ -12,38 +12,14 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from halting_lab.core import (
-    HaltingLabError,
-    RunDir,
-    atomic_write_text,
-    save_json,
-    load_json,
-    torch_save_atomic,
-    seed_everything,
-    library_versions,
-)
-from halting_lab.models.mdlm import (
-    MaskedDiffusionBackbone,
-    TinyMDLMBackbone,
-    build_backbone,
-    apply_finetune_mode,
-    train_mdlm,
-    mdlm_loss,
-)
-from halting_lab.models.reoac import (
-    N_OPS,
-    N_FEATURES,
-    OPERATORS,
-    FEATURE_NAMES,
-    StepView,
-    step_view,
-    apply_operators,
-    predicted_text_spans,
-    RelationalEnergyCritic,
-    OperatorActor,
-    select_operator,
-    DenoiseStop,
-)
+from ..core import (HaltingLabError, RunDir, atomic_write_text, save_json, load_json,
+                              torch_save_atomic, seed_everything, library_versions)
+from ..models.mdlm import (MaskedDiffusionBackbone, TinyMDLMBackbone, build_backbone,
+                                     apply_finetune_mode, train_mdlm, mdlm_loss)
+from ..models.reoac import (N_OPS, N_FEATURES, OPERATORS, FEATURE_NAMES, StepView,
+                                      step_view, apply_operators, predicted_text_spans,
+                                      RelationalEnergyCritic, OperatorActor, select_operator,
+                                      DenoiseStop)
 from ..tasks import math as mt
 from fastcore.basics import patch
 
@@ -57,78 +33,35 @@ __all__ = ['DEFAULT_CONFIG', 'PRESETS', 'METRIC_FIELDS', 'PREEMPTED_RC', 'deep_m
 
 # %% ../../nbs/train/reoac.ipynb #3a4d9cfc
 DEFAULT_CONFIG = {
-    'exp_name': 'reoac_default',
-    'seed': 0,
-    'output_dir': 'runs',
+    'exp_name': 'reoac_default', 'seed': 0, 'output_dir': 'runs',
     'device': 'auto',  # auto | cpu | cuda
     'finetune_mode': 'lora',  # lora | full | frozen
-    'num_iterations': 200,
-    'episodes_per_iter': 16,
+    'num_iterations': 200, 'episodes_per_iter': 16,
     'buffer_size': 512,  # episodes kept in the rollout buffer
-    'dataset': {
-        'name': 'gsm8k',
-        'train_path': 'dataset/processed/gsm8k_train.jsonl',
-        'eval_path': 'dataset/processed/gsm8k_test.jsonl',
-        'verifier': 'gsm8k',
-        'n_train': 4000,
-        'n_test': 300,
-        'max_eval': None,
-        'kinds': ['addition', 'word'],
-        'n_digits': [3, 4],
-        'n_steps': [2, 3],
-    },  # math_gen only
-    'backbone': {
-        'name': 'kuleshov-group/e2d2-owt',
-        'checkpoint': None,
-        'tokenizer_source': 'e2d2',
-        'torch_dtype': 'bfloat16',
-        'trust_remote_code': False,  # E2D2 needs true: runs the model's own Python
-        'suppress_load_warnings': False,
-        'prompt_len': 256,
-        'pretrain_steps': 0,
-        'pretrain_lr': 2e-3,
-        'pretrain_batch_size': 64,
-        'tiny': {'dim': 64, 'n_layers': 2, 'n_heads': 4, 'max_len': 128},
-    },
+    'dataset': {'name': 'gsm8k', 'train_path': 'dataset/processed/gsm8k_train.jsonl',
+                'eval_path': 'dataset/processed/gsm8k_test.jsonl', 'verifier': 'gsm8k',
+                'n_train': 4000, 'n_test': 300, 'max_eval': None,
+                'kinds': ['addition', 'word'], 'n_digits': [3, 4], 'n_steps': [2, 3]},  # math_gen only
+    'backbone': {'name': 'kuleshov-group/e2d2-owt', 'checkpoint': None, 'tokenizer_source': 'e2d2',
+                 'torch_dtype': 'bfloat16',
+                 'trust_remote_code': False,  # E2D2 needs true: runs the model's own Python
+                 'suppress_load_warnings': False, 'prompt_len': 256, 'pretrain_steps': 0,
+                 'pretrain_lr': 2e-3, 'pretrain_batch_size': 64,
+                 'tiny': {'dim': 64, 'n_layers': 2, 'n_heads': 4, 'max_len': 128}},
     'lora': {'r': 8, 'alpha': 16, 'dropout': 0.05, 'target_modules': None},
-    'rollout': {
-        'max_steps': 64,
-        'gen_len': 256,
-        'tokens_per_step': 8,
-        'entropy_threshold': 0.05,
-        'branch_steps': 0,
-        'branch_k': 2,
-        'cost_lambda': 0.005,
-        'selection_mode': 'sample',
-        'token_mode': 'argmax',
-        'temperature': 1.0,
-        'batch_size': 8,
-        'fast_critic': False,
-        'gpu_critic': True,
-        'fast_operator': False,
-        'ensure_update': True,
-        'fallback_operator': 0,
-        'save_relation': True,
-        'use_hidden': False,
-        'stop_threshold': None,
-    },
-    'optim': {
-        'actor_lr': 3e-4,
-        'critic_lr': 1e-3,
-        'backbone_lr': 1e-5,
-        'entropy_coef': 0.01,
-        'grad_clip': 1.0,
-    },
+    'rollout': {'max_steps': 64, 'gen_len': 256, 'tokens_per_step': 8, 'entropy_threshold': 0.05,
+                'branch_steps': 0, 'branch_k': 2, 'cost_lambda': 0.005, 'selection_mode': 'sample',
+                'token_mode': 'argmax', 'temperature': 1.0, 'batch_size': 8, 'fast_critic': False,
+                'gpu_critic': True, 'fast_operator': False, 'ensure_update': True,
+                'fallback_operator': 0, 'save_relation': True, 'use_hidden': False,
+                'stop_threshold': None},
+    'optim': {'actor_lr': 3e-4, 'critic_lr': 1e-3, 'backbone_lr': 1e-5, 'entropy_coef': 0.01,
+              'grad_clip': 1.0},
     'update': {'critic_steps': 8, 'actor_steps': 4, 'backbone_steps': 1, 'minibatch_size': 256},
     'reward': {'mode': 'shaped'},
     'eval': {'math_parser': 'auto', 'selection_mode': 'argmax', 'batch_size': 32},
-    'logging': {
-        'checkpoint_interval': 10,
-        'save_backbone': True,
-        'save_actor_critic': True,
-        'samples_per_iter': 2,
-    },
-}
+    'logging': {'checkpoint_interval': 10, 'save_backbone': True, 'save_actor_critic': True,
+                'samples_per_iter': 2}}
 
 # %% ../../nbs/train/reoac.ipynb #e4e5eaee
 PRESETS = {
@@ -136,50 +69,19 @@ PRESETS = {
     # the long ones partly wrong); word problems need prompt_len 80 (5x the compute) and stay ~0 %
     # correct for this model within minutes, so they are left to larger runs (dataset.kinds).
     'tiny': {
-        'exp_name': 'reoac_tiny',
-        'device': 'cpu',
-        'finetune_mode': 'full',
-        'num_iterations': 40,
-        'episodes_per_iter': 64,
-        'buffer_size': 512,
-        'dataset': {
-            'name': 'math_gen',
-            'train_path': None,
-            'eval_path': None,
-            'n_train': 4000,
-            'n_test': 400,
-            'kinds': ['addition'],
-            'n_digits': [2, 4],
-        },
-        'backbone': {
-            'name': 'tiny',
-            'torch_dtype': 'float32',
-            'prompt_len': 12,
-            'pretrain_steps': 2000,
-            'pretrain_batch_size': 64,
-            'pretrain_lr': 3e-3,
-        },
-        'rollout': {
-            'max_steps': 8,
-            'gen_len': 10,
-            'tokens_per_step': 2,
-            'entropy_threshold': 0.02,
-            'branch_steps': 2,
-            'branch_k': 2,
-            'cost_lambda': 0.02,
-            'batch_size': 256,
-        },
+        'exp_name': 'reoac_tiny', 'device': 'cpu', 'finetune_mode': 'full', 'num_iterations': 40,
+        'episodes_per_iter': 64, 'buffer_size': 512,
+        'dataset': {'name': 'math_gen', 'train_path': None, 'eval_path': None, 'n_train': 4000,
+                    'n_test': 400, 'kinds': ['addition'], 'n_digits': [2, 4]},
+        'backbone': {'name': 'tiny', 'torch_dtype': 'float32', 'prompt_len': 12,
+                     'pretrain_steps': 2000, 'pretrain_batch_size': 64, 'pretrain_lr': 3e-3},
+        'rollout': {'max_steps': 8, 'gen_len': 10, 'tokens_per_step': 2, 'entropy_threshold': 0.02,
+                    'branch_steps': 2, 'branch_k': 2, 'cost_lambda': 0.02, 'batch_size': 256},
         'optim': {'actor_lr': 1e-3, 'critic_lr': 2e-3, 'backbone_lr': 1e-4},
-        'update': {
-            'critic_steps': 20,
-            'actor_steps': 10,
-            'backbone_steps': 2,
-            'minibatch_size': 256,
-        },
+        'update': {'critic_steps': 20, 'actor_steps': 10, 'backbone_steps': 2,
+                   'minibatch_size': 256},
         'eval': {'batch_size': 400},
-        'logging': {'checkpoint_interval': 5, 'samples_per_iter': 2},
-    },
-}
+        'logging': {'checkpoint_interval': 5, 'samples_per_iter': 2}}}
 
 # %% ../../nbs/train/reoac.ipynb #2a74a8ee
 def deep_merge(base: dict, over: dict, where: str = 'config', strict: bool = True) -> dict:
@@ -195,7 +97,6 @@ def deep_merge(base: dict, over: dict, where: str = 'config', strict: bool = Tru
         else:
             out[k] = copy.deepcopy(v)
     return out
-
 
 def parse_set(items: list) -> dict:
     "`['rollout.max_steps=8', ...]` -> nested dict (values parsed as YAML scalars)."
@@ -214,11 +115,10 @@ def parse_set(items: list) -> dict:
     return out
 
 # %% ../../nbs/train/reoac.ipynb #e7c8fcdf
-def load_config(
-    path: str | Path | None = None,  # YAML file merged over the defaults
-    preset: Optional[str] = None,  # 'tiny': the CPU preset, applied before the file
-    overrides: Optional[dict] = None,
-) -> dict:  # last word (CLI flags, --set, notebook parameters)
+def load_config(path: str | Path | None = None,  # YAML file merged over the defaults
+                preset: Optional[str] = None,  # 'tiny': the CPU preset, applied before the file
+                overrides: Optional[dict] = None  # last word (CLI flags, --set, notebook parameters)
+                ) -> dict:
     "The resolved configuration dict (defaults < preset < YAML < overrides), validated."
     cfg = copy.deepcopy(DEFAULT_CONFIG)
     if preset:
@@ -227,7 +127,6 @@ def load_config(
         cfg = deep_merge(cfg, PRESETS[preset], f'preset {preset}')
     if path:
         import yaml
-
         p = Path(path)
         if not p.exists():
             raise HaltingLabError(f'--config {p}: file not found')
@@ -242,33 +141,22 @@ def load_config(
     validate_config(cfg)
     return cfg
 
-
+# %% ../../nbs/train/reoac.ipynb #e5cef462
 def validate_config(cfg: dict):
     "Raise `HaltingLabError` naming the key for out-of-range values."
-    r = cfg['rollout']
+    r, ds, ev = cfg['rollout'], cfg['dataset'], cfg['eval']
     checks = [
         (cfg['finetune_mode'] in ('lora', 'full', 'frozen'), 'finetune_mode', 'lora|full|frozen'),
         (r['selection_mode'] in ('argmax', 'sample'), 'rollout.selection_mode', 'argmax|sample'),
         (r['token_mode'] in ('argmax', 'sample'), 'rollout.token_mode', 'argmax|sample'),
         (0 <= int(r['fallback_operator']) < N_OPS, 'rollout.fallback_operator', f'0..{N_OPS - 1}'),
-        (
-            int(r['max_steps']) >= 1 and int(r['gen_len']) >= 1 and int(r['tokens_per_step']) >= 1,
-            'rollout.max_steps/gen_len/tokens_per_step',
-            '>= 1',
-        ),
+        (int(r['max_steps']) >= 1 and int(r['gen_len']) >= 1 and int(r['tokens_per_step']) >= 1,
+         'rollout.max_steps/gen_len/tokens_per_step', '>= 1'),
         (cfg['reward']['mode'] in ('strict', 'shaped'), 'reward.mode', 'strict|shaped'),
-        (cfg['dataset']['verifier'] in mt.VERIFIERS, 'dataset.verifier', '|'.join(mt.VERIFIERS)),
-        (
-            cfg['eval']['math_parser'] in mt.MATH_PARSERS,
-            'eval.math_parser',
-            '|'.join(mt.MATH_PARSERS),
-        ),
-        (
-            int(cfg['buffer_size']) >= 1 and int(cfg['episodes_per_iter']) >= 1,
-            'buffer_size/episodes_per_iter',
-            '>= 1',
-        ),
-    ]
+        (ds['verifier'] in mt.VERIFIERS, 'dataset.verifier', '|'.join(mt.VERIFIERS)),
+        (ev['math_parser'] in mt.MATH_PARSERS, 'eval.math_parser', '|'.join(mt.MATH_PARSERS)),
+        (int(cfg['buffer_size']) >= 1 and int(cfg['episodes_per_iter']) >= 1,
+         'buffer_size/episodes_per_iter', '>= 1')]
     for ok, key, want in checks:
         if not ok:
             raise HaltingLabError(f'config {key}: expected {want}')
@@ -288,17 +176,12 @@ def load_rows(cfg: dict, split: str) -> list:
     if path:
         return mt.read_jsonl(path)
     if d['name'] != 'math_gen':
-        raise HaltingLabError(
-            f'dataset.{"train_path" if split == "train" else "eval_path"}: required for dataset {d["name"]!r}'
-        )
+        key = 'train_path' if split == 'train' else 'eval_path'
+        raise HaltingLabError(f'dataset.{key}: required for dataset {d["name"]!r}')
     n = d['n_train'] if split == 'train' else d['n_test']
-    return mt.generate_math(
-        int(n),
-        int(cfg['seed']) + (0 if split == 'train' else 10_000),
-        tuple(d['kinds']),
-        tuple(d['n_digits']),
-        tuple(d['n_steps']),
-    )
+    return mt.generate_math(int(n),
+                            int(cfg['seed']) + (0 if split == 'train' else 10_000),
+                            tuple(d['kinds']), tuple(d['n_digits']), tuple(d['n_steps']))
 
 # %% ../../nbs/train/reoac.ipynb #c97c48fd
 @dataclass
@@ -317,15 +200,8 @@ class Trace:
 class RolloutEngine:
     "Batched REOAC rollouts over a masked-diffusion backbone."
 
-    def __init__(
-        self,
-        backbone: MaskedDiffusionBackbone,
-        critic: RelationalEnergyCritic,
-        actor: OperatorActor,
-        rollout_cfg: dict,
-        prompt_len: int,
-        device: str = 'cpu',
-    ):
+    def __init__(self, backbone: MaskedDiffusionBackbone, critic: RelationalEnergyCritic,
+                 actor: OperatorActor, rollout_cfg: dict, prompt_len: int, device: str = 'cpu'):
         self.bb, self.critic, self.actor, self.r = backbone, critic, actor, dict(rollout_cfg)
         self.P, self.G, self.device = int(prompt_len), int(rollout_cfg['gen_len']), device
         self.strings = backbone.token_strings()
@@ -339,15 +215,20 @@ class RolloutEngine:
 
 # %% ../../nbs/train/reoac.ipynb #70039b96
 @patch
-def _fill(
-    self: RolloutEngine, logits: torch.Tensor, v: StepView, upd: torch.Tensor, gen
-) -> torch.Tensor:
+def _fill(self: RolloutEngine, logits: torch.Tensor, v: StepView, upd: torch.Tensor,
+          gen) -> torch.Tensor:
     "New token ids for the generation slots (argmax, or sampled with `temperature`)."
     if self.r['token_mode'] == 'argmax':
         return v.pred
     p = (logits.float() / float(self.r['temperature'])).softmax(-1)
     B, G, V = p.shape
     return torch.multinomial(p.reshape(B * G, V), 1, generator=gen).reshape(B, G)
+
+# %% ../../nbs/train/reoac.ipynb #ca31e023
+def _cpu(v: StepView) -> StepView:
+    "`v` with every tensor on the CPU (the critic's text features are computed there)."
+    fields = (v.masked, v.conf, v.entropy, v.pred, v.is_digit, v.answer_span)
+    return StepView(*[None if a is None else a.cpu() for a in fields])
 
 # %% ../../nbs/train/reoac.ipynb #306f09d3
 @patch
@@ -365,24 +246,16 @@ def step(self: RolloutEngine, tokens, masked, t: int, mode: str, gen, fixed=None
     hid = out.hidden if r['gpu_critic'] else out.hidden.cpu()
     cv = v if r['gpu_critic'] else _cpu(v)
     pv = (tokens[:, :P] != self.bb.pad_id).to(hid.device)
-    feats, R = self.critic.features(
-        hid, P, pv, cv, t, int(r['max_steps']), marker.to(hid.device), fast=r['fast_critic']
-    )
+    feats, R = self.critic.features(hid, P, pv, cv, t, int(r['max_steps']), marker.to(hid.device),
+                                    fast=r['fast_critic'])
     x = self.critic.inputs(feats, hid, P).to(self.device)
     q = self.critic(x)
     ops = select_operator(self.actor(x), mode, gen, fixed)
     if forced is not None:
         ops = torch.where(forced >= 0, forced, ops)
-    upd, fb = apply_operators(
-        ops,
-        v,
-        int(r['tokens_per_step']),
-        float(r['entropy_threshold']),
-        gen,
-        bool(r['fast_operator']),
-        bool(r['ensure_update']),
-        int(r['fallback_operator']),
-    )
+    upd, fb = apply_operators(ops, v, int(r['tokens_per_step']), float(r['entropy_threshold']), gen,
+                              bool(r['fast_operator']), bool(r['ensure_update']),
+                              int(r['fallback_operator']))
     last = t >= int(r['max_steps']) - 1
     if self.stop is not None:
         halt = ~masked.any(1) | (v.conf.masked_fill(~masked, 1.0).amin(1) >= self.stop.threshold)
@@ -393,33 +266,16 @@ def step(self: RolloutEngine, tokens, masked, t: int, mode: str, gen, fixed=None
     gtok = torch.where(upd, new, tokens[:, P:])
     return torch.cat([tokens[:, :P], gtok], 1), masked & ~upd, ops, x, q, upd, fb, R
 
-
-def _cpu(v: StepView) -> StepView:
-    return StepView(
-        *[
-            None if a is None else a.cpu()
-            for a in (v.masked, v.conf, v.entropy, v.pred, v.is_digit, v.answer_span)
-        ]
-    )
-
 # %% ../../nbs/train/reoac.ipynb #9a87c27d
 @patch
 @torch.no_grad()
-def run(
-    self: RolloutEngine,
-    prompts: list,
-    mode: str = 'argmax',
-    gen: Optional[torch.Generator] = None,
-    fixed: Optional[int] = None,
-    record_relation: bool = False,
-    init: Optional[torch.Tensor] = None,
-    start_step: int = 0,
-    forced: Optional[torch.Tensor] = None,
-    keep_states: int = 0,
-):
+def run(self: RolloutEngine, prompts: list, mode: str = 'argmax',
+        gen: Optional[torch.Generator] = None, fixed: Optional[int] = None,
+        record_relation: bool = False, init: Optional[torch.Tensor] = None, start_step: int = 0,
+        forced: Optional[torch.Tensor] = None, keep_states: int = 0):
     "Roll out every prompt: (final tokens [B, P+G], steps [B], traces). `forced` [B]: op at `start_step`."
     tokens = self.init_tokens(prompts) if init is None else init.clone().to(self.device)
-    masked = tokens[:, self.P :] == self.bb.mask_id
+    masked = tokens[:, self.P:] == self.bb.mask_id
     B = tokens.shape[0]
     steps = torch.zeros(B, dtype=torch.long)
     traces = [Trace() for _ in range(B)]
@@ -429,14 +285,13 @@ def run(
         if not act:
             break
         for c in range(0, len(act), bs):
-            rows = torch.tensor(act[c : c + bs], device=tokens.device)
+            rows = torch.tensor(act[c:c + bs], device=tokens.device)
             fr = None if forced is None or t != start_step else forced.to(tokens.device)[rows]
             if t < keep_states:
                 for b in rows.tolist():
                     traces[b].states.append(tokens[b].cpu().clone())
-            nt, nm, ops, x, q, upd, fb, R = self.step(
-                tokens[rows], masked[rows], t, mode, gen, fixed, fr
-            )
+            nt, nm, ops, x, q, upd, fb, R = self.step(tokens[rows], masked[rows], t, mode, gen,
+                                                      fixed, fr)
             tokens[rows], masked[rows] = nt, nm
             for j, b in enumerate(rows.tolist()):
                 tr = traces[b]
@@ -451,60 +306,31 @@ def run(
     return tokens, steps, traces
 
 # %% ../../nbs/train/reoac.ipynb #a30b6411
-def collect(
-    engine: RolloutEngine,
-    rows: list,
-    cfg: dict,
-    mode: str,
-    gen,
-    fixed=None,
-    reward_mode=None,
-    record_relation: bool = False,
-    keep_states: int = 0,
-) -> tuple:
+def collect(engine: RolloutEngine, rows: list, cfg: dict, mode: str, gen, fixed=None,
+            reward_mode=None, record_relation: bool = False, keep_states: int = 0) -> tuple:
     "(episodes, traces) for problems `rows` (dicts with question/final)."
-    toks, steps, traces = engine.run(
-        [r['question'] for r in rows], mode, gen, fixed, record_relation, keep_states=keep_states
-    )
+    toks, steps, traces = engine.run([r['question'] for r in rows], mode, gen, fixed,
+                                     record_relation, keep_states=keep_states)
     return _episodes(engine, rows, cfg, toks, steps, traces, reward_mode), traces
 
-
+# %% ../../nbs/train/reoac.ipynb #5aa4de11
 def _episodes(engine, rows, cfg, toks, steps, traces, reward_mode=None, t0=None):
     lam, P = float(cfg['rollout']['cost_lambda']), engine.P
     out = []
     for i, r in enumerate(rows):
         text = engine.bb.decode(toks[i, P:].tolist())
-        rew = mt.reward(
-            text,
-            r['final'],
-            cfg['dataset']['verifier'],
-            reward_mode or cfg['reward']['mode'],
-            cfg['eval']['math_parser'],
-        )
+        rew = mt.reward(text, r['final'], cfg['dataset']['verifier'], reward_mode or
+                        cfg['reward']['mode'], cfg['eval']['math_parser'])
         n = int(steps[i]) + (0 if t0 is None else int(t0[i]))
         T = len(traces[i].ops)
         ret = torch.tensor([rew - lam * (T - t) for t in range(T)], dtype=torch.float32)  # G_t
-        out.append(
-            {
-                'id': r.get('id', str(i)),
-                'prompt': r['question'],
-                'gold': r['final'],
-                'final_text': text,
-                'reward': float(rew),
-                'cost': lam * n,
-                'steps': n,
-                'correct': bool(
-                    mt.is_correct(
-                        text, r['final'], cfg['dataset']['verifier'], cfg['eval']['math_parser']
-                    )
-                ),
-                'x': torch.stack(traces[i].x) if T else torch.zeros(0, engine.critic.in_dim),
-                'ops': torch.tensor(traces[i].ops, dtype=torch.long),
-                'ret': ret,
-                'gen_tokens': toks[i, P:].cpu().clone(),
-                'fell_back': traces[i].fell_back,
-            }
-        )
+        ok = mt.is_correct(text, r['final'], cfg['dataset']['verifier'], cfg['eval']['math_parser'])
+        out.append({'id': r.get('id', str(i)), 'prompt': r['question'], 'gold': r['final'],
+                    'final_text': text, 'reward': float(rew), 'cost': lam * n, 'steps': n,
+                    'correct': bool(ok),
+                    'x': torch.stack(traces[i].x) if T else torch.zeros(0, engine.critic.in_dim),
+                    'ops': torch.tensor(traces[i].ops, dtype=torch.long), 'ret': ret,
+                    'gen_tokens': toks[i, P:].cpu().clone(), 'fell_back': traces[i].fell_back})
     return out
 
 # %% ../../nbs/train/reoac.ipynb #439b247b
@@ -519,27 +345,18 @@ def branch(engine: RolloutEngine, rows: list, traces: list, cfg: dict, gen) -> l
                 continue
             init = torch.stack([traces[i].states[t] for i in idx])
             taken = torch.tensor([traces[i].ops[t] for i in idx])
-            alt = (
-                taken + torch.randint(1, N_OPS, taken.shape, generator=gen)
-            ) % N_OPS  # any other operator
-            toks, steps, trs = engine.run(
-                [rows[i]['question'] for i in idx],
-                r['selection_mode'],
-                gen,
-                init=init,
-                start_step=t,
-                forced=alt,
-            )
-            out += _episodes(
-                engine, [rows[i] for i in idx], cfg, toks, steps, trs, t0=torch.full((len(idx),), t)
-            )
+            alt = (taken + torch.randint(1, N_OPS, taken.shape,
+                                         generator=gen)) % N_OPS  # any other operator
+            toks, steps, trs = engine.run([rows[i]['question'] for i in idx], r['selection_mode'],
+                                          gen, init=init, start_step=t, forced=alt)
+            out += _episodes(engine, [rows[i] for i in idx], cfg, toks, steps, trs, t0=torch.full(
+                (len(idx), ), t))
     return out
 
 # %% ../../nbs/train/reoac.ipynb #3e58f180
 def critic_loss(critic, x, ops, ret):
     "MSE of Q(s, a) against the returns."
     return F.mse_loss(critic(x).gather(1, ops[:, None]).squeeze(1), ret)
-
 
 def actor_loss(actor, critic, x, entropy_coef: float = 0.01):
     "−E_π[Q] − entropy_coef·H(π) (Q held fixed)."
@@ -548,7 +365,6 @@ def actor_loss(actor, critic, x, entropy_coef: float = 0.01):
         q = critic(x)
     p = logp.exp()
     return -(p * q).sum(-1).mean() + entropy_coef * (p * logp).sum(-1).mean()
-
 
 def backbone_loss(backbone, P: int, episodes: list, gen, max_n: int = 64):
     "MDLM loss on verified-correct generations (None when there are none)."
@@ -571,30 +387,25 @@ def resolve_device(device: str = 'auto') -> str:
         raise HaltingLabError(f'device {device!r}: CUDA is not available')
     return device
 
-
 def build_policy(cfg: dict, hidden_size: int, device: str = 'cpu') -> tuple:
     "(critic, actor) for a backbone with `hidden_size`."
     critic = RelationalEnergyCritic(hidden_size, bool(cfg['rollout']['use_hidden'])).to(device)
     return critic, OperatorActor(critic.in_dim).to(device)
 
-
 def actor_state(actor) -> dict:
     return {
-        'format': 'reoac-actor',
-        'in_dim': actor.net[0].in_features,
+        'format': 'reoac-actor', 'in_dim': actor.net[0].in_features,
         'width': actor.net[0].out_features,
-        'state_dict': {k: v.cpu() for k, v in actor.state_dict().items()},
+        'state_dict': {k: v.cpu()
+                       for k, v in actor.state_dict().items()}
     }
-
 
 def critic_state(critic) -> dict:
     return {
-        'format': 'reoac-critic',
-        'hidden_size': critic.hidden_size,
-        'use_hidden': critic.use_hidden,
-        'width': critic.q_head[0].out_features,
-        'tau': critic.tau,
-        'state_dict': {k: v.cpu() for k, v in critic.state_dict().items()},
+        'format': 'reoac-critic', 'hidden_size': critic.hidden_size,
+        'use_hidden': critic.use_hidden, 'width': critic.q_head[0].out_features, 'tau': critic.tau,
+        'state_dict': {k: v.cpu()
+                       for k, v in critic.state_dict().items()}
     }
 
 # %% ../../nbs/train/reoac.ipynb #5880b82f
@@ -605,7 +416,6 @@ def _load(path: Path, fmt: str) -> dict:
     if not isinstance(st, dict) or st.get('format') != fmt:
         raise HaltingLabError(f'{path}: not a {fmt} checkpoint')
     return st
-
 
 def load_policy(ckpt_dir: str | Path, device: str = 'cpu') -> tuple:
     "(critic, actor) from `actor.pt` / `critic.pt` in `ckpt_dir`."
@@ -630,13 +440,10 @@ def save_backbone(backbone, ckpt_dir: Path, mode: str):
     else:
         torch_save_atomic(
             {
-                'model_type': 'hf',
-                'name': backbone.name,
-                'state_dict': {k: v.cpu() for k, v in backbone.model.state_dict().items()},
-            },
-            ckpt_dir / 'backbone.pt',
-        )
-
+                'model_type': 'hf', 'name': backbone.name,
+                'state_dict': {k: v.cpu()
+                               for k, v in backbone.model.state_dict().items()}
+            }, ckpt_dir / 'backbone.pt')
 
 def load_backbone(cfg: dict, ckpt_dir: str | Path, device: str = 'cpu'):
     "The backbone a run saved in `ckpt_dir` (backbone.pt, or the base + backbone_lora/)."
@@ -663,12 +470,9 @@ def load_backbone(cfg: dict, ckpt_dir: str | Path, device: str = 'cpu'):
 def rng_state(gen: torch.Generator, np_rng: np.random.Generator) -> dict:
     "Every random state the loop uses, as tensors and strings."
     return {
-        'gen': gen.get_state(),
-        'np': json.dumps(np_rng.bit_generator.state),
-        'torch': torch.get_rng_state(),
-        'python': json.dumps(random.getstate()),
+        'gen': gen.get_state(), 'np': json.dumps(np_rng.bit_generator.state),
+        'torch': torch.get_rng_state(), 'python': json.dumps(random.getstate())
     }
-
 
 def set_rng_state(st: dict, gen: torch.Generator, np_rng: np.random.Generator):
     "Restore `rng_state`."
@@ -684,7 +488,6 @@ def dist_info() -> tuple:
     e = os.environ
     return int(e.get('RANK', 0)), int(e.get('WORLD_SIZE', 1)), int(e.get('LOCAL_RANK', 0))
 
-
 def sync_grads(params, world: int):
     "Average gradients across ranks (no-op for one process)."
     if world <= 1:
@@ -695,7 +498,6 @@ def sync_grads(params, world: int):
         if p.grad is not None:
             dist.all_reduce(p.grad)
             p.grad /= world
-
 
 def _mean_across(x: float, world: int) -> float:
     if world <= 1:
@@ -710,23 +512,11 @@ def _mean_across(x: float, world: int) -> float:
 class Trainer:
     "REOAC training state: backbone, critic, actor, optimizers, buffer, random states."
 
-    def __init__(
-        self,
-        cfg: dict,
-        train_rows: list,
-        device: str = 'cpu',
-        log=print,
-        rank: int = 0,
-        world: int = 1,
-    ):
-        self.cfg, self.rows, self.device, self.log, self.rank, self.world = (
-            cfg,
-            train_rows,
-            device,
-            log,
-            rank,
-            world,
-        )
+    def __init__(self, cfg: dict, train_rows: list, device: str = 'cpu', log=print, rank: int = 0,
+                 world: int = 1):
+        self.cfg, self.rows, self.device, self.log, self.rank, self.world = (cfg, train_rows,
+                                                                             device, log, rank,
+                                                                             world)
         seed = int(cfg['seed'])
         self.gen = torch.Generator().manual_seed(seed * 1000 + rank)
         self.np_rng = np.random.default_rng(seed * 1000 + rank)
@@ -742,17 +532,10 @@ class Trainer:
         b = self.cfg['backbone']
         if b['name'] != 'tiny' or b.get('checkpoint') or int(b['pretrain_steps']) <= 0:
             return None
-        return train_mdlm(
-            self.bb,
-            self.rows,
-            self.P,
-            int(self.cfg['rollout']['gen_len']),
-            int(b['pretrain_steps']),
-            int(b['pretrain_batch_size']),
-            float(b['pretrain_lr']),
-            seed=int(self.cfg['seed']),
-            log=self.log if self.rank == 0 else None,
-        )
+        return train_mdlm(self.bb, self.rows, self.P, int(self.cfg['rollout']['gen_len']),
+                          int(b['pretrain_steps']), int(b['pretrain_batch_size']),
+                          float(b['pretrain_lr']), seed=int(self.cfg['seed']),
+                          log=self.log if self.rank == 0 else None)
 
 # %% ../../nbs/train/reoac.ipynb #5bc2b4d0
 @patch
@@ -761,9 +544,8 @@ def setup_finetune(self: Trainer):
     c, o = self.cfg, self.cfg['optim']
     self.bb.eval()
     lc = c['lora']
-    apply_finetune_mode(
-        self.bb, c['finetune_mode'], lc['r'], lc['alpha'], lc['dropout'], lc['target_modules']
-    )
+    apply_finetune_mode(self.bb, c['finetune_mode'], lc['r'], lc['alpha'], lc['dropout'],
+                        lc['target_modules'])
     self.bb.to(self.device)
     self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=float(o['critic_lr']))
     self.opt_a = torch.optim.Adam(self.actor.parameters(), lr=float(o['actor_lr']))
@@ -776,12 +558,8 @@ def setup_finetune(self: Trainer):
 def _transitions(self: Trainer):
     "All buffered (x, op, return) as three tensors."
     eps = [e for e in self.buffer if len(e['ops'])]
-    return (
-        torch.cat([e['x'] for e in eps]),
-        torch.cat([e['ops'] for e in eps]),
-        torch.cat([e['ret'] for e in eps]),
-    )
-
+    return (torch.cat([e['x'] for e in eps]), torch.cat([e['ops'] for e in eps]),
+            torch.cat([e['ret'] for e in eps]))
 
 @patch
 def _update(self: Trainer, opt, params, loss_fn, steps: int) -> float:
@@ -801,67 +579,55 @@ def _update(self: Trainer, opt, params, loss_fn, steps: int) -> float:
 
 # %% ../../nbs/train/reoac.ipynb #faa0f328
 @patch
-def iteration_step(self: Trainer) -> tuple:
-    "One training iteration: (metric row, the iteration's episodes, their traces)."
-    c, r, u = self.cfg, self.cfg['rollout'], self.cfg['update']
-    E = int(c['episodes_per_iter'])
-    rows = [self.rows[i] for i in self.np_rng.integers(0, len(self.rows), E)]
-    self.bb.eval()
-    eps, traces = collect(
-        self.engine,
-        rows,
-        c,
-        r['selection_mode'],
-        self.gen,
-        record_relation=bool(r['save_relation']) and not r['fast_critic'],
-        keep_states=int(r['branch_steps']),
-    )
-    br = branch(self.engine, rows, traces, c, self.gen) if int(r['branch_steps']) > 0 else []
-    self.buffer.extend(eps + br)
-    X, A, G = self._transitions()
+def _iteration_updates(self: Trainer, X, A, G) -> tuple:
+    "(Lq, Lp, Lb): the critic, actor and backbone updates on the buffer's transitions."
+    c, u = self.cfg, self.cfg['update']
     mb = int(u['minibatch_size'])
-    pick = lambda: torch.randint(len(X), (min(mb, len(X)),), generator=self.gen)
+    pick = lambda: torch.randint(len(X), (min(mb, len(X)), ), generator=self.gen)
 
     def lq():
         i = pick()
-        return critic_loss(
-            self.critic, X[i].to(self.device), A[i].to(self.device), G[i].to(self.device)
-        )
+        return critic_loss(self.critic, X[i].to(self.device), A[i].to(self.device),
+                           G[i].to(self.device))
 
     def lp():
-        return actor_loss(
-            self.actor, self.critic, X[pick()].to(self.device), float(c['optim']['entropy_coef'])
-        )
+        return actor_loss(self.actor, self.critic, X[pick()].to(self.device),
+                          float(c['optim']['entropy_coef']))
 
     Lq = self._update(self.opt_c, list(self.critic.parameters()), lq, int(u['critic_steps']))
     Lp = self._update(self.opt_a, list(self.actor.parameters()), lp, int(u['actor_steps']))
     Lb = 0.0
     if self.opt_b is not None and int(u['backbone_steps']) > 0:
         self.bb.train()
-        Lb = self._update(
-            self.opt_b,
-            [p for p in self.bb.parameters() if p.requires_grad],
-            lambda: backbone_loss(self.bb, self.P, list(self.buffer), self.gen),
-            int(u['backbone_steps']),
-        )
+        Lb = self._update(self.opt_b, [p for p in self.bb.parameters() if p.requires_grad],
+                          lambda: backbone_loss(self.bb, self.P, list(self.buffer), self.gen),
+                          int(u['backbone_steps']))
         self.bb.eval()
+    return Lq, Lp, Lb
+
+# %% ../../nbs/train/reoac.ipynb #bef4d305
+@patch
+def iteration_step(self: Trainer) -> tuple:
+    "One training iteration: (metric row, the iteration's episodes, their traces)."
+    c, r = self.cfg, self.cfg['rollout']
+    E = int(c['episodes_per_iter'])
+    rows = [self.rows[i] for i in self.np_rng.integers(0, len(self.rows), E)]
+    self.bb.eval()
+    eps, traces = collect(self.engine, rows, c, r['selection_mode'], self.gen,
+                          record_relation=bool(r['save_relation']) and not r['fast_critic'],
+                          keep_states=int(r['branch_steps']))
+    br = branch(self.engine, rows, traces, c, self.gen) if int(r['branch_steps']) > 0 else []
+    self.buffer.extend(eps + br)
+    Lq, Lp, Lb = self._iteration_updates(*self._transitions())
     self.iteration += 1
     w = self.world
-    row = {
-        'iteration': self.iteration,
-        'critic_loss': _mean_across(Lq, w),
-        'actor_loss': _mean_across(Lp, w),
-        'backbone_loss': _mean_across(Lb, w),
-        'episodes': E * w,
-        'R': _mean_across(float(np.mean([e['reward'] for e in eps])), w),
-        'C': _mean_across(float(np.mean([e['cost'] for e in eps])), w),
-        'accuracy': _mean_across(float(np.mean([e['correct'] for e in eps])), w),
-        'steps': _mean_across(float(np.mean([e['steps'] for e in eps])), w),
-        'branch_episodes': len(br) * w,
-        'op_usage': (
-            np.bincount(torch.cat([e['ops'] for e in eps]).numpy(), minlength=N_OPS).tolist()
-        ),
-    }
+    mean = lambda k: _mean_across(float(np.mean([e[k] for e in eps])), w)
+    ops = torch.cat([e['ops'] for e in eps]).numpy()
+    row = {'iteration': self.iteration, 'critic_loss': _mean_across(Lq, w),
+           'actor_loss': _mean_across(Lp, w), 'backbone_loss': _mean_across(Lb, w),
+           'episodes': E * w, 'R': mean('reward'), 'C': mean('cost'), 'accuracy': mean('correct'),
+           'steps': mean('steps'), 'branch_episodes': len(br) * w,
+           'op_usage': np.bincount(ops, minlength=N_OPS).tolist()}
     row['total_loss'] = row['critic_loss'] + row['actor_loss'] + row['backbone_loss']
     self.metrics.append(row)
     return row, eps, traces
@@ -871,21 +637,15 @@ def iteration_step(self: Trainer) -> tuple:
 def state(self: Trainer) -> dict:
     "The resume checkpoint (tensors and plain types)."
     return {
-        'format': 'reoac-train',
-        'iteration': self.iteration,
-        'config': self.cfg,
-        'metrics': self.metrics,
-        'pretrained': self.pretrained,
-        'backbone': {k: v.cpu() for k, v in self.bb.state_dict().items()},
-        'critic': self.critic.state_dict(),
-        'actor': self.actor.state_dict(),
-        'opt_c': self.opt_c.state_dict(),
-        'opt_a': self.opt_a.state_dict(),
+        'format': 'reoac-train', 'iteration': self.iteration, 'config': self.cfg,
+        'metrics': self.metrics, 'pretrained': self.pretrained,
+        'backbone': {k: v.cpu()
+                     for k, v in self.bb.state_dict().items()
+                     }, 'critic': self.critic.state_dict(), 'actor': self.actor.state_dict(),
+        'opt_c': self.opt_c.state_dict(), 'opt_a': self.opt_a.state_dict(),
         'opt_b': None if self.opt_b is None else self.opt_b.state_dict(),
-        'buffer': list(self.buffer),
-        'rng': rng_state(self.gen, self.np_rng),
+        'buffer': list(self.buffer), 'rng': rng_state(self.gen, self.np_rng)
     }
-
 
 @patch
 def load_state(self: Trainer, st: dict, src: str = 'last.ckpt'):
@@ -900,11 +660,8 @@ def load_state(self: Trainer, st: dict, src: str = 'last.ckpt'):
     if self.opt_b is not None and st['opt_b'] is not None:
         self.opt_b.load_state_dict(st['opt_b'])
     self.buffer = deque(st['buffer'], maxlen=int(self.cfg['buffer_size']))
-    self.iteration, self.metrics, self.pretrained = (
-        int(st['iteration']),
-        list(st['metrics']),
-        bool(st['pretrained']),
-    )
+    self.iteration, self.metrics, self.pretrained = (int(st['iteration']), list(st['metrics']),
+                                                     bool(st['pretrained']))
     set_rng_state(st['rng'], self.gen, self.np_rng)
 
 # %% ../../nbs/train/reoac.ipynb #66c9fb85
@@ -921,44 +678,24 @@ def sample_record(ep: dict, tr: Trace, engine: RolloutEngine, iteration: int, fu
     rd = lambda t: [[round(float(a), 4) for a in row] for row in t.tolist()]
     feats = torch.stack(tr.x)[:, :N_FEATURES]
     rec.update(
-        operator_id=tr.ops,
-        feature_vector=[round(float(a), 5) for a in feats.mean(0)],
-        relation=rd(tr.relation[-1]) if tr.relation else None,
-        feature_names=list(FEATURE_NAMES),
-        operator_names=list(OPERATORS),
-        prompt_tokens=[
+        operator_id=tr.ops, feature_vector=[round(float(a), 5) for a in feats.mean(0)],
+        relation=rd(tr.relation[-1]) if tr.relation else None, feature_names=list(FEATURE_NAMES),
+        operator_names=list(OPERATORS), prompt_tokens=[
             strings[i] for i in engine.bb.encode_batch([ep['prompt']], engine.P, 0)[0].tolist()
-        ],
-        gen_tokens=[strings[i] for i in ep['gen_tokens'].tolist()],
-        trace=[
-            {
-                'step': t,
-                'operator_id': tr.ops[t],
-                'q_values': [round(float(a), 5) for a in tr.q[t]],
-                'feature_vector': [round(float(a), 5) for a in feats[t]],
-                'unmasked': tr.unmasked[t],
-                'relation': rd(tr.relation[t]) if t < len(tr.relation) else None,
-            }
-            for t in range(len(tr.ops))
-        ],
-    )
+        ], gen_tokens=[strings[i] for i in ep['gen_tokens'].tolist()], trace=[{
+            'step': t, 'operator_id': tr.ops[t], 'q_values': [round(float(a), 5) for a in tr.q[t]],
+            'feature_vector': [round(float(a), 5) for a in feats[t]], 'unmasked': tr.unmasked[t],
+            'relation': rd(tr.relation[t]) if t < len(tr.relation) else None
+        } for t in range(len(tr.ops))])
     return rec
 
 # %% ../../nbs/train/reoac.ipynb #8484c66e
-METRIC_FIELDS = (
-    'iteration',
-    'critic_loss',
-    'actor_loss',
-    'backbone_loss',
-    'total_loss',
-    'episodes',
-)
-
+METRIC_FIELDS = ('iteration', 'critic_loss', 'actor_loss', 'backbone_loss', 'total_loss',
+                 'episodes')
 
 def write_metrics(path: Path, rows: list):
     "Atomically (re)write `metrics.jsonl` from all rows so far."
     atomic_write_text(path, ''.join(json.dumps(r) + '\n' for r in rows))
-
 
 def new_run_dir(cfg: dict, root: Optional[str] = None) -> Path:
     "`<output_dir>/<exp_name>/<timestamp>`."
@@ -967,7 +704,6 @@ def new_run_dir(cfg: dict, root: Optional[str] = None) -> Path:
 
 # %% ../../nbs/train/reoac.ipynb #3e5d3132
 PREEMPTED_RC = 3  # as halting_lab.slurm.PREEMPTED_RC: checkpointed and stopped on request
-
 
 class PreemptFlag:
     "Set by SIGUSR1/SIGTERM (Slurm's walltime warning) or by a `PREEMPT` file in the run directory."
@@ -1006,6 +742,7 @@ def save_outputs(tr: Trainer, rd: RunDir, final: bool = False):
 
 # %% ../../nbs/train/reoac.ipynb #ea73de6a
 def _log_to(path: Optional[Path], quiet: bool):
+
     def log(msg):
         line = f'[{datetime.datetime.now():%H:%M:%S}] {msg}'
         if not quiet:
@@ -1015,7 +752,6 @@ def _log_to(path: Optional[Path], quiet: bool):
                 f.write(line + '\n')
 
     return log
-
 
 def _open_run(cfg, run_dir, resume):
     "(RunDir, resume checkpoint path or None, cfg) — the run keeps its stored config on resume."
@@ -1030,20 +766,38 @@ def _open_run(cfg, run_dir, resume):
     return rd, ck
 
 # %% ../../nbs/train/reoac.ipynb #f3c26476
-def train_reoac(
-    cfg: dict,  # resolved configuration (`load_config`)
-    run_dir: (
-        str | Path | None
-    ) = None,  # run directory (default: <output_dir>/<exp_name>/<timestamp>)
-    resume: Optional[str] = None,  # 'auto' | path of a last.ckpt | None
-    quiet: bool = False,
-    stop_after: Optional[int] = None,
-) -> dict:  # stop (as if preempted) after this many iterations
+def _start(tr: Trainer, rd: RunDir, cfg: dict, st, ck, log, rank: int):
+    "Pretrain (fresh run) or load the resume state, then write config.json (rank 0)."
+    if st is None:
+        log(f'run {rd.path}: {cfg["exp_name"]} backbone={cfg["backbone"]["name"]} '
+            f'finetune={cfg["finetune_mode"]}')
+        if tr.pretrain() is not None and rank == 0:
+            torch_save_atomic(tr.bb.state(), rd.checkpoints / 'backbone_pretrained.pt')
+        tr.pretrained = True
+    tr.setup_finetune()
+    if st is not None:
+        tr.load_state(st, str(ck))
+        log(f'resumed from {ck} at iteration {tr.iteration}')
+    if rank == 0:
+        save_json(rd.config_json, {'run_id': rd.run_id, 'task': cfg['dataset']['name'],
+                                   'model_type': 'mdlm', 'config': cfg,
+                                   'versions': library_versions(),
+                                   'resumed_from': str(ck) if ck else None})
+        (rd.path / 'samples').mkdir(exist_ok=True)
+        if st is None:
+            save_outputs(tr, rd)
+
+# %% ../../nbs/train/reoac.ipynb #b2998504
+def train_reoac(cfg: dict,  # resolved configuration (`load_config`)
+                run_dir: str | Path | None = None,  # run directory (default: <output_dir>/<exp_name>/<timestamp>)
+                resume: Optional[str] = None,  # 'auto' | path of a last.ckpt | None
+                quiet: bool = False,
+                stop_after: Optional[int] = None  # stop (as if preempted) after this many iterations
+                ) -> dict:
     "Train REOAC; returns the `results.json` content."
     rank, world, local = dist_info()
     if world > 1:
         import torch.distributed as dist
-
         dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
     device = resolve_device(cfg['device'])
     if device == 'cuda' and world > 1:
@@ -1053,99 +807,59 @@ def train_reoac(
     if st is not None:
         cfg = st['config']
     log = _log_to(rd.train_log if rank == 0 else None, quiet or rank != 0)
-    seed_everything(
-        int(cfg['seed'])
-    )  # same initial weights on every rank; rollouts use per-rank generators
+    seed_everything(int(cfg['seed']))  # same initial weights on every rank; rollouts: per-rank gens
     t_wall, t_cpu = time.time(), time.process_time()
     tr = Trainer(cfg, load_rows(cfg, 'train'), device, log, rank, world)
-    if st is None:
-        log(
-            f'run {rd.path}: {cfg["exp_name"]} backbone={cfg["backbone"]["name"]} finetune={cfg["finetune_mode"]}'
-        )
-        if tr.pretrain() is not None and rank == 0:
-            torch_save_atomic(tr.bb.state(), rd.checkpoints / 'backbone_pretrained.pt')
-        tr.pretrained = True
-    tr.setup_finetune()
-    if st is not None:
-        tr.load_state(st, str(ck))
-        log(f'resumed from {ck} at iteration {tr.iteration}')
-    if rank == 0:
-        save_json(
-            rd.config_json,
-            {
-                'run_id': rd.run_id,
-                'task': cfg['dataset']['name'],
-                'model_type': 'mdlm',
-                'config': cfg,
-                'versions': library_versions(),
-                'resumed_from': str(ck) if ck else None,
-            },
-        )
-        (rd.path / 'samples').mkdir(exist_ok=True)
-        if st is None:
-            save_outputs(tr, rd)
+    _start(tr, rd, cfg, st, ck, log, rank)
     return _loop(tr, rd, cfg, log, rank, stop_after, t_wall, t_cpu)
 
 # %% ../../nbs/train/reoac.ipynb #66b95771
+def _log_iteration(tr: Trainer, rd: RunDir, cfg: dict, row: dict, eps: list, traces: list, log,
+                   bar):
+    "Rank 0 after an iteration: metrics.jsonl, sample files, the progress bar and the log line."
+    lg, N = cfg['logging'], int(cfg['num_iterations'])
+    write_metrics(rd.path / 'metrics.jsonl', tr.metrics)
+    full = not cfg['rollout']['fast_critic']
+    for j in range(min(int(lg['samples_per_iter']), len(eps))):
+        save_json(rd.path / 'samples' / f'iter{tr.iteration}_ep{j}.json',
+                  sample_record(eps[j], traces[j], tr.engine, tr.iteration, full), indent=None)
+    bar.update(1)
+    bar.set_postfix(R=f"{row['R']:.3f}", C=f"{row['C']:.3f}", Lq=f"{row['critic_loss']:.3f}",
+                    Lp=f"{row['actor_loss']:.3f}", Lb=f"{row['backbone_loss']:.3f}")
+    log(f"iter {tr.iteration}/{N} R {row['R']:.3f} C {row['C']:.3f} acc {row['accuracy']:.3f} "
+        f"steps {row['steps']:.2f} Lq {row['critic_loss']:.4f} Lp {row['actor_loss']:.4f} "
+        f"Lb {row['backbone_loss']:.4f} ops {row['op_usage']}")
+
+# %% ../../nbs/train/reoac.ipynb #59a850e8
 def _loop(tr: Trainer, rd: RunDir, cfg: dict, log, rank: int, stop_after, t_wall, t_cpu) -> dict:
     "The iterations, outputs and the final results.json."
     from tqdm.auto import tqdm
-
     N, lg, done = int(cfg['num_iterations']), cfg['logging'], 0
     status = 'finished'
-    with PreemptFlag(rd.path) as pre, tqdm(
-        total=N, initial=tr.iteration, disable=rank != 0 or not sys.stderr.isatty(), desc='reoac'
-    ) as bar:
+    hide = rank != 0 or not sys.stderr.isatty()
+    with PreemptFlag(rd.path) as pre, tqdm(total=N, initial=tr.iteration, disable=hide,
+                                           desc='reoac') as bar:
         while tr.iteration < N:
             row, eps, traces = tr.iteration_step()
             done += 1
             if rank == 0:
-                write_metrics(rd.path / 'metrics.jsonl', tr.metrics)
-                full = not cfg['rollout']['fast_critic']
-                for j in range(min(int(lg['samples_per_iter']), len(eps))):
-                    save_json(
-                        rd.path / 'samples' / f'iter{tr.iteration}_ep{j}.json',
-                        sample_record(eps[j], traces[j], tr.engine, tr.iteration, full),
-                        indent=None,
-                    )
-                bar.update(1)
-                bar.set_postfix(
-                    R=f"{row['R']:.3f}",
-                    C=f"{row['C']:.3f}",
-                    Lq=f"{row['critic_loss']:.3f}",
-                    Lp=f"{row['actor_loss']:.3f}",
-                    Lb=f"{row['backbone_loss']:.3f}",
-                )
-                log(
-                    f"iter {tr.iteration}/{N} R {row['R']:.3f} C {row['C']:.3f} acc {row['accuracy']:.3f} "
-                    f"steps {row['steps']:.2f} Lq {row['critic_loss']:.4f} Lp {row['actor_loss']:.4f} "
-                    f"Lb {row['backbone_loss']:.4f} ops {row['op_usage']}"
-                )
+                _log_iteration(tr, rd, cfg, row, eps, traces, log, bar)
             stop = bool(pre) or (stop_after is not None and done >= stop_after)
-            if rank == 0 and (
-                tr.iteration % int(lg['checkpoint_interval']) == 0 or tr.iteration == N or stop
-            ):
+            due = tr.iteration % int(lg['checkpoint_interval']) == 0 or tr.iteration == N or stop
+            if rank == 0 and due:
                 save_outputs(tr, rd)
             if stop and tr.iteration < N:
                 status = 'preempted'
-                log(
-                    f'preempted ({pre.signal or "PREEMPT file" if pre else "stop_after"}) at iteration {tr.iteration}; '
-                    f'`--run_dir {rd.path} --resume auto` continues'
-                )
+                why = pre.signal or 'PREEMPT file' if pre else 'stop_after'
+                log(f'preempted ({why}) at iteration {tr.iteration}; '
+                    f'`--run_dir {rd.path} --resume auto` continues')
                 break
-    res = {
-        'status': status,
-        'iteration': tr.iteration,
-        'num_iterations': N,
-        'run_dir': str(rd.path),
-        'last': tr.metrics[-1] if tr.metrics else None,
-        'wall_s': round(time.time() - t_wall, 1),
-        'cpu_s': round(time.process_time() - t_cpu, 1),
-    }
+    res = {'status': status, 'iteration': tr.iteration, 'num_iterations': N,
+           'run_dir': str(rd.path), 'last': tr.metrics[-1] if tr.metrics else None,
+           'wall_s': round(time.time() - t_wall, 1), 'cpu_s': round(time.process_time() - t_cpu, 1)}
     if rank == 0:
         if status == 'finished':
             from halting_lab.viewers.energy_map import viz_run
-
             viz_run(rd.path)
         save_json(rd.path / 'results.json', res)
     return res
@@ -1158,167 +872,109 @@ def eval_name(cfg: dict) -> str:
         return f"eval_{d['name']}.json"
     return f"eval_{d['name']}.json"
 
-
 def _summary(eps: list, operator, cfg) -> dict:
     ops = torch.cat([e['ops'] for e in eps]) if eps else torch.zeros(0, dtype=torch.long)
     acc = float(np.mean([e['correct'] for e in eps]))
     cost = float(np.mean([e['cost'] for e in eps]))
     return {
         'operator': 'policy' if operator is None else OPERATORS[operator],
-        'operator_id': -1 if operator is None else operator,
-        'n': len(eps),
-        'accuracy': acc,
-        'mean_steps': float(np.mean([e['steps'] for e in eps])),
-        'mean_cost': cost,
-        'mean_return': acc - cost,
+        'operator_id': -1 if operator is None else operator, 'n': len(eps), 'accuracy': acc,
+        'mean_steps': float(np.mean([e['steps']
+                                     for e in eps])), 'mean_cost': cost, 'mean_return': acc - cost,
         'fallback_rate': float(np.sum([e['fell_back'] for e in eps]) / max(len(ops), 1)),
-        'op_usage': (
-            (np.bincount(ops.numpy(), minlength=N_OPS) / max(len(ops), 1)).round(4).tolist()
-        ),
+        'op_usage': ((np.bincount(ops.numpy(), minlength=N_OPS) /
+                      max(len(ops), 1)).round(4).tolist())
     }
 
 # %% ../../nbs/train/reoac.ipynb #279f7bb3
-def evaluate(
-    cfg: dict,
-    ckpt_dir: str | Path,
-    operators=('policy',),
-    max_examples: Optional[int] = None,
-    out_dir: str | Path | None = None,
-    seed: int = 0,
-    log=None,
-) -> list:
+def evaluate(cfg: dict, ckpt_dir: str | Path, operators=('policy', ),
+             max_examples: Optional[int] = None, out_dir: str | Path | None = None, seed: int = 0,
+             log=None) -> list:
     "Summaries (one per operator: 'policy' or 0..4) on the eval split; writes eval_*.json (+ compare.csv)."
     device = resolve_device(cfg['device'])
     bb = load_backbone(cfg, ckpt_dir, device)
     critic, actor = load_policy(ckpt_dir, device)
     ecfg = {**cfg, 'reward': {'mode': 'strict'}}
     ecfg['rollout'] = {**cfg['rollout'], 'batch_size': int(cfg['eval']['batch_size'])}
-    eng = RolloutEngine(
-        bb, critic, actor, ecfg['rollout'], int(cfg['backbone']['prompt_len']), device
-    )
-    rows = load_rows(cfg, 'test')[: max_examples or cfg['dataset'].get('max_eval') or None]
+    eng = RolloutEngine(bb, critic, actor, ecfg['rollout'], int(cfg['backbone']['prompt_len']),
+                        device)
+    rows = load_rows(cfg, 'test')[:max_examples or cfg['dataset'].get('max_eval') or None]
     out, per = [], {}
     for op in operators:
         fixed = None if op == 'policy' else int(op)
-        eps, _ = collect(
-            eng,
-            rows,
-            ecfg,
-            cfg['eval']['selection_mode'],
-            torch.Generator().manual_seed(seed),
-            fixed,
-        )
+        eps, _ = collect(eng, rows, ecfg, cfg['eval']['selection_mode'],
+                         torch.Generator().manual_seed(seed), fixed)
         s = _summary(eps, fixed, cfg)
         out.append(s)
-        per[s['operator']] = [
-            {k: e[k] for k in ('id', 'gold', 'final_text', 'correct', 'steps', 'cost')} for e in eps
-        ]
+        keep = ('id', 'gold', 'final_text', 'correct', 'steps', 'cost')
+        per[s['operator']] = [{k: e[k] for k in keep} for e in eps]
         if log:
             log(f"eval {s['operator']}: accuracy {s['accuracy']:.3f} steps {s['mean_steps']:.2f}")
     od = Path(out_dir) if out_dir else Path(ckpt_dir).parent
-    save_json(
-        od / eval_name(cfg),
-        {
-            'dataset': cfg['dataset']['name'],
-            'checkpoints': str(ckpt_dir),
-            'reward': 'strict',
-            'summary': out,
-            'per_example': per,
-        },
-    )
+    save_json(od / eval_name(cfg), {'dataset': cfg['dataset']['name'], 'checkpoints': str(ckpt_dir),
+                                    'reward': 'strict', 'summary': out, 'per_example': per})
     if len(out) > 1:
         write_compare_csv(od / 'compare.csv', out)
     return out
 
-
+# %% ../../nbs/train/reoac.ipynb #89e46abb
 def write_compare_csv(path: Path, rows: list):
     "The comparison table as CSV."
-    cols = [
-        'operator',
-        'operator_id',
-        'n',
-        'accuracy',
-        'mean_steps',
-        'mean_cost',
-        'mean_return',
-        'fallback_rate',
-        'op_usage',
-    ]
-    lines = [','.join(cols)] + [
-        ','.join(str(r[c]).replace(',', ';') if c == 'op_usage' else str(r[c]) for c in cols)
-        for r in rows
-    ]
+    cols = ['operator', 'operator_id', 'n', 'accuracy', 'mean_steps', 'mean_cost', 'mean_return',
+            'fallback_rate', 'op_usage']
+    cell = lambda r, c: str(r[c]).replace(',', ';') if c == 'op_usage' else str(r[c])
+    lines = [','.join(cols)] + [','.join(cell(r, c) for c in cols) for r in rows]
     atomic_write_text(path, '\n'.join(lines) + '\n')
 
 # %% ../../nbs/train/reoac.ipynb #81d16690
 def _common(ap):
     ap.add_argument(
         '--config',
-        help='YAML merged over the shipped default (halting_lab/configs/reoac_default.yaml)',
-    )
-    ap.add_argument(
-        '--preset',
-        choices=sorted(PRESETS),
-        help='tiny: small MDLM + actor/critic on CPU in minutes',
-    )
-    ap.add_argument(
-        '--set',
-        action='append',
-        default=[],
-        metavar='KEY=VALUE',
-        help='override a key, e.g. rollout.max_steps=8',
-    )
+        help='YAML merged over the shipped default (halting_lab/configs/reoac_default.yaml)')
+    ap.add_argument('--preset', choices=sorted(PRESETS),
+                    help='tiny: small MDLM + actor/critic on CPU in minutes')
+    ap.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                    help='override a key, e.g. rollout.max_steps=8')
 
-
+# %% ../../nbs/train/reoac.ipynb #39eba04e
 def _parser():
     ap = argparse.ArgumentParser(
         prog='halting-lab reoac',
-        description='REOAC: operator selection over a masked-diffusion LM (seed 002)',
-    )
+        description='REOAC: operator selection over a masked-diffusion LM (seed 002)')
     sub = ap.add_subparsers(dest='cmd', required=True)
     p = sub.add_parser('prep', help='write dataset/processed/<name>_{train,test}.jsonl')
     p.add_argument('name', choices=['gsm8k', 'math', 'synthetic'])
     p.add_argument(
         '--raw',
-        help='folder with the raw files you downloaded (train.jsonl/test.jsonl or MATH train/ test/)',
+        help='folder with the raw files you downloaded (train.jsonl/test.jsonl or MATH train/ test/)'
     )
     p.add_argument('--out_dir', default='dataset/processed')
     p.add_argument('--n_train', type=int, default=4000)
     p.add_argument('--n_test', type=int, default=200)
     p.add_argument('--seed', type=int, default=0)
     t = sub.add_parser(
-        'train', help='train the actor/critic (and the backbone) into runs/<exp>/<timestamp>/'
-    )
+        'train', help='train the actor/critic (and the backbone) into runs/<exp>/<timestamp>/')
     _common(t)
     t.add_argument('--finetune_mode', choices=['lora', 'full', 'frozen'])
-    t.add_argument(
-        '--output_dir',
-        help='root of the run directories (default: output_dir of the config, runs/)',
-    )
-    t.add_argument(
-        '--run_dir', help='exact run directory (for Slurm requeue: same dir + --resume auto)'
-    )
+    t.add_argument('--output_dir',
+                   help='root of the run directories (default: output_dir of the config, runs/)')
+    t.add_argument('--run_dir',
+                   help='exact run directory (for Slurm requeue: same dir + --resume auto)')
     t.add_argument('--resume', help="'auto' (last.ckpt of --run_dir if any) or a last.ckpt path")
     t.add_argument('--quiet', action='store_true')
     e = sub.add_parser(
-        'eval', help='evaluate checkpoints: writes eval_gsm8k.json / eval_math.json / compare.csv'
-    )
+        'eval', help='evaluate checkpoints: writes eval_gsm8k.json / eval_math.json / compare.csv')
     _common(e)
     e.add_argument('--checkpoints', required=True, help='a run\'s checkpoints/ folder')
-    e.add_argument(
-        '--operator',
-        default='policy',
-        help="policy | 0..4 | all (policy and the five fixed operators)",
-    )
+    e.add_argument('--operator', default='policy',
+                   help="policy | 0..4 | all (policy and the five fixed operators)")
     e.add_argument('--max_examples', type=int)
     e.add_argument('--output_dir', help='where eval_*.json goes (default: the run directory)')
-    v = sub.add_parser(
-        'viz', help='energy map / embedding projection / loss figures into <run>/viz/'
-    )
+    v = sub.add_parser('viz',
+                       help='energy map / embedding projection / loss figures into <run>/viz/')
     v.add_argument('run_dir')
-    v.add_argument(
-        '--sample', help='samples/iterX_epY.json for the energy map (default: the latest)'
-    )
+    v.add_argument('--sample',
+                   help='samples/iterX_epY.json for the energy map (default: the latest)')
     return ap
 
 # %% ../../nbs/train/reoac.ipynb #4ff9b5c6
@@ -1328,19 +984,16 @@ def _cfg_from(args, extra: Optional[dict] = None) -> dict:
         over = deep_merge(over, extra, strict=False)
     return load_config(args.config, args.preset, over)
 
-
 def _run_cfg(ckpt_dir: Path) -> Optional[dict]:
     p = Path(ckpt_dir).parent / 'config.json'
     return load_json(p)['config'] if p.exists() else None
-
 
 def reoac_cli(argv: Optional[list] = None) -> int:
     "`halting-lab reoac prep|train|eval|viz ...`."
     args = _parser().parse_args(argv)
     if args.cmd == 'prep':
-        out = mt.prep_dataset(
-            args.name, args.out_dir, args.raw, args.n_train, args.n_test, args.seed
-        )
+        out = mt.prep_dataset(args.name, args.out_dir, args.raw, args.n_train, args.n_test,
+                              args.seed)
         for s, p in out.items():
             print(f'{s}: {p}')
         return 0
@@ -1352,14 +1005,10 @@ def reoac_cli(argv: Optional[list] = None) -> int:
     if args.cmd == 'eval':
         base = None if (args.config or args.preset or args.set) else _run_cfg(args.checkpoints)
         cfg = load_config(overrides=base) if base else _cfg_from(args)
-        ops = (
-            ['policy', 0, 1, 2, 3, 4]
-            if args.operator == 'all'
-            else [args.operator if args.operator == 'policy' else int(args.operator)]
-        )
-        for s in evaluate(
-            cfg, args.checkpoints, ops, args.max_examples, args.output_dir, log=print
-        ):
+        ops = (['policy', 0, 1, 2, 3, 4] if args.operator == 'all' else
+               [args.operator if args.operator == 'policy' else int(args.operator)])
+        for s in evaluate(cfg, args.checkpoints, ops, args.max_examples, args.output_dir,
+                          log=print):
             pass
         return 0
     from halting_lab.viewers.energy_map import viz_run

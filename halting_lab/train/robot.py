@@ -14,19 +14,9 @@ from lightning.pytorch.callbacks import Callback
 from fastcore.basics import patch
 from ..core import HaltingLabError, save_json, load_json, atomic_write_text
 from ..models.act_policy import ACTPolicy, ACTConfig, SEED_004_PRESET
-from halting_lab.tasks.lerobot import (
-    RobotConfig,
-    robot_flags,
-    validate_dataset,
-    blocked_message,
-    make_synthetic,
-    break_dataset,
-    BREAKS,
-    parse_resolution,
-    LeRobotData,
-    EpisodeChunks,
-    image_key,
-)
+from ..tasks.lerobot import (RobotConfig, robot_flags, validate_dataset, blocked_message,
+                                       make_synthetic, break_dataset, BREAKS, parse_resolution,
+                                       LeRobotData, EpisodeChunks, image_key)
 from .lightning import HaltingLitModule, Preemption, atomic_copy, read_metrics_csv
 
 # %% auto #0
@@ -37,22 +27,9 @@ __all__ = ['FREEZE_EXEMPT', 'FIT_DEFAULTS', 'ROBOT_TRAIN_DEFAULTS', 'frozen_chan
            'generic_train_accepts_robot', 'run_robot', 'train_flags', 'load_policy', 'replanning_summary', 'robot_cli']
 
 # %% ../../nbs/train/robot.ipynb #125ac9c9
-FREEZE_EXEMPT = (
-    'run_id',
-    'default_root_dir',
-    'resume_ckpt',
-    'accelerator',
-    'devices',
-    'strategy',
-    'num_workers',
-    'progress_bar',
-    'report_every_min',
-    'checkpoint_copy_to',
-    'plugins',
-    'log_every_n_steps',
-    'compile',
-)
-
+FREEZE_EXEMPT = ('run_id', 'default_root_dir', 'resume_ckpt', 'accelerator', 'devices', 'strategy',
+                 'num_workers', 'progress_bar', 'report_every_min', 'checkpoint_copy_to', 'plugins',
+                 'log_every_n_steps', 'compile')
 
 def frozen_changes(old: dict, new: dict) -> list:
     "[(flag, old, new)] of differing flags (FREEZE_EXEMPT and one-sided flags skipped)."
@@ -63,12 +40,10 @@ def frozen_changes(old: dict, new: dict) -> list:
         a, b = old[k], new[k]
         if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
             a, b = list(a), list(b)
-        if a != b and not (
-            isinstance(a, float) and isinstance(b, (int, float)) and math.isclose(a, b)
-        ):
+        if a != b and not (isinstance(a, float) and isinstance(b, (int, float)) and
+                           math.isclose(a, b)):
             out.append((k, a, b))
     return out
-
 
 def refuse_changes(changes: list, where: str):
     "Raise the seed's refusal naming every changed flag (no-op when `changes` is empty)."
@@ -78,39 +53,24 @@ def refuse_changes(changes: list, where: str):
     raise HaltingLabError(
         f'{where}: hyper-parameters are fixed for a run (seed 004: no changes without the '
         f"Watcher's approval); this resume changes {lst}. Resume with the run's values, "
-        'or start a new run id.'
-    )
+        'or start a new run id.')
 
 # %% ../../nbs/train/robot.ipynb #eaacb3b7
 class ACTLitModule(HaltingLitModule):
     "LightningModule of `ACTPolicy` (seed 004 checkpoints/REPORT/HANDOFF as callbacks)."
 
-    metric_columns = (
-        'train/l1_loss',
-        'train/kld_loss',
-        'val/l1_loss',
-        'val/kld_loss',
-    )  # also in metrics.csv
+    metric_columns = ('train/l1_loss', 'train/kld_loss', 'val/l1_loss', 'val/kld_loss')  # in metrics.csv
     epoch_console = True
 
-    def __init__(
-        self,
-        train_cfg: dict,
-        model_cfg: dict,
-        model_type: str = 'act_policy',
-        steps_per_epoch: Optional[int] = None,
-    ):
+    def __init__(self, train_cfg: dict, model_cfg: dict, model_type: str = 'act_policy',
+                 steps_per_epoch: Optional[int] = None):
         L.LightningModule.__init__(self)
         self.save_hyperparameters()
         self.tc, self.mc, self.model_type = dict(train_cfg), dict(model_cfg), model_type
         names = {f.name for f in dataclasses.fields(ACTConfig)}
         self.model = ACTPolicy(ACTConfig(**{k: v for k, v in self.mc.items() if k in names}))
         self.ema_model, self.steps_per_epoch = None, steps_per_epoch
-        self._acc, self._pending_rng, self.saving_mid_epoch = (
-            {'train': None, 'val': None},
-            None,
-            False,
-        )
+        self._acc, self._pending_rng, self.saving_mid_epoch = {'train': None, 'val': None}, None, False
         self.last_metrics = {'train': {}, 'val': {}}
         self.robot = robot_flags(self.tc)
         self.n_episodes = None
@@ -125,12 +85,9 @@ def _stats(self: ACTLitModule, losses: dict, n: int) -> dict:
     "Sum statistics (float64) of one batch."
     d = lambda x: torch.as_tensor(x, dtype=torch.float64, device=losses['loss'].device)
     return {
-        'n': d(n),
-        'loss': d(losses['loss'].detach().double() * n),
-        'l1_loss': d(losses['l1_loss'].double() * n),
-        'kld_loss': d(losses['kld_loss'].double() * n),
+        'n': d(n), 'loss': d(losses['loss'].detach().double() * n),
+        'l1_loss': d(losses['l1_loss'].double() * n), 'kld_loss': d(losses['kld_loss'].double() * n)
     }
-
 
 @patch
 def epoch_metrics(self: ACTLitModule, stage: str, sync: bool = True) -> dict:
@@ -139,17 +96,12 @@ def epoch_metrics(self: ACTLitModule, stage: str, sync: bool = True) -> dict:
     if acc is None:
         return {}
     acc = {k: v.clone() for k, v in acc.items()}
-    if (
-        sync
-        and stage == 'train'
-        and torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-    ):
+    if (sync and stage == 'train' and torch.distributed.is_available() and
+            torch.distributed.is_initialized()):
         for v in acc.values():
             torch.distributed.all_reduce(v)
     n = max(float(acc['n']), 1.0)
     return {f'{stage}/{k}': float(acc[k]) / n for k in ('loss', 'l1_loss', 'kld_loss')}
-
 
 @patch
 def accumulate(self: ACTLitModule, stage: str, stats: dict):
@@ -166,57 +118,36 @@ def training_step(self: ACTLitModule, batch, batch_idx):
     losses = self.model.compute_loss(batch)
     n = batch['action'].shape[0]
     self.accumulate('train', self._stats(losses, n))
-    self.log(
-        'loss',
-        losses['loss'].detach(),
-        prog_bar=True,
-        on_step=True,
-        on_epoch=False,
-        logger=False,
-        batch_size=n,
-    )
+    self.log('loss', losses['loss'].detach(), prog_bar=True, on_step=True, on_epoch=False,
+             logger=False, batch_size=n)
     self._last_step_loss = float(losses['loss'].detach())
     return losses['loss']
-
 
 @patch
 def validation_step(self: ACTLitModule, batch, batch_idx):
     losses = self.model.compute_loss(batch)
     self.accumulate('val', self._stats(losses, batch['action'].shape[0]))
 
-
 @patch
 def on_validation_epoch_end(self: ACTLitModule):
     self.last_metrics['val'] = self.epoch_metrics('val', sync=False)
 
-
 @patch
 def make_optimizer(self: ACTLitModule):
     "AdamW: backbone at `optimizer_lr_backbone`, everything else at `--learning_rate`."
-    tc, bb = self.tc, [
-        p for n, p in self.model.named_parameters() if n.startswith('backbone.') and p.requires_grad
-    ]
-    rest = [
-        p
-        for n, p in self.model.named_parameters()
-        if not n.startswith('backbone.') and p.requires_grad
-    ]
-    groups = [
-        {'params': rest, 'lr': tc['learning_rate']},
-        {'params': bb, 'lr': self.model.config.optimizer_lr_backbone},
-    ]
-    return torch.optim.AdamW(
-        groups,
-        lr=tc['learning_rate'],
-        weight_decay=tc.get('weight_decay', 0.0),
-        betas=(tc.get('beta1', 0.9), tc.get('beta2', 0.999)),
-    )
+    named = self.model.named_parameters
+    tc, bb = self.tc, [p for n, p in named() if n.startswith('backbone.') and p.requires_grad]
+    rest = [p for n, p in named() if not n.startswith('backbone.') and p.requires_grad]
+    groups = [{'params': rest, 'lr': tc['learning_rate']},
+              {'params': bb, 'lr': self.model.config.optimizer_lr_backbone}]
+    return torch.optim.AdamW(groups, lr=tc['learning_rate'],
+                             weight_decay=tc.get('weight_decay', 0.0),
+                             betas=(tc.get('beta1', 0.9), tc.get('beta2', 0.999)))
 
 # %% ../../nbs/train/robot.ipynb #382306fb
 def _loader_dataset(loader):
     "The Dataset behind a DataLoader / ResumableLoader (None otherwise)."
     return getattr(loader, 'dataset', None)
-
 
 @patch
 def _configure_data(self: ACTLitModule, loader):
@@ -227,21 +158,17 @@ def _configure_data(self: ACTLitModule, loader):
         ds.configure(chunk_size=c.chunk_size, image_size=(c.image_height, c.image_width))
     return ds
 
-
 @patch
 def on_train_start(self: ACTLitModule):
     ds = self._configure_data(self.trainer.train_dataloader)
     if isinstance(ds, EpisodeChunks):
-        self.model.set_stats(
-            {
-                'observation.state': {'mean': ds.states.mean(0), 'std': ds.states.std(0)},
-                'action': {'mean': ds.actions.mean(0), 'std': ds.actions.std(0)},
-            }
-        )
+        self.model.set_stats({
+            'observation.state': {'mean': ds.states.mean(0), 'std': ds.states.std(0)},
+            'action': {'mean': ds.actions.mean(0), 'std': ds.actions.std(0)}
+        })
         self.n_episodes = len(ds.episodes)
         with contextlib.suppress(Exception):
             self.n_episodes = len(ds.data.episodes())
-
 
 @patch
 def on_validation_start(self: ACTLitModule):
@@ -254,19 +181,16 @@ def on_validation_start(self: ACTLitModule):
 def on_load_checkpoint(self: ACTLitModule, checkpoint):
     h = checkpoint.get('halting_lab', {})
     changes = frozen_changes(h.get('train_config', {}), self.tc) + frozen_changes(
-        h.get('model_config', {}), self.mc
-    )
+        h.get('model_config', {}), self.mc)
     refuse_changes(changes, 'resume')
     HaltingLitModule.on_load_checkpoint(self, checkpoint)
-
 
 @patch
 def configure_callbacks(self: ACTLitModule):
     "The seed's run behaviour: RobotCheckpoints (every N epochs, 3 + best, copy) and RobotReporter."
     r = self.robot
-    ck = RobotCheckpoints(
-        every=r.save_checkpoint_every, keep=r.keep_checkpoints, copy_to=r.checkpoint_copy_to
-    )
+    ck = RobotCheckpoints(every=r.save_checkpoint_every, keep=r.keep_checkpoints,
+                          copy_to=r.checkpoint_copy_to)
     return [ck, RobotReporter(interval_s=60.0 * r.report_every_min, checkpoints=ck)]
 
 # %% ../../nbs/train/robot.ipynb #a4e92640
@@ -277,12 +201,10 @@ def checkpoint_loss(metrics: dict) -> tuple:
             return k, float(metrics[k])
     return None, None
 
-
 def epoch_dirs(root: str | Path) -> list:
     "act_epoch_NNN folders under `root`, oldest first."
     ds = [p for p in Path(root).glob('act_epoch_*') if p.is_dir() and p.name[10:].isdigit()]
     return sorted(ds, key=lambda p: int(p.name[10:]))
-
 
 def prune_dirs(root: str | Path, keep: int) -> list:
     "Delete all but the newest `keep` act_epoch_* folders; returns the deleted ones."
@@ -308,7 +230,6 @@ def copy_dir_atomic(src: str | Path, dst: str | Path) -> Path:
     shutil.rmtree(old, ignore_errors=True)
     return dst
 
-
 def _find(trainer, cls):
     "The first callback of type `cls` the trainer has (None if none)."
     return next((c for c in trainer.callbacks if isinstance(c, cls)), None)
@@ -318,11 +239,8 @@ class RobotCheckpoints(Callback):
     "act_epoch_NNN every `every` epochs (+ the last); newest `keep` + act_best; optional copy."
 
     def __init__(self, every: int = 50, keep: int = 3, copy_to: Optional[str] = None):
-        self.every, self.keep, self.copy_to = (
-            int(every),
-            int(keep),
-            Path(copy_to) if copy_to else None,
-        )
+        self.every, self.keep, self.copy_to = (int(every), int(keep),
+                                               Path(copy_to) if copy_to else None)
         self.latest, self.saved = None, []
 
     @staticmethod
@@ -352,12 +270,8 @@ def on_train_epoch_end(self: RobotCheckpoints, trainer, pl_module):
     trainer.save_checkpoint(d / 'checkpoint.ckpt', weights_only=False)
     if trainer.is_global_zero:
         meta = {
-            'epoch': epoch,
-            'global_step': int(trainer.global_step),
-            'monitor': name,
-            'loss': loss,
-            'time': datetime.datetime.now().isoformat(timespec='seconds'),
-            'metrics': metrics,
+            'epoch': epoch, 'global_step': int(trainer.global_step), 'monitor': name, 'loss': loss,
+            'time': datetime.datetime.now().isoformat(timespec='seconds'), 'metrics': metrics
         }
         save_json(d / 'meta.json', meta)
         best = self.best_meta(trainer)
@@ -374,7 +288,7 @@ def on_train_epoch_end(self: RobotCheckpoints, trainer, pl_module):
         self.saved.append(str(self.latest))
     trainer.strategy.barrier('RobotCheckpoints')
 
-
+# %% ../../nbs/train/robot.ipynb #fa27f283
 @patch
 def on_train_end(self: RobotCheckpoints, trainer, pl_module):
     "Mirror last.ckpt to the copy location (resume on another machine)."
@@ -383,15 +297,12 @@ def on_train_end(self: RobotCheckpoints, trainer, pl_module):
         self.copy_to.mkdir(parents=True, exist_ok=True)
         atomic_copy(last, self.copy_to / 'last.ckpt')
 
-
+# %% ../../nbs/train/robot.ipynb #cad93008
 @patch
 def on_train_start(self: RobotCheckpoints, trainer, pl_module):
     "Pick up the newest existing checkpoint folder (after a restart)."
-    ds = (
-        epoch_dirs(self.copy_to)
-        if self.copy_to and self.copy_to.exists()
-        else epoch_dirs(self.dir(trainer))
-    )
+    ds = (epoch_dirs(self.copy_to) if self.copy_to and self.copy_to.exists() else epoch_dirs(
+        self.dir(trainer)))
     if ds:
         self.latest = ds[-1]
 
@@ -403,7 +314,6 @@ def fmt_lr(lr: Optional[float]) -> str:
     m, e = f'{lr:.3e}'.split('e')
     return f'{float(m):g}e{int(e)}'
 
-
 def gpu_memory() -> str:
     "'used/totalGB' of the current CUDA device (device-wide), '- (CPU)' without CUDA."
     if not torch.cuda.is_available():
@@ -412,47 +322,25 @@ def gpu_memory() -> str:
     return f'{(total - free) / 2**30:.1f}/{total / 2**30:.0f}GB'
 
 # %% ../../nbs/train/robot.ipynb #7c1680fb
-def format_report(
-    epoch: int,
-    total: int,
-    loss_initial: Optional[float],
-    loss_now: Optional[float],
-    lr: Optional[float],
-    gpu: str,
-    eta: str,
-    checkpoint: Optional[str],
-    restart: Optional[str] = None,
-) -> str:
+def format_report(epoch: int, total: int, loss_initial: Optional[float], loss_now: Optional[float],
+                  lr: Optional[float], gpu: str, eta: str, checkpoint: Optional[str],
+                  restart: Optional[str] = None) -> str:
     "The seed's @Watcher [REPORT] message (a restart note in the first line when `restart`)."
     f = lambda x: '-' if x is None else f'{x:.4g}'
-    head = (
-        f'@Watcher [REPORT] ACT 학습 재시작 (선점 복구: {restart}).'
-        if restart
-        else '@Watcher [REPORT] ACT 학습 진행.'
-    )
+    head = (f'@Watcher [REPORT] ACT 학습 재시작 (선점 복구: {restart}).'
+            if restart else '@Watcher [REPORT] ACT 학습 진행.')
     ck = '-' if not checkpoint else str(checkpoint).rstrip('/') + '/'
-    return '\n'.join(
-        [
-            head,
-            f'Epoch: {epoch}/{total}',
-            f'Loss: {f(loss_now)} (초기 {f(loss_initial)} → 현재 {f(loss_now)})',
-            f'학습률: {fmt_lr(lr)}',
-            f'GPU 메모리: {gpu}',
-            f'예상 완료: {eta}',
-            f'최근 checkpoint: {ck}',
-        ]
-    )
-
+    return '\n'.join([
+        head, f'Epoch: {epoch}/{total}',
+        f'Loss: {f(loss_now)} (초기 {f(loss_initial)} → 현재 {f(loss_now)})', f'학습률: {fmt_lr(lr)}',
+        f'GPU 메모리: {gpu}', f'예상 완료: {eta}', f'최근 checkpoint: {ck}'
+    ])
 
 _REPORT_RE = {
-    'epoch': r'^Epoch: (\d+)/(\d+)$',
-    'loss': r'^Loss: (\S+) \(초기 (\S+) → 현재 (\S+)\)$',
-    'lr': r'^학습률: (\S+)$',
-    'gpu': r'^GPU 메모리: (.+)$',
-    'eta': r'^예상 완료: (.+)$',
-    'checkpoint': r'^최근 checkpoint: (.+)$',
+    'epoch': r'^Epoch: (\d+)/(\d+)$', 'loss': r'^Loss: (\S+) \(초기 (\S+) → 현재 (\S+)\)$',
+    'lr': r'^학습률: (\S+)$', 'gpu': r'^GPU 메모리: (.+)$', 'eta': r'^예상 완료: (.+)$',
+    'checkpoint': r'^최근 checkpoint: (.+)$'
 }
-
 
 def _num(s: str):
     try:
@@ -466,11 +354,7 @@ def parse_report(text: str) -> dict:
     lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
     if not lines or not lines[0].startswith('@Watcher [REPORT] ACT 학습'):
         raise HaltingLabError(f'report: expected "@Watcher [REPORT] ACT 학습 ...", got {lines[:1]}')
-    kind = (
-        'restart'
-        if '학습 재시작' in lines[0]
-        else 'stopped' if '학습 중단' in lines[0] else 'progress'
-    )
+    kind = ('restart' if '학습 재시작' in lines[0] else 'stopped' if '학습 중단' in lines[0] else 'progress')
     out = {'kind': kind, 'restart': kind == 'restart'}
     for key, rx in _REPORT_RE.items():
         m = next((re.match(rx, l) for l in lines[1:] if re.match(rx, l)), None)
@@ -486,35 +370,21 @@ def parse_report(text: str) -> dict:
             out[key] = m[1]
     return out
 
-
 def split_messages(text: str) -> list:
     "The @Watcher/@Evaluation messages of a report.log, in order."
     return [('@' + m).strip() for m in re.split(r'(?m)^@', text) if m.strip()]
 
 # %% ../../nbs/train/robot.ipynb #b0e6745a
-def format_handoff(
-    final_loss: Optional[float],
-    best: Optional[str],
-    all_dir: str,
-    curve: Optional[str],
-    episodes: Optional[int],
-    epochs: int,
-) -> str:
+def format_handoff(final_loss: Optional[float], best: Optional[str], all_dir: str,
+                   curve: Optional[str], episodes: Optional[int], epochs: int) -> str:
     "The seed's @Evaluation [HANDOFF] message."
     f = lambda x: '-' if x is None else f'{x:.4g}'
     d = lambda p: '-' if not p else str(p).rstrip('/') + '/'
-    return '\n'.join(
-        [
-            '@Evaluation [HANDOFF] ACT 학습 완료.',
-            f'최종 loss: {f(final_loss)}',
-            f'Best checkpoint: {d(best)}',
-            f'전체 checkpoints: {d(all_dir)}',
-            f'학습 곡선: {curve or "-"}',
-            f'에피소드 수: {episodes if episodes is not None else "-"}개',
-            f'Epoch: {epochs}',
-        ]
-    )
-
+    return '\n'.join([
+        '@Evaluation [HANDOFF] ACT 학습 완료.', f'최종 loss: {f(final_loss)}',
+        f'Best checkpoint: {d(best)}', f'전체 checkpoints: {d(all_dir)}', f'학습 곡선: {curve or "-"}',
+        f'에피소드 수: {episodes if episodes is not None else "-"}개', f'Epoch: {epochs}'
+    ])
 
 def parse_handoff(text: str) -> dict:
     "A [HANDOFF] message -> dict of its fields."
@@ -523,12 +393,10 @@ def parse_handoff(text: str) -> dict:
         raise HaltingLabError('handoff: no [HANDOFF] header')
     kv = dict(l.split(': ', 1) for l in lines[1:] if ': ' in l)
     return {
-        'final_loss': _num(kv['최종 loss']),
-        'best': kv['Best checkpoint'],
-        'all': kv['전체 checkpoints'],
-        'curve': kv['학습 곡선'],
+        'final_loss': _num(kv['최종 loss']), 'best': kv['Best checkpoint'],
+        'all': kv['전체 checkpoints'], 'curve': kv['학습 곡선'],
         'episodes': int(kv['에피소드 수'].rstrip('개')) if kv['에피소드 수'] != '-개' else None,
-        'epochs': int(kv['Epoch']),
+        'epochs': int(kv['Epoch'])
     }
 
 # %% ../../nbs/train/robot.ipynb #a63c0f45
@@ -546,7 +414,6 @@ def epoch_losses(metrics_csv: str | Path) -> list:
             rows.append((int(float(r['epoch'])) + 1, g('train/loss'), g('val/loss')))
     return rows
 
-
 def loss_curve_png(rows: list, path: str | Path) -> Optional[Path]:
     "Plot train (and val) loss per epoch to `path` (atomic); None without rows."
     if not rows:
@@ -559,11 +426,8 @@ def loss_curve_png(rows: list, path: str | Path) -> Optional[Path]:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r[0] for r in rows], [r[1] for r in rows], label='train loss')
     if any(r[2] is not None for r in rows):
-        ax.plot(
-            [r[0] for r in rows if r[2] is not None],
-            [r[2] for r in rows if r[2] is not None],
-            label='val loss',
-        )
+        ax.plot([r[0] for r in rows if r[2] is not None], [r[2] for r in rows if r[2] is not None],
+                label='val loss')
     ax.set_xlabel('epoch')
     ax.set_ylabel('loss (train: L1 + kl_weight*KL; val: L1)')
     ax.set_yscale('log')
@@ -580,12 +444,8 @@ def loss_curve_png(rows: list, path: str | Path) -> Optional[Path]:
 class RobotReporter(Callback):
     "Periodic [REPORT] (and at a restart) to report.log + console; [HANDOFF] at the end."
 
-    def __init__(
-        self,
-        interval_s: float = 1800.0,
-        checkpoints: Optional[RobotCheckpoints] = None,
-        echo: bool = True,
-    ):
+    def __init__(self, interval_s: float = 1800.0, checkpoints: Optional[RobotCheckpoints] = None,
+                 echo: bool = True):
         self.interval_s, self.ck, self.echo = float(interval_s), checkpoints, echo
         self._t_last = self._t0 = None
         self._step0 = 0
@@ -612,15 +472,10 @@ def _eta(self: RobotReporter, trainer) -> str:
         return '-'
     total = trainer.max_epochs * max(1, int(trainer.num_training_batches))
     rate = (time.time() - self._t0) / done
-    end = datetime.datetime.now() + datetime.timedelta(
-        seconds=rate * max(0, total - trainer.global_step)
-    )
-    return (
-        end.strftime('%H:%M')
-        if end.date() == datetime.date.today()
-        else end.strftime('%m-%d %H:%M')
-    )
-
+    end = datetime.datetime.now() + datetime.timedelta(seconds=rate *
+                                                       max(0, total - trainer.global_step))
+    return (end.strftime('%H:%M')
+            if end.date() == datetime.date.today() else end.strftime('%m-%d %H:%M'))
 
 @patch
 def report_text(self: RobotReporter, trainer, pl_module, restart: Optional[str] = None) -> str:
@@ -631,17 +486,8 @@ def report_text(self: RobotReporter, trainer, pl_module, restart: Optional[str] 
     init = rows[0][1] if rows else running
     lr = trainer.optimizers[0].param_groups[0]['lr'] if trainer.optimizers else None
     ck = self.ck.latest if self.ck is not None else None
-    return format_report(
-        trainer.current_epoch,
-        trainer.max_epochs,
-        init,
-        now,
-        lr,
-        gpu_memory(),
-        self._eta(trainer),
-        ck,
-        restart,
-    )
+    return format_report(trainer.current_epoch, trainer.max_epochs, init, now, lr, gpu_memory(),
+                         self._eta(trainer), ck, restart)
 
 # %% ../../nbs/train/robot.ipynb #c0491a8e
 @patch
@@ -652,12 +498,8 @@ def on_train_start(self: RobotReporter, trainer, pl_module):
         self.emit(
             trainer,
             self.report_text(
-                trainer,
-                pl_module,
-                restart=f'epoch {trainer.current_epoch} ' f'step {trainer.global_step}부터 재개',
-            ),
-        )
-
+                trainer, pl_module, restart=f'epoch {trainer.current_epoch} '
+                f'step {trainer.global_step}부터 재개'))
 
 @patch
 def on_train_batch_end(self: RobotReporter, trainer, pl_module, outputs, batch, batch_idx):
@@ -665,17 +507,14 @@ def on_train_batch_end(self: RobotReporter, trainer, pl_module, outputs, batch, 
         self._t_last = time.time()
         self.emit(trainer, self.report_text(trainer, pl_module))
 
-
 @patch
 def on_train_end(self: RobotReporter, trainer, pl_module):
     pre = _find(trainer, Preemption)
     if pre is not None and pre.triggered:
         self.emit(
             trainer,
-            self.report_text(trainer, pl_module).replace(
-                'ACT 학습 진행.', f'ACT 학습 중단 ({pre.reason}): 저장 후 종료.'
-            ),
-        )
+            self.report_text(trainer, pl_module).replace('ACT 학습 진행.',
+                                                         f'ACT 학습 중단 ({pre.reason}): 저장 후 종료.'))
         return
     if trainer.max_epochs is None or trainer.current_epoch < trainer.max_epochs:
         return
@@ -696,23 +535,14 @@ def handoff(self: RobotReporter, trainer, pl_module) -> dict:
     best = base / 'act_best' if (ckdir / 'act_best').exists() else None
     final = rows[-1][1] if rows else None
     info = {
-        'final_loss': final,
-        'best_checkpoint': str(best) if best else None,
-        'checkpoints': str(base),
-        'all_checkpoints': [str(p) for p in epoch_dirs(base)],
+        'final_loss': final, 'best_checkpoint': str(best) if best else None,
+        'checkpoints': str(base), 'all_checkpoints': [str(p) for p in epoch_dirs(base)],
         'loss_curve': str(base / 'loss_curve.png') if curve else None,
-        'episodes': pl_module.n_episodes,
-        'epochs': int(trainer.current_epoch),
-        'best_meta': self.ck.best_meta(trainer) if self.ck is not None else None,
+        'episodes': pl_module.n_episodes, 'epochs': int(trainer.current_epoch),
+        'best_meta': self.ck.best_meta(trainer) if self.ck is not None else None
     }
-    text = format_handoff(
-        final,
-        info['best_checkpoint'],
-        str(base),
-        info['loss_curve'],
-        info['episodes'],
-        info['epochs'],
-    )
+    text = format_handoff(final, info['best_checkpoint'], str(base), info['loss_curve'],
+                          info['episodes'], info['epochs'])
     if trainer.is_global_zero:
         save_json(run / 'handoff.json', {**info, 'message': text})
         self.emit(trainer, text)
@@ -725,7 +555,6 @@ def _ckpt_step(path: Path) -> int:
         return int(torch.load(path, map_location='cpu', weights_only=True).get('global_step', -1))
     except Exception:
         return -1
-
 
 def restore_from_copy(run_dir: str | Path, copy_to: Optional[str | Path]) -> Optional[Path]:
     "Newest checkpoint of `copy_to` -> <run>/checkpoints/last.ckpt when the run has none."
@@ -743,32 +572,14 @@ def restore_from_copy(run_dir: str | Path, copy_to: Optional[str | Path]) -> Opt
     return src
 
 # %% ../../nbs/train/robot.ipynb #d0de28ba
-FIT_DEFAULTS = dict(
-    learning_rate=1e-4,
-    weight_decay=1e-4,
-    beta1=0.9,
-    beta2=0.999,
-    max_epochs=500,
-    max_steps=-1,
-    seed=42,
-    batch_size=64,
-    lr_warmup_epochs=0.0,
-    lr_schedule='constant',
-    grad_clip=10.0,
-    log_every_n_steps=50,
-    num_workers=0,
-    accelerator='auto',
-    precision=None,
-    limit_train_batches=None,
-)
+FIT_DEFAULTS = dict(learning_rate=1e-4, weight_decay=1e-4, beta1=0.9, beta2=0.999, max_epochs=500,
+                    max_steps=-1, seed=42, batch_size=64, lr_warmup_epochs=0.0,
+                    lr_schedule='constant', grad_clip=10.0, log_every_n_steps=50, num_workers=0,
+                    accelerator='auto', precision=None, limit_train_batches=None)
 ROBOT_TRAIN_DEFAULTS = dict(
-    task='lerobot',
-    model_type='act_policy',
-    progress_bar=False,
+    task='lerobot', model_type='act_policy', progress_bar=False,
     save_every_n_epochs=0,  # the generic epoch=E.ckpt copies: off (act_epoch_NNN are this run's)
-    **{k: v for k, v in FIT_DEFAULTS.items() if v is not None},
-)
-
+    **{k: v for k, v in FIT_DEFAULTS.items() if v is not None})
 
 def robot_params(preset: Optional[str] = None, **flags) -> dict:
     "Flags of a robot run: defaults < preset ('seed004') < `flags` (None values ignored)."
@@ -781,21 +592,17 @@ def robot_params(preset: Optional[str] = None, **flags) -> dict:
     out.update({k: v for k, v in flags.items() if v is not None})
     return out
 
-
 def split_params(params: dict) -> tuple:
     "(train_cfg, model_cfg) dicts: ACTConfig fields go to the model, the rest to training."
     names = {f.name for f in dataclasses.fields(ACTConfig)} - {'model_type'}
-    return (
-        {k: v for k, v in params.items() if k not in names},
-        {k: v for k, v in params.items() if k in names},
-    )
+    return ({k: v for k, v in params.items() if k not in names},
+            {k: v for k, v in params.items() if k in names})
 
 # %% ../../nbs/train/robot.ipynb #6a81ea9f
 def _accel(name: str) -> str:
     if name != 'auto':
         return name
     return 'gpu' if torch.cuda.is_available() else 'cpu'
-
 
 def _check_run_config(run_path: Path, tc: dict, mc: dict):
     "Refuse a resume of `run_path` whose config.json has other hyper-parameter values."
@@ -804,91 +611,62 @@ def _check_run_config(run_path: Path, tc: dict, mc: dict):
         return
     doc = load_json(p)
     refuse_changes(
-        frozen_changes(doc.get('train_config', {}), tc)
-        + frozen_changes(doc.get('model_config', {}), mc),
-        str(run_path),
-    )
+        frozen_changes(doc.get('train_config', {}), tc) +
+        frozen_changes(doc.get('model_config', {}), mc), str(run_path))
 
 # %% ../../nbs/train/robot.ipynb #22af5db6
-def fit_local(train_cfg: dict, model_cfg: dict, run_dir: str | Path, callbacks: list = ()) -> dict:
-    "Train ACT on the lerobot task into `run_dir` with the generic callbacks (exact resume)."
-    from halting_lab.core import RunDir, seed_everything
-    from halting_lab.train.lightning import (
-        MetricsCSV,
-        RunCheckpoints,
-        ResumableLoader,
-        AtomicCheckpointIO,
-        _TrackBatches,
-    )
-    from halting_lab.tasks.lerobot import lerobot_datamodule
-
-    tc, mc = {**FIT_DEFAULTS, **train_cfg}, dict(model_cfg)
-    dm = lerobot_datamodule(tc, model_config=mc)  # validates: refuses a failing dataset
+def _fit_run_dir(tc: dict, mc: dict, dm, run_dir: str | Path) -> tuple:
+    "(RunDir, checkpoint to resume or None): `mc` completed by the data, frozen flags checked."
+    from halting_lab.core import RunDir
     run = RunDir.create(path=run_dir)
     mc.update({k: v for k, v in dm.model_fields().items() if v is not None})
     _check_run_config(run.path, tc, mc)
     resume = run.last_ckpt if run.last_ckpt.exists() else None
     if not run.config_json.exists():
-        save_json(
-            run.config_json,
-            {
-                'run_id': run.run_id,
-                'model_type': 'act_policy',
-                'task': 'lerobot',
-                'train_config': tc,
-                'model_config': mc,
-                'started': datetime.datetime.now().isoformat(timespec='seconds'),
-            },
-        )
+        started = datetime.datetime.now().isoformat(timespec='seconds')
+        save_json(run.config_json, {'run_id': run.run_id, 'model_type': 'act_policy',
+                                    'task': 'lerobot', 'train_config': tc, 'model_config': mc,
+                                    'started': started})
+    return run, resume
+
+def _fit_trainer(run, tc: dict, cbs: list):
+    "The Lightning Trainer of `fit_local`: one device, no logger, atomic checkpoint writes."
+    from halting_lab.train.lightning import AtomicCheckpointIO
+    accel = _accel(tc['accelerator'])
+    precision = tc['precision'] or ('bf16-mixed' if accel == 'gpu' else '32-true')
+    return L.Trainer(default_root_dir=str(run.path), max_epochs=int(tc['max_epochs']),
+                     max_steps=int(tc['max_steps']), accelerator=accel, devices=1,
+                     precision=precision, logger=False, enable_checkpointing=False,
+                     callbacks=cbs, plugins=[AtomicCheckpointIO()], enable_progress_bar=False,
+                     enable_model_summary=False, gradient_clip_val=tc['grad_clip'] or None,
+                     num_sanity_val_steps=0, use_distributed_sampler=False,
+                     limit_train_batches=tc['limit_train_batches'])
+
+# %% ../../nbs/train/robot.ipynb #92850f04
+def fit_local(train_cfg: dict, model_cfg: dict, run_dir: str | Path, callbacks: list = ()) -> dict:
+    "Train ACT on the lerobot task into `run_dir` with the generic callbacks (exact resume)."
+    from halting_lab.core import seed_everything
+    from halting_lab.train.lightning import MetricsCSV, RunCheckpoints, ResumableLoader, _TrackBatches
+    from halting_lab.tasks.lerobot import lerobot_datamodule
+    tc, mc = {**FIT_DEFAULTS, **train_cfg}, dict(model_cfg)
+    dm = lerobot_datamodule(tc, model_config=mc)  # validates: refuses a failing dataset
+    run, resume = _fit_run_dir(tc, mc, dm, run_dir)
     seed_everything(int(tc['seed']))
     dm.setup('fit')
     train_dl, val_dl = dm.train_dataloader(), dm.val_dataloader()
     module = ACTLitModule(tc, mc, 'act_policy', steps_per_epoch=len(train_dl))
     pre = Preemption(run.path)
-    cbs = [
-        _TrackBatches(),
-        MetricsCSV(run.metrics_csv, int(tc['log_every_n_steps']), preemption=pre, console=False),
-        RunCheckpoints(run.checkpoints, 0, 1, preemption=pre),
-        pre,
-        *callbacks,
-    ]
-    accel = _accel(tc['accelerator'])
-    trainer = L.Trainer(
-        default_root_dir=str(run.path),
-        max_epochs=int(tc['max_epochs']),
-        max_steps=int(tc['max_steps']),
-        accelerator=accel,
-        devices=1,
-        precision=tc['precision'] or ('bf16-mixed' if accel == 'gpu' else '32-true'),
-        logger=False,
-        enable_checkpointing=False,
-        callbacks=cbs,
-        plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        gradient_clip_val=tc['grad_clip'] or None,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        limit_train_batches=tc['limit_train_batches'],
-    )
-    loader = ResumableLoader(
-        train_dl, epoch_fn=lambda: trainer.fit_loop.epoch_progress.current.processed
-    )
-    trainer.fit(
-        module,
-        train_dataloaders=loader,
-        val_dataloaders=val_dl or None,
-        ckpt_path=str(resume) if resume else None,
-        weights_only=True,
-    )
-    return {
-        'status': 'preempted' if pre.triggered else 'finished',
-        'run_dir': str(run.path),
-        'epochs_completed': int(trainer.current_epoch),
-        'global_step': int(trainer.global_step),
-        'final': module.last_metrics,
-        'preempt_reason': pre.reason,
-    }
+    cbs = [_TrackBatches(),
+           MetricsCSV(run.metrics_csv, int(tc['log_every_n_steps']), preemption=pre, console=False),
+           RunCheckpoints(run.checkpoints, 0, 1, preemption=pre), pre, *callbacks]
+    trainer = _fit_trainer(run, tc, cbs)
+    loader = ResumableLoader(train_dl,
+                             epoch_fn=lambda: trainer.fit_loop.epoch_progress.current.processed)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_dl or None,
+                ckpt_path=str(resume) if resume else None, weights_only=True)
+    return {'status': 'preempted' if pre.triggered else 'finished', 'run_dir': str(run.path),
+            'epochs_completed': int(trainer.current_epoch), 'global_step': int(trainer.global_step),
+            'final': module.last_metrics, 'preempt_reason': pre.reason}
 
 # %% ../../nbs/train/robot.ipynb #111fc7f4
 def generic_train_accepts_robot() -> bool:
@@ -896,34 +674,24 @@ def generic_train_accepts_robot() -> bool:
     try:
         from halting_lab.train.config import params_to_configs
 
-        params_to_configs(
-            {
-                'task': 'lerobot',
-                'model_type': 'act_policy',
-                'dataset': '/nonexistent',
-                'chunk_size': 2,
-                'n_action_steps': 2,
-            }
-        )
+        params_to_configs({
+            'task': 'lerobot', 'model_type': 'act_policy', 'dataset': '/nonexistent',
+            'chunk_size': 2, 'n_action_steps': 2
+        })
         return True
     except Exception:
         return False
 
-
-def run_robot(
-    params: dict, run_dir: Optional[str | Path] = None, callbacks: list = (), engine: str = 'auto'
-) -> dict:
+def run_robot(params: dict, run_dir: Optional[str | Path] = None, callbacks: list = (),
+              engine: str = 'auto') -> dict:
     "Validate, check frozen flags, restore from the copy location, then train."
     rc = robot_flags(params)
     if not rc.dataset:
         raise HaltingLabError('--dataset: required (a LeRobot v3.0 directory)')
     from halting_lab.core import runs_root, new_run_id
 
-    run_path = Path(
-        run_dir
-        or params.get('default_root_dir')
-        or runs_root() / (params.get('run_id') or new_run_id('robot'))
-    )
+    run_path = Path(run_dir or params.get('default_root_dir') or
+                    runs_root() / (params.get('run_id') or new_run_id('robot')))
     restored = restore_from_copy(run_path, rc.checkpoint_copy_to)
     if restored:
         print(f'restored {restored} -> {run_path}/checkpoints/last.ckpt', flush=True)
@@ -935,19 +703,17 @@ def run_robot(
     from halting_lab.train.run import train
     from halting_lab.tasks.lerobot import require_valid
 
-    require_valid(
-        rc.dataset, rc.min_episodes, parse_resolution(rc.resolution)
-    )  # before the run dir exists
+    require_valid(rc.dataset, rc.min_episodes,
+                  parse_resolution(rc.resolution))  # before the run dir exists
     _check_run_config(run_path, {**FIT_DEFAULTS, **tc}, mc)
-    return train(
-        **params, default_root_dir=str(run_path), resume_ckpt='auto', _callbacks=list(callbacks)
-    )
+    return train(**params, default_root_dir=str(run_path), resume_ckpt='auto',
+                 _callbacks=list(callbacks))
 
 # %% ../../nbs/train/robot.ipynb #f7af071d
 class _Parser(argparse.ArgumentParser):
+
     def error(self, message):
         raise HaltingLabError(f'{self.prog}: {message}')
-
 
 def _flag_type(default, hint: str):
     "argparse type for a dataclass field (bool flags parse true/false)."
@@ -958,7 +724,6 @@ def _flag_type(default, hint: str):
     if isinstance(default, float) or 'float' in hint:
         return float
     return str
-
 
 def train_flags() -> dict:
     "{flag: (default, type)} of `robot train`: generic training flags, RobotConfig, ACTConfig."
@@ -975,30 +740,24 @@ def _validate_cmd(a) -> int:
     if a.json:
         save_json(a.json, rep.to_dict())
     checks = rep.by_check()
-    print(
-        f'{a.dataset}: {rep.n_episodes} episodes, {rep.n_frames} frames; '
-        + ', '.join(f'{c} {"ok" if n == 0 else f"FAIL({n})"}' for c, n in checks.items())
-    )
+    print(f'{a.dataset}: {rep.n_episodes} episodes, {rep.n_frames} frames; ' +
+          ', '.join(f'{c} {"ok" if n == 0 else f"FAIL({n})"}' for c, n in checks.items()))
     for f in rep.failures:
         print(f'  [{f.check}] {f.message}')
     if not rep.ok:
         print(blocked_message(rep))
     return 0 if rep.ok else 1
 
-
 def _synthetic_cmd(a) -> int:
-    root = make_synthetic(
-        a.out, a.episodes, a.length, a.width, a.height, a.fps, codec=a.codec, seed=a.seed
-    )
+    root = make_synthetic(a.out, a.episodes, a.length, a.width, a.height, a.fps, codec=a.codec,
+                          seed=a.seed)
     if a.break_:
         for how in a.break_:
             break_dataset(root, how, a.break_episode)
     info = load_json(root / 'meta/info.json')
-    print(
-        f'{root}: {info["total_episodes"]} episodes, {info["total_frames"]} frames, '
-        f'video {info["features"]["observation.images.ego"]["info"]["video.codec"]}'
-        + (f'; broken: {", ".join(a.break_)}' if a.break_ else '')
-    )
+    print(f'{root}: {info["total_episodes"]} episodes, {info["total_frames"]} frames, '
+          f'video {info["features"]["observation.images.ego"]["info"]["video.codec"]}' +
+          (f'; broken: {", ".join(a.break_)}' if a.break_ else ''))
     return 0
 
 # %% ../../nbs/train/robot.ipynb #5a781875
@@ -1014,13 +773,8 @@ def _train_cmd(a, flags: dict) -> int:
     except ValidationFailed as e:
         print(str(e), file=sys.stderr)
         return 1
-    print(
-        json.dumps(
-            {k: res.get(k) for k in ('status', 'run_dir', 'epochs_completed', 'global_step')}
-        )
-    )
+    print(json.dumps({k: res.get(k) for k in ('status', 'run_dir', 'epochs_completed', 'global_step')}))
     return 0 if res.get('status') in ('finished', 'preempted') else 1
-
 
 def _report_cmd(a) -> int:
     run = Path(a.run_dir)
@@ -1035,15 +789,8 @@ def _report_cmd(a) -> int:
     if handoffs:
         print(handoffs[-1] + '\n')
     if a.replan_every:
-        print(
-            json.dumps(
-                {
-                    k: v
-                    for k, v in replanning_summary(run, a.replan_every, a.tol).items()
-                    if k != 'rows'
-                }
-            )
-        )
+        summary = replanning_summary(run, a.replan_every, a.tol)
+        print(json.dumps({k: v for k, v in summary.items() if k != 'rows'}))
     return 0
 
 # %% ../../nbs/train/robot.ipynb #7c910f08
@@ -1053,61 +800,43 @@ def load_policy(ckpt: str | Path) -> ACTPolicy:
     mc = ck['halting_lab']['model_config']
     names = {f.name for f in dataclasses.fields(ACTConfig)}
     pol = ACTPolicy(ACTConfig(**{k: v for k, v in mc.items() if k in names}))
-    pol.load_state_dict(
-        {k[len('model.') :]: v for k, v in ck['state_dict'].items() if k.startswith('model.')}
-    )
+    sd = ck['state_dict']
+    pol.load_state_dict({k[len('model.'):]: v for k, v in sd.items() if k.startswith('model.')})
     return pol.eval()
 
-
-def replanning_summary(
-    run_dir: str | Path, replan_every: int = 5, tol: float = 0.05, max_episodes: int = 5
-) -> dict:
+# %% ../../nbs/train/robot.ipynb #ff997bf2
+def replanning_summary(run_dir: str | Path, replan_every: int = 5, tol: float = 0.05,
+                       max_episodes: int = 5) -> dict:
     "replan_profile of the run's best (else last) checkpoint on its validation episodes."
     from halting_lab.models.act_policy import replan_profile
     from halting_lab.tasks.lerobot import LeRobotDataModule
 
     run = Path(run_dir)
     ck = next(
-        (
-            p
-            for p in [run / 'checkpoints/act_best/checkpoint.ckpt', run / 'checkpoints/last.ckpt']
-            if p.exists()
-        ),
-        None,
-    )
+        (p for p in [run / 'checkpoints/act_best/checkpoint.ckpt', run / 'checkpoints/last.ckpt']
+         if p.exists()), None)
     if ck is None:
         raise HaltingLabError(f'{run}/checkpoints: no act_best or last.ckpt')
     pol = load_policy(ck)
     tc = load_json(run / 'config.json')['train_config']
     rc, c = robot_flags(tc), pol.config
-    dm = LeRobotDataModule(
-        rc.dataset,
-        c.chunk_size,
-        (c.image_height, c.image_width),
-        cameras=tuple(c.camera_list),
-        val_episodes=rc.val_episodes,
-        validate=False,
-    )
+    dm = LeRobotDataModule(rc.dataset, c.chunk_size, (c.image_height, c.image_width),
+                           cameras=tuple(c.camera_list), val_episodes=rc.val_episodes,
+                           validate=False)
     tr, va = dm.split()
     totals = {'compared': 0, 'changed': 0, 'replans': 0, 'rows': []}
     for ep in (va or tr)[:max_episodes]:
-        ds = EpisodeChunks(
-            dm.data, [ep], c.chunk_size, (c.image_height, c.image_width), tuple(c.camera_list)
-        )
-        obs = [
-            {k: v[None] for k, v in ds[t].items() if k.startswith('observation')}
-            for t in range(len(ds))
-        ]
+        ds = EpisodeChunks(dm.data, [ep], c.chunk_size, (c.image_height, c.image_width),
+                           tuple(c.camera_list))
+        obs = [{k: v[None] for k, v in ds[t].items() if k.startswith('observation')}
+               for t in range(len(ds))]
         p = replan_profile(pol, obs, replan_every, tol)
         for k in ('compared', 'changed', 'replans'):
             totals[k] += p[k]
         totals['rows'] += [(int(ep['episode_index']), *r) for r in p['rows']]
     totals.update(
-        checkpoint=str(ck),
-        replan_every=replan_every,
-        tol=tol,
-        changed_fraction=totals['changed'] / totals['compared'] if totals['compared'] else 0.0,
-    )
+        checkpoint=str(ck), replan_every=replan_every, tol=tol,
+        changed_fraction=totals['changed'] / totals['compared'] if totals['compared'] else 0.0)
     return totals
 
 # %% ../../nbs/train/robot.ipynb #4264edcc
@@ -1115,50 +844,32 @@ def _parser() -> argparse.ArgumentParser:
     ap = _Parser(
         prog='halting-lab robot',
         description='Robot ACT policy (seed 004): validate LeRobot v3.0 data, '
-        'make synthetic episodes, train with preemption-safe checkpoints, report.',
-    )
+        'make synthetic episodes, train with preemption-safe checkpoints, report.')
     sub = ap.add_subparsers(dest='cmd', required=True, parser_class=_Parser)
     v = sub.add_parser('validate', help='check every item of the seed\'s data checklist')
     v.add_argument('dataset')
     v.add_argument('--min-episodes', type=int, default=50)
-    v.add_argument(
-        '--resolution', default=None, help='required WxH of the camera frames (e.g. 640x480)'
-    )
+    v.add_argument('--resolution', default=None,
+                   help='required WxH of the camera frames (e.g. 640x480)')
     v.add_argument('--json', default=None, help='write the machine-readable report here')
-    s = sub.add_parser(
-        'make-synthetic', help='write simulated wheel-loader episodes in the LeRobot v3.0 layout'
-    )
+    s = sub.add_parser('make-synthetic',
+                       help='write simulated wheel-loader episodes in the LeRobot v3.0 layout')
     s.add_argument('out')
-    for k, d in (
-        ('episodes', 50),
-        ('length', 40),
-        ('width', 64),
-        ('height', 48),
-        ('fps', 30),
-        ('seed', 0),
-        ('break-episode', 1),
-    ):
+    for k, d in (('episodes', 50), ('length', 40), ('width', 64), ('height', 48), ('fps', 30),
+                 ('seed', 0), ('break-episode', 1)):
         s.add_argument(f'--{k}', type=int, default=d)
     s.add_argument('--codec', default='auto', help='auto (AV1 like lerobot), av1, h264, mpeg4')
-    s.add_argument(
-        '--break',
-        dest='break_',
-        action='append',
-        choices=BREAKS,
-        help='damage the dataset this way (repeatable)',
-    )
+    s.add_argument('--break', dest='break_', action='append', choices=BREAKS,
+                   help='damage the dataset this way (repeatable)')
     r = sub.add_parser(
-        'report', help='latest REPORT / HANDOFF of a run; --replan-every K: replanning changes'
-    )
+        'report', help='latest REPORT / HANDOFF of a run; --replan-every K: replanning changes')
     r.add_argument('run_dir')
     r.add_argument('--replan-every', type=int, default=0)
     r.add_argument('--tol', type=float, default=0.05)
     t = sub.add_parser('train', help='train the ACT policy on a validated LeRobot dataset')
     t.add_argument(
-        '--preset',
-        default=None,
-        help='seed004: the seed\'s values (chunk 20, batch 64, lr 1e-4, 500 epochs, ...)',
-    )
+        '--preset', default=None,
+        help='seed004: the seed\'s values (chunk 20, batch 64, lr 1e-4, 500 epochs, ...)')
     t.add_argument('--run-id', dest='run_id', default=None)
     t.add_argument('--run-dir', dest='run_dir', default=None)
     t.add_argument('--engine', default='auto', choices=('auto', 'train', 'local'))

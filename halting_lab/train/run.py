@@ -125,6 +125,7 @@ def _file_open_elsewhere(path:Path)->bool:
         except OSError: continue
     return False
 
+# %% ../../nbs/train/run.ipynb #0543e2f7
 class _Tee(io.TextIOBase):
     def __init__(self, stream, log):
         self.stream, self.log, self._line = stream, log, ''
@@ -136,16 +137,21 @@ class _Tee(io.TextIOBase):
             for l in lines: self.log.write(l.split('\r')[-1] + '\n')
             self.log.flush()
         return len(s)
-    def flush(self): self.stream.flush(); self.log.flush()
+    def flush(self):
+        self.stream.flush()
+        self.log.flush()
     def isatty(self): return getattr(self.stream, 'isatty', lambda: False)()
     def fileno(self): return self.stream.fileno()
     @property
     def encoding(self): return getattr(self.stream, 'encoding', 'utf-8')
 
+# %% ../../nbs/train/run.ipynb #7f6f1abe
 @contextlib.contextmanager
 def tee_console(path:Path):
     if _file_open_elsewhere(path):
-        print(f'(train.log is already written by another process, e.g. `| tee`; not teeing)'); yield; return
+        print('(train.log is already written by another process, e.g. `| tee`; not teeing)')
+        yield
+        return
     with open(path, 'a', encoding='utf-8') as log:
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)

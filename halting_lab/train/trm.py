@@ -25,11 +25,13 @@ class TRMOptimizer(torch.optim.Optimizer):
     "Param groups by `kind`: 'adamw', 'adam_atan2' (the reference's) or 'signsgd' (puzzle embedding)."
     def __init__(self, params, lr:float=1e-4, betas=(0.9, 0.95), eps:float=1e-8,
                  weight_decay:float=0.0, kind:str='adamw'):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, kind=kind))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      kind=kind))
         self._atan2 = None
         if groups := self._groups('adam_atan2'):
             # the package's update with a = b = 1 (the reference kernel); its extra settings join ours
-            self._atan2 = adam_atan2_class()([{'params': g['params']} for g in groups], lr=lr, a=1.0, b=1.0)
+            self._atan2 = adam_atan2_class()([{'params': g['params']} for g in groups],
+                                             lr=lr, a=1.0, b=1.0)
             for g, d in zip(groups, self._atan2.param_groups):
                 for k, v in d.items(): g.setdefault(k, v)
 
@@ -129,7 +131,8 @@ def training_step(self:TRMLitModule, batch, batch_idx):
 def q_halt_first_step(q:torch.Tensor)->torch.Tensor:
     "[B] the first step whose `q_halt > 0` (the last step when none), from logits `[S, B]`."
     S = q.shape[0]
-    return torch.where((q > 0).any(0), (q > 0).float().argmax(0), torch.full_like(q[0], S - 1)).long()
+    first = (q > 0).float().argmax(0)
+    return torch.where((q > 0).any(0), first, torch.full_like(q[0], S - 1)).long()
 
 @patch
 def validation_step(self:TRMLitModule, batch, batch_idx):
@@ -188,6 +191,7 @@ def carry_path(ckpt_dir:str|Path, carry_id:str, rank:int)->Path:
     "The carry file of rank `rank` for the save `carry_id`."
     return Path(ckpt_dir) / CARRY_DIR / f'{carry_id}.rank{rank}.pt'
 
+# %% ../../nbs/train/trm.ipynb #033de2f9
 def _ckpt_dir(self:TRMLitModule)->Path: return RunDir(self.trainer.default_root_dir).checkpoints
 
 @patch
@@ -250,8 +254,8 @@ def load_extra_state(self:TRMLitModule, d:dict):
     self.carry = carry_from_dict(torch.load(p, map_location='cpu', weights_only=True))
 
 # %% ../../nbs/train/trm.ipynb #45e6f1bb
-from .run import (evaluate_halting as evaluate_adaptive, split_batches as dataset_batches,
-                                   evaluate_halting_modes, EXIT_RULES)
+from .run import evaluate_halting as evaluate_adaptive
+from .run import split_batches as dataset_batches, evaluate_halting_modes, EXIT_RULES
 from .recipes import (MAZE_HARD_SOURCE, MAZE_HARD_RECIPE, SUDOKU_EXTREME_RECIPE,
                                        CPU_RECIPES, recipe_argv, maze_hard_data_argv)
 

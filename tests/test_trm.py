@@ -481,3 +481,69 @@ def test_puzzle_embedding_sparse_update_touches_only_batch_rows():
     sd = m.state_dict(); assert 'puzzle_emb.weight' in sd     # same key as nn.Embedding: old checkpoints load
     m2 = TRM(_cfg(num_puzzle_identifiers=10)); m2.load_state_dict(sd)
     assert torch.equal(m2.puzzle_emb.weight, w)
+
+
+# ---------------------------------------------------------------- evaluation path == forward_step, bit for bit
+def _loop_logits(m, b, S):
+    "Logits after each of S `forward_step` calls on one batch (the reference training API), [S, B, L, V]."
+    c, out = m.initial_carry(b), []
+    with torch.no_grad():
+        for _ in range(S):
+            c, o = m.forward_step(c, b)
+            out.append(o['logits'])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize('mlp_t', [False, True])
+def test_fixed_forward_equals_forward_step_loop_bit_for_bit(mlp_t):
+    torch.manual_seed(0); m = TRM(_cfg(mlp_t=mlp_t, halt_max_steps=4)).eval(); b = _batch()
+    want = _loop_logits(m, b, 4)
+    o = m(b, halting='fixed', return_steps=True)
+    assert torch.equal(o.step_logits, want) and torch.equal(o.logits, want[-1])
+    assert torch.equal(m(b).logits, want[-1])                            # without return_steps too
+
+
+def _reference_eval(m, b, halting, S, threshold='auto'):
+    "The evaluation loop before the fast path (gather / in-place scatter every step), latents copied per step."
+    from halting_lab.models.trm import make_eval_criterion, _reset_state
+    cfg, inp, pid = m.config, b['inputs'], b.get('puzzle_identifiers')
+    B, L = inp.shape
+    crit = make_eval_criterion(halting, S, threshold); mask = inp != 0; st = crit.init(mask)
+    z_H, z_L = _reset_state(m, B, inp.device)
+    cur, lat = torch.zeros(B, L, cfg.vocab_size), torch.zeros(B, L, cfg.hidden_size)
+    qh, q_hist, steps_out = torch.full((B,), float('nan')), [], []
+    halt_step, active = torch.full((B,), S, dtype=torch.long), torch.arange(B)
+    with torch.no_grad():
+        for t in range(S):
+            a = active
+            zh, zl, lg, q = m.inner(z_H[a], z_L[a], inp[a], None if pid is None else pid[a])
+            z_H[a], z_L[a] = zh, zl
+            cur[a] = lg.float(); lat = lat.clone(); lat[a] = zh[:, cfg.prefix_len:].float(); qh[a] = q[:, 0]
+            _, st, running = crit.step(st, t, logits=cur, latent=lat, q_halt=qh, q_continue=None)
+            q_hist.append(qh.clone()); steps_out.append(cur.clone())
+            still = running.any(-1)
+            halt_step[a[~still[a]]] = t + 1; active = a[still[a]]
+            if active.numel() == 0: break
+    return cur, halt_step, torch.stack(q_hist), torch.stack(steps_out), crit.finalize(st).halt_cumprob
+
+
+@pytest.mark.parametrize('halting,threshold', [('fixed', 'auto'), ('q', 'auto'), ('entropy', 1.6), ('entropy-diff', 1e-3),
+                                               ('latent-diff', 0.3), ('cosine', 0.02), ('kl', 5e-3),
+                                               ('minp-kl', 1e-3), ('argmax-stability', 2)])
+def test_adaptive_eval_unchanged_by_the_fast_path(halting, threshold):
+    "Every halting mode gives what the former gather/scatter loop gave, bit for bit, with samples halting apart."
+    torch.manual_seed(2); m = TRM(_cfg(halt_max_steps=6)).eval(); b = _batch(B=12)
+    with torch.no_grad(): m.q_head.weight.normal_(0, 1.0); m.q_head.bias.zero_()
+    cur, hs, qh, steps, cum = _reference_eval(m, b, halting, 6, threshold)
+    o = m(b, halting=halting, threshold=threshold, return_steps=True)
+    assert torch.equal(o.logits, cur) and o.extras['halt_step'].tolist() == hs.tolist()
+    assert torch.equal(o.step_logits, steps) and torch.equal(o.halt_cumprob, cum)
+    assert torch.equal(o.extras['q_halt_logits'].isnan(), qh.isnan())
+    assert torch.equal(o.extras['q_halt_logits'].nan_to_num(), qh.nan_to_num())
+
+
+def test_latent_rules_depend_on_their_threshold():
+    "latent-diff compares y with the previous step's y (it used to compare y with itself and stop at step 2)."
+    torch.manual_seed(0); m = TRM(_cfg(halt_max_steps=8)).eval(); b = _batch(B=8)
+    steps = [m(b, halting='latent-diff', threshold=th).extras['halt_step'] for th in (10.0, 1e-9)]
+    assert steps[0].tolist() == [1] * 8 and steps[1].tolist() == [8] * 8       # the old loop: [2] * 8 for both

@@ -8,6 +8,7 @@ import contextlib, math
 from dataclasses import dataclass, field, asdict, fields
 from typing import Any, Optional
 import torch, torch.nn as nn, torch.nn.functional as F
+from fastcore.basics import patch
 from ..core import HaltingOutput, HaltingLabError
 from ..halting import (q_halt_decision, q_halt_loss, q_continue_target, seq_correct,
                                  make_criterion, EXIT_DEFAULTS)
@@ -50,30 +51,39 @@ class TRMConfig:
     FLAG_ALIASES = {'n_sup': 'halt_max_steps', 'N_sup': 'halt_max_steps',
                     'max_sup': 'halt_max_steps'}   # the paper's / seeds' names of the budget
 
-    def __post_init__(self):
-        if self.model_type != 'trm': raise HaltingLabError(f"model_type: TRMConfig is for 'trm', got {self.model_type!r}")
-        if self.pos_encodings not in ('rope', 'learned', 'none'):
-            raise HaltingLabError(f"pos_encodings: expected 'rope', 'learned' or 'none', got {self.pos_encodings!r}")
-        if not self.mlp_t and self.hidden_size % self.num_heads:
-            raise HaltingLabError(f'hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})')
-        if self.loss_type not in ('stablemax_cross_entropy', 'softmax_cross_entropy'):
-            raise HaltingLabError(f'loss_type: unknown {self.loss_type!r}')
-        for k in ('H_cycles', 'L_cycles', 'L_layers', 'halt_max_steps'):
-            if getattr(self, k) < 1: raise HaltingLabError(f'{k} must be >= 1, got {getattr(self, k)}')
+    def __post_init__(self): _check_trm_config(self)   # defined below
 
-    @property
-    def prefix_len(self)->int:
-        "Positions taken by the puzzle embedding in front of the tokens."
-        if self.puzzle_emb_ndim <= 0: return 0
-        return self.puzzle_emb_len or -(self.puzzle_emb_ndim // -self.hidden_size)
 
-    @classmethod
-    def from_dict(cls, d:dict)->'TRMConfig':
-        "Build from a dict, ignoring keys that are not fields (e.g. training flags)."
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+# %% ../../nbs/models/trm.ipynb #5a1d0c02
+def _check_trm_config(c:TRMConfig):
+    "Raise HaltingLabError naming the field when a TRMConfig value is out of range."
+    if c.model_type != 'trm': raise HaltingLabError(f"model_type: TRMConfig is for 'trm', got {c.model_type!r}")
+    if c.pos_encodings not in ('rope', 'learned', 'none'):
+        raise HaltingLabError(f"pos_encodings: expected 'rope', 'learned' or 'none', got {c.pos_encodings!r}")
+    if not c.mlp_t and c.hidden_size % c.num_heads:
+        raise HaltingLabError(f'hidden_size ({c.hidden_size}) must be divisible by num_heads ({c.num_heads})')
+    if c.loss_type not in ('stablemax_cross_entropy', 'softmax_cross_entropy'):
+        raise HaltingLabError(f'loss_type: unknown {c.loss_type!r}')
+    for k in ('H_cycles', 'L_cycles', 'L_layers', 'halt_max_steps'):
+        if getattr(c, k) < 1: raise HaltingLabError(f'{k} must be >= 1, got {getattr(c, k)}')
 
-    def to_dict(self)->dict: return asdict(self)
+# %% ../../nbs/models/trm.ipynb #5a1d0c03
+@patch(as_prop=True)
+def prefix_len(self:TRMConfig)->int:
+    "Positions taken by the puzzle embedding in front of the tokens."
+    if self.puzzle_emb_ndim <= 0: return 0
+    return self.puzzle_emb_len or -(self.puzzle_emb_ndim // -self.hidden_size)
+
+@patch(cls_method=True)
+def from_dict(cls:TRMConfig, d:dict)->'TRMConfig':
+    "Build from a dict, ignoring keys that are not fields (e.g. training flags)."
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+@patch
+def to_dict(self:TRMConfig)->dict:
+    "The config as a plain dict (stored in checkpoints)."
+    return asdict(self)
 
 # %% ../../nbs/models/trm.ipynb #6b35c7b1
 def trunc_normal_(w:torch.Tensor, std:float=1.0):
@@ -85,11 +95,13 @@ def trunc_normal_(w:torch.Tensor, std:float=1.0):
 
 def rms_norm(x:torch.Tensor, eps:float=1e-5)->torch.Tensor:
     "RMSNorm without learned scale, computed in float32."
-    dt = x.dtype; x = x.float()
+    dt = x.dtype
+    x = x.float()
     return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(dt)
 
 def _linear(i:int, o:int, bias:bool=False)->nn.Linear:
-    l = nn.Linear(i, o, bias=bias); trunc_normal_(l.weight, 1 / math.sqrt(i))
+    l = nn.Linear(i, o, bias=bias)
+    trunc_normal_(l.weight, 1 / math.sqrt(i))
     if bias: nn.init.zeros_(l.bias)
     return l
 
@@ -177,39 +189,54 @@ class TRM(nn.Module):
     def __init__(self, config:TRMConfig|dict|None=None, **kwargs):
         super().__init__()
         cfg = config if isinstance(config, TRMConfig) else TRMConfig.from_dict({**(config or {}), **kwargs})
-        self.config = cfg; D = cfg.hidden_size; P = cfg.seq_len + cfg.prefix_len
+        self.config = cfg
+        D = cfg.hidden_size
+        P = cfg.seq_len + cfg.prefix_len
         self.embed_scale = math.sqrt(D)
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, D); trunc_normal_(self.embed_tokens.weight, 1 / self.embed_scale)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, D)
+        trunc_normal_(self.embed_tokens.weight, 1 / self.embed_scale)
         self.puzzle_emb = None
         if cfg.puzzle_emb_ndim > 0:         # learned per-puzzle embedding (own optimizer; init 0 as reference)
-            self.puzzle_emb = SparseEmbedding(cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim)   # rows of the batch only
-        self.rotary = RotaryEmbedding(D // cfg.num_heads, P, cfg.rope_theta) if cfg.pos_encodings == 'rope' and not cfg.mlp_t else None
+            # rows of the batch only
+            self.puzzle_emb = SparseEmbedding(cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim)
+        rope = cfg.pos_encodings == 'rope' and not cfg.mlp_t
+        self.rotary = RotaryEmbedding(D // cfg.num_heads, P, cfg.rope_theta) if rope else None
         self.embed_pos = None
         if cfg.pos_encodings == 'learned':
-            self.embed_pos = nn.Embedding(P, D); trunc_normal_(self.embed_pos.weight, 1 / self.embed_scale)
+            self.embed_pos = nn.Embedding(P, D)
+            trunc_normal_(self.embed_pos.weight, 1 / self.embed_scale)
         self.L_level = ReasoningModule(cfg)
         self.lm_head = _linear(D, cfg.vocab_size)
         self.q_head = nn.Linear(D, 2, bias=True)                   # (q_halt, q_continue)
-        with torch.no_grad(): self.q_head.weight.zero_(); self.q_head.bias.fill_(-5.0)
+        with torch.no_grad():
+            self.q_head.weight.zero_()
+            self.q_head.bias.fill_(-5.0)
         self.register_buffer('H_init', trunc_normal_(torch.empty(D), 1.0), persistent=True)
         self.register_buffer('L_init', trunc_normal_(torch.empty(D), 1.0), persistent=True)
 
-    def _autocast(self, device:torch.device):
-        "bf16 autocast on CUDA when forward_dtype is 'auto'/'bfloat16'; float32 elsewhere."
-        fd = self.config.forward_dtype
-        on = (fd == 'bfloat16') or (fd == 'auto' and device.type == 'cuda')
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on and device.type in ('cuda', 'cpu', 'mps'))
 
-    def input_embeddings(self, inputs, puzzle_identifiers=None):     # inputs [B, L] -> [B, P, D]
-        cfg = self.config; e = self.embed_tokens(inputs.long())
-        if self.puzzle_emb is not None:
-            if puzzle_identifiers is None: puzzle_identifiers = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device)
-            pe = self.puzzle_emb(puzzle_identifiers.long())                            # [B, ndim]
-            pad = cfg.prefix_len * cfg.hidden_size - pe.shape[-1]
-            if pad > 0: pe = F.pad(pe, (0, pad))
-            e = torch.cat((pe.view(-1, cfg.prefix_len, cfg.hidden_size).to(e.dtype), e), dim=-2)
-        if self.embed_pos is not None: e = 0.707106781 * (e + self.embed_pos.weight.to(e.dtype))
-        return self.embed_scale * e
+# %% ../../nbs/models/trm.ipynb #5a1d0c04
+@patch
+def _autocast(self:TRM, device:torch.device):
+    "bf16 autocast on CUDA when forward_dtype is 'auto'/'bfloat16'; float32 elsewhere."
+    fd = self.config.forward_dtype
+    on = (fd == 'bfloat16') or (fd == 'auto' and device.type == 'cuda')
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on and device.type in ('cuda', 'cpu', 'mps'))
+
+@patch
+def input_embeddings(self:TRM, inputs, puzzle_identifiers=None):     # inputs [B, L] -> [B, P, D]
+    "Token embeddings (with the puzzle-embedding prefix and learned positions when configured), scaled."
+    cfg = self.config
+    e = self.embed_tokens(inputs.long())
+    if self.puzzle_emb is not None:
+        if puzzle_identifiers is None:
+            puzzle_identifiers = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device)
+        pe = self.puzzle_emb(puzzle_identifiers.long())                            # [B, ndim]
+        pad = cfg.prefix_len * cfg.hidden_size - pe.shape[-1]
+        if pad > 0: pe = F.pad(pe, (0, pad))
+        e = torch.cat((pe.view(-1, cfg.prefix_len, cfg.hidden_size).to(e.dtype), e), dim=-2)
+    if self.embed_pos is not None: e = 0.707106781 * (e + self.embed_pos.weight.to(e.dtype))
+    return self.embed_scale * e
 
 # %% ../../nbs/models/trm.ipynb #ecd650a3
 @torch.no_grad()
@@ -256,7 +283,8 @@ CARRY_KEYS = ('inputs', 'labels', 'puzzle_identifiers', 'index')
 
 def _initial_carry(self:TRM, batch:dict)->TRMCarry:
     "A carry whose slots are all halted, so the first `forward_step` loads the whole batch."
-    inp = batch['inputs']; B = inp.shape[0]
+    inp = batch['inputs']
+    B = inp.shape[0]
     z_H, z_L = _reset_state(self, B, inp.device)
     data = {k: torch.zeros_like(batch[k]) for k in CARRY_KEYS if k in batch}
     return TRMCarry(z_H, z_L, torch.zeros(B, dtype=torch.int32, device=inp.device),
@@ -266,10 +294,12 @@ TRM.initial_carry = _initial_carry
 # %% ../../nbs/models/trm.ipynb #1dadc2b3
 def _forward_step(self:TRM, carry:TRMCarry, batch:dict)->tuple[TRMCarry, dict]:
     "One supervision step with the reference carry semantics; returns (new carry, outputs dict)."
-    cfg = self.config; halted = carry.halted                                         # [B]
+    cfg = self.config
+    halted = carry.halted  # [B]
     h = halted.view(-1, 1, 1)
     z_H0, z_L0 = _reset_state(self, halted.shape[0], halted.device)
-    z_H = torch.where(h, z_H0, carry.z_H.to(z_H0.dtype)); z_L = torch.where(h, z_L0, carry.z_L.to(z_L0.dtype))
+    z_H = torch.where(h, z_H0, carry.z_H.to(z_H0.dtype))
+    z_L = torch.where(h, z_L0, carry.z_L.to(z_L0.dtype))
     steps = torch.where(halted, torch.zeros_like(carry.steps), carry.steps)
     data = {k: torch.where(halted.view((-1,) + (1,) * (batch[k].ndim - 1)), batch[k], v)
             for k, v in carry.current_data.items()}
@@ -292,7 +322,8 @@ TRM.forward_step = _forward_step
 def _s(x, eps:float=1e-30): return torch.where(x < 0, 1 / (1 - x + eps), x + 1)
 
 def log_stablemax(x, dim:int=-1):
-    s = _s(x); return torch.log(s / s.sum(dim=dim, keepdim=True))
+    s = _s(x)
+    return torch.log(s / s.sum(dim=dim, keepdim=True))
 
 def stablemax_cross_entropy(logits, labels, valid_mask):
     "Per-token loss [B, L] of stablemax (float64 where the device has it), 0 where `valid_mask` is False."
@@ -304,14 +335,17 @@ def stablemax_cross_entropy(logits, labels, valid_mask):
 def softmax_cross_entropy(logits, labels, valid_mask):
     "Per-token softmax cross-entropy [B, L], 0 where `valid_mask` is False."
     lab = torch.where(valid_mask, labels, 0).long()
-    l = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), lab.reshape(-1), reduction='none').view(labels.shape)
+    l = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), lab.reshape(-1), reduction='none')
+    l = l.view(labels.shape)
     return torch.where(valid_mask, l, 0)
 
 # %% ../../nbs/models/trm.ipynb #fba73588
 def trm_loss(outputs:dict, labels:torch.Tensor, loss_type:str='stablemax_cross_entropy', ignore_label_id:int=-100):
     "Reference ACT loss head: returns (summed loss, per-example `seq_correct` [B], metrics of this step)."
-    logits = outputs['logits']; mask = labels != ignore_label_id                     # [B, L]
-    counts = mask.sum(-1); div = counts.clamp_min(1).unsqueeze(-1)
+    logits = outputs['logits']
+    mask = labels != ignore_label_id  # [B, L]
+    counts = mask.sum(-1)
+    div = counts.clamp_min(1).unsqueeze(-1)
     fn = stablemax_cross_entropy if loss_type == 'stablemax_cross_entropy' else softmax_cross_entropy
     lm = (fn(logits, labels, mask) / div).sum()
     with torch.no_grad():
@@ -336,47 +370,76 @@ def make_eval_criterion(halting:str|Any, max_steps:int, threshold:float|str|None
     try: return make_criterion(name, max_steps, **kw)
     except ValueError as e: raise HaltingLabError(f'halting: {e}') from None
 
+# %% ../../nbs/models/trm.ipynb #3c1f6a2e
+def _scatter(full:torch.Tensor,   # [B, ...] the whole batch
+             rows:torch.Tensor,   # [b] indices of the running samples
+             new:torch.Tensor,    # [b, ...] their new values
+            )->torch.Tensor:
+    "A copy of `full` with `full[rows] = new`: out of place, so a tensor a criterion kept stays as it was."
+    return full.index_put((rows,), new.to(full.dtype))
+
+# %% ../../nbs/models/trm.ipynb #3c1f6a31
+def _eval_step(self:TRM, s:dict, a:Optional[torch.Tensor], want_lat:bool)->dict:
+    "One supervision step of the running rows `a` (None: all) on the eval state `s`; returns the new state."
+    P, inp, pid = self.config.prefix_len, s['inp'], s['pid']
+    if a is None:                                   # every sample runs: the step's outputs are the state
+        zh, zl, lg, q = self.inner(s['z_H'], s['z_L'], inp, pid)
+        n = {'z_H': zh.to(s['z_H'].dtype), 'z_L': zl.to(s['z_L'].dtype), 'cur': lg.float(), 'qh': q[:, 0]}
+        n['lat'] = zh[:, P:].float() if want_lat else None
+    else:                                           # recompute the running rows only
+        zh, zl, lg, q = self.inner(s['z_H'][a], s['z_L'][a], inp[a], None if pid is None else pid[a])
+        n = {k: _scatter(s[k], a, v) for k, v in (('z_H', zh), ('z_L', zl), ('cur', lg), ('qh', q[:, 0]))}
+        n['lat'] = _scatter(s['lat'], a, zh[:, P:]) if want_lat else None
+    return {**s, **n}
+
 # %% ../../nbs/models/trm.ipynb #95780cf5
 @torch.no_grad()
 def _forward_eval(self:TRM, batch:dict, return_steps:bool=False, halting=None, max_steps:Optional[int]=None,
                   threshold='auto')->HaltingOutput:
-    cfg = self.config; inp = batch['inputs']; pid = batch.get('puzzle_identifiers')
-    B, L = inp.shape; S = int(max_steps or cfg.halt_max_steps); dev = inp.device
+    "Up to `max_steps` supervision steps from fresh states; each sample halts under `halting` (table above)."
+    cfg, inp = self.config, batch['inputs']
+    (B, L), S, dev = inp.shape, int(max_steps or cfg.halt_max_steps), inp.device
     crit = make_eval_criterion(halting or cfg.eval_halting, S, threshold)
+    want_lat = getattr(crit, 'needs_latent', True)                    # only latent rules read y
     mask = inp != 0                                                   # [B, L] real positions (0 = pad)
     st = crit.init(mask)
     z_H, z_L = _reset_state(self, B, dev)                             # [B, P, D]
-    cur = torch.zeros(B, L, cfg.vocab_size, device=dev)               # prediction of each sample so far
-    lat = torch.zeros(B, L, cfg.hidden_size, device=dev)              # answer state y at token positions
-    qh = torch.full((B,), float('nan'), device=dev); q_hist, steps_out = [], []
+    s = {'inp': inp, 'pid': batch.get('puzzle_identifiers'), 'z_H': z_H, 'z_L': z_L, 'lat': None,
+         'cur': None, 'qh': torch.full((B,), float('nan'), device=dev)}
+    q_hist = torch.empty(S, B, device=dev)                            # q_halt after each step
+    steps_out = torch.empty(S, B, L, cfg.vocab_size, device=dev) if return_steps else None
     halt_step = torch.full((B,), S, dtype=torch.long, device=dev)
-    active = torch.arange(B, device=dev)
+    a, n = None, 0                                                    # a: running rows (None = all)
     for t in range(S):
-        a = active
-        zh, zl, lg, q = self.inner(z_H[a], z_L[a], inp[a], None if pid is None else pid[a])
-        z_H[a], z_L[a] = zh.to(z_H.dtype), zl.to(z_L.dtype)
-        cur[a] = lg.float(); lat[a] = zh[:, cfg.prefix_len:].float(); qh[a] = q[:, 0]
-        _, st, running = crit.step(st, t, logits=cur, latent=lat, q_halt=qh, q_continue=None)
-        q_hist.append(qh.clone())
-        if return_steps: steps_out.append(cur.clone())
-        still = running.any(-1)                                     # [B] a sample runs while any position runs
-        stopped = a[~still[a]]; halt_step[stopped] = t + 1
-        active = a[still[a]]
-        if active.numel() == 0: break
-    res = crit.finalize(st)
+        s, n = _eval_step(self, s, a, want_lat), t + 1
+        _, st, running = crit.step(st, t, logits=s['cur'], latent=s['lat'], q_halt=s['qh'], q_continue=None)
+        q_hist[t] = s['qh']
+        if return_steps: steps_out[t] = s['cur']
+        rows = torch.arange(B, device=dev) if a is None else a
+        still = running.any(-1)[rows]                               # a sample runs while any position runs
+        if bool(still.all()): continue
+        halt_step[rows[~still]] = t + 1
+        a = rows[still]
+        if a.numel() == 0: break
     hs = torch.where(mask, halt_step[:, None].float().expand(B, L), torch.zeros(B, L, device=dev))
-    return HaltingOutput(logits=cur, halting_steps=hs, step_logits=torch.stack(steps_out) if return_steps else None,
-                         halt_cumprob=res.halt_cumprob,
-                         extras={'q_halt_logits': torch.stack(q_hist), 'halt_step': halt_step, 'criterion': crit})
+    return HaltingOutput(logits=s['cur'], halting_steps=hs, step_logits=None if steps_out is None else steps_out[:n],
+                         halt_cumprob=crit.finalize(st).halt_cumprob,
+                         extras={'q_halt_logits': q_hist[:n], 'halt_step': halt_step, 'criterion': crit})
 
 # %% ../../nbs/models/trm.ipynb #51844419
 def _forward_train(self:TRM, batch:dict, max_steps:Optional[int]=None)->HaltingOutput:
     "All steps with grad on each step's last cycle; aux_loss = deep supervision of earlier steps + Q BCE (means)."
-    cfg = self.config; inp = batch['inputs']; pid = batch.get('puzzle_identifiers'); lab = batch.get('labels')
-    B, L = inp.shape; S = int(max_steps or cfg.halt_max_steps)
-    z_H, z_L = _reset_state(self, B, inp.device); lgs, aux = [], 0.0
+    cfg = self.config
+    inp = batch['inputs']
+    pid = batch.get('puzzle_identifiers')
+    lab = batch.get('labels')
+    B, L = inp.shape
+    S = int(max_steps or cfg.halt_max_steps)
+    z_H, z_L = _reset_state(self, B, inp.device)
+    lgs, aux = [], 0.0
     for t in range(S):
-        z_H, z_L, lg, q = self.inner(z_H, z_L, inp, pid); lgs.append(lg)
+        z_H, z_L, lg, q = self.inner(z_H, z_L, inp, pid)
+        lgs.append(lg)
         if lab is not None:
             l, _, _ = trm_loss({'logits': lg, 'q_halt_logits': q[:, 0]}, lab, cfg.loss_type)
             if t < S - 1: aux = aux + l / B

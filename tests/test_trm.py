@@ -431,17 +431,21 @@ def test_compare_halting_notebook(tmp_path):
     out = tmp_path / 'cmp'; out.mkdir()
     r = subprocess.run([pm, str(ROOT / 'nbs' / 'experiments' / 'compare_halting.ipynb'), str(out / 'compare_halting.ipynb'),
                         '-p', 'task', 'maze', '-p', 'size', '5', '-p', 'num_train', '20', '-p', 'num_test', '12', '-p', 'budget', '3',
-                        '-p', 'max_epochs', '1', '-p', 'hidden_size', '16', '-p', 'out_dir', str(out), '--no-progress-bar'],
+                        '-p', 'max_epochs', '1', '-p', 'hidden_size', '16', '-p', 'trm_budget', '4', '-p', 'out_dir', str(out),
+                        '--no-progress-bar'],
                        capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     for f in ('pareto.png', 'pareto.html', 'table.csv', 'results.json'):
         assert (out / f).stat().st_size > 0, f
     res = json.loads((out / 'results.json').read_text())
     names = {r['criterion'] for r in res['rows']}
-    assert {'TRM fixed 1', 'TRM fixed 3', 'TRM Q-halt', 'TRM latent-diff', 'TRM entropy'} <= names
+    assert {'TRM fixed 1', 'TRM fixed 4', 'TRM Q-halt', 'TRM latent-diff', 'TRM entropy'} <= names   # trm_budget 4
     for m in ('ACT-RNN (ACT)', 'ACT-RNN (PonderNet)', 'UT (ACT basic)', 'UT (ACT accumulated)', 'UT (ACT global)'):
         assert {m, f'{m} fixed 1', f'{m} fixed 3', f'{m} kl', f'{m} entropy', f'{m} argmax-stability'} <= names, m
-    assert all(r['mean_steps'] <= 3 + 1e-6 for r in res['rows'])
+    assert all(r['mean_steps'] <= (4 if r['model'] == 'TRM' else 3) + 1e-6 for r in res['rows'])
+    summary = {r['model']: r for r in res['summary']}                  # the 'did every model learn' table
+    assert summary['TRM']['budget'] == 4 and summary['UT (ACT global)']['budget'] == 3
+    assert (out / 'summary.csv').exists() and (out / 'results.csv').exists()
     assert all(r['mean_steps'] == k for r in res['rows'] for k in (1, 3) if r['criterion'].endswith(f'fixed {k}'))
     assert 'plotly' in (out / 'pareto.html').read_text()[:200000].lower()
 

@@ -9,7 +9,7 @@ requeued job starts again ~15 s later. Tests of bad requests that need no cluste
 the rest skip with the reason when Slurm/munge are not installed or we are not root.
 """
 from __future__ import annotations
-import json, os, subprocess, sys, time
+import csv, json, math, os, statistics, subprocess, sys, time
 from pathlib import Path
 import pytest
 
@@ -94,9 +94,12 @@ WALLTIME = ['--time', '00:01:00', '--signal-seconds', 5]
 # ---- long jobs, submitted first ------------------------------------------------------------------
 # toy job: 105 steps of 1 s; an allocation gives at most 55 - startup s before USR1, so the walltime forces >= 2 requeues
 WALL_STEPS = 105
-# training notebook: 48 epochs of 8 batches take > 55 s even at the fastest seen here (1.0-1.1 s/epoch on one core), so
-# at least one requeue is forced by the walltime; under load it takes more allocations (each ~60 s, 15-30 s of training)
-TRAIN_EPOCHS = 48
+# training notebook: enough epochs of 8 batches that the training outlasts one 1-min allocation (USR1 comes
+# ~35-50 s after the kernel starts), whatever the machine's speed: measured by a short local run first
+# (`train_epochs`), at least 48. One thread, as the job gets: two OpenMP threads on a busy core make an
+# epoch of this tiny model take 4-20 s instead of well under one.
+TRAIN_EPOCHS_MIN, TRAIN_EPOCHS_MAX, TRAIN_SECONDS = 48, 400, 60
+ONE_THREAD = {**os.environ, 'OMP_NUM_THREADS': '1'}   # as the job runs (`--cpus-per-task 1`)
 OVERRUN_STEPS = 55
 
 
@@ -107,6 +110,17 @@ def walltime_job(runs):
     return r.stdout.split()[2], runs / 'wall'
 
 
+def train_epochs(tmp:Path, params:dict)->int:
+    "Epochs whose training takes about TRAIN_SECONDS here: 4 epochs of the same run timed by `halting-lab train`."
+    flags = [x for k, v in params.items() if k not in ('num_show', 'max_epochs') for x in (f'--{k}', str(v))]
+    r = subprocess.run([str(HL), 'train', *flags, '--max_epochs', '4', '--default_root_dir', str(tmp / 'calib'),
+                        '--no-progress_bar'], capture_output=True, text=True, cwd=ROOT, timeout=600, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader((tmp / 'calib' / 'metrics.csv').open()))
+    per_epoch = statistics.median(float(x['epoch_time_s']) for x in rows if x['kind'] == 'epoch' and x['epoch_time_s'])
+    return int(min(TRAIN_EPOCHS_MAX, max(TRAIN_EPOCHS_MIN, math.ceil(TRAIN_SECONDS / per_epoch))))
+
+
 @pytest.fixture(scope='module')
 def train_job(runs, tmp_path_factory):
     if not TRAIN_NB.exists():
@@ -115,8 +129,9 @@ def train_job(runs, tmp_path_factory):
     data = tmp / 'maze'
     subprocess.run([str(HL), 'build-maze', '--size', '7', '--num-train', '256', '--num-test', '64', '--seed', '0',
                     '--output-dir', str(data)], check=True, capture_output=True, cwd=ROOT)
-    params = {'data_dir': str(data), 'max_epochs': TRAIN_EPOCHS, 'seed': 0, 'hidden_size': 32, 'time_limit': 4, 'batch_size': 32,
+    params = {'data_dir': str(data), 'max_epochs': 0, 'seed': 0, 'hidden_size': 32, 'time_limit': 4, 'batch_size': 32,
               'log_every_n_steps': 1, 'num_show': 2}
+    params['max_epochs'] = epochs = train_epochs(tmp, params)
     r = hl(runs, 'slurm', 'submit', TRAIN_NB, *[x for k, v in params.items() for x in ('-p', k, v)], '--run-id', 'trainw',
            *WALLTIME, *COMMON)
     # the uninterrupted reference with the same seed, run locally while the Slurm job trains
@@ -124,9 +139,9 @@ def train_job(runs, tmp_path_factory):
     ref = subprocess.Popen([str(VENV / 'bin' / 'papermill'), str(TRAIN_NB), str(tmp / 'ref.ipynb'), '-k', 'python3',
                             '--language', 'python', *[a for k, v in params.items() for a in ('-p', k, str(v))],
                             '-p', 'run_id', 'ref', '-p', 'resume_ckpt', 'auto'],
-                           env={**os.environ, 'HALTING_LAB_RUNS': str(ref_runs)}, cwd=ROOT,
+                           env={**ONE_THREAD, 'HALTING_LAB_RUNS': str(ref_runs)}, cwd=ROOT,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    yield r.stdout.split()[2], runs / 'trainw', ref, ref_runs / 'ref'
+    yield r.stdout.split()[2], runs / 'trainw', ref, ref_runs / 'ref', epochs
     if ref.poll() is None:
         ref.kill()
 
@@ -347,7 +362,7 @@ def test_walltime_overrun_records_timeout_and_requeues(overrun_job):
 
 # ---- the training notebook under a real walltime: requeued, resumed, same final metrics -------------------
 def test_training_notebook_walltime_requeue_matches_uninterrupted(train_job):
-    job_id, rd, ref, ref_rd = train_job
+    job_id, rd, ref, ref_rd, epochs = train_job
     wait_for(lambda: status(rd).get('state') in ('finished', 'failed', 'timeout'), 600, 'the training job to finish', log=rd, interval=2)
     st = status(rd)
     assert st['state'] == 'finished', st
@@ -364,7 +379,7 @@ def test_training_notebook_walltime_requeue_matches_uninterrupted(train_job):
     out, _ = ref.communicate(timeout=300)
     assert ref.returncode == 0, out[-3000:]
     res, ref_res = json.loads((rd / 'results.json').read_text()), json.loads((ref_rd / 'results.json').read_text())
-    assert res['status'] == 'finished' and res['global_step'] == ref_res['global_step'] == TRAIN_EPOCHS * 8
+    assert res['status'] == 'finished' and res['global_step'] == ref_res['global_step'] == epochs * 8
     for k, v in ref_res['final'].items():
         assert res['final'][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
 

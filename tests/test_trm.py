@@ -445,6 +445,9 @@ def test_compare_halting_notebook(tmp_path):
     assert all(r['mean_steps'] <= (4 if r['model'] == 'TRM' else 3) + 1e-6 for r in res['rows'])
     summary = {r['model']: r for r in res['summary']}                  # the 'did every model learn' table
     assert summary['TRM']['budget'] == 4 and summary['UT (ACT global)']['budget'] == 3
+    assert summary['TRM']['as_trained'] == summary['TRM']['fixed_budget']               # the TRM: its full budget
+    ut = summary['UT (ACT basic)']
+    assert ut['as_trained'] == ut['own_halting'] and 1 <= ut['own_mean_steps'] <= 3     # ACT: its own halting
     assert (out / 'summary.csv').exists() and (out / 'results.csv').exists()
     assert all(r['mean_steps'] == k for r in res['rows'] for k in (1, 3) if r['criterion'].endswith(f'fixed {k}'))
     assert 'plotly' in (out / 'pareto.html').read_text()[:200000].lower()

@@ -432,6 +432,7 @@ def test_compare_halting_notebook(tmp_path):
     r = subprocess.run([pm, str(ROOT / 'nbs' / 'experiments' / 'compare_halting.ipynb'), str(out / 'compare_halting.ipynb'),
                         '-p', 'task', 'maze', '-p', 'size', '5', '-p', 'num_train', '20', '-p', 'num_test', '12', '-p', 'budget', '3',
                         '-p', 'max_epochs', '1', '-p', 'hidden_size', '16', '-p', 'trm_budget', '4', '-p', 'out_dir', str(out),
+                        '-p', 'workers', '2',   # the models trained two at a time (train_many)
                         '--no-progress-bar'],
                        capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -22,8 +22,8 @@ from .checkpoint import read_checkpoint, checkpoint_info, load_checkpoint
 __all__ = ['DATA_FIELDS', 'RESUME_MUST_MATCH', 'NON_STRUCTURAL', 'MOVED_TO_TRAIN', 'EXIT_RULES', 'puzzle_datamodule',
            'make_datamodule', 'data_fields', 'resolve_run_dir', 'resolve_resume', 'upgrade_info',
            'check_resume_compatible', 'tee_console', 'lit_module_class', 'quiet_lightning', 'write_config', 'train',
-           'split_batches', 'dataset_task', 'evaluate', 'model_budget', 'evaluate_halting', 'evaluate_halting_modes',
-           'all_modes', 'load_trained']
+           'usable_cores', 'train_or_error', 'train_many', 'split_batches', 'dataset_task', 'evaluate', 'model_budget',
+           'evaluate_halting', 'evaluate_halting_modes', 'all_modes', 'load_trained']
 
 # %% ../../nbs/train/run.ipynb #c5c14efe
 DATA_FIELDS = ('vocab_size', 'seq_len', 'num_puzzle_identifiers', 'output_vocab_size',
@@ -337,6 +337,48 @@ def train(**params)->dict:
         kw = {'resume_ckpt': g.resume_ckpt}
         if not tc.default_root_dir: kw['run_id'] = path.name        # one id, fixed before the lock
         return _train(given, dataclasses.replace(tc, **kw), mc, [*g.callbacks, *extra_cbs], command)
+
+# %% ../../nbs/train/run.ipynb #0287c271
+def usable_cores()->int:
+    "CPUs this process may run on (the affinity mask, e.g. a Slurm allocation), else `os.cpu_count()`."
+    try: return len(os.sched_getaffinity(0))
+    except AttributeError: return os.cpu_count() or 1
+
+def train_or_error(params:dict, threads:Optional[int]=None)->dict:
+    "`train(**params)` (with `threads` torch threads); a failure comes back as `status` 'failed' + `error`."
+    if threads: torch.set_num_threads(threads)
+    try: return train(**params)
+    except Exception as e: return {'status': 'failed', 'error': f'{type(e).__name__}: {e}'}
+
+def _report(name:str, res:dict)->str:
+    "One line on a finished run: status, time and validation figures (or the error)."
+    if res.get('status') == 'failed': return f'{name}: failed: {res["error"]}'
+    val = ' '.join(f'{k}={v:.4g}' for k, v in res.get('final', {}).items() if k.startswith('val/'))
+    return f"{name}: {res['status']} in {res.get('elapsed_s', 0):.0f} s; {val}"
+
+# %% ../../nbs/train/run.ipynb #60d48e93
+def train_many(runs:dict, # name -> `train` keyword arguments (each with its own run directory)
+               workers:int=1, # runs at once, each in a fresh process (1: one after another, here)
+               threads:Optional[int]=None, # torch threads per run (None: the usable cores / workers)
+              )->dict:
+    "Train several models, `workers` at a time; name -> results dict, in the order of `runs`."
+    import concurrent.futures as cf, multiprocessing
+    threads = threads or max(1, usable_cores() // max(1, workers))
+    if workers <= 1:
+        out = {}
+        for name, params in runs.items():
+            out[name] = train_or_error(params)
+            print(_report(name, out[name]), flush=True)
+        return out
+    from halting_lab.train import run as module   # the workers import the function from the package
+    ctx = multiprocessing.get_context('spawn')     # no fork after torch has started its threads
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = {pool.submit(module.train_or_error, params, threads): name for name, params in runs.items()}
+        done = {}
+        for f in cf.as_completed(futures):
+            done[futures[f]] = f.result()
+            print(_report(futures[f], done[futures[f]]), flush=True)
+    return {name: done[name] for name in runs}
 
 # %% ../../nbs/train/run.ipynb #1cc573db
 def split_batches(data_dir:str|Path, split:str='test', batch_size:int=256,

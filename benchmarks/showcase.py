@@ -7,7 +7,7 @@
 Each page is the executed notebook itself (papermill, one command); its first cell records
 the command, the date, the wall time and the machine. The run directory is `runs/showcase_<task>/`
 (models, `results.csv`, figures); `results.csv` is copied beside the page as `compare_halting_<task>.csv`.
-Set OMP_NUM_THREADS to the cores you give it (the README's figures: 2 cores).
+The Sudoku page trains two models at a time (`workers=2`, one thread each: the README's 2-core box).
 """
 from __future__ import annotations
 import argparse, datetime, json, os, platform, shlex, shutil, subprocess, sys, time
@@ -19,10 +19,11 @@ SHOWCASES = {   # papermill parameters of each page (everything else: the notebo
     'maze': dict(task='maze', size=7, num_train=1000, num_test=200, budget=6, max_epochs=8, batch_size=64,
                  hidden_size=64, learning_rate=0.003, ut_hidden_size=64, ut_learning_rate=0.003, ut_warmup_epochs=0.8,
                  ut_inner_layers=2, ut_halt_bias_init=-3.0, ut_epochs=10),
-    'sudoku': dict(task='sudoku', num_train=4000, num_test=300, min_givens=45, max_givens=55, budget=6, max_epochs=9,
-                   batch_size=64, hidden_size=64, learning_rate=0.003, rnn_mixing='mixer', ut_hidden_size=64,
-                   ut_learning_rate=0.003,
-                   ut_warmup_epochs=0.8, ut_inner_layers=2, ut_halt_bias_init=-3.0),
+    'sudoku': dict(task='sudoku', num_train=4000, num_test=300, min_givens=45, max_givens=55, budget=6, max_epochs=12,
+                   trm_epochs=8, ut_epochs=10, lr_schedule='cosine', batch_size=64, hidden_size=64,
+                   learning_rate=0.003, rnn_mixing='mixer',
+                   ut_hidden_size=64, ut_learning_rate=0.003, ut_warmup_epochs=0.8, ut_inner_layers=2,
+                   ut_halt_bias_init=-3.0, workers=2),
 }
 
 def papermill_argv(task:str, out_dir:Path)->list:
@@ -33,11 +34,13 @@ def papermill_argv(task:str, out_dir:Path)->list:
 
 def header_text(task:str, command:str, wall_s:float)->str:
     "What the page's first cell says about how it was made."
-    cores = os.environ.get('OMP_NUM_THREADS', str(os.cpu_count()))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    threads = os.environ.get('OMP_NUM_THREADS', 'unset')
+    workers = SHOWCASES[task].get('workers', 1)
     text = (f'**Showcase run** — this page is `nbs/experiments/compare_halting.ipynb` executed by papermill and kept with its '
             f'outputs (`nbs/showcase/`; the docs build and `nbdev_test` never re-run it). Task `{task}`, executed on '
             f'{datetime.date.today().isoformat()} in {wall_s / 60:.1f} min on {platform.machine()} '
-            f'(OMP_NUM_THREADS={cores}). Regenerate it with\n\n```\npython benchmarks/showcase.py {task}\n```\n\n'
+            f'({cores} cores, {workers} model(s) trained at a time, OMP_NUM_THREADS {threads}). Regenerate it with\n\n```\npython benchmarks/showcase.py {task}\n```\n\n'
             f'which runs\n\n```\n{command}\n```\n\nThe rows are in `compare_halting_{task}.csv` beside this page.')
     return text
 

@@ -7,7 +7,7 @@
 Each page is the executed notebook itself (papermill, one command); its first cell records
 the command, the date, the wall time and the machine. The run directory is `runs/showcase_<task>/`
 (models, `results.csv`, figures); `results.csv` is copied beside the page as `compare_halting_<task>.csv`.
-The Sudoku page trains two models at a time (`workers=2`, one thread each: the README's 2-core box).
+Both pages train two models at a time (`workers=2`, one thread each: the README's 2-core box).
 """
 from __future__ import annotations
 import argparse, datetime, json, os, platform, shlex, shutil, subprocess, sys, time
@@ -18,7 +18,7 @@ NOTEBOOK = ROOT / 'nbs' / 'experiments' / 'compare_halting.ipynb'
 SHOWCASES = {   # papermill parameters of each page (everything else: the notebook's defaults)
     'maze': dict(task='maze', size=7, num_train=1000, num_test=200, budget=6, max_epochs=8, batch_size=64,
                  hidden_size=64, learning_rate=0.003, ut_hidden_size=64, ut_learning_rate=0.003, ut_warmup_epochs=0.8,
-                 ut_inner_layers=2, ut_halt_bias_init=-3.0, ut_epochs=10),
+                 ut_inner_layers=2, ut_halt_bias_init=-3.0, ut_epochs=10, workers=2),
     'sudoku': dict(task='sudoku', num_train=4000, num_test=300, min_givens=45, max_givens=55, budget=6, max_epochs=12,
                    trm_epochs=8, ut_epochs=10, lr_schedule='cosine', batch_size=64, hidden_size=64,
                    learning_rate=0.003, rnn_mixing='mixer',

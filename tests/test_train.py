@@ -496,3 +496,32 @@ def test_atomic_copy_removes_temp_file_on_error(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['best.ckpt', 'last.ckpt'] and dst.read_bytes() == b'old'
     monkeypatch.undo()
     assert atomic_copy(src, dst).read_bytes() == b'new' * 1000
+
+@pytest.mark.timeout(300)
+def test_train_many_interrupted_runs_checkpoint_and_resume(maze_dir, tmp_path):
+    "Ctrl-C (SIGINT to the parent, as a notebook interrupt sends) while two runs train: each saves last.ckpt and stops; running again resumes."
+    import time
+    runs = {n: dict(data_dir=str(maze_dir), batch_size=4, hidden_size=16, halt_max_steps=3, max_epochs=400,
+                    progress_bar=False, default_root_dir=str(tmp_path / n)) for n in ('a', 'b')}
+    script = ('import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n'   # a background job ignores it
+              f'from halting_lab.train.run import train_many\ntrain_many({runs!r}, workers=2)')
+    log = tmp_path / 'out.txt'           # a file, not a pipe: nobody reads a pipe while the runs print
+    p = subprocess.Popen([sys.executable, '-c', script], stdout=log.open('w'), stderr=subprocess.STDOUT)
+    def rows(n): return len((tmp_path / n / 'metrics.csv').read_text().splitlines()) if (tmp_path / n / 'metrics.csv').exists() else 0
+    deadline = time.time() + 240
+    while time.time() < deadline and p.poll() is None and min(rows(n) for n in runs) < 3:   # both runs logging
+        time.sleep(1)
+    assert p.poll() is None and min(rows(n) for n in runs) >= 3, log.read_text()[-3000:]
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=120)
+    out = log.read_text()
+    assert p.returncode != 0 and 'KeyboardInterrupt' in out, out[-3000:]
+    for n in runs:
+        assert (tmp_path / n / 'checkpoints' / 'last.ckpt').exists(), out[-3000:]
+        res = json.loads((tmp_path / n / 'results.json').read_text())
+        assert res['status'] == 'preempted' and res['preempt_reason'] == 'SIGTERM' and res['global_step'] > 0
+    from halting_lab.train.run import train_many
+    a = json.loads((tmp_path / 'a' / 'results.json').read_text())
+    again = train_many({'a': dict(runs['a'], max_epochs=a['epochs_completed'] + 1)})['a']   # same directory: resumes
+    assert again['status'] == 'finished' and again['global_step'] > a['global_step']
+    assert json.loads((tmp_path / 'a' / 'config.json').read_text())['resumes']

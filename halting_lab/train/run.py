@@ -22,8 +22,8 @@ from .checkpoint import read_checkpoint, checkpoint_info, load_checkpoint
 __all__ = ['DATA_FIELDS', 'RESUME_MUST_MATCH', 'NON_STRUCTURAL', 'MOVED_TO_TRAIN', 'EXIT_RULES', 'puzzle_datamodule',
            'make_datamodule', 'data_fields', 'resolve_run_dir', 'resolve_resume', 'upgrade_info',
            'check_resume_compatible', 'tee_console', 'lit_module_class', 'quiet_lightning', 'write_config', 'train',
-           'usable_cores', 'train_or_error', 'train_many', 'split_batches', 'dataset_task', 'evaluate', 'model_budget',
-           'evaluate_halting', 'evaluate_halting_modes', 'all_modes', 'load_trained']
+           'usable_cores', 'train_or_error', 'multiprocessing_child', 'train_many', 'split_batches', 'dataset_task',
+           'evaluate', 'model_budget', 'evaluate_halting', 'evaluate_halting_modes', 'all_modes', 'load_trained']
 
 # %% ../../nbs/train/run.ipynb #c5c14efe
 DATA_FIELDS = ('vocab_size', 'seq_len', 'num_puzzle_identifiers', 'output_vocab_size',
@@ -347,16 +347,34 @@ def usable_cores()->int:
 def train_or_error(params:dict, threads:Optional[int]=None)->dict:
     "`train(**params)` (with `threads` torch threads); a failure comes back as `status` 'failed' + `error`."
     if threads: torch.set_num_threads(threads)
-    try: return train(**params)
-    except Exception as e: return {'status': 'failed', 'error': f'{type(e).__name__}: {e}'}
+    parent = os.getppid()
+    try: res = train(**params)
+    except Exception as e: res = {'status': 'failed', 'error': f'{type(e).__name__}: {e}'}
+    if os.getppid() != parent and multiprocessing_child(): os._exit(1)   # a worker whose parent died
+    return res
 
-def _report(name:str, res:dict)->str:
-    "One line on a finished run: status, time and validation figures (or the error)."
-    if res.get('status') == 'failed': return f'{name}: failed: {res["error"]}'
+def multiprocessing_child()->bool:
+    "Whether this process is a `multiprocessing` worker (not the process a user started)."
+    import multiprocessing
+    return multiprocessing.parent_process() is not None
+
+def _print_report(name:str, res:dict)->dict:
+    "Print one line on a finished run (status, time, validation figures or the error); return `res`."
     val = ' '.join(f'{k}={v:.4g}' for k, v in res.get('final', {}).items() if k.startswith('val/'))
-    return f"{name}: {res['status']} in {res.get('elapsed_s', 0):.0f} s; {val}"
+    line = f"{res['status']} in {res.get('elapsed_s', 0):.0f} s; {val}"
+    print(f'{name}: ' + (f'failed: {res["error"]}' if res.get('status') == 'failed' else line), flush=True)
+    return res
 
 # %% ../../nbs/train/run.ipynb #60d48e93
+def _worker_init(threads:int):
+    "A `train_many` worker: `threads` torch threads; Ctrl-C is the parent's; the parent's death stops it."
+    import signal, ctypes, ctypes.util
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:       # Linux: SIGTERM when the parent dies (e.g. a killed kernel), so the run checkpoints and stops
+        ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError, TypeError): pass
+
 def train_many(runs:dict, # name -> `train` keyword arguments (each with its own run directory)
                workers:int=1, # runs at once, each in a fresh process (1: one after another, here)
                threads:Optional[int]=None, # torch threads per run (None: the usable cores / workers)
@@ -365,19 +383,19 @@ def train_many(runs:dict, # name -> `train` keyword arguments (each with its own
     import concurrent.futures as cf, multiprocessing
     threads = threads or max(1, usable_cores() // max(1, workers))
     if workers <= 1:
-        out = {}
-        for name, params in runs.items():
-            out[name] = train_or_error(params)
-            print(_report(name, out[name]), flush=True)
-        return out
-    from halting_lab.train import run as module   # the workers import the function from the package
+        return {name: _print_report(name, train_or_error(params)) for name, params in runs.items()}
+    from halting_lab.train import run as module   # the workers import these functions from the package
     ctx = multiprocessing.get_context('spawn')     # no fork after torch has started its threads
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        futures = {pool.submit(module.train_or_error, params, threads): name for name, params in runs.items()}
-        done = {}
-        for f in cf.as_completed(futures):
-            done[futures[f]] = f.result()
-            print(_report(futures[f], done[futures[f]]), flush=True)
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=module._worker_init,
+                                initargs=(threads,)) as pool:
+        futures = {pool.submit(module.train_or_error, params): name for name, params in runs.items()}
+        try:
+            done = {futures[f]: _print_report(futures[f], f.result()) for f in cf.as_completed(futures)}
+        except BaseException:           # e.g. the notebook interrupted: running runs checkpoint and stop
+            procs = list((getattr(pool, '_processes', None) or {}).values())   # before shutdown forgets them
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs: proc.terminate()
+            raise
     return {name: done[name] for name in runs}
 
 # %% ../../nbs/train/run.ipynb #1cc573db

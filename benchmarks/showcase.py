@@ -34,7 +34,8 @@ def papermill_argv(task:str, out_dir:Path)->list:
 
 def header_text(task:str, command:str, wall_s:float)->str:
     "What the page's first cell says about how it was made."
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    from halting_lab.train.run import usable_cores
+    cores = usable_cores()
     threads = os.environ.get('OMP_NUM_THREADS', 'unset')
     workers = SHOWCASES[task].get('workers', 1)
     text = (f'**Showcase run** — this page is `nbs/experiments/compare_halting.ipynb` executed by papermill and kept with its '

@@ -344,9 +344,8 @@ def usable_cores()->int:
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
-def train_or_error(params:dict, threads:Optional[int]=None)->dict:
-    "`train(**params)` (with `threads` torch threads); a failure comes back as `status` 'failed' + `error`."
-    if threads: torch.set_num_threads(threads)
+def train_or_error(params:dict)->dict:
+    "`train(**params)`; a failure comes back as `status` 'failed' + `error`."
     parent = os.getppid()
     try: res = train(**params)
     except Exception as e: res = {'status': 'failed', 'error': f'{type(e).__name__}: {e}'}

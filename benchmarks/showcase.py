@@ -2,12 +2,15 @@
 
     python benchmarks/showcase.py maze      # -> nbs/showcase/compare_halting_maze.ipynb + .csv
     python benchmarks/showcase.py sudoku    # -> nbs/showcase/compare_halting_sudoku.ipynb + .csv
+    python benchmarks/showcase.py maze16    # -> nbs/showcase/compare_halting_maze16.ipynb + .csv (TRM, budget 16)
     python benchmarks/showcase.py maze --dry-run   # print the papermill command only
 
 Each page is the executed notebook itself (papermill, one command); its first cell records
 the command, the date, the wall time and the machine. The run directory is `runs/showcase_<task>/`
 (models, `results.csv`, figures); `results.csv` is copied beside the page as `compare_halting_<task>.csv`.
-Both pages train two models at a time (`workers=2`, one thread each: the README's 2-core box).
+The maze and Sudoku pages train two models at a time (`workers=2`, one thread each: the README's 2-core box).
+`maze16` is the TRM alone at the published configuration's budget of 16 supervision steps (24 epochs: budget 16
+learns slower than 6), where the exit rules and the Q head are measured against the full budget (issue #18 part 4).
 """
 from __future__ import annotations
 import argparse, datetime, json, os, platform, shlex, shutil, subprocess, sys, time
@@ -24,6 +27,8 @@ SHOWCASES = {   # papermill parameters of each page (everything else: the notebo
                    learning_rate=0.003, rnn_mixing='mixer',
                    ut_hidden_size=64, ut_learning_rate=0.003, ut_warmup_epochs=0.8, ut_inner_layers=2,
                    ut_halt_bias_init=-3.0, workers=2),
+    'maze16': dict(task='maze', size=7, num_train=1000, num_test=200, budget=16, trm_budget=16, max_epochs=24,
+                   include_act=False, workers=1),
 }
 
 def papermill_argv(task:str, out_dir:Path)->list:
@@ -39,7 +44,8 @@ def header_text(task:str, command:str, wall_s:float)->str:
     threads = os.environ.get('OMP_NUM_THREADS', 'unset')
     workers = SHOWCASES[task].get('workers', 1)
     text = (f'**Showcase run** — this page is `nbs/experiments/compare_halting.ipynb` executed by papermill and kept with its '
-            f'outputs (`nbs/showcase/`; the docs build and `nbdev_test` never re-run it). Task `{task}`, executed on '
+            f'outputs (`nbs/showcase/`; the docs build and `nbdev_test` never re-run it). Page `{task}` (task '
+            f'`{SHOWCASES[task]["task"]}`), executed on '
             f'{datetime.date.today().isoformat()} in {wall_s / 60:.1f} min on {platform.machine()} '
             f'({cores} cores, {workers} model(s) trained at a time, OMP_NUM_THREADS {threads}). Regenerate it with\n\n```\npython benchmarks/showcase.py {task}\n```\n\n'
             f'which runs\n\n```\n{command}\n```\n\nThe rows are in `compare_halting_{task}.csv` beside this page.')

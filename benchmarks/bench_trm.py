@@ -19,7 +19,11 @@
    16 steps, fp32, random init: the `forward_step` loop, `forward` with fixed halting (with and without
    `return_steps`), Q-halting and the exit rules, eager and with the shared network compiled, at 1 and 2 torch
    threads, as interleaved repeats in one process; each row gives seq/s, sample-steps/s and the per-step speed
-   relative to the `forward_step` loop measured in the same repeat (median).
+   relative to the `forward_step` loop measured in the same repeat (median); the paths run in a rotated order each
+   repeat, and a second run of the loop itself (`forward_step loop (control)`) shows the timing noise of the machine
+   (its ratio would be exactly 1 on a noiseless one). `criterion_overhead`: the
+   milliseconds of each criterion's own `step` beside one supervision step of the network (what a halting rule
+   can cost at most, whatever the timing noise).
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/bench_trm.py [--sections train,speed,halting] [--device cuda]
        [--no-compile] [--ckpt C --data_dir D | --workdir W]
@@ -105,7 +109,7 @@ def eval_paths(model, batch:dict, rules)->dict:
         return batch['inputs'].shape[0] * S
 
     def path(**kw): return lambda: int(model(batch, **kw).extras['halt_step'].sum())
-    return {'forward_step loop': loop, 'fixed': path(halting='fixed'),
+    return {'forward_step loop': loop, 'forward_step loop (control)': loop, 'fixed': path(halting='fixed'),
             'fixed, return_steps': path(halting='fixed', return_steps=True), 'q': path(halting='q'),
             **{r: path(halting=r) for r in rules}}
 
@@ -136,7 +140,9 @@ def eval_speed(threads=(1, 2), reps:int=3, compiled=(False, True), rules=None, b
         for comp, paths in models.items():
             for n in threads:
                 torch.set_num_threads(n)
-                for name, fn in paths.items():
+                names = list(paths)                 # rotated each repeat: no path always runs first or last
+                for name in names[rep % len(names):] + names[:rep % len(names)]:
+                    fn = paths[name]
                     c0, t0 = time.process_time(), time.perf_counter()
                     ss = fn()
                     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -158,6 +164,36 @@ def eval_speed(threads=(1, 2), reps:int=3, compiled=(False, True), rules=None, b
     for r in rows:                                  # compiled vs eager, same path and threads
         e = next((x for x in rows if not x['compiled'] and x['threads'] == r['threads'] and x['path'] == r['path']), None)
         if r['compiled'] and e: r['speedup_vs_eager'] = round(r['sample_steps_per_s'] / e['sample_steps_per_s'], 3)
+    return rows
+
+def criterion_overhead(threads=(1, 2), rules=None, batch_size:int=32, reps:int=20)->list:
+    "Milliseconds per step of each halting criterion's own `step` beside one supervision step of the network."
+    from halting_lab.models.trm import make_eval_criterion, _reset_state
+    from halting_lab.train.trm import EXIT_RULES
+    torch.manual_seed(0)
+    m = TRM(TRMConfig(**EVAL_CFG)).eval()
+    inp = torch.randint(1, 6, (batch_size, EVAL_CFG['seq_len']), generator=torch.Generator().manual_seed(0))
+    pid = torch.zeros(batch_size, dtype=torch.long)
+    rows = []
+    for n in threads:
+        torch.set_num_threads(n)
+        z_H, z_L = _reset_state(m, batch_size, 'cpu')
+        with torch.no_grad():
+            for _ in range(3): out = m.inner(z_H, z_L, inp, pid)          # warm-up
+            t0 = time.perf_counter()
+            for _ in range(reps): out = m.inner(z_H, z_L, inp, pid)
+            step_ms = 1e3 * (time.perf_counter() - t0) / reps
+            zh, _, logits, q = out
+            for name in ('fixed', 'q', *(EXIT_RULES if rules is None else rules)):
+                crit = make_eval_criterion(name, EVAL_CFG['halt_max_steps'])
+                st, S = crit.init(inp != 0), crit.max_steps - 1        # the steps before the budget closes
+                t0 = time.perf_counter()
+                for t in range(S):
+                    _, st, _ = crit.step(st, t, logits=logits.float(), latent=zh.float(), q_halt=q[:, 0],
+                                         q_continue=None)
+                ms = 1e3 * (time.perf_counter() - t0) / S
+                rows.append({'threads': n, 'criterion': name, 'criterion_ms_per_step': round(ms, 4),
+                             'network_ms_per_step': round(step_ms, 2), 'share': round(ms / step_ms, 5)})
     return rows
 
 def halting_table(rows:list)->list:
@@ -286,6 +322,9 @@ def main(argv=None):
                                                 None if a.speed_rules == 'all' else a.speed_rules.split(','),
                                                 a.speed_batch)}
         for r in res['eval_speed']['rows']: print(json.dumps(r), flush=True)
+        res['eval_speed']['criterion_overhead'] = criterion_overhead(
+            tuple(int(x) for x in a.speed_threads.split(',')), None, a.speed_batch)   # every rule: cheap
+        for r in res['eval_speed']['criterion_overhead']: print(json.dumps(r), flush=True)
     if 'halting' in sections: res.update(halting_section(a, dev))
     meta = {'command': res['command'], 'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
             'torch': torch.__version__, 'loadavg_start': res['loadavg_start']}

@@ -36,6 +36,7 @@ import torch
 
 from halting_lab.models.trm import TRM, TRMConfig, trm_loss
 from halting_lab.core import save_json, library_versions
+from halting_lab.halting import keeps_accuracy
 
 MAZE_CFG = dict(vocab_size=6, seq_len=900, hidden_size=512, num_heads=8, expansion=4, H_cycles=3, L_cycles=4, L_layers=2,
                 halt_max_steps=16, puzzle_emb_ndim=512, puzzle_emb_len=16, num_puzzle_identifiers=1)
@@ -98,6 +99,16 @@ def train_budget16_checkpoint(workdir:Path, seconds:float, max_steps:int=3000)->
 EVAL_CFG = {**SMALL_CFG, 'hidden_size': 128, 'halt_max_steps': 16, 'forward_dtype': 'float32'}
 
 
+def eval_model_and_batch(batch_size:int)->tuple:
+    "The random-init EVAL_CFG TRM and a random batch of `batch_size` puzzles (both seeded: every section the same)."
+    torch.manual_seed(0)
+    model = TRM(TRMConfig(**EVAL_CFG)).eval()
+    g = torch.Generator().manual_seed(0)
+    batch = {'inputs': torch.randint(1, 6, (batch_size, EVAL_CFG['seq_len']), generator=g),
+             'puzzle_identifiers': torch.zeros(batch_size, dtype=torch.long)}
+    return model, batch
+
+
 def eval_paths(model, batch:dict, rules)->dict:
     "name -> fn() running one evaluation path on `batch` and returning the sample-steps it computed."
     S = model.config.halt_max_steps
@@ -118,11 +129,7 @@ def eval_speed(threads=(1, 2), reps:int=3, compiled=(False, True), rules=None, b
     "Seq/s and sample-steps/s of every evaluation path vs the forward_step loop: interleaved repeats, medians."
     import statistics
     from halting_lab.train.trm import EXIT_RULES
-    torch.manual_seed(0)
-    base = TRM(TRMConfig(**EVAL_CFG)).eval()
-    g = torch.Generator().manual_seed(0)
-    b = {'inputs': torch.randint(1, 6, (batch_size, EVAL_CFG['seq_len']), generator=g),
-         'puzzle_identifiers': torch.zeros(batch_size, dtype=torch.long)}
+    base, b = eval_model_and_batch(batch_size)
     models, t_warm = {}, {}
     for comp in compiled:                           # same weights; compiled: the shared network, as --compile
         m = TRM(TRMConfig(**EVAL_CFG)).eval()
@@ -166,14 +173,12 @@ def eval_speed(threads=(1, 2), reps:int=3, compiled=(False, True), rules=None, b
         if r['compiled'] and e: r['speedup_vs_eager'] = round(r['sample_steps_per_s'] / e['sample_steps_per_s'], 3)
     return rows
 
-def criterion_overhead(threads=(1, 2), rules=None, batch_size:int=32, reps:int=20)->list:
+def criterion_overhead(threads=(1, 2), batch_size:int=32, reps:int=20)->list:
     "Milliseconds per step of each halting criterion's own `step` beside one supervision step of the network."
     from halting_lab.models.trm import make_eval_criterion, _reset_state
     from halting_lab.train.trm import EXIT_RULES
-    torch.manual_seed(0)
-    m = TRM(TRMConfig(**EVAL_CFG)).eval()
-    inp = torch.randint(1, 6, (batch_size, EVAL_CFG['seq_len']), generator=torch.Generator().manual_seed(0))
-    pid = torch.zeros(batch_size, dtype=torch.long)
+    m, b = eval_model_and_batch(batch_size)
+    inp, pid = b['inputs'], b['puzzle_identifiers']
     rows = []
     for n in threads:
         torch.set_num_threads(n)
@@ -184,7 +189,7 @@ def criterion_overhead(threads=(1, 2), rules=None, batch_size:int=32, reps:int=2
             for _ in range(reps): out = m.inner(z_H, z_L, inp, pid)
             step_ms = 1e3 * (time.perf_counter() - t0) / reps
             zh, _, logits, q = out
-            for name in ('fixed', 'q', *(EXIT_RULES if rules is None else rules)):
+            for name in ('fixed', 'q', *EXIT_RULES):
                 crit = make_eval_criterion(name, EVAL_CFG['halt_max_steps'])
                 st, S = crit.init(inp != 0), crit.max_steps - 1        # the steps before the budget closes
                 t0 = time.perf_counter()
@@ -251,7 +256,7 @@ def threshold_sweep(model, batch:dict, tol:float=0.005)->tuple:
             r = {'rule': rule, 'threshold': th, 'val_exact_acc': acc(select_steps(lgs, res.step_probs)),
                  'val_mean_steps': float(res.halting_steps.amax(-1).mean()), 'val_full_budget_acc': full}
             rows.append(r)
-            ok = r['val_exact_acc'] >= full - tol
+            ok = keeps_accuracy(r['val_exact_acc'], full, tol)
             if ok and (rule not in best or r['val_mean_steps'] < best[rule]['val_mean_steps']): best[rule] = r
     return rows, {k: v['threshold'] for k, v in best.items()}
 
@@ -259,7 +264,7 @@ def threshold_sweep(model, batch:dict, tol:float=0.005)->tuple:
 def target_check(rows:list, S:int, tol:float=0.005, factor:float=3.0)->dict:
     "Issue #18.4: which rules keep the full-budget accuracy (within `tol`) at >= `factor` x fewer mean steps."
     full = next(r for r in rows if r['halting'] == 'fixed' and r['budget'] == S)
-    hits = [r for r in rows if r['halting'] != 'fixed' and r['exact_acc'] >= full['exact_acc'] - tol
+    hits = [r for r in rows if r['halting'] != 'fixed' and keeps_accuracy(r['exact_acc'], full['exact_acc'], tol)
             and r['mean_steps'] * factor <= full['mean_steps']]
     return {'full_budget_exact_acc': full['exact_acc'], 'max_mean_steps': S / factor, 'tolerance': tol,
             'reached_by': [{k: r[k] for k in ('halting', 'threshold', 'exact_acc', 'mean_steps')} for r in hits]}
@@ -323,7 +328,7 @@ def main(argv=None):
                                                 a.speed_batch)}
         for r in res['eval_speed']['rows']: print(json.dumps(r), flush=True)
         res['eval_speed']['criterion_overhead'] = criterion_overhead(
-            tuple(int(x) for x in a.speed_threads.split(',')), None, a.speed_batch)   # every rule: cheap
+            tuple(int(x) for x in a.speed_threads.split(',')), a.speed_batch)   # every rule: cheap
         for r in res['eval_speed']['criterion_overhead']: print(json.dumps(r), flush=True)
     if 'halting' in sections: res.update(halting_section(a, dev))
     meta = {'command': res['command'], 'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),

@@ -18,7 +18,7 @@ from .registry import register_halting
 __all__ = ['ACT_TYPES', 'EXIT_DEFAULTS', 'HALTING_ALIASES', 'HaltState', 'HaltResult', 'masked_mean', 'HaltingCriterion', 'ACT',
            'UTACT', 'geometric_prior', 'PonderNet', 'pondernet_kl', 'pondernet_loss', 'q_halt_decision', 'QHalt',
            'q_halt_loss', 'q_continue_target', 'seq_correct', 'ExitRule', 'replay_exit', 'select_steps',
-           'make_criterion', 'act_ponder_weight', 'masked_ce']
+           'keeps_accuracy', 'make_criterion', 'act_ponder_weight', 'masked_ce']
 
 # %% ../nbs/halting/halting.ipynb #881ea5cd
 @dataclass
@@ -425,6 +425,14 @@ def select_steps(step_outputs:Tensor, step_probs:Tensor)->Tensor:
     y = step_outputs[:S]
     w = step_probs.reshape(step_probs.shape + (1,) * (y.dim() - step_probs.dim())).to(y.dtype)
     return (w * y).sum(0)
+
+# %% ../nbs/halting/halting.ipynb #a7c41e03
+def keeps_accuracy(acc:float,        # exact accuracy under a halting rule
+                   full_acc:float,   # exact accuracy at the full fixed budget
+                   tol:float=0.005,  # accuracy it may lose (0.005: half a point)
+                  )->bool:
+    "True when `acc` is within `tol` of `full_acc`, the boundary included (float32 rounding absorbed)."
+    return bool(acc >= full_acc - tol - 1e-6)
 
 # %% ../nbs/halting/halting.ipynb #5c8e0a13
 def _exit(name:str):
